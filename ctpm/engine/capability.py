@@ -1,0 +1,237 @@
+"""Part 3 §30: TPM2_GetCapability and TPM2_TestParms.
+
+Every answer is computed from what the engine really implements (the command table, the
+hash table, the allocated banks), so GetCapability cannot claim what ctpm does not do.
+"""
+from construct import Container
+
+from ..errors import TpmError
+from ..wire import structures as S
+from ..wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_RC, TPM_RH,
+                              TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
+                              TPMA_STARTUP_CLEAR)
+from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
+
+# Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
+# asymmetric algorithms are those TPM2_TestParms accepts.
+ALGORITHMS = {
+    TPM_ALG.RSA: A.ASYMMETRIC | A.OBJECT,
+    TPM_ALG.SHA1: A.HASH,
+    TPM_ALG.HMAC: A.HASH | A.SIGNING,
+    TPM_ALG.AES: A.SYMMETRIC,
+    TPM_ALG.MGF1: A.HASH | A.METHOD,
+    TPM_ALG.KEYEDHASH: A.HASH | A.OBJECT,
+    TPM_ALG.XOR: A.HASH | A.SYMMETRIC,
+    TPM_ALG.SHA256: A.HASH,
+    TPM_ALG.SHA384: A.HASH,
+    TPM_ALG.SHA512: A.HASH,
+    TPM_ALG.NULL: 0,
+    TPM_ALG.RSASSA: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.RSAES: A.ASYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.RSAPSS: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.OAEP: A.ASYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.ECDSA: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.ECDH: A.ASYMMETRIC | A.METHOD,
+    TPM_ALG.ECSCHNORR: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.KDF1_SP800_56A: A.HASH | A.METHOD,
+    TPM_ALG.KDF1_SP800_108: A.HASH | A.METHOD,
+    TPM_ALG.ECC: A.ASYMMETRIC | A.OBJECT,
+    TPM_ALG.SYMCIPHER: A.OBJECT,
+    TPM_ALG.CTR: A.SYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.OFB: A.SYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.CBC: A.SYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.CFB: A.SYMMETRIC | A.ENCRYPTING,
+    TPM_ALG.ECB: A.SYMMETRIC | A.ENCRYPTING,
+}
+
+PERMANENT_HANDLES = (TPM_RH.OWNER, TPM_RH.NULL, TPM_RH.PW, TPM_RH.LOCKOUT,
+                     TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM, TPM_RH.PLATFORM_NV)
+
+SPEC_FAMILY = 0x322E3000      # "2.0"
+SPEC_LEVEL = 0
+SPEC_REVISION = 164           # Library spec 1.64, whose semantics ctpm follows
+SPEC_DAY_OF_YEAR = 75
+SPEC_YEAR = 2021
+PT_GROUP = 0x100
+PT_FIXED = 0x100
+PT_VAR = 0x200
+
+
+def _str4(b: bytes, i: int) -> int:
+    return int.from_bytes(b[i * 4:i * 4 + 4].ljust(4, b"\0"), "big")
+
+
+def tpm_properties(tpm):
+    """{TPM_PT: value} for the fixed and variable groups (Part 2 §6.13)."""
+    cfg = tpm.config
+    state = tpm.state
+    vendor = cfg.vendor_string[:16]
+    p = {
+        TPM_PT.FAMILY_INDICATOR: SPEC_FAMILY,
+        TPM_PT.LEVEL: SPEC_LEVEL,
+        TPM_PT.REVISION: SPEC_REVISION,
+        TPM_PT.DAY_OF_YEAR: SPEC_DAY_OF_YEAR,
+        TPM_PT.YEAR: SPEC_YEAR,
+        TPM_PT.MANUFACTURER: _str4(cfg.manufacturer, 0),
+        TPM_PT.VENDOR_STRING_1: _str4(vendor, 0),
+        TPM_PT.VENDOR_STRING_2: _str4(vendor, 1),
+        TPM_PT.VENDOR_STRING_3: _str4(vendor, 2),
+        TPM_PT.VENDOR_STRING_4: _str4(vendor, 3),
+        TPM_PT.VENDOR_TPM_TYPE: 1,
+        TPM_PT.FIRMWARE_VERSION_1: cfg.firmware_version[0],
+        TPM_PT.FIRMWARE_VERSION_2: cfg.firmware_version[1],
+        TPM_PT.INPUT_BUFFER: S.MAX_DIGEST_BUFFER,
+        TPM_PT.HR_TRANSIENT_MIN: 0,
+        TPM_PT.HR_PERSISTENT_MIN: 0,
+        TPM_PT.HR_LOADED_MIN: 0,
+        TPM_PT.ACTIVE_SESSIONS_MAX: 0,
+        TPM_PT.PCR_COUNT: S.IMPLEMENTATION_PCR,
+        TPM_PT.PCR_SELECT_MIN: S.PCR_SELECT_MIN,
+        TPM_PT.CONTEXT_GAP_MAX: 0xFFFF,
+        TPM_PT.NV_COUNTERS_MAX: 0,
+        TPM_PT.NV_INDEX_MAX: 2048,
+        TPM_PT.MEMORY: 0,
+        TPM_PT.CLOCK_UPDATE: cfg.clock_update_interval_ms,
+        TPM_PT.CONTEXT_HASH: TPM_ALG.SHA512,
+        TPM_PT.CONTEXT_SYM: TPM_ALG.AES,
+        TPM_PT.CONTEXT_SYM_SIZE: 256,
+        TPM_PT.ORDERLY_COUNT: 0,
+        TPM_PT.MAX_COMMAND_SIZE: cfg.max_command_size,
+        TPM_PT.MAX_RESPONSE_SIZE: S.MAX_RESPONSE_SIZE,
+        TPM_PT.MAX_DIGEST: S.MAX_DIGEST_SIZE,
+        TPM_PT.MAX_OBJECT_CONTEXT: S.MAX_CONTEXT_SIZE,
+        TPM_PT.MAX_SESSION_CONTEXT: S.MAX_CONTEXT_SIZE,
+        TPM_PT.PS_FAMILY_INDICATOR: 1,      # PC Client
+        TPM_PT.PS_LEVEL: 0,
+        TPM_PT.PS_REVISION: 0x105,
+        TPM_PT.PS_DAY_OF_YEAR: 0,
+        TPM_PT.PS_YEAR: 0,
+        TPM_PT.SPLIT_MAX: 0,
+        TPM_PT.TOTAL_COMMANDS: len(tpm.dispatcher.table),
+        TPM_PT.LIBRARY_COMMANDS: len(tpm.dispatcher.table),
+        TPM_PT.VENDOR_COMMANDS: 0,
+        TPM_PT.NV_BUFFER_MAX: S.MAX_NV_BUFFER_SIZE,
+        TPM_PT.MODES: 0 & TPMA_MODES.FIPS_140_2,
+        TPM_PT.MAX_CAP_BUFFER: S.MAX_CAP_BUFFER,
+        # variable group
+        TPM_PT.PERMANENT: TPMA_PERMANENT.TPMGENERATEDEPS if state.fixed_seed is None else 0,
+        TPM_PT.STARTUP_CLEAR: (TPMA_STARTUP_CLEAR.PHENABLE | TPMA_STARTUP_CLEAR.SHENABLE
+                               | TPMA_STARTUP_CLEAR.EHENABLE | TPMA_STARTUP_CLEAR.PHENABLENV
+                               | (TPMA_STARTUP_CLEAR.ORDERLY if state.safe else 0)),
+        TPM_PT.HR_NV_INDEX: 0,
+        TPM_PT.HR_LOADED: 0,
+        TPM_PT.HR_LOADED_AVAIL: 0,
+        TPM_PT.HR_ACTIVE: 0,
+        TPM_PT.HR_ACTIVE_AVAIL: 0,
+        TPM_PT.HR_TRANSIENT_AVAIL: 0,
+        TPM_PT.HR_PERSISTENT: 0,
+        TPM_PT.HR_PERSISTENT_AVAIL: 0,
+        TPM_PT.NV_COUNTERS: 0,
+        TPM_PT.NV_COUNTERS_AVAIL: 0,
+        TPM_PT.ALGORITHM_SET: 0,
+        TPM_PT.LOADED_CURVES: len(S.ECC_CURVES),
+        TPM_PT.LOCKOUT_COUNTER: 0,
+        TPM_PT.MAX_AUTH_FAIL: 3,
+        TPM_PT.LOCKOUT_INTERVAL: 1000,
+        TPM_PT.LOCKOUT_RECOVERY: 1000,
+        TPM_PT.NV_WRITE_RECOVERY: 0,
+        TPM_PT.AUDIT_COUNTER_0: 0,
+        TPM_PT.AUDIT_COUNTER_1: 0,
+    }
+    return p
+
+
+def _page(items, start_index, count, limit):
+    """Up to min(count, limit) items from start_index, and whether more remain."""
+    count = min(count, limit)
+    chunk = items[start_index:start_index + count]
+    return chunk, start_index + len(chunk) < len(items)
+
+
+def _from(keys, start):
+    """Index of the first key >= start in a sorted list."""
+    for i, k in enumerate(keys):
+        if k >= start:
+            return i
+    return len(keys)
+
+
+def _pcr_property_bits(tag):
+    """Which PCRs have the TPM_PT_PCR property `tag`, as a select bitmap, or None."""
+    def bitmap(pred):
+        bits = bytearray(S.PCR_SELECT_MAX)
+        for i in range(S.IMPLEMENTATION_PCR):
+            if pred(i):
+                bits[i // 8] |= 1 << (i % 8)
+        return bytes(bits)
+    if tag == TPM_PT_PCR.SAVE:
+        return bitmap(lambda i: PCR_ATTRIBUTES[i][0])
+    if TPM_PT_PCR.EXTEND_L0 <= tag <= TPM_PT_PCR.RESET_L4:
+        locality, reset = divmod(tag - 1, 2)
+        col = 1 if reset else 2
+        return bitmap(lambda i: PCR_ATTRIBUTES[i][col] & (1 << locality)
+                      and not (reset and locality == 4))
+    if tag == TPM_PT_PCR.NO_INCREMENT:
+        return bitmap(lambda i: i in PCR_NO_INCREMENT)
+    if tag == TPM_PT_PCR.DRTM_RESET:
+        return bitmap(lambda i: PCR_ATTRIBUTES[i][1] & 0x10)
+    return None
+
+
+def get_capability(tpm, ctx, capability, prop, count):
+    """Part 3 §30.2."""
+    state = tpm.state
+    more = False
+    if capability == TPM_CAP.ALGS:
+        algs = sorted(ALGORITHMS)
+        chunk, more = _page(algs, _from(algs, prop), count, S.MAX_CAP_ALGS)
+        data = [Container(alg=a, algProperties=int(ALGORITHMS[a])) for a in chunk]
+    elif capability == TPM_CAP.HANDLES:
+        htype = prop >> 24
+        if htype == TPM_HT.PCR:
+            handles = list(range(S.IMPLEMENTATION_PCR))
+        elif htype == TPM_HT.PERMANENT:
+            handles = list(PERMANENT_HANDLES)
+        elif htype in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT, TPM_HT.NV_INDEX,
+                       TPM_HT.LOADED_SESSION, TPM_HT.SAVED_SESSION):
+            handles = []   # no objects, NV indices or sessions exist in this build yet
+        else:
+            raise TpmError(TPM_RC.HANDLE, param=2)
+        data, more = _page(handles, _from(handles, prop), count, S.MAX_CAP_HANDLES)
+    elif capability == TPM_CAP.COMMANDS:
+        codes = sorted(tpm.dispatcher.table)
+        chunk, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
+        data = [tpm.dispatcher.table[c][0].attributes for c in chunk]
+    elif capability == TPM_CAP.PP_COMMANDS:
+        codes = sorted(c for c, (d, _f) in tpm.dispatcher.table.items() if d.pp)
+        data, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
+    elif capability == TPM_CAP.AUDIT_COMMANDS:
+        data = []      # command audit arrives with SetCommandCodeAuditStatus
+    elif capability == TPM_CAP.PCRS:
+        if prop != 0:
+            raise TpmError(TPM_RC.VALUE, param=2)
+        allocated = set(state.nv["pcr_allocated"])
+        full = b"\xff" * S.PCR_SELECT_MAX
+        data = [Container(hash=alg, pcrSelect=full if alg in allocated
+                          else b"\0" * S.PCR_SELECT_MAX) for alg in S.HASH_SIZES]
+    elif capability == TPM_CAP.TPM_PROPERTIES:
+        props = tpm_properties(tpm)
+        start = max(prop, PT_FIXED)
+        group_end = (start // PT_GROUP) * PT_GROUP + PT_GROUP
+        keys = sorted(k for k in props if start <= k < group_end)
+        chunk, more = _page(keys, 0, count, S.MAX_TPM_PROPERTIES)
+        data = [Container(property=k, value=int(props[k])) for k in chunk]
+    elif capability == TPM_CAP.PCR_PROPERTIES:
+        tags = [t for t in sorted(TPM_PT_PCR) if _pcr_property_bits(t) is not None]
+        chunk, more = _page(tags, _from(tags, prop), count, S.MAX_PCR_PROPERTIES)
+        data = [Container(tag=t, pcrSelect=_pcr_property_bits(t)) for t in chunk]
+    elif capability == TPM_CAP.ECC_CURVES:
+        curves = sorted(S.ECC_CURVES)
+        data, more = _page(curves, _from(curves, prop), count, S.MAX_ECC_CURVES)
+    else:
+        data = []      # AUTH_POLICIES, ACT: none exist
+    return (int(more), Container(capability=capability, data=data))
+
+
+def test_parms(tpm, ctx, parameters):
+    """Part 3 §30.3: every check happens while unmarshaling TPMT_PUBLIC_PARMS."""

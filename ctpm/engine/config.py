@@ -1,0 +1,18 @@
+"""What one TPM instance is built with: limits and identity, fixed at manufacture."""
+from dataclasses import dataclass, field
+
+from ..wire.constants import TPM_ALG
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # PCR banks allocated on a fresh TPM (swtpm/libtpms default: all four).
+    pcr_banks: tuple = field(default=(TPM_ALG.SHA1, TPM_ALG.SHA256, TPM_ALG.SHA384,
+                                      TPM_ALG.SHA512))
+    # Identity reported by GetCapability(TPM_PROPERTIES): honest about what this TPM is.
+    manufacturer: bytes = b"CTPM"
+    vendor_string: bytes = b"ctpm-python-emu"
+    firmware_version: tuple = (0, 1)          # (major << 16 | minor, build)
+    max_command_size: int = 4096
+    # Persist the clock to NV when it ran this far ahead of the stored value (ms).
+    clock_update_interval_ms: int = 4096

@@ -1,0 +1,30 @@
+"""Which function carries out which command: the command table joined to the engine."""
+from ..wire.commands import COMMANDS
+from ..wire.constants import TPM_CC
+from . import capability, clock, hash, pcr, random, startup, testing
+
+_FUNCTIONS = {
+    TPM_CC.Startup: startup.startup,
+    TPM_CC.Shutdown: startup.shutdown,
+    TPM_CC.SelfTest: testing.self_test,
+    TPM_CC.IncrementalSelfTest: testing.incremental_self_test,
+    TPM_CC.GetTestResult: testing.get_test_result,
+    TPM_CC.GetRandom: random.get_random,
+    TPM_CC.StirRandom: random.stir_random,
+    TPM_CC.Hash: hash.hash_,
+    TPM_CC.PCR_Extend: pcr.pcr_extend,
+    TPM_CC.PCR_Event: pcr.pcr_event,
+    TPM_CC.PCR_Read: pcr.pcr_read,
+    TPM_CC.PCR_Reset: pcr.pcr_reset,
+    TPM_CC.ReadClock: clock.read_clock,
+    TPM_CC.GetCapability: capability.get_capability,
+    TPM_CC.TestParms: capability.test_parms,
+}
+
+
+def table():
+    """{command code: (Command, function)} for every command in the wire table."""
+    missing = [c.code.name for c in COMMANDS if c.code not in _FUNCTIONS]
+    if missing:
+        raise RuntimeError(f"commands without a handler: {missing}")
+    return {int(c.code): (c, _FUNCTIONS[c.code]) for c in COMMANDS}

@@ -1,0 +1,284 @@
+"""Everything one TPM remembers: the NV image (seeds, counters, clock, saved state) and RAM.
+
+Part 1 §36-37 sorts TPM state by when it is reset; the attribute names below follow it:
+`nv` survives everything (persistent data, orderly data, the state saved by
+Shutdown(STATE)); the rest is volatile and rebuilt by `tpm_init` and `startup`.
+"""
+import hashlib
+import json
+
+from ..errors import TpmError
+from ..state.store import StoreError
+from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_SU
+from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
+from .drbg import HmacDrbg
+
+NV_FORMAT = "ctpm-nv"
+NV_VERSION = 1
+SEED_SIZE = 64
+PROOF_SIZE = 64
+
+# PC Client PCR attributes (as in the reference TPM's platform table):
+# (state saved by Shutdown(STATE), reset-locality bitmap, extend-locality bitmap)
+PCR_ATTRIBUTES = tuple([(True, 0x00, 0x1F)] * 16 + [
+    (False, 0x0F, 0x1F),  # 16 debug
+    (False, 0x10, 0x1C),  # 17 D-RTM, locality 4
+    (False, 0x10, 0x1C),  # 18 locality 3
+    (False, 0x10, 0x0C),  # 19 locality 2
+    (False, 0x14, 0x0E),  # 20 locality 1
+    (False, 0x14, 0x04),  # 21 dynamic OS
+    (False, 0x14, 0x04),  # 22 dynamic OS
+    (False, 0x0F, 0x1F),  # 23 application
+])
+# PCRs whose changes do not bump pcrUpdateCounter (the reference TPM's TCB group).
+PCR_NO_INCREMENT = frozenset((20, 21, 22))
+
+
+def _h(b):
+    return b.hex()
+
+
+def _b(s):
+    return bytes.fromhex(s)
+
+
+class TpmState:
+    """State of one TPM. Handlers read and change it; `commit` writes the NV image."""
+
+    def __init__(self, platform, config, nv: dict, *, fixed_seed: bytes | None = None):
+        self.platform = platform
+        self.config = config
+        self.nv = nv
+        self.fixed_seed = fixed_seed
+        self._stored_blob = None
+        self.dirty = False
+        self.started = False
+        self.established = nv.get("established", False)
+        self.drbg = None
+        self.drtm = None
+        self.init_ms = platform.now_ms()
+        self.clock_at_init = self._clock_stored = nv["clock"]
+
+    # -- manufacture / load -----------------------------------------------------------------
+
+    @classmethod
+    def load_or_manufacture(cls, platform, config, *, seed=None):
+        blob = platform.store.load()
+        if blob is None:
+            state = cls(platform, config, cls._manufacture(platform, config, seed), fixed_seed=seed)
+            state.commit(force=True)
+            return state
+        nv = cls._decode(blob, platform.store.describe())
+        fixed = _b(nv["fixed_seed"]) if nv.get("fixed_seed") else None
+        state = cls(platform, config, nv, fixed_seed=fixed)
+        state._stored_blob = blob
+        return state
+
+    @staticmethod
+    def _manufacture(platform, config, seed):
+        if seed is not None:
+            def material(label):
+                return hashlib.sha512(b"ctpm INSECURE fixed seed\0" + label + b"\0" + seed).digest()
+        else:
+            def material(label):
+                return platform.entropy(64)
+        return {
+            "format": NV_FORMAT,
+            "version": NV_VERSION,
+            "fixed_seed": _h(seed) if seed is not None else None,
+            "eps": _h(material(b"EPS")), "sps": _h(material(b"SPS")), "pps": _h(material(b"PPS")),
+            "eh_proof": _h(material(b"ehProof")), "sh_proof": _h(material(b"shProof")),
+            "ph_proof": _h(material(b"phProof")),
+            "clock": 0,
+            "reset_count": 0,
+            "total_reset_count": 0,
+            "orderly": None,          # None (disorderly), "CLEAR" or "STATE"
+            "saved": None,            # what Shutdown(STATE) keeps for the next Startup
+            "pcr_allocated": [int(a) for a in config.pcr_banks],
+            "established": False,
+        }
+
+    @staticmethod
+    def _decode(blob, where):
+        try:
+            outer = json.loads(blob)
+            body = outer["body"]
+            if hashlib.sha256(body.encode()).hexdigest() != outer["sha256"]:
+                raise ValueError("checksum mismatch")
+            nv = json.loads(body)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"TPM state in {where} is corrupt ({e})") from None
+        if nv.get("format") != NV_FORMAT or nv.get("version") != NV_VERSION:
+            raise StoreError(f"TPM state in {where} has an unknown format/version")
+        return nv
+
+    def commit(self, force=False):
+        """Write the NV image if it changed (called by the dispatcher after each command)."""
+        if not (self.dirty or force):
+            return
+        self.dirty = False
+        self.nv["clock"] = self._clock_stored = self.clock()
+        self.nv["established"] = self.established
+        body = json.dumps(self.nv, sort_keys=True)
+        blob = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(),
+                           "body": body}).encode()
+        if blob != self._stored_blob:
+            self.platform.store.save(blob)
+            self._stored_blob = blob
+
+    # -- power and initialization ------------------------------------------------------------
+
+    def tpm_init(self):
+        """_TPM_Init: volatile state is gone; the clock runs on from its stored value."""
+        self.started = False
+        self.init_ms = self.platform.now_ms()
+        self.clock_at_init = self.nv["clock"]
+        self._clock_stored = self.clock_at_init
+        self.safe = False
+        self.pcrs = {}
+        self.pcr_counter = 0
+        self.restart_count = 0
+        self.drtm = None
+        if self.fixed_seed is not None:
+            self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
+                                 self.nv["reset_count"].to_bytes(4, "big"))
+        else:
+            self.drbg = HmacDrbg(self.platform.entropy(48), b"ctpm drbg")
+
+    def power_off(self):
+        """Power lost: nothing is written; a disorderly shutdown unless Shutdown came first."""
+        self.started = False
+
+    # -- clock -------------------------------------------------------------------------------
+
+    def time(self) -> int:
+        """Milliseconds since _TPM_Init (TPMS_TIME_INFO.time)."""
+        return self.platform.now_ms() - self.init_ms
+
+    def clock(self) -> int:
+        """Milliseconds the TPM has been powered, over its lifetime (TPMS_CLOCK_INFO.clock)."""
+        return self.clock_at_init + self.time()
+
+    def tick(self):
+        """Persist the clock now and then, as a TPM updates its NV clock (Part 1 §36.6)."""
+        if self.clock() - self._clock_stored >= self.config.clock_update_interval_ms:
+            self.dirty = True
+            self.safe = True
+
+    # -- startup / shutdown (Part 3 §9.3, §9.4) -----------------------------------------------
+
+    def startup(self, startup_type, locality):
+        if locality not in (0, 3):
+            raise TpmError(TPM_RC.LOCALITY)
+        nv = self.nv
+        prev = nv["orderly"]
+        saved = nv["saved"]
+        if startup_type == TPM_SU.STATE:
+            if prev != "STATE" or saved is None:
+                raise TpmError(TPM_RC.VALUE, param=1)
+            if saved["locality3"] != (locality == 3):
+                raise TpmError(TPM_RC.LOCALITY)
+            kind = "resume"
+        elif prev == "STATE" and saved is not None:
+            kind = "restart"
+        else:
+            kind = "reset"
+        self.safe = prev is not None
+        if kind == "reset":
+            nv["reset_count"] += 1
+            nv["total_reset_count"] += 1
+            self.restart_count = 0
+            self.pcr_counter = 0
+            self.null_proof = self.drbg.generate(PROOF_SIZE)
+            self.null_seed = self.drbg.generate(SEED_SIZE)
+        else:
+            self.restart_count = saved["restart_count"] + 1
+            self.pcr_counter = saved["pcr_counter"]
+            self.null_proof = _b(saved["null_proof"])
+            self.null_seed = _b(saved["null_seed"])
+        self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
+        nv["orderly"] = None
+        nv["saved"] = None
+        self.started = True
+        self.dirty = True
+        return kind
+
+    def shutdown(self, shutdown_type):
+        nv = self.nv
+        if shutdown_type == TPM_SU.STATE:
+            nv["saved"] = {
+                "restart_count": self.restart_count,
+                "pcr_counter": self.pcr_counter,
+                "null_proof": _h(self.null_proof),
+                "null_seed": _h(self.null_seed),
+                "locality3": self.startup_locality3,
+                "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] else None
+                                    for i, v in enumerate(bank)]
+                         for alg, bank in self.pcrs.items()},
+            }
+            nv["orderly"] = "STATE"
+        else:
+            nv["saved"] = None
+            nv["orderly"] = "CLEAR"
+        self.safe = True
+        self.dirty = True
+
+    def clear_orderly(self):
+        """A change to state-saved data after Shutdown makes the shutdown disorderly again."""
+        if self.nv["orderly"] is not None:
+            self.nv["orderly"] = None
+            self.nv["saved"] = None
+            self.dirty = True
+
+    # -- PCRs ---------------------------------------------------------------------------------
+
+    def _init_pcrs(self, locality, saved):
+        self.startup_locality3 = locality == 3
+        self.pcrs = {}
+        for alg in self.nv["pcr_allocated"]:
+            size = HASH_SIZES[alg]
+            bank = []
+            for i, (_save, reset_loc, _ext) in enumerate(PCR_ATTRIBUTES):
+                if saved is not None and saved.get(str(alg)) and saved[str(alg)][i] is not None:
+                    bank.append(_b(saved[str(alg)][i]))
+                    continue
+                value = bytearray((0xFF if reset_loc & 0x10 else 0,) * size)
+                if i == 0:
+                    value[-1] = locality   # H-CRTM PCR 0 records the startup locality
+                bank.append(bytes(value))
+            self.pcrs[TPM_ALG(alg)] = bank
+
+    # -- DRTM (_TPM_Hash_Start/Data/End, Part 1 §34.3) -----------------------------------------
+
+    def drtm_hash_start(self, locality=4):
+        self.drtm = {alg: hashlib.new(TPM_ALG(alg).name.lower()) for alg in self.pcrs}
+
+    def drtm_hash_data(self, data):
+        if self.drtm is None:
+            return
+        for h in self.drtm.values():
+            h.update(data)
+
+    def drtm_hash_end(self):
+        """PCR 17 := Extend(0...0, H(data)) in every bank; the TPM is now 'established'."""
+        if self.drtm is None:
+            return
+        for alg, h in self.drtm.items():
+            size = HASH_SIZES[alg]
+            self.pcrs[alg][17] = hashlib.new(h.name, b"\0" * size + h.digest()).digest()
+            for i in range(18, 23):
+                self.pcrs[alg][i] = b"\0" * size
+        self.drtm = None
+        self.established = True
+        self.dirty = True
+
+    # -- hierarchies ----------------------------------------------------------------------------
+
+    def proof(self, hierarchy):
+        if hierarchy == TPM_RH.OWNER:
+            return _b(self.nv["sh_proof"])
+        if hierarchy == TPM_RH.ENDORSEMENT:
+            return _b(self.nv["eh_proof"])
+        if hierarchy == TPM_RH.PLATFORM:
+            return _b(self.nv["ph_proof"])
+        return self.null_proof

@@ -1,0 +1,123 @@
+"""The TPM: a synchronous, sans-I/O engine. `Tpm.execute(command, locality) -> response`.
+
+One instance is one TPM. Transports call `execute` and the platform signals (power, NV,
+cancel, _TPM_Hash_*); everything else is in the instance, nothing in modules.
+"""
+import struct
+
+from ..errors import TpmError
+from ..platform import Platform
+from ..wire.constants import TPM_RC, TPM_ST
+from .config import EngineConfig
+from .dispatch import Dispatcher
+from .state import TpmState
+
+_HDR = struct.Struct(">HII")
+
+
+def error_response(rc: int, tag: int = TPM_ST.NO_SESSIONS) -> bytes:
+    """A 10-byte error response (Part 1 §18.2: errors carry no handles, parameters or sessions)."""
+    return _HDR.pack(tag, 10, rc)
+
+
+class Tpm:
+    """One TPM 2.0 instance.
+
+    Life cycle as on real hardware: `power_on()` (done by `manufacture`) runs _TPM_Init; the
+    first command must then be TPM2_Startup. `power_off()` drops everything volatile.
+    """
+
+    def __init__(self, platform: Platform | None = None, config: EngineConfig | None = None,
+                 *, seed: bytes | None = None):
+        self.platform = platform if platform is not None else Platform()
+        self.config = config if config is not None else EngineConfig()
+        self.state = TpmState.load_or_manufacture(self.platform, self.config, seed=seed)
+        self.dispatcher = Dispatcher(self)
+        self.powered = False
+        self.nv_available = True
+        self.cancelled = False
+        self.power_on()
+
+    @classmethod
+    def manufacture(cls, platform=None, *, seed=None, config=None):
+        """A TPM as it leaves the factory (or as it was, if the platform's store has an image).
+
+        `seed` makes the primary seeds and the DRBG deterministic: INSECURE, for tests only.
+        """
+        return cls(platform, config, seed=seed)
+
+    # -- the command interface -----------------------------------------------------------
+
+    def execute(self, command: bytes, locality: int = 0) -> bytes:
+        """Run one command; always returns a well-formed response, never raises."""
+        if not self.powered:
+            return error_response(TPM_RC.FAILURE)
+        return self.dispatcher.execute(command, locality)
+
+    # -- platform signals (mssim platform port, swtpm control channel) -------------------
+
+    def power_on(self):
+        """Power on if off; runs _TPM_Init. A no-op while powered (as the reference simulator)."""
+        if not self.powered:
+            self.powered = True
+            self.tpm_init()
+
+    def power_off(self):
+        self.powered = False
+        self.state.power_off()
+
+    def tpm_init(self):
+        """_TPM_Init (Part 1 §12.2.2): a TPM Reset indication; Startup is required next."""
+        self.state.tpm_init()
+
+    def reset(self):
+        """mssim RESET: _TPM_Init while powered."""
+        if self.powered:
+            self.tpm_init()
+
+    def nv_on(self):
+        self.nv_available = True
+
+    def nv_off(self):
+        self.nv_available = False
+
+    def cancel_on(self):
+        self.cancelled = True
+
+    def cancel_off(self):
+        self.cancelled = False
+
+    @property
+    def established(self) -> bool:
+        """TPM_ACCESS.tpmEstablishment (swtpm GET_TPMESTABLISHED): set by a D-RTM event."""
+        return self.state.established
+
+    def reset_established(self, locality: int):
+        """Clear tpmEstablished; only localities 3 and 4 may (PC Client PTP)."""
+        if locality not in (3, 4):
+            raise TpmError(TPM_RC.LOCALITY)
+        self.state.established = False
+
+    def hash_start(self, locality: int = 4):
+        self.state.drtm_hash_start(locality)
+
+    def hash_data(self, data: bytes):
+        self.state.drtm_hash_data(data)
+
+    def hash_end(self):
+        self.state.drtm_hash_end()
+
+    def entity_auth_value(self, handle: int) -> bytes:
+        """authValue of an entity named in a handle area (Part 1 §19.6.5).
+
+        PCRs and hierarchies have empty authorization until their Change*Auth commands exist.
+        """
+        return b""
+
+    @property
+    def started(self) -> bool:
+        return self.state.started
+
+    def save_state(self):
+        """Write the NV image now (swtpm STORE_VOLATILE, clean shutdown of the daemon)."""
+        self.state.commit(force=True)

@@ -1,0 +1,132 @@
+"""The command table: every implemented command declared once, with its Part 3 section.
+
+For each command: its handles (with the authorization role Part 3 gives, and the handle
+type's interface for unmarshaling), its parameters and response parameters in wire order,
+and the TPMA_CC attributes GetCapability(COMMANDS) reports. The dispatcher does all the
+unmarshaling, session and response work from this table; handlers see Python values.
+"""
+from dataclasses import dataclass
+from enum import IntEnum
+
+from . import structures as S
+from .base import Sized, Tpm2b
+from .constants import TPM_CC, TPMA_CC
+
+
+_TPM2B_TYPES = (Tpm2b, Sized)
+
+
+class Auth(IntEnum):
+    """Authorization role of a handle (Part 3 "Auth Index" / "Auth Role")."""
+    NONE = 0
+    USER = 1
+    ADMIN = 2
+    DUP = 3
+
+
+@dataclass(frozen=True)
+class Handle:
+    name: str
+    type: object            # construct that unmarshals and range-checks the handle
+    auth: Auth = Auth.NONE
+
+
+@dataclass(frozen=True)
+class Command:
+    code: TPM_CC
+    spec: str               # "Part 3 §x.y"
+    handles: tuple = ()
+    params: tuple = ()      # ((name, construct), ...)
+    response: tuple = ()    # ((name, construct), ...) after the optional response handle
+    response_handle: bool = False
+    nv: bool = False        # TPMA_CC.nv: may write NV
+    extensive: bool = False
+    flushed: bool = False
+    pp: bool = False        # physical presence may be required (TPM_CAP_PP_COMMANDS)
+    sessions: bool = True   # False: the tag must be TPM_ST_NO_SESSIONS (else TPM_RC_AUTH_CONTEXT)
+
+    @property
+    def attributes(self) -> int:
+        """TPMA_CC for GetCapability(TPM_CAP_COMMANDS) (Part 2 §8.9)."""
+        a = int(self.code) & 0xFFFF
+        a |= len(self.handles) << 25
+        if self.nv:
+            a |= TPMA_CC.NV
+        if self.extensive:
+            a |= TPMA_CC.EXTENSIVE
+        if self.flushed:
+            a |= TPMA_CC.FLUSHED
+        if self.response_handle:
+            a |= TPMA_CC.RHANDLE
+        return a
+
+    @property
+    def auth_handles(self) -> int:
+        return sum(1 for h in self.handles if h.auth != Auth.NONE)
+
+    @property
+    def decrypt(self) -> bool:
+        """May the first command parameter be encrypted (it is a TPM2B)?"""
+        return bool(self.params) and isinstance(self.params[0][1], _TPM2B_TYPES)
+
+    @property
+    def encrypt(self) -> bool:
+        """May the first response parameter be encrypted (it is a TPM2B)?"""
+        return bool(self.response) and isinstance(self.response[0][1], _TPM2B_TYPES)
+
+
+PCR = S.TPMI_DH_PCR
+PCR_OR_NULL = S.TPMI_DH_PCR.plus
+
+COMMANDS = (
+    # Part 3 §9: start-up
+    Command(TPM_CC.Startup, "Part 3 §9.3",
+            params=(("startupType", S.TPM_SU_),), nv=True, sessions=False),
+    Command(TPM_CC.Shutdown, "Part 3 §9.4",
+            params=(("shutdownType", S.TPM_SU_),), nv=True),
+    # Part 3 §10: testing
+    Command(TPM_CC.SelfTest, "Part 3 §10.2",
+            params=(("fullTest", S.TPMI_YES_NO),), nv=True),
+    Command(TPM_CC.IncrementalSelfTest, "Part 3 §10.3",
+            params=(("toTest", S.TPML_ALG),),
+            response=(("toDoList", S.TPML_ALG),), nv=True),
+    Command(TPM_CC.GetTestResult, "Part 3 §10.4",
+            response=(("outData", S.TPM2B_MAX_BUFFER), ("testResult", S.TPM_RC_))),
+    # Part 3 §16: random number generator
+    Command(TPM_CC.GetRandom, "Part 3 §16.1",
+            params=(("bytesRequested", S.UINT16),),
+            response=(("randomBytes", S.TPM2B_DIGEST),)),
+    Command(TPM_CC.StirRandom, "Part 3 §16.2",
+            params=(("inData", S.Tpm2b(S.MAX_SYM_DATA)),), nv=True),
+    # Part 3 §15: hash
+    Command(TPM_CC.Hash, "Part 3 §15.4",
+            params=(("data", S.TPM2B_MAX_BUFFER), ("hashAlg", S.TPMI_ALG_HASH),
+                    ("hierarchy", S.TPMI_RH_HIERARCHY.plus)),
+            response=(("outHash", S.TPM2B_DIGEST), ("validation", S.TPMT_TK_HASHCHECK))),
+    # Part 3 §22: integrity collection (PCR)
+    Command(TPM_CC.PCR_Extend, "Part 3 §22.4",
+            handles=(Handle("pcrHandle", PCR_OR_NULL, Auth.USER),),
+            params=(("digests", S.TPML_DIGEST_VALUES),), nv=True),
+    Command(TPM_CC.PCR_Event, "Part 3 §22.5",
+            handles=(Handle("pcrHandle", PCR_OR_NULL, Auth.USER),),
+            params=(("eventData", S.TPM2B_EVENT),),
+            response=(("digests", S.TPML_DIGEST_VALUES),), nv=True),
+    Command(TPM_CC.PCR_Read, "Part 3 §22.6",
+            params=(("pcrSelectionIn", S.TPML_PCR_SELECTION),),
+            response=(("pcrUpdateCounter", S.UINT32), ("pcrSelectionOut", S.TPML_PCR_SELECTION),
+                      ("pcrValues", S.TPML_DIGEST))),
+    Command(TPM_CC.PCR_Reset, "Part 3 §22.8",
+            handles=(Handle("pcrHandle", PCR, Auth.USER),), nv=True),
+    # Part 3 §29: clocks and timers
+    Command(TPM_CC.ReadClock, "Part 3 §29.1",
+            response=(("currentTime", S.TPMS_TIME_INFO),)),
+    # Part 3 §30: capability commands
+    Command(TPM_CC.GetCapability, "Part 3 §30.2",
+            params=(("capability", S.TPM_CAP_), ("property", S.UINT32),
+                    ("propertyCount", S.UINT32)),
+            response=(("moreData", S.TPMI_YES_NO), ("capabilityData", S.TPMS_CAPABILITY_DATA))),
+    Command(TPM_CC.TestParms, "Part 3 §30.3",
+            params=(("parameters", S.TPMT_PUBLIC_PARMS),)),
+)
+
+BY_CODE = {int(c.code): c for c in COMMANDS}
