@@ -169,8 +169,7 @@ def _pcr_property_bits(tag):
     if TPM_PT_PCR.EXTEND_L0 <= tag <= TPM_PT_PCR.RESET_L4:
         locality, reset = divmod(tag - 1, 2)
         col = 1 if reset else 2
-        return bitmap(lambda i: PCR_ATTRIBUTES[i][col] & (1 << locality)
-                      and not (reset and locality == 4))
+        return bitmap(lambda i: PCR_ATTRIBUTES[i][col] & (1 << locality))
     if tag == TPM_PT_PCR.NO_INCREMENT:
         return bitmap(lambda i: i in PCR_NO_INCREMENT)
     if tag == TPM_PT_PCR.DRTM_RESET:

@@ -25,9 +25,11 @@ def _changed(state, pcr):
 
 
 def extend(state, pcr, alg, digest):
+    """Extend one bank; like the reference TPM, each bank extended counts as one change."""
     bank = state.pcrs.get(alg)
     if bank is not None:
         bank[pcr] = hashlib.new(HASH_NAMES[alg], bank[pcr] + digest).digest()
+        _changed(state, pcr)
 
 
 def pcr_extend(tpm, ctx, pcr, digests):
@@ -38,7 +40,6 @@ def pcr_extend(tpm, ctx, pcr, digests):
     state = tpm.state
     for d in digests:
         extend(state, pcr, d.hashAlg, d.digest)
-    _changed(state, pcr)
 
 
 def pcr_event(tpm, ctx, pcr, event_data):
@@ -52,8 +53,6 @@ def pcr_event(tpm, ctx, pcr, event_data):
         out.append(Container(hashAlg=alg, digest=d))
         if pcr != TPM_RH.NULL:
             extend(state, pcr, alg, d)
-    if pcr != TPM_RH.NULL:
-        _changed(state, pcr)
     return (out,)
 
 

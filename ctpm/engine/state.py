@@ -30,8 +30,8 @@ PCR_ATTRIBUTES = tuple([(True, 0x00, 0x1F)] * 16 + [
     (False, 0x14, 0x04),  # 22 dynamic OS
     (False, 0x0F, 0x1F),  # 23 application
 ])
-# PCRs whose changes do not bump pcrUpdateCounter (the reference TPM's TCB group).
-PCR_NO_INCREMENT = frozenset((20, 21, 22))
+# PCRs whose changes do not bump pcrUpdateCounter (PC Client: 16 and 21-23, as libtpms).
+PCR_NO_INCREMENT = frozenset((16, 21, 22, 23))
 
 
 def _h(b):
@@ -235,11 +235,19 @@ class TpmState:
     def _init_pcrs(self, locality, saved):
         self.startup_locality3 = locality == 3
         self.pcrs = {}
+
+        def restored(alg, i):
+            return saved is not None and saved.get(str(alg)) and saved[str(alg)][i] is not None
+        # Every PCR (re)initialized counts as a change, as in the reference TPM's PCRStartup.
+        for i in range(IMPLEMENTATION_PCR):
+            if not PCR_ATTRIBUTES[i][0] or saved is None:
+                if i not in PCR_NO_INCREMENT:
+                    self.pcr_counter = (self.pcr_counter + 1) & 0xFFFFFFFF
         for alg in self.nv["pcr_allocated"]:
             size = HASH_SIZES[alg]
             bank = []
             for i, (_save, reset_loc, _ext) in enumerate(PCR_ATTRIBUTES):
-                if saved is not None and saved.get(str(alg)) and saved[str(alg)][i] is not None:
+                if restored(alg, i):
                     bank.append(_b(saved[str(alg)][i]))
                     continue
                 value = bytearray((0xFF if reset_loc & 0x10 else 0,) * size)
