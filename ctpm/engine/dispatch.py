@@ -174,9 +174,12 @@ class Dispatcher:
                 if handle == TPM_RH.PW:   # a password session must authorize a handle
                     raise TpmError(TPM_RC.HANDLE, session=idx)
                 continue
-            expected = self.tpm.entity_auth_value(auth_handles[idx - 1])
+            entity = auth_handles[idx - 1]
+            expected = self.tpm.entity_auth_value(entity)
             if not hmac.compare_digest(auth.rstrip(b"\0"), expected.rstrip(b"\0")):
-                raise TpmError(TPM_RC.AUTH_FAIL, session=idx)
+                # Part 1 §19.6.5: entities outside dictionary-attack protection get BAD_AUTH.
+                rc = TPM_RC.BAD_AUTH if self.tpm.is_da_exempt(entity) else TPM_RC.AUTH_FAIL
+                raise TpmError(rc, session=idx)
 
     def _response(self, cdef, tag, ctx, outputs):
         body = b""

@@ -7,7 +7,7 @@ import struct
 
 from ..errors import TpmError
 from ..platform import Platform
-from ..wire.constants import TPM_RC, TPM_ST
+from ..wire.constants import TPM_RC, TPM_RH, TPM_ST
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from .state import TpmState
@@ -113,6 +113,10 @@ class Tpm:
         PCRs and hierarchies have empty authorization until their Change*Auth commands exist.
         """
         return b""
+
+    def is_da_exempt(self, handle: int) -> bool:
+        """PCRs and every permanent handle but TPM_RH_LOCKOUT are outside DA protection."""
+        return handle != TPM_RH.LOCKOUT
 
     @property
     def started(self) -> bool:
