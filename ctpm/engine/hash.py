@@ -1,22 +1,16 @@
 """Part 3 §15: hash (TPM2_Hash) and the hash-check ticket it issues."""
-import hashlib
 import hmac
 import struct
 
 from construct import Container
 
-from ..wire.constants import TPM_ALG, TPM_RH, TPM_ST
+from ..crypto.hashes import digest
+from ..wire.constants import TPM_RH, TPM_ST
 from ..wire.structures import TPM_GENERATED_VALUE
 
-HASH_NAMES = {TPM_ALG.SHA1: "sha1", TPM_ALG.SHA256: "sha256", TPM_ALG.SHA384: "sha384",
-              TPM_ALG.SHA512: "sha512"}
 # Tickets are HMACs with a hierarchy proof (Part 1 §24.1); only this TPM ever checks them.
 TICKET_HASH = "sha512"
 _GENERATED = struct.pack(">I", TPM_GENERATED_VALUE)
-
-
-def digest(alg, data: bytes) -> bytes:
-    return hashlib.new(HASH_NAMES[alg], data).digest()
 
 
 def null_ticket(tag):

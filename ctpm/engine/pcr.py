@@ -1,12 +1,10 @@
 """Part 3 §22: integrity collection (PCR)."""
-import hashlib
-
 from construct import Container
 
 from ..errors import TpmError
 from ..wire.constants import TPM_RC, TPM_RH
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
-from .hash import HASH_NAMES
+from ..crypto.hashes import HASH_NAMES, digest
 from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
 
 MAX_PCR_READ = 8   # TPML_DIGEST holds at most 8 digests
@@ -24,11 +22,11 @@ def _changed(state, pcr):
         state.pcr_counter = (state.pcr_counter + 1) & 0xFFFFFFFF
 
 
-def extend(state, pcr, alg, digest):
+def extend(state, pcr, alg, value):
     """Extend one bank; like the reference TPM, each bank extended counts as one change."""
     bank = state.pcrs.get(alg)
     if bank is not None:
-        bank[pcr] = hashlib.new(HASH_NAMES[alg], bank[pcr] + digest).digest()
+        bank[pcr] = digest(alg, bank[pcr] + value)
         _changed(state, pcr)
 
 
@@ -48,8 +46,8 @@ def pcr_event(tpm, ctx, pcr, event_data):
         _check_extend(tpm, ctx, pcr)
     state = tpm.state
     out = []
-    for alg, name in HASH_NAMES.items():
-        d = hashlib.new(name, event_data).digest()
+    for alg in HASH_NAMES:
+        d = digest(alg, event_data)
         out.append(Container(hashAlg=alg, digest=d))
         if pcr != TPM_RH.NULL:
             extend(state, pcr, alg, d)

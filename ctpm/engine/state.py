@@ -7,6 +7,7 @@ Shutdown(STATE)); the rest is volatile and rebuilt by `tpm_init` and `startup`.
 import hashlib
 import json
 
+from ..crypto import hashes
 from ..errors import TpmError
 from ..state.store import StoreError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_SU
@@ -259,7 +260,7 @@ class TpmState:
     # -- DRTM (_TPM_Hash_Start/Data/End, Part 1 §34.3) -----------------------------------------
 
     def drtm_hash_start(self, locality=4):
-        self.drtm = {alg: hashlib.new(TPM_ALG(alg).name.lower()) for alg in self.pcrs}
+        self.drtm = {alg: hashes.new(alg) for alg in self.pcrs}
 
     def drtm_hash_data(self, data):
         if self.drtm is None:
@@ -273,7 +274,7 @@ class TpmState:
             return
         for alg, h in self.drtm.items():
             size = HASH_SIZES[alg]
-            self.pcrs[alg][17] = hashlib.new(h.name, b"\0" * size + h.digest()).digest()
+            self.pcrs[alg][17] = hashes.digest(alg, b"\0" * size + h.digest())
             for i in range(18, 23):
                 self.pcrs[alg][i] = b"\0" * size
         self.drtm = None

@@ -1,0 +1,104 @@
+"""The `ctpm` command.
+
+Exit status: 0 after a clean stop (SIGINT, SIGTERM, mssim STOP, swtpm SHUTDOWN), 1 when the
+daemon cannot start (address in use, unusable state directory), 2 for a usage or
+configuration mistake. Exactly one line goes to stdout, when every socket listens:
+`ctpm: ready mssim=HOST:PORT,PLATFORM_PORT swtpm=...`; logs go to stderr.
+Start-up time matters (harnesses give a TPM about a second), so the heavy imports happen
+only on the path that needs them.
+"""
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import LOG_LEVELS, ConfigError, load
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="ctpm", description="A TPM 2.0 emulator daemon.")
+    parser.add_argument("--version", action="version", version=f"ctpm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="serve a TPM until stopped")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    run.add_argument("--mssim", metavar="HOST:PORT", action="append",
+                     help="TCG simulator protocol: commands on PORT, platform on PORT+1 "
+                          "(repeatable; default 127.0.0.1:2321 when no listener is given)")
+    run.add_argument("--swtpm", metavar="HOST:PORT|unix:PATH", action="append",
+                     help="swtpm socket protocol: data on PORT, control on PORT+1, or data "
+                          "on PATH, control on PATH.ctrl (repeatable)")
+    run.add_argument("--state", metavar="DIR", help="keep NV state in DIR (default: memory)")
+    run.add_argument("--log-level", metavar="LEVEL", help="|".join(LOG_LEVELS))
+    run.add_argument("--allow-remote", action="store_true",
+                     help="allow listening on non-loopback addresses")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        parser.print_usage(sys.stderr)
+        return 2
+    try:
+        config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
+                      log_level=args.log_level, allow_remote=args.allow_remote)
+    except ConfigError as e:
+        print(f"ctpm: config error: {e}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def run(config) -> int:
+    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
+                        format="ctpm: %(levelname)s: %(name)s: %(message)s")
+    import trio
+
+    from .daemon import StartupError
+    from .state.store import StoreError
+    try:
+        trio.run(_run, config)
+    except (StartupError, StoreError, BaseExceptionGroup) as e:
+        error = _leaf(e, (StartupError, StoreError))
+        if error is None:
+            raise
+        prefix = "state error: " if isinstance(error, StoreError) else ""
+        print(f"ctpm: {prefix}{error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaf(error, types):
+    """The first exception of `types` in `error` or the exception groups nested in it."""
+    if isinstance(error, types):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _leaf(inner, types)
+        if found is not None:
+            return found
+    return None
+
+
+async def _run(config):
+    import signal
+
+    import trio
+
+    from .daemon import serve
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
+                await serve(config, task_status=task_status)
+                nursery.cancel_scope.cancel()           # a client asked us to stop
+
+            listening = await nursery.start(serve_then_stop)
+            print(f"ctpm: ready {listening}", flush=True)
+            async for signum in signals:
+                logging.getLogger("ctpm").info("stopping on %s", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+if __name__ == "__main__":
+    sys.exit(main())

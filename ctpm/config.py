@@ -1,0 +1,198 @@
+"""The daemon's configuration: one frozen value, built once from TOML and CLI flags.
+
+Everything is checked here, before anything starts, so that a mistake is reported as one line
+naming the key (`[listen] mssim: 'abc' is not HOST:PORT`) instead of a traceback later.
+Defaults live in `Config` and are documented, identically, in conf/ctpm.toml.
+"""
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MIN_COMMAND_SIZE, MAX_COMMAND_SIZE = 1024, 65536
+
+
+class ConfigError(Exception):
+    """A configuration mistake; str() is the one line to show the user."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A listening address: TCP `host:port` (port 0 = any free port) or a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self):
+        if self.is_unix:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    mssim: tuple = (Address("127.0.0.1", 2321),)   # used when no listener is configured
+    swtpm: tuple = ()
+    allow_remote: bool = False
+    stall_timeout: float = 5.0
+    state_dir: str | None = None                    # None: NV in memory only
+    max_command_size: int = 4096
+    log_level: str = "warning"
+
+
+DEFAULTS = Config()
+
+# TOML layout: section -> key -> Config field.
+SCHEMA = {
+    "listen": {"mssim": "mssim", "swtpm": "swtpm", "allow_remote": "allow_remote",
+               "stall_timeout": "stall_timeout"},
+    "state": {"dir": "state_dir"},
+    "tpm": {"max_command_size": "max_command_size"},
+    "log": {"level": "log_level"},
+}
+
+
+def parse_address(text, where: str, *, unix_ok: bool) -> Address:
+    """`HOST:PORT`, `[V6]:PORT` or (if allowed) `unix:PATH`."""
+    form = "HOST:PORT or unix:PATH" if unix_ok else "HOST:PORT"
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: {text!r} is not {form}")
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not unix_ok or not path or "\0" in path:
+            raise ConfigError(f"{where}: {text!r} is not {form}")
+        if len((path + ".ctrl").encode()) > 107:
+            raise ConfigError(f"{where}: {text!r}: path too long for a unix socket")
+        return Address(path=path)
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _is_ip(host, 6):
+            raise ConfigError(f"{where}: {text!r} is not {form}")
+    elif ":" in host:
+        raise ConfigError(f"{where}: {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+    if not sep or not host or not port.isdigit() or any(c in host for c in " /,"):
+        raise ConfigError(f"{where}: {text!r} is not {form}")
+    if int(port) > 65534:       # the second channel listens on port + 1
+        raise ConfigError(f"{where}: {text!r}: port must be 0-65534 (port + 1 is used too)")
+    return Address(host=host, port=int(port))
+
+
+def _is_ip(text: str, version: int | None = None) -> bool:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or ip.version == version
+
+
+def _is_loopback(host: str, where: str) -> bool:
+    if host == "localhost":
+        return True
+    if _is_ip(host):
+        return ipaddress.ip_address(host).is_loopback
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        raise ConfigError(f"{where}: cannot resolve host {host!r}") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def _check_type(value, kind, where):
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not ok:
+        names = {bool: "true or false", int: "an integer", str: "a string",
+                 (int, float): "a number", list: "a list"}
+        raise ConfigError(f"{where}: expected {names[kind]}, got {value!r}")
+    return value
+
+
+def read_toml(path) -> dict:
+    """The TOML file as {field: (value, where)}; unknown sections and keys are errors."""
+    import tomllib      # only when a file is given: keeps `ctpm run` start-up light
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    found = {}
+    for section, table in doc.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section} must be a [{section}] table")
+        for key, value in table.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            found[SCHEMA[section][key]] = (value, f"[{section}] {key}")
+    return found
+
+
+def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
+         allow_remote=False) -> Config:
+    """Build and validate the configuration: TOML file first, then CLI flags over it."""
+    raw = read_toml(path) if path is not None else {}
+    flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
+             "state_dir": (state_dir, "--state"), "log_level": (log_level, "--log-level")}
+    for name, (value, where) in flags.items():
+        if value is not None and value != []:
+            raw[name] = (value, where)
+    if allow_remote:
+        raw["allow_remote"] = (True, "--allow-remote")
+
+    values = {}
+    if "mssim" in raw or "swtpm" in raw:     # the default mssim only without any listener
+        values["mssim"] = values["swtpm"] = ()
+    for name, (value, where) in raw.items():
+        values[name] = _validate(name, value, where)
+    config = Config(**values)
+    if not config.mssim and not config.swtpm:
+        raise ConfigError("no listener configured ([listen] mssim / swtpm are both empty)")
+    if not config.allow_remote:
+        for name in ("mssim", "swtpm"):
+            value, where = raw.get(name, (None, f"[listen] {name}"))
+            for address in getattr(config, name):
+                if not address.is_unix and not _is_loopback(address.host, where):
+                    raise ConfigError(
+                        f"{where}: {address} is not a loopback address "
+                        "(set [listen] allow_remote = true or pass --allow-remote)")
+    return config
+
+
+def _validate(name, value, where):
+    if name in ("mssim", "swtpm"):
+        if isinstance(value, str):
+            value = [value]
+        _check_type(value, list, where)
+        return tuple(parse_address(v, where, unix_ok=name == "swtpm") for v in value)
+    if name == "allow_remote":
+        return _check_type(value, bool, where)
+    if name == "stall_timeout":
+        value = _check_type(value, (int, float), where)
+        if not 0 < value <= 3600:
+            raise ConfigError(f"{where}: {value!r} is not between 0 and 3600 seconds")
+        return float(value)
+    if name == "state_dir":
+        if not _check_type(value, str, where):
+            raise ConfigError(f"{where}: must not be empty")
+        return value
+    if name == "max_command_size":
+        value = _check_type(value, int, where)
+        if not MIN_COMMAND_SIZE <= value <= MAX_COMMAND_SIZE:
+            raise ConfigError(f"{where}: {value} is not between {MIN_COMMAND_SIZE} "
+                              f"and {MAX_COMMAND_SIZE}")
+        return value
+    if name == "log_level":
+        level = _check_type(value, str, where).lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
+    raise AssertionError(name)

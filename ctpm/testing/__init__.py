@@ -1,0 +1,35 @@
+"""Test helpers for ctpm and for projects that test against it.
+
+- `ctpm.testing.plugin`: pytest fixtures (`ctpm_tpm`, `ctpm_started_tpm`, `ctpm_server`,
+  `ctpm_esapi`), registered through the `pytest11` entry point.
+- `ctpm.testing.process.run_daemon`: a real `ctpm run` subprocess on free ports.
+- `blocking(fn, *args)`: run a blocking call (tpm2-pytss) in a worker thread, so that the
+  event loop can keep serving the in-process daemon that the call is talking to.
+"""
+import functools
+
+TEST_SEED = b"ctpm.testing: fixed seed, INSECURE, tests only"
+STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")
+
+
+async def blocking(fn, *args, **kwargs):
+    """`await blocking(esapi.get_random, 8)`: run a blocking call without stalling trio."""
+    import trio
+
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def manufacture_test_tpm(seed: bytes = TEST_SEED):
+    """A fresh in-memory TPM with a fixed, INSECURE seed: powered on, not yet started."""
+    from ..engine.tpm import Tpm
+
+    return Tpm.manufacture(seed=seed)
+
+
+def startup(tpm):
+    """Send TPM2_Startup(CLEAR) to `tpm`; raise if it does not answer TPM_RC_SUCCESS."""
+    response = tpm.execute(STARTUP_CLEAR)
+    rc = int.from_bytes(response[6:10], "big")
+    if rc != 0:
+        raise RuntimeError(f"TPM2_Startup(CLEAR) failed: rc=0x{rc:03x}")
+    return tpm

@@ -1,0 +1,132 @@
+"""Reading whole messages off a byte stream, and the TPM command framing rules.
+
+TCP delivers a command in as many pieces as it likes (the mssim TCTI writes its 9-byte prefix
+and the command separately), so every read here is "exactly n bytes". Between messages a
+client may stay idle for as long as it wants; once a message has begun, the rest must arrive
+within `stall_timeout` seconds, so a client that sends half a header cannot pin a connection
+(or a reader) forever.
+"""
+import struct
+
+import trio
+
+HEADER = struct.Struct(">HII")          # tag, size, command/response code
+HEADER_SIZE = HEADER.size               # 10
+U32 = struct.Struct(">I")
+
+TPM_ST_NO_SESSIONS = 0x8001
+TPM_ST_SESSIONS = 0x8002
+TPM_RC_COMMAND_SIZE = 0x142
+DEFAULT_MAX_COMMAND_SIZE = 4096
+
+
+def error_response(rc: int) -> bytes:
+    """A 10-byte TPM error response (Part 1 §18.2); kept here so framing needs no engine."""
+    return HEADER.pack(TPM_ST_NO_SESSIONS, HEADER_SIZE, rc)
+
+
+COMMAND_SIZE_ERROR = error_response(TPM_RC_COMMAND_SIZE)
+
+
+class Truncated(Exception):
+    """The peer closed, or stalled, in the middle of a message."""
+
+
+class MessageReader:
+    """Buffered exact reads from a trio stream, with a deadline per message."""
+
+    def __init__(self, stream, stall_timeout: float):
+        self._stream = stream
+        self._buf = bytearray()
+        self._stall = stall_timeout
+        self._deadline = float("inf")
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    async def _fill(self) -> bool:
+        try:
+            data = await self._stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            data = b""          # connection reset: same as end of stream for a server
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+    async def begin(self) -> bool:
+        """Wait (without a time limit) for the first byte of the next message.
+
+        Returns False at a clean end of stream. Starts the message's stall deadline.
+        """
+        if not self._buf and not await self._fill():
+            return False
+        self._deadline = trio.current_time() + self._stall
+        return True
+
+    async def read(self, n: int) -> bytes:
+        """Exactly `n` bytes of the current message, or `Truncated`."""
+        if len(self._buf) < n:
+            with trio.move_on_at(self._deadline):
+                while len(self._buf) < n:
+                    if not await self._fill():
+                        raise Truncated("end of stream inside a message")
+            if len(self._buf) < n:
+                raise Truncated(f"no complete message within {self._stall:g} s")
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def read_u32(self) -> int:
+        return U32.unpack(await self.read(4))[0]
+
+    async def read_chunks(self, n: int, chunk: int = 4096):
+        """Yield the next `n` bytes in pieces of at most `chunk` (for unbounded payloads)."""
+        while n:
+            part = await self.read(min(n, chunk))
+            n -= len(part)
+            yield part
+
+    def discard_buffered(self):
+        """Drop what has been received but not read (after input that cannot be framed)."""
+        self._buf.clear()
+
+
+def check_command(command: bytes, max_size: int) -> bytes | None:
+    """The transport's part of command validation: the header's size must be the length.
+
+    Returns the error response to send, or None when the engine should see the command. Tag,
+    command code and everything else are the engine's business (TPM_RC_BAD_TAG, ...).
+    """
+    if len(command) < HEADER_SIZE or len(command) > max_size:
+        return COMMAND_SIZE_ERROR
+    if HEADER.unpack_from(command)[1] != len(command):
+        return COMMAND_SIZE_ERROR
+    return None
+
+
+async def read_raw_command(reader: MessageReader, header: bytes, max_size: int):
+    """Read the rest of a raw TPM command whose 10-byte header has been read.
+
+    Returns (command, None) or (None, error_response). A size outside [10, max_size] leaves
+    the stream unframeable: the caller answers the error and closes the connection.
+    """
+    size = HEADER.unpack(header)[1]
+    if size < HEADER_SIZE or size > max_size:
+        return None, COMMAND_SIZE_ERROR
+    return header + await reader.read(size - HEADER_SIZE), None
+
+
+async def send_quietly(stream, data: bytes):
+    """Best-effort last words to a peer that may already be gone."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def looks_like_tpm_command(first4: bytes) -> bool:
+    """A TPM 2.0 command starts with tag 0x8001/0x8002; no protocol code does."""
+    tag = first4[0] << 8 | first4[1]
+    return tag in (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS)

@@ -1,0 +1,261 @@
+"""The swtpm socket protocol: a raw TPM data channel and a control channel beside it.
+
+Data channel: raw command in, raw response out. A command may also carry the mssim-style
+prefix `u32 8 | u8 locality | u32 size` (swtpm's SEND_COMMAND_HEADER); it is recognised
+because a TPM 2.0 command starts with tag 0x8001/0x8002, never with 0x0000.
+
+Control channel (swtpm include/swtpm/tpm_ioctl.h, src/swtpm/ctrlchannel.c): `u32 cmd | body`
+in, `u32 result | ...` out, each reply in one write because tpm2-tss reads it with one read.
+Bodies are framed by the command's known size, so one connection may carry many commands
+(QEMU keeps it open); a body that stalls gets BAD_PARAMETER and the connection is closed.
+"""
+import json
+import logging
+import struct
+
+from ..errors import TpmError
+from ..state.store import StoreError
+from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
+                      check_command, read_raw_command, send_quietly)
+
+log = logging.getLogger("ctpm.transport.swtpm")
+
+SEND_COMMAND_PREFIX = U32.pack(8)
+_PREFIX_REST = struct.Struct(">BI")
+
+# Control commands.
+GET_CAPABILITY, INIT, SHUTDOWN, GET_TPMESTABLISHED, SET_LOCALITY = 0x01, 0x02, 0x03, 0x04, 0x05
+HASH_START, HASH_DATA, HASH_END, CANCEL_TPM_CMD = 0x06, 0x07, 0x08, 0x09
+STORE_VOLATILE, RESET_TPMESTABLISHED, GET_STATEBLOB, SET_STATEBLOB = 0x0a, 0x0b, 0x0c, 0x0d
+STOP, GET_CONFIG, SET_DATAFD, SET_BUFFERSIZE, GET_INFO, LOCK_STORAGE = (
+    0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13)
+
+# Results (TPM 1.2 style codes, as swtpm uses them).
+SUCCESS, BAD_PARAMETER, FAIL, BAD_ORDINAL = 0x00, 0x03, 0x09, 0x0a
+IOERROR, BAD_LOCALITY = 0x1f, 0x3d
+
+# Capability bits of the commands implemented here, and only those: no state blobs,
+# SET_DATAFD or LOCK_STORAGE yet.
+CAPS = (0x0001 | 0x0002 | 0x0004 | 0x0008      # INIT SHUTDOWN GET_TPMESTABLISHED SET_LOCALITY
+        | 0x0010 | 0x0020 | 0x0040 | 0x0080    # HASHING CANCEL STORE_VOLATILE RESET_EST
+        | 0x0400 | 0x0800                      # STOP GET_CONFIG
+        | 0x2000 | 0x4000 | 0x8000)            # SET_BUFFERSIZE GET_INFO SEND_COMMAND_HEADER
+
+# Fixed body sizes, also of the commands not implemented, so that the stream stays framed.
+BODY_SIZE = {INIT: 4, SET_LOCALITY: 1, RESET_TPMESTABLISHED: 1, GET_STATEBLOB: 12,
+             SET_BUFFERSIZE: 4, GET_INFO: 16, LOCK_STORAGE: 4}
+NOT_IMPLEMENTED = {GET_STATEBLOB, SET_DATAFD, LOCK_STORAGE}
+
+INFO_TPMSPECIFICATION, INFO_TPMATTRIBUTES = 1, 2
+
+
+def result(code: int, *words: int) -> bytes:
+    return struct.pack(f">{1 + len(words)}I", code, *words)
+
+
+def frame_response(response: bytes) -> bytes:
+    return U32.pack(len(response)) + response + U32.pack(0)
+
+
+class SwtpmDataChannel:
+    """One client connection on the data channel (tpm2-tss opens one per command)."""
+
+    def __init__(self, host):
+        self.host = host
+
+    async def __call__(self, stream):
+        reader = MessageReader(stream, self.host.stall_timeout)
+        while await reader.begin():
+            prefixed = False
+            try:
+                first = await reader.read(4)
+                prefixed = first == SEND_COMMAND_PREFIX
+                if prefixed:
+                    keep_going = await self._prefixed(reader, stream)
+                else:
+                    keep_going = await self._raw(reader, stream, first)
+            except Truncated as e:
+                log.debug("data channel: %s", e)
+                error = COMMAND_SIZE_ERROR
+                await send_quietly(stream, frame_response(error) if prefixed else error)
+                return
+            if not keep_going:
+                return
+
+    async def _raw(self, reader, stream, first: bytes) -> bool:
+        header = first + await reader.read(HEADER_SIZE - 4)
+        command, error = await read_raw_command(reader, header, self.host.max_command_size)
+        if error:
+            await stream.send_all(error)
+            return False
+        await stream.send_all(await self.host.execute(command, self.host.swtpm_locality))
+        return True
+
+    async def _prefixed(self, reader, stream) -> bool:
+        locality, size = _PREFIX_REST.unpack(await reader.read(5))
+        if size > self.host.max_command_size:
+            await stream.send_all(frame_response(COMMAND_SIZE_ERROR))
+            return False
+        command = await reader.read(size)
+        self.host.swtpm_locality = locality         # as swtpm: the prefix sets it
+        response = (check_command(command, self.host.max_command_size)
+                    or await self.host.execute(command, locality))
+        await stream.send_all(frame_response(response))
+        return True
+
+
+class SwtpmControlChannel:
+    """One client connection on the control channel."""
+
+    def __init__(self, host):
+        self.host = host
+        self.handlers = {
+            GET_CAPABILITY: self._get_capability, INIT: self._init, SHUTDOWN: self._shutdown,
+            GET_TPMESTABLISHED: self._get_established, SET_LOCALITY: self._set_locality,
+            HASH_START: self._hash_start, HASH_END: self._hash_end,
+            CANCEL_TPM_CMD: self._cancel, STORE_VOLATILE: self._store_volatile,
+            RESET_TPMESTABLISHED: self._reset_established, STOP: self._stop,
+            GET_CONFIG: self._get_config, SET_BUFFERSIZE: self._set_buffersize,
+            GET_INFO: self._get_info,
+        }
+        # Commands refused while the TPM is stopped (as swtpm: BAD_ORDINAL).
+        self.need_running = {GET_TPMESTABLISHED, RESET_TPMESTABLISHED, HASH_START, HASH_DATA,
+                             HASH_END, CANCEL_TPM_CMD, STORE_VOLATILE}
+
+    async def __call__(self, stream):
+        reader = MessageReader(stream, self.host.stall_timeout)
+        while await reader.begin():
+            try:
+                code = await reader.read_u32()
+                reply = await self._command(code, reader)
+            except Truncated as e:
+                log.debug("control channel: %s", e)
+                await send_quietly(stream, result(BAD_PARAMETER))
+                return
+            await stream.send_all(reply)
+            if code == SHUTDOWN:
+                self.host.request_stop("swtpm SHUTDOWN")
+                return
+
+    async def _command(self, code: int, reader) -> bytes:
+        if code == HASH_DATA:           # the only body of unbounded length
+            return await self._hash_data(reader)
+        if code == SET_STATEBLOB:       # not implemented, but consume it to stay framed
+            _flags, _type, length = struct.unpack(">III", await reader.read(12))
+            async for _ in reader.read_chunks(length):
+                pass
+            return result(BAD_ORDINAL)
+        body = await reader.read(BODY_SIZE.get(code, 0))
+        handler = self.handlers.get(code)
+        if handler is None:
+            if code not in NOT_IMPLEMENTED:
+                # Unknown: its body (if any) has no known length; drop what came with it.
+                log.info("control channel: unknown command %#x", code)
+                reader.discard_buffered()
+            return result(BAD_ORDINAL)
+        if code in self.need_running and not self.host.tpm.powered:
+            return result(BAD_ORDINAL)
+        return await handler(body)
+
+    async def _signal(self, fn, *args) -> bytes:
+        error = await self.host.signal(fn, *args)
+        return result(FAIL if error else SUCCESS)
+
+    async def _get_capability(self, body):
+        return result(SUCCESS, CAPS)
+
+    async def _init(self, body):
+        # flags (DELETE_VOLATILE) need no action: no volatile state file is kept.
+        await self.host.signal(self._power_cycle)
+        return result(SUCCESS)
+
+    def _power_cycle(self):
+        """swtpm INIT: restart the TPM from its NV state; TPM2_Startup is needed next."""
+        tpm = self.host.tpm
+        if tpm.powered:
+            tpm.power_off()
+        tpm.power_on()
+
+    async def _shutdown(self, body):
+        return result(SUCCESS)          # the caller stops the daemon after replying
+
+    async def _stop(self, body):
+        await self.host.signal(self.host.tpm.power_off)
+        return result(SUCCESS)
+
+    async def _get_established(self, body):
+        return result(SUCCESS) + bytes([int(self.host.tpm.established), 0, 0, 0])
+
+    async def _set_locality(self, body):
+        if body[0] > 4:
+            return result(BAD_LOCALITY)
+        self.host.swtpm_locality = body[0]
+        return result(SUCCESS)
+
+    async def _reset_established(self, body):
+        error = await self.host.signal(self.host.tpm.reset_established, body[0])
+        return result(BAD_LOCALITY if error else SUCCESS)
+
+    async def _hash_start(self, body):
+        return await self._signal(self.host.tpm.hash_start)
+
+    async def _hash_data(self, reader) -> bytes:
+        length = await reader.read_u32()
+        running = self.host.tpm.powered
+        error = None
+        async for part in reader.read_chunks(length):   # always consumed: stay framed
+            if running and error is None:
+                error = await self.host.signal(self.host.tpm.hash_data, part)
+        if not running:
+            return result(BAD_ORDINAL)
+        return result(FAIL if error else SUCCESS)
+
+    async def _hash_end(self, body):
+        return await self._signal(self.host.tpm.hash_end)
+
+    async def _cancel(self, body):
+        # Commands run to completion before the next request is read: nothing to cancel.
+        return result(SUCCESS)
+
+    async def _store_volatile(self, body):
+        try:
+            await self.host.signal(self.host.tpm.save_state)
+        except (StoreError, OSError) as e:
+            log.error("STORE_VOLATILE: %s", e)
+            return result(IOERROR)
+        return result(SUCCESS)
+
+    async def _get_config(self, body):
+        return result(SUCCESS, 0)       # no file key, no migration key
+
+    async def _set_buffersize(self, body):
+        wanted = U32.unpack(body)[0]
+        if wanted and self.host.tpm.powered:
+            return result(BAD_ORDINAL)
+        # The engine's buffer size is fixed at manufacture: min = max = current.
+        size = self.host.max_command_size
+        return result(SUCCESS, size, size, size)
+
+    async def _get_info(self, body):
+        flags, offset = struct.unpack(">QI", body[:12])
+        text = info_json(self.host.tpm, flags).encode() + b"\0"
+        if offset >= len(text) - 1:
+            return result(BAD_PARAMETER)
+        chunk = text[offset:offset + 3072]
+        return result(SUCCESS, len(text), len(chunk)) + chunk
+
+
+def info_json(tpm, flags: int) -> str:
+    """GET_INFO's JSON document (the parts swtpm's TPMLIB_GetInfo would give)."""
+    info = {}
+    if flags & INFO_TPMSPECIFICATION:
+        info["TPMSpecification"] = {"family": "2.0", "level": 0, "revision": 0}
+    if flags & INFO_TPMATTRIBUTES:
+        config = tpm.config
+        major, minor = config.firmware_version
+        info["TPMAttributes"] = {
+            "manufacturer": "id:" + config.manufacturer.hex().upper(),
+            "version": f"id:{major:04X}{minor:04X}",
+            "model": "ctpm",
+        }
+    return json.dumps(info, separators=(",", ":"))
