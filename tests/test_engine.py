@@ -89,7 +89,8 @@ def test_startup_locality(tpm):
 def test_resume_restores_saved_pcrs_and_restart_does_not(tpm):
     tpm.execute(extend(0))
     tpm.execute(extend(16))
-    pcr0, pcr16 = read_pcr(tpm, 0), read_pcr(tpm, 16)
+    pcr0 = read_pcr(tpm, 0)
+    assert read_pcr(tpm, 16) != b"\0" * 32
     assert pcr0 != b"\0" * 32
     before = read_clock(tpm)
     assert rc(tpm.execute(SHUTDOWN_STATE)) == 0

@@ -146,16 +146,18 @@ class Sized(Construct):
 
 
 class List(Construct):
-    """A TPML_: UINT32 count then that many elements; more than `maxcount` is TPM_RC_SIZE."""
+    """A TPML_: UINT32 count then that many elements; a count outside mincount..maxcount is
+    TPM_RC_SIZE when unmarshaling (a TPM may answer with fewer than mincount)."""
 
-    def __init__(self, subcon, maxcount):
+    def __init__(self, subcon, maxcount, mincount=0):
         super().__init__()
         self.subcon = subcon
         self.maxcount = maxcount
+        self.mincount = mincount
 
     def _parse(self, stream, context, path):
         n = _U32.unpack(read_exact(stream, 4))[0]
-        if n > self.maxcount:
+        if n > self.maxcount or n < self.mincount:
             raise TpmError(TPM_RC.SIZE)
         sub = self.subcon
         return [sub._parsereport(stream, context, path) for _ in range(n)]

@@ -23,7 +23,7 @@ MAX_DIGEST_BUFFER = 1024
 MAX_NV_BUFFER_SIZE = 1024
 MAX_CAP_BUFFER = 1024
 MAX_CAP_DATA = MAX_CAP_BUFFER - 4 - 4
-MAX_CAP_ALGS = MAX_CAP_DATA // 6
+MAX_CAP_ALGS = MAX_CAP_DATA // 8          # sizeof(TPMS_ALG_PROPERTY) is 8 in C
 MAX_CAP_HANDLES = MAX_CAP_DATA // 4
 MAX_CAP_CC = MAX_CAP_DATA // 4
 MAX_TPM_PROPERTIES = MAX_CAP_DATA // 8
@@ -112,7 +112,7 @@ TPMU_HA = Switch(this.hashAlg, {**{alg: _Bytes(size) for alg, size in HASH_SIZES
 TPMT_HA = Struct("hashAlg" / TPMI_ALG_HASH.plus, "digest" / TPMU_HA)
 TPMT_HA_NONULL = Struct("hashAlg" / TPMI_ALG_HASH, "digest" / TPMU_HA)
 TPM2B_DIGEST = Tpm2b(MAX_DIGEST_SIZE)
-TPM2B_DATA = Tpm2b(MAX_DIGEST_SIZE)
+TPM2B_DATA = Tpm2b(MAX_DIGEST_SIZE + 2)     # sizeof(TPMT_HA)
 TPM2B_NONCE = TPM2B_DIGEST
 TPM2B_AUTH = TPM2B_DIGEST
 TPM2B_OPERAND = TPM2B_DIGEST
@@ -141,7 +141,7 @@ class _PcrSelect(Construct):
 
 TPMS_PCR_SELECT = Struct("pcrSelect" / _PcrSelect())
 TPMS_PCR_SELECTION = Struct("hash" / TPMI_ALG_HASH, "pcrSelect" / _PcrSelect())
-TPMT_TK_HASHCHECK = Struct("tag" / TPM_ST_, "hierarchy" / TPMI_RH_HIERARCHY.plus,
+TPMT_TK_HASHCHECK = Struct("tag" / Int(2, frozenset((TPM_ST.HASHCHECK,)), TPM_RC.TAG), "hierarchy" / TPMI_RH_HIERARCHY.plus,
                            "digest" / TPM2B_DIGEST)
 TPMS_ALG_PROPERTY = Struct("alg" / TPM_ALG_ID, "algProperties" / UINT32)
 TPMS_TAGGED_PROPERTY = Struct("property" / TPM_PT, "value" / UINT32)
@@ -153,7 +153,7 @@ TPML_CC = List(TPM_CC, MAX_CAP_CC)
 TPML_CCA = List(UINT32, MAX_CAP_CC)
 TPML_ALG = List(TPM_ALG_ID, MAX_ALG_LIST_SIZE)
 TPML_HANDLE = List(TPM_HANDLE, MAX_CAP_HANDLES)
-TPML_DIGEST = List(TPM2B_DIGEST, 8)
+TPML_DIGEST = List(TPM2B_DIGEST, 8, mincount=2)    # {2:8} when unmarshaled (PolicyOR)
 TPML_DIGEST_VALUES = List(TPMT_HA_NONULL, HASH_COUNT)
 TPML_PCR_SELECTION = List(TPMS_PCR_SELECTION, HASH_COUNT)
 TPML_ALG_PROPERTY = List(TPMS_ALG_PROPERTY, MAX_CAP_ALGS)
