@@ -67,6 +67,9 @@ def parse_address(text, where: str, *, unix_ok: bool) -> Address:
         path = text[5:]
         if not unix_ok or not path or "\0" in path:
             raise ConfigError(f"{where}: {text!r} is not {form}")
+        if "," in path or any(c.isspace() for c in path):
+            # TCTI strings ("swtpm:path=P,...") and the ready line could not carry it.
+            raise ConfigError(f"{where}: {text!r}: no commas or spaces in socket paths")
         if len((path + ".ctrl").encode()) > 107:
             raise ConfigError(f"{where}: {text!r}: path too long for a unix socket")
         return Address(path=path)

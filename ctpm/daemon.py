@@ -9,6 +9,7 @@ data on PATH and control on PATH.ctrl.
 import errno
 import logging
 import os
+import random
 import socket
 import stat
 from dataclasses import dataclass
@@ -153,13 +154,24 @@ async def _bind_all(config, host):
 
 
 async def _bind_port_pair(address):
-    """Bind `port` and `port + 1`; with port 0, retry until a free adjacent pair is found."""
-    for _ in range(PORT_PAIR_ATTEMPTS):
-        first = await _bind_tcp(address, address.port)
+    """Bind `port` and `port + 1`; with port 0, find a free adjacent pair.
+
+    Port 0 does not simply mean bind(0) then port + 1: Linux gives bind(0) odd ports and
+    outgoing connections even ones, so port + 1 is often held by some client's TIME_WAIT.
+    Candidates are drawn below the ephemeral range instead, where only listeners live.
+    """
+    candidates = _pair_candidates() if address.port == 0 else [address.port]
+    for port in candidates:
+        try:
+            first = await _bind_tcp(address, port)
+        except StartupError:
+            if address.port == 0:
+                continue
+            raise
         port = first[0].getsockname()[1]
         try:
             if port == 65535:
-                raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+                raise StartupError(f"cannot listen on port 65536 of {address}")
             second = await _bind_tcp(address, port + 1, what=f"port {port + 1} of ")
         except StartupError:
             for s in first:
@@ -167,12 +179,23 @@ async def _bind_port_pair(address):
             if address.port == 0:
                 continue
             raise
-        except OSError:
-            for s in first:
-                s.close()
-            continue
         return port, first, second
     raise StartupError(f"cannot listen on {address}: no free pair of adjacent ports found")
+
+
+def _pair_candidates():
+    """Random ports p (p + 1 free too) between 10000 and the ephemeral range, then bind(0)."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if low > 10002:
+        for _ in range(PORT_PAIR_ATTEMPTS):
+            yield random.randrange(10000, low - 1)
+    for _ in range(PORT_PAIR_ATTEMPTS):
+        yield 0
 
 
 async def _bind_tcp(address, port, what=""):

@@ -9,7 +9,7 @@ fail with the TPM_RC that Part 2 (and the reference TPM's unmarshalling code) gi
 import struct
 
 import pytest
-from tpm2_pytss import TSS2_Exception, types as T
+from tpm2_pytss import types as T
 from tpm2_pytss._libtpm2_pytss import ffi
 
 from ctpm.errors import TpmError

@@ -93,9 +93,14 @@ def environment() -> dict:
     return env
 
 
-def start(*args, timeout: float = 10.0) -> Daemon:
-    """Start `ctpm run ARGS` and wait for its ready line (default listeners: both, port 0)."""
-    if not any(a.split("=")[0] in ("--mssim", "--swtpm", "--config") for a in args):
+def start(*args, timeout: float = 10.0, free_ports: bool = True) -> Daemon:
+    """Start `ctpm run ARGS` and wait for its ready line.
+
+    Unless ARGS name listeners (or `free_ports` is False), the daemon serves mssim and swtpm
+    on 127.0.0.1 with ports of its choosing.
+    """
+    named = any(a.split("=")[0] in ("--mssim", "--swtpm", "--config") for a in args)
+    if free_ports and not named:
         args = ("--mssim", "127.0.0.1:0", "--swtpm", "127.0.0.1:0") + args
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(command("run", *args), stdout=subprocess.PIPE, stderr=stderr,
@@ -129,9 +134,9 @@ def _read_line(proc, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def run_daemon(*args, timeout: float = 10.0):
-    """Context manager: a `Daemon` that is stopped (SIGTERM) on exit."""
-    daemon = start(*args, timeout=timeout)
+def run_daemon(*args, timeout: float = 10.0, free_ports: bool = True):
+    """Context manager: a `Daemon` (see `start`) that is stopped (SIGTERM) on exit."""
+    daemon = start(*args, timeout=timeout, free_ports=free_ports)
     try:
         yield daemon
     finally:
