@@ -93,7 +93,10 @@ async def _run(config):
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)
-            print(f"ctpm: ready {listening}", flush=True)
+            try:
+                print(f"ctpm: ready {listening}", flush=True)
+            except OSError as e:    # nobody reads stdout (closed pipe): keep serving
+                logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
             async for signum in signals:
                 logging.getLogger("ctpm").info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

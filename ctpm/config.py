@@ -5,6 +5,7 @@ naming the key (`[listen] mssim: 'abc' is not HOST:PORT`) instead of a traceback
 Defaults live in `Config` and are documented, identically, in conf/ctpm.toml.
 """
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ def parse_address(text, where: str, *, unix_ok: bool) -> Address:
         if "," in path or any(c.isspace() for c in path):
             # TCTI strings ("swtpm:path=P,...") and the ready line could not carry it.
             raise ConfigError(f"{where}: {text!r}: no commas or spaces in socket paths")
+        path = os.path.abspath(path)        # the ready line and TCTI strings need it whole
         if len((path + ".ctrl").encode()) > 107:
             raise ConfigError(f"{where}: {text!r}: path too long for a unix socket")
         return Address(path=path)

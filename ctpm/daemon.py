@@ -6,7 +6,6 @@ and on the way out writes the NV image. Each protocol has two channels on adjace
 (mssim: command P, platform P+1; swtpm: data P, control P+1) or, for a swtpm unix socket,
 data on PATH and control on PATH.ctrl.
 """
-import errno
 import logging
 import os
 import random
@@ -97,6 +96,7 @@ async def serve(config, *, tpm=None, task_status=trio.TASK_STATUS_IGNORED):
     plans, bound, unix_paths = await _bind_all(config, host)
     try:
         async with trio.open_nursery() as nursery:
+            host.spawn = nursery.start_soon
             for handler, what, sockets in plans:
                 listeners = [trio.SocketListener(s) for s in sockets]
                 nursery.start_soon(trio.serve_listeners,
@@ -124,12 +124,14 @@ def _save(tpm):
 async def _bind_all(config, host):
     """Bind every listener; on any failure close what was bound and raise StartupError."""
     plans, bound, unix_paths, opened = [], [], [], []
-    kinds = {"mssim": (MssimCommandPort(host), MssimPlatformPort(host)),
-             "swtpm": (SwtpmDataChannel(host), SwtpmControlChannel(host))}
+    handlers = {("mssim", False): (MssimCommandPort(host), MssimPlatformPort(host)),
+                ("swtpm", False): (SwtpmDataChannel(host), SwtpmControlChannel(host)),
+                ("swtpm", True): (SwtpmDataChannel(host),
+                                  SwtpmControlChannel(host, unix=True))}
     try:
         for kind in ("mssim", "swtpm"):
-            first_handler, second_handler = kinds[kind]
             for address in getattr(config, kind):
+                first_handler, second_handler = handlers[kind, address.is_unix]
                 if address.is_unix:
                     first = [await _bind_unix(address.path)]
                     unix_paths.append(address.path)

@@ -25,6 +25,8 @@ class TpmHost:
         self.stall_timeout = stall_timeout
         self.swtpm_locality = 0
         self.stop_requested = trio.Event()
+        self.spawn = None               # nursery.start_soon of the serving daemon
+        self.data_fd_active = False     # a SET_DATAFD data channel is being served
         self._lock = trio.Lock()
 
     async def execute(self, command: bytes, locality: int) -> bytes:

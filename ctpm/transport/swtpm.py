@@ -8,13 +8,15 @@ Control channel (swtpm include/swtpm/tpm_ioctl.h, src/swtpm/ctrlchannel.c): `u32
 in, `u32 result | ...` out, each reply in one write because tpm2-tss reads it with one read.
 Bodies are framed by the command's known size, so one connection may carry many commands
 (QEMU keeps it open); a body that stalls gets BAD_PARAMETER and the connection is closed.
+On a unix control socket, SET_DATAFD hands over the data channel as a descriptor (datafd.py).
 """
 import json
 import logging
+import os
 import struct
 
-from ..errors import TpmError
 from ..state.store import StoreError
+from .datafd import FdCollectingStream, serve_data_fd, stream_socket
 from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
                       check_command, read_raw_command, send_quietly)
 
@@ -34,17 +36,18 @@ STOP, GET_CONFIG, SET_DATAFD, SET_BUFFERSIZE, GET_INFO, LOCK_STORAGE = (
 SUCCESS, BAD_PARAMETER, FAIL, BAD_ORDINAL = 0x00, 0x03, 0x09, 0x0a
 IOERROR, BAD_LOCALITY = 0x1f, 0x3d
 
-# Capability bits of the commands implemented here, and only those: no state blobs,
-# SET_DATAFD or LOCK_STORAGE yet.
+# Capability bits of the commands implemented here, and only those: no state blobs or
+# LOCK_STORAGE yet; SET_DATAFD on unix control sockets only (descriptors cannot cross TCP).
 CAPS = (0x0001 | 0x0002 | 0x0004 | 0x0008      # INIT SHUTDOWN GET_TPMESTABLISHED SET_LOCALITY
         | 0x0010 | 0x0020 | 0x0040 | 0x0080    # HASHING CANCEL STORE_VOLATILE RESET_EST
         | 0x0400 | 0x0800                      # STOP GET_CONFIG
         | 0x2000 | 0x4000 | 0x8000)            # SET_BUFFERSIZE GET_INFO SEND_COMMAND_HEADER
+CAP_SET_DATAFD = 0x1000
 
 # Fixed body sizes, also of the commands not implemented, so that the stream stays framed.
 BODY_SIZE = {INIT: 4, SET_LOCALITY: 1, RESET_TPMESTABLISHED: 1, GET_STATEBLOB: 12,
              SET_BUFFERSIZE: 4, GET_INFO: 16, LOCK_STORAGE: 4}
-NOT_IMPLEMENTED = {GET_STATEBLOB, SET_DATAFD, LOCK_STORAGE}
+NOT_IMPLEMENTED = {GET_STATEBLOB, LOCK_STORAGE}
 
 INFO_TPMSPECIFICATION, INFO_TPMATTRIBUTES = 1, 2
 
@@ -107,8 +110,11 @@ class SwtpmDataChannel:
 class SwtpmControlChannel:
     """One client connection on the control channel."""
 
-    def __init__(self, host):
+    def __init__(self, host, *, unix: bool = False):
         self.host = host
+        self.unix = unix
+        self.caps = CAPS | (CAP_SET_DATAFD if unix else 0)
+        self.data_channel = SwtpmDataChannel(host)
         self.handlers = {
             GET_CAPABILITY: self._get_capability, INIT: self._init, SHUTDOWN: self._shutdown,
             GET_TPMESTABLISHED: self._get_established, SET_LOCALITY: self._set_locality,
@@ -123,11 +129,20 @@ class SwtpmControlChannel:
                              HASH_END, CANCEL_TPM_CMD, STORE_VOLATILE}
 
     async def __call__(self, stream):
+        if self.unix:
+            stream = FdCollectingStream(stream)
+        try:
+            await self._serve(stream)
+        finally:
+            if self.unix:
+                stream.close_fds()
+
+    async def _serve(self, stream):
         reader = MessageReader(stream, self.host.stall_timeout)
         while await reader.begin():
             try:
                 code = await reader.read_u32()
-                reply = await self._command(code, reader)
+                reply = await self._command(code, reader, stream)
             except Truncated as e:
                 log.debug("control channel: %s", e)
                 await send_quietly(stream, result(BAD_PARAMETER))
@@ -137,9 +152,11 @@ class SwtpmControlChannel:
                 self.host.request_stop("swtpm SHUTDOWN")
                 return
 
-    async def _command(self, code: int, reader) -> bytes:
+    async def _command(self, code: int, reader, stream) -> bytes:
         if code == HASH_DATA:           # the only body of unbounded length
             return await self._hash_data(reader)
+        if code == SET_DATAFD:
+            return self._set_datafd(stream)
         if code == SET_STATEBLOB:       # not implemented, but consume it to stay framed
             _flags, _type, length = struct.unpack(">III", await reader.read(12))
             async for _ in reader.read_chunks(length):
@@ -162,7 +179,23 @@ class SwtpmControlChannel:
         return result(FAIL if error else SUCCESS)
 
     async def _get_capability(self, body):
-        return result(SUCCESS, CAPS)
+        return result(SUCCESS, self.caps)
+
+    def _set_datafd(self, stream) -> bytes:
+        if not self.unix:
+            return result(BAD_ORDINAL)
+        fd = stream.take_fd()
+        if fd is None:
+            return result(BAD_PARAMETER)
+        if self.host.data_fd_active or self.host.spawn is None:
+            os.close(fd)                # as swtpm: one data channel at a time
+            return result(IOERROR)
+        sock = stream_socket(fd)
+        if sock is None:
+            return result(BAD_PARAMETER)
+        self.host.data_fd_active = True
+        self.host.spawn(serve_data_fd, self.host, self.data_channel, sock)
+        return result(SUCCESS)
 
     async def _init(self, body):
         # flags (DELETE_VOLATILE) need no action: no volatile state file is kept.
@@ -246,16 +279,19 @@ class SwtpmControlChannel:
 
 
 def info_json(tpm, flags: int) -> str:
-    """GET_INFO's JSON document (the parts swtpm's TPMLIB_GetInfo would give)."""
+    """GET_INFO's JSON document: the parts of swtpm's TPMLIB_GetInfo that ctpm can answer
+    honestly (the TPM's specification and identity, as GetCapability reports them)."""
+    from ..engine import capability
+
     info = {}
     if flags & INFO_TPMSPECIFICATION:
-        info["TPMSpecification"] = {"family": "2.0", "level": 0, "revision": 0}
+        info["TPMSpecification"] = {"family": "2.0", "level": capability.SPEC_LEVEL,
+                                    "revision": capability.SPEC_REVISION}
     if flags & INFO_TPMATTRIBUTES:
         config = tpm.config
-        major, minor = config.firmware_version
         info["TPMAttributes"] = {
             "manufacturer": "id:" + config.manufacturer.hex().upper(),
-            "version": f"id:{major:04X}{minor:04X}",
+            "version": f"id:{config.firmware_version[0]:08X}",
             "model": "ctpm",
         }
     return json.dumps(info, separators=(",", ":"))

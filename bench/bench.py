@@ -1,0 +1,164 @@
+"""ctpm against swtpm, side by side, through the same tpm2-pytss ESAPI client.
+
+    python bench/bench.py [--seconds 2] [--rounds 3]
+
+Both TPMs run as separate processes on loopback in the same run. Each workload is run for
+a fixed time per round, alternating the TPMs, and the best round counts (the least disturbed
+by the rest of the machine). The swtpm TCTI (a new TCP connection per command) is used for
+both so the client and transport are the same; ctpm over the mssim TCTI (one persistent
+connection) is reported too. Also: the time from `ctpm run` / `swtpm socket` to accepting
+connections.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ctpm.testing.process import run_daemon  # noqa: E402
+
+
+def free_port_pair():
+    """Two consecutive free TCP ports (swtpm cannot bind port 0 and report it)."""
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def wait_listening(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.002)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class SwtpmProcess:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ctpm-bench-swtpm-")
+        self.port = free_port_pair()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
+             "--server", f"type=tcp,port={self.port}", "--ctrl", f"type=tcp,port={self.port + 1}",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+        self.startup_s = time.perf_counter() - t0
+
+    def tcti(self):
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def ctpm_ready_time(rounds=5):
+    best = None
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        with run_daemon("--mssim", "127.0.0.1:0"):
+            dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return best
+
+
+def workloads(esapi):
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_PCR_SELECTION, TPML_DIGEST_VALUES, TPMT_HA
+    from tpm2_pytss.types import TPM2B_MAX_BUFFER
+    ha = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+    ha.digest.sha256 = b"\x01" * 32
+    digest = TPML_DIGEST_VALUES([ha])
+    selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,3")
+    data = TPM2B_MAX_BUFFER(b"x" * 1024)
+    return {
+        "GetRandom(32)": lambda: esapi.get_random(32),
+        "PCR_Extend(sha256)": lambda: esapi.pcr_extend(ESYS_TR.PCR16, digest),
+        "PCR_Read(4 PCRs)": lambda: esapi.pcr_read(selection),
+        "Hash(1 KiB, sha256)": lambda: esapi.hash(data, TPM2_ALG.SHA256, ESYS_TR.OWNER),
+    }
+
+
+def open_esapi(tcti, startup):
+    from tpm2_pytss import ESAPI, TCTILdr, TPM2_SU
+    esapi = ESAPI(TCTILdr.parse(tcti) if hasattr(TCTILdr, "parse") else TCTILdr(*tcti.split(":", 1)))
+    if startup:
+        esapi.startup(TPM2_SU.CLEAR)
+    return esapi
+
+
+def measure(fn, seconds):
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        fn()
+        n += 1
+        now = time.perf_counter()
+        if now >= end:
+            return n / (now - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="per workload per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not shutil.which("swtpm"):
+        sys.exit("bench: swtpm is not installed (apt-get install swtpm)")
+
+    sw = SwtpmProcess()
+    with run_daemon("--mssim", "127.0.0.1:0", "--swtpm", "127.0.0.1:0") as d:
+        clients = {
+            "swtpm (swtpm TCTI)": open_esapi(sw.tcti(), startup=False),
+            "ctpm (swtpm TCTI)": open_esapi(d.tcti("swtpm"), startup=True),
+            "ctpm (mssim TCTI)": open_esapi(d.tcti("mssim"), startup=False),
+        }
+        loads = {name: workloads(e) for name, e in clients.items()}
+        best = {}
+        for _ in range(args.rounds):
+            for wl in loads["swtpm (swtpm TCTI)"]:
+                for name in clients:
+                    rate = measure(loads[name][wl], args.seconds)
+                    best[name, wl] = max(best.get((name, wl), 0), rate)
+        for e in clients.values():
+            e.close()
+    sw.close()
+
+    print(f"{'workload':24} {'swtpm ops/s':>12} {'ctpm ops/s':>12} {'ratio':>7}   "
+          f"{'ctpm mssim ops/s':>16}")
+    for wl in workloads_names():
+        s = best["swtpm (swtpm TCTI)", wl]
+        c = best["ctpm (swtpm TCTI)", wl]
+        m = best["ctpm (mssim TCTI)", wl]
+        print(f"{wl:24} {s:12.0f} {c:12.0f} {c / s:6.2f}x   {m:16.0f}")
+    print(f"\nstart-up to accepting connections: ctpm {ctpm_ready_time() * 1000:.0f} ms "
+          f"(ready line, python -m ctpm), swtpm {sw.startup_s * 1000:.0f} ms")
+
+
+def workloads_names():
+    return ["GetRandom(32)", "PCR_Extend(sha256)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)"]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TSS2_LOG", "all+none")
+    main()

@@ -1,0 +1,116 @@
+"""Configuration: defaults, TOML + flags, one-line errors, and conf/ctpm.toml's honesty."""
+import re
+from pathlib import Path
+
+import pytest
+
+from ctpm.config import Address, Config, ConfigError, load
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "ctpm.toml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "ctpm.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_no_file_no_flags_is_the_default():
+    assert load() == Config()
+    assert Config().mssim == (Address("127.0.0.1", 2321),) and Config().swtpm == ()
+
+
+def test_documented_config_file_is_the_default():
+    assert load(str(CONF)) == Config()
+
+
+def test_every_documented_default_equals_the_code(tmp_path):
+    """Uncommenting every `#key = value` line of conf/ctpm.toml must change nothing."""
+    text = CONF.read_text()
+    uncommented = re.sub(r"(?m)^#(\w+ = .*)$", r"\1", text)
+    assert uncommented.count("\n") == text.count("\n")
+    keys = re.findall(r"(?m)^(\w+) = ", uncommented)
+    assert sorted(keys) == sorted(["mssim", "swtpm", "allow_remote", "stall_timeout",
+                                   "max_command_size", "level"])
+    assert load(write(tmp_path, uncommented)) == Config()
+
+
+def test_flags_override_the_file(tmp_path):
+    path = write(tmp_path, '[listen]\nmssim = ["127.0.0.1:5000"]\nswtpm = ["unix:/tmp/x"]\n'
+                           '[log]\nlevel = "INFO"\n[state]\ndir = "/tmp/s"\n')
+    config = load(path)
+    assert config.mssim == (Address("127.0.0.1", 5000),)
+    assert config.swtpm == (Address(path="/tmp/x"),)
+    assert config.log_level == "info" and config.state_dir == "/tmp/s"
+    config = load(path, mssim=["[::1]:0"], state_dir="/tmp/t", log_level="debug")
+    assert config.mssim == (Address("::1", 0),) and config.swtpm == (Address(path="/tmp/x"),)
+    assert config.state_dir == "/tmp/t" and config.log_level == "debug"
+
+
+def test_one_listener_given_replaces_the_default():
+    assert load(swtpm=["127.0.0.1:0"]).mssim == ()
+    assert load(mssim=["localhost:7000"]).swtpm == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[listen]\nmssim = ["abc"]', "[listen] mssim: 'abc' is not HOST:PORT"),
+    ('[listen]\nmssim = ["unix:/x"]', "[listen] mssim: 'unix:/x' is not HOST:PORT"),
+    ('[listen]\nmssim = ["127.0.0.1:65535"]',
+     "[listen] mssim: '127.0.0.1:65535': port must be 0-65534 (port + 1 is used too)"),
+    ('[listen]\nswtpm = ["::1:5"]',
+     "[listen] swtpm: '::1:5': write IPv6 addresses as [ADDRESS]:PORT"),
+    ('[listen]\nswtpm = ["unix:/a b"]',
+     "[listen] swtpm: 'unix:/a b': no commas or spaces in socket paths"),
+    ('[listen]\nswtpm = [5]', "[listen] swtpm: 5 is not HOST:PORT or unix:PATH"),
+    ('[listen]\nmssim = []\nswtpm = []',
+     "no listener configured ([listen] mssim / swtpm are both empty)"),
+    ('[listen]\nmssim = ["0.0.0.0:2321"]',
+     "[listen] mssim: 0.0.0.0:2321 is not a loopback address "
+     "(set [listen] allow_remote = true or pass --allow-remote)"),
+    ('[listen]\nallow_remote = "yes"', "[listen] allow_remote: expected true or false, got 'yes'"),
+    ('[listen]\nstall_timeout = 0', "[listen] stall_timeout: 0 is not between 0 and 3600 seconds"),
+    ('[tpm]\nmax_command_size = 100', "[tpm] max_command_size: 100 is not between 1024 and 65536"),
+    ('[tpm]\nmax_command_size = true', "[tpm] max_command_size: expected an integer, got True"),
+    ('[log]\nlevel = "loud"',
+     "[log] level: 'loud' is not one of debug, info, warning, error, critical"),
+    ('[state]\ndir = ""', "[state] dir: must not be empty"),
+    ('[listen]\nport = 1', "unknown key 'port' in [listen]"),
+    ('[network]\n', "unknown section [network]"),
+    ('listen = 3', "listen must be a [listen] table"),
+])
+def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).removeprefix(f"{path}: ") == message
+    assert "\n" not in str(e.value)
+
+
+def test_toml_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"ctpm.toml: .*line 1"):
+        load(write(tmp_path, "[listen\n"))
+    with pytest.raises(ConfigError, match="No such file or directory"):
+        load(str(tmp_path / "missing.toml"))
+
+
+def test_flag_errors_name_the_flag():
+    with pytest.raises(ConfigError, match=r"^--mssim: 'abc' is not HOST:PORT$"):
+        load(mssim=["abc"])
+    with pytest.raises(ConfigError, match=r"^--swtpm: 10.1.2.3:0 is not a loopback"):
+        load(swtpm=["10.1.2.3:0"])
+
+
+def test_allow_remote():
+    config = load(mssim=["0.0.0.0:0"], swtpm=["[::]:0"], allow_remote=True)
+    assert config.allow_remote and config.mssim == (Address("0.0.0.0", 0),)
+    assert load(mssim=["localhost:0", "[::1]:0", "127.0.0.2:0"]).allow_remote is False
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().log_level = "debug"
+
+
+def test_unix_paths_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load(swtpm=["unix:tpm.sock"]).swtpm == (Address(path=f"{tmp_path}/tpm.sock"),)
