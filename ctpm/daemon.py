@@ -6,13 +6,13 @@ and on the way out writes the NV image. Each protocol has two channels on adjace
 (mssim: command P, platform P+1; swtpm: data P, control P+1) or, for a swtpm unix socket,
 data on PATH and control on PATH.ctrl.
 """
+import errno
 import logging
 import os
 import random
 import socket
 import stat
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 
@@ -98,9 +98,9 @@ async def serve(config, *, tpm=None, task_status=trio.TASK_STATUS_IGNORED):
         async with trio.open_nursery() as nursery:
             host.spawn = nursery.start_soon
             for handler, what, sockets in plans:
-                listeners = [trio.SocketListener(s) for s in sockets]
-                nursery.start_soon(trio.serve_listeners,
-                                   partial(serve_connection, handler, what=what), listeners)
+                for s in sockets:
+                    nursery.start_soon(_accept_loop, trio.SocketListener(s), handler, what,
+                                       nursery)
             listening = Listening(bound)
             log.info("listening: %s", listening)
             task_status.started(listening)
@@ -112,6 +112,35 @@ async def serve(config, *, tpm=None, task_status=trio.TASK_STATUS_IGNORED):
         for path in unix_paths:
             _unlink_quietly(path)
         _save(tpm)
+
+
+# accept() failures that mean "out of resources for now": wait and retry, never stop serving.
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept_loop(listener, handler, what, nursery):
+    """Accept connections for ever, one task each.
+
+    Leaner than trio.serve_listeners, which matters here: the swtpm TCTI opens a connection
+    per command, and the per-connection cost is most of a small command's round trip.
+    """
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as e:
+            if e.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                raise
+            log.error("%s: accept failed (%s); retrying in 0.1 s", what, e.strerror)
+            await trio.sleep(0.1)
+            continue
+        nursery.start_soon(_serve_one, handler, stream, what)
+
+
+async def _serve_one(handler, stream, what):
+    try:
+        await serve_connection(handler, stream, what)
+    finally:
+        stream.socket.close()   # synchronous close: no cancel scope and checkpoint per connection
 
 
 def _save(tpm):

@@ -1,8 +1,8 @@
 """The one TPM that every listener of a daemon shares, and what the listeners share about it.
 
 All commands and platform signals go through `TpmHost`, which serializes them: the engine is
-synchronous and fast, so it runs in the event loop under a lock (the lock keeps the guarantee
-if a slow command is ever moved to a worker thread). The swtpm locality is per TPM, as in
+synchronous and fast, so it runs directly in the event loop, where nothing else can run until
+it returns. (A command ever moved to a worker thread would need a lock here.) The swtpm locality is per TPM, as in
 swtpm; mssim connections carry their own locality in each command prefix.
 """
 import logging
@@ -39,12 +39,11 @@ class TpmHost:
         Returns the `TpmError` the engine refused it with, or None: the mssim protocol has no
         way to report it, the swtpm control channel turns it into a result code.
         """
-        async with self._lock:
-            try:
-                fn(*args)
-            except TpmError as e:
-                log.debug("%s refused: %s", getattr(fn, "__name__", fn), e)
-                return e
+        try:
+            fn(*args)
+        except TpmError as e:
+            log.debug("%s refused: %s", getattr(fn, "__name__", fn), e)
+            return e
         return None
 
     def request_stop(self, why: str):
