@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .transport.fastpath import FastPath
 from .transport.host import TpmHost, serve_connection
 from .transport.mssim import MssimCommandPort, MssimPlatformPort
 from .transport.swtpm import SwtpmControlChannel, SwtpmDataChannel
@@ -98,6 +99,12 @@ async def serve(config, *, tpm=None, task_status=trio.TASK_STATUS_IGNORED):
         async with trio.open_nursery() as nursery:
             host.spawn = nursery.start_soon
             for handler, what, sockets in plans:
+                if isinstance(handler, SwtpmDataChannel):
+                    fast = FastPath(host, handler, nursery, what)
+                    nursery.start_soon(fast.watch)
+                    for s in sockets:
+                        nursery.start_soon(fast.serve, s)
+                    continue
                 for s in sockets:
                     nursery.start_soon(_accept_loop, trio.SocketListener(s), handler, what,
                                        nursery)

@@ -36,9 +36,9 @@ class Truncated(Exception):
 class MessageReader:
     """Buffered exact reads from a trio stream, with a deadline per message."""
 
-    def __init__(self, stream, stall_timeout: float):
+    def __init__(self, stream, stall_timeout: float, initial: bytes = b""):
         self._stream = stream
-        self._buf = bytearray()
+        self._buf = bytearray(initial)
         self._stall = stall_timeout
         self._deadline = float("inf")
         sock = getattr(stream, "socket", None)

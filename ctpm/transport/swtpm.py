@@ -66,8 +66,9 @@ class SwtpmDataChannel:
     def __init__(self, host):
         self.host = host
 
-    async def __call__(self, stream):
-        reader = MessageReader(stream, self.host.stall_timeout)
+    async def __call__(self, stream, initial: bytes = b""):
+        """Serve `stream`; `initial` is what was already received from it (the fast path)."""
+        reader = MessageReader(stream, self.host.stall_timeout, initial)
         while await reader.begin():
             prefixed = False
             try:

@@ -290,3 +290,38 @@ async def test_shutdown_stops_the_server(ctpm_server):
             except OSError:
                 break
             await trio.sleep(0.01)
+
+
+async def test_many_idle_connections_then_commands(ctpm_server):
+    """Connections that connect and wait are parked (no task each) and served later."""
+    await start(ctpm_server)
+    clients = [await Swtpm.tcp(data_port(ctpm_server)) for _ in range(200)]
+    await trio.sleep(0.05)
+    for c in clients[::-1]:
+        await c.send(GET_RANDOM_8)
+    for c in clients:
+        response = await c.tpm_response()
+        assert rc(response) == RC_SUCCESS and len(response) == GET_RANDOM_8_RESPONSE_SIZE
+    await assert_serving(ctpm_server)
+
+
+async def test_whole_commands_then_a_partial_one_in_one_write(ctpm_server):
+    """Answered inline up to the partial command, which the per-connection path completes."""
+    await start(ctpm_server)
+    client = await Swtpm.tcp(data_port(ctpm_server))
+    await client.send(GET_RANDOM_8 * 2 + GET_RANDOM_8[:5])
+    first, second = await client.tpm_response(), await client.tpm_response()
+    assert rc(first) == rc(second) == RC_SUCCESS and first != second
+    await trio.sleep(0.05)
+    await client.send(GET_RANDOM_8[5:])
+    assert rc(await client.tpm_response()) == RC_SUCCESS
+
+
+async def test_client_gone_before_the_answer(ctpm_server):
+    """A client that sends and closes at once costs nothing but its own answer."""
+    await start(ctpm_server)
+    for _ in range(20):
+        client = await Swtpm.tcp(data_port(ctpm_server))
+        await client.send(GET_RANDOM_8)
+        await client.stream.aclose()
+    await assert_serving(ctpm_server)
