@@ -10,7 +10,7 @@ import io
 import logging
 import struct
 
-from construct import ConstructError
+from construct import ConstructError, Container
 
 from ..errors import TpmError
 from ..wire.commands import Auth
@@ -27,6 +27,11 @@ _U16 = struct.Struct(">H")
 MAX_SESSION_NUM = 3
 _PW_RESPONSE_AUTH = b"\0\0\x01\0\0"     # empty nonce, continueSession, empty hmac
 _SESSION_HANDLE_TYPES = (0x02, 0x03)     # HMAC and policy session handle ranges
+# A password session cannot encrypt or audit (Part 1 §19.6.9).
+_PW_FORBIDDEN_ATTRS = int(TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
+                          | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
+# Top-level parameters have no enclosing structure whose fields a selector could name.
+_NO_CONTEXT = Container()
 
 
 class CommandContext:
@@ -120,7 +125,7 @@ class Dispatcher:
         params = []
         for i, (_name, con) in enumerate(cdef.params, 1):
             try:
-                params.append(con.parse_stream(stream))
+                params.append(con._parsereport(stream, _NO_CONTEXT, "(command)"))
             except TpmError as e:
                 raise e.located(param=i)
             except ConstructError:
@@ -154,8 +159,7 @@ class Dispatcher:
             except TpmError as e:
                 raise e.located(session=idx)
             if handle == TPM_RH.PW:
-                if attrs & (TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
-                            | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET):
+                if attrs & _PW_FORBIDDEN_ATTRS:
                     raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
                 if nonce:
                     raise TpmError(TPM_RC.NONCE, session=idx)
@@ -188,7 +192,10 @@ class Dispatcher:
             outs = iter(outputs)
             if cdef.response_handle:
                 rhandle = _U32.pack(next(outs))
-            body = b"".join([con.build(v) for (_n, con), v in zip(cdef.response, outs)])
+            out = io.BytesIO()
+            for (_n, con), v in zip(cdef.response, outs):
+                con._build(v, out, _NO_CONTEXT, "(response)")
+            body = out.getvalue()
         if tag == TPM_ST.SESSIONS:
             auth = _PW_RESPONSE_AUTH * len(ctx.sessions)
             size = 10 + len(rhandle) + 4 + len(body) + len(auth)

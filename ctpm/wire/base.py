@@ -8,7 +8,7 @@ unknown union selector TPM_RC_SELECTOR.
 import io
 import struct
 
-from construct import Construct, SizeofError
+from construct import Construct, Container, SizeofError
 
 from ..errors import TpmError
 from .constants import TPM_RC
@@ -170,6 +170,33 @@ class List(Construct):
 
     def _sizeof(self, context, path):
         raise SizeofError("TPML is variable")
+
+
+class Record(Construct):
+    """A TPMS_/TPMT_ structure: named fields in wire order (`Record("a" / X, "b" / Y)`).
+
+    construct's Struct, reduced to what Part 2 structures need - a union's selector may name
+    an earlier field (`Switch(this.hashAlg, ...)`) - without the per-parse context
+    bookkeeping that dominated the time to parse a command.
+    """
+
+    def __init__(self, *fields):
+        super().__init__()
+        self.fields = tuple((f.name, f.subcon) for f in fields)
+
+    def _parse(self, stream, context, path):
+        obj = Container()
+        for name, sc in self.fields:
+            obj[name] = sc._parsereport(stream, obj, path)
+        return obj
+
+    def _build(self, obj, stream, context, path):
+        for name, sc in self.fields:
+            sc._build(obj[name], stream, obj, path)
+        return obj
+
+    def _sizeof(self, context, path):
+        raise SizeofError("TPM structures are measured when built")
 
 
 class BadSelector(Construct):

@@ -5,10 +5,10 @@ unmarshaling with the code the reference TPM returns; unions (TPMU_) fail with
 TPM_RC_SELECTOR on an unknown selector. Parsed structures are construct Containers with the
 Part 2 field names; lists (TPML_) are Python lists.
 """
-from construct import Construct, Struct, Switch, this
+from construct import Construct, Switch, this
 
 from ..errors import TpmError
-from .base import UINT8, UINT16, UINT32, UINT64, BYTE, BadSelector, Int, List, Tpm2b, read_exact
+from .base import UINT8, UINT16, UINT32, UINT64, BYTE, BadSelector, Int, List, Record, Tpm2b, read_exact
 from .constants import TPM_ALG, TPM_CAP, TPM_ECC_CURVE, TPM_RC, TPM_RH, TPM_ST, TPM_SU
 
 # --- implementation limits the structures depend on (Part 2 Annex / TpmProfile) ---------
@@ -109,8 +109,8 @@ class _Bytes(Construct):
 
 TPMU_HA = Switch(this.hashAlg, {**{alg: _Bytes(size) for alg, size in HASH_SIZES.items()},
                                  TPM_ALG.NULL: _Bytes(0)}, default=BadSelector())
-TPMT_HA = Struct("hashAlg" / TPMI_ALG_HASH.plus, "digest" / TPMU_HA)
-TPMT_HA_NONULL = Struct("hashAlg" / TPMI_ALG_HASH, "digest" / TPMU_HA)
+TPMT_HA = Record("hashAlg" / TPMI_ALG_HASH.plus, "digest" / TPMU_HA)
+TPMT_HA_NONULL = Record("hashAlg" / TPMI_ALG_HASH, "digest" / TPMU_HA)
 TPM2B_DIGEST = Tpm2b(MAX_DIGEST_SIZE)
 TPM2B_DATA = Tpm2b(MAX_DIGEST_SIZE + 2)     # sizeof(TPMT_HA)
 TPM2B_NONCE = TPM2B_DIGEST
@@ -139,13 +139,13 @@ class _PcrSelect(Construct):
         return obj
 
 
-TPMS_PCR_SELECT = Struct("pcrSelect" / _PcrSelect())
-TPMS_PCR_SELECTION = Struct("hash" / TPMI_ALG_HASH, "pcrSelect" / _PcrSelect())
-TPMT_TK_HASHCHECK = Struct("tag" / Int(2, frozenset((TPM_ST.HASHCHECK,)), TPM_RC.TAG), "hierarchy" / TPMI_RH_HIERARCHY.plus,
+TPMS_PCR_SELECT = Record("pcrSelect" / _PcrSelect())
+TPMS_PCR_SELECTION = Record("hash" / TPMI_ALG_HASH, "pcrSelect" / _PcrSelect())
+TPMT_TK_HASHCHECK = Record("tag" / Int(2, frozenset((TPM_ST.HASHCHECK,)), TPM_RC.TAG), "hierarchy" / TPMI_RH_HIERARCHY.plus,
                            "digest" / TPM2B_DIGEST)
-TPMS_ALG_PROPERTY = Struct("alg" / TPM_ALG_ID, "algProperties" / UINT32)
-TPMS_TAGGED_PROPERTY = Struct("property" / TPM_PT, "value" / UINT32)
-TPMS_TAGGED_PCR_SELECT = Struct("tag" / UINT32, "pcrSelect" / _PcrSelect())
+TPMS_ALG_PROPERTY = Record("alg" / TPM_ALG_ID, "algProperties" / UINT32)
+TPMS_TAGGED_PROPERTY = Record("property" / TPM_PT, "value" / UINT32)
+TPMS_TAGGED_PCR_SELECT = Record("tag" / UINT32, "pcrSelect" / _PcrSelect())
 
 # --- Part 2 §10.9: lists ---------------------------------------------------------------------
 
@@ -160,9 +160,9 @@ TPML_ALG_PROPERTY = List(TPMS_ALG_PROPERTY, MAX_CAP_ALGS)
 TPML_TAGGED_TPM_PROPERTY = List(TPMS_TAGGED_PROPERTY, MAX_TPM_PROPERTIES)
 TPML_TAGGED_PCR_PROPERTY = List(TPMS_TAGGED_PCR_SELECT, MAX_PCR_PROPERTIES)
 TPML_ECC_CURVE = List(UINT16, MAX_ECC_CURVES)
-TPMS_TAGGED_POLICY = Struct("handle" / TPM_HANDLE, "policyHash" / TPMT_HA)
+TPMS_TAGGED_POLICY = Record("handle" / TPM_HANDLE, "policyHash" / TPMT_HA)
 TPML_TAGGED_POLICY = List(TPMS_TAGGED_POLICY, MAX_CAP_DATA // 70)
-TPMS_ACT_DATA = Struct("handle" / TPM_HANDLE, "timeout" / UINT32, "attributes" / UINT32)
+TPMS_ACT_DATA = Record("handle" / TPM_HANDLE, "timeout" / UINT32, "attributes" / UINT32)
 TPML_ACT_DATA = List(TPMS_ACT_DATA, MAX_CAP_DATA // 12)
 
 TPMU_CAPABILITIES = Switch(this.capability, {
@@ -178,47 +178,47 @@ TPMU_CAPABILITIES = Switch(this.capability, {
     TPM_CAP.AUTH_POLICIES: TPML_TAGGED_POLICY,
     TPM_CAP.ACT: TPML_ACT_DATA,
 }, default=BadSelector())
-TPMS_CAPABILITY_DATA = Struct("capability" / TPM_CAP_, "data" / TPMU_CAPABILITIES)
+TPMS_CAPABILITY_DATA = Record("capability" / TPM_CAP_, "data" / TPMU_CAPABILITIES)
 
 # --- Part 2 §10.11: clock and time -----------------------------------------------------------
 
-TPMS_CLOCK_INFO = Struct("clock" / UINT64, "resetCount" / UINT32, "restartCount" / UINT32,
+TPMS_CLOCK_INFO = Record("clock" / UINT64, "resetCount" / UINT32, "restartCount" / UINT32,
                          "safe" / TPMI_YES_NO)
-TPMS_TIME_INFO = Struct("time" / UINT64, "clockInfo" / TPMS_CLOCK_INFO)
+TPMS_TIME_INFO = Record("time" / UINT64, "clockInfo" / TPMS_CLOCK_INFO)
 
 # --- Part 2 §11-§12: algorithm parameters (TPMT_PUBLIC_PARMS, for TPM2_TestParms) ------------
 
 TPMU_SYM_KEY_BITS = Switch(this.algorithm, {
     TPM_ALG.AES: TPMI_AES_KEY_BITS,
     TPM_ALG.XOR: TPMI_ALG_HASH,
-    TPM_ALG.NULL: Struct(),
+    TPM_ALG.NULL: Record(),
 }, default=BadSelector())
 TPMU_SYM_MODE = Switch(this.algorithm, {
     TPM_ALG.AES: TPMI_ALG_SYM_MODE.plus,
-    TPM_ALG.XOR: Struct(),
-    TPM_ALG.NULL: Struct(),
+    TPM_ALG.XOR: Record(),
+    TPM_ALG.NULL: Record(),
 }, default=BadSelector())
-TPMT_SYM_DEF = Struct("algorithm" / TPMI_ALG_SYM.plus, "keyBits" / TPMU_SYM_KEY_BITS,
+TPMT_SYM_DEF = Record("algorithm" / TPMI_ALG_SYM.plus, "keyBits" / TPMU_SYM_KEY_BITS,
                       "mode" / TPMU_SYM_MODE)
-TPMT_SYM_DEF_OBJECT = Struct("algorithm" / TPMI_ALG_SYM_OBJECT.plus,
+TPMT_SYM_DEF_OBJECT = Record("algorithm" / TPMI_ALG_SYM_OBJECT.plus,
                              "keyBits" / TPMU_SYM_KEY_BITS, "mode" / TPMU_SYM_MODE)
-TPMS_SYMCIPHER_PARMS = Struct("sym" / Struct("algorithm" / TPMI_ALG_SYM_OBJECT,
+TPMS_SYMCIPHER_PARMS = Record("sym" / Record("algorithm" / TPMI_ALG_SYM_OBJECT,
                                              "keyBits" / TPMU_SYM_KEY_BITS,
                                              "mode" / TPMU_SYM_MODE))
 
-TPMS_SCHEME_HASH = Struct("hashAlg" / TPMI_ALG_HASH)
-TPMS_SCHEME_ECDAA = Struct("hashAlg" / TPMI_ALG_HASH, "count" / UINT16)
-TPMS_SCHEME_XOR = Struct("hashAlg" / TPMI_ALG_HASH, "kdf" / TPMI_ALG_KDF.plus)
-_EMPTY = Struct()
+TPMS_SCHEME_HASH = Record("hashAlg" / TPMI_ALG_HASH)
+TPMS_SCHEME_ECDAA = Record("hashAlg" / TPMI_ALG_HASH, "count" / UINT16)
+TPMS_SCHEME_XOR = Record("hashAlg" / TPMI_ALG_HASH, "kdf" / TPMI_ALG_KDF.plus)
+_EMPTY = Record()
 
 TPMU_SCHEME_KEYEDHASH = Switch(this.scheme, {
     TPM_ALG.HMAC: TPMS_SCHEME_HASH,
     TPM_ALG.XOR: TPMS_SCHEME_XOR,
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
-TPMT_KEYEDHASH_SCHEME = Struct("scheme" / TPMI_ALG_KEYEDHASH_SCHEME.plus,
+TPMT_KEYEDHASH_SCHEME = Record("scheme" / TPMI_ALG_KEYEDHASH_SCHEME.plus,
                                "details" / TPMU_SCHEME_KEYEDHASH)
-TPMS_KEYEDHASH_PARMS = Struct("scheme" / TPMT_KEYEDHASH_SCHEME)
+TPMS_KEYEDHASH_PARMS = Record("scheme" / TPMT_KEYEDHASH_SCHEME)
 
 _ASYM_SCHEME_DETAILS = {
     TPM_ALG.RSASSA: TPMS_SCHEME_HASH,
@@ -233,19 +233,19 @@ _ASYM_SCHEME_DETAILS = {
     TPM_ALG.NULL: _EMPTY,
 }
 TPMU_ASYM_SCHEME = Switch(this.scheme, _ASYM_SCHEME_DETAILS, default=BadSelector())
-TPMT_RSA_SCHEME = Struct("scheme" / TPMI_ALG_RSA_SCHEME.plus, "details" / TPMU_ASYM_SCHEME)
-TPMT_ECC_SCHEME = Struct("scheme" / TPMI_ALG_ECC_SCHEME.plus, "details" / TPMU_ASYM_SCHEME)
+TPMT_RSA_SCHEME = Record("scheme" / TPMI_ALG_RSA_SCHEME.plus, "details" / TPMU_ASYM_SCHEME)
+TPMT_ECC_SCHEME = Record("scheme" / TPMI_ALG_ECC_SCHEME.plus, "details" / TPMU_ASYM_SCHEME)
 TPMU_KDF_SCHEME = Switch(this.scheme, {
     TPM_ALG.MGF1: TPMS_SCHEME_HASH,
     TPM_ALG.KDF1_SP800_56A: TPMS_SCHEME_HASH,
     TPM_ALG.KDF1_SP800_108: TPMS_SCHEME_HASH,
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
-TPMT_KDF_SCHEME = Struct("scheme" / TPMI_ALG_KDF.plus, "details" / TPMU_KDF_SCHEME)
+TPMT_KDF_SCHEME = Record("scheme" / TPMI_ALG_KDF.plus, "details" / TPMU_KDF_SCHEME)
 
-TPMS_RSA_PARMS = Struct("symmetric" / TPMT_SYM_DEF_OBJECT, "scheme" / TPMT_RSA_SCHEME,
+TPMS_RSA_PARMS = Record("symmetric" / TPMT_SYM_DEF_OBJECT, "scheme" / TPMT_RSA_SCHEME,
                         "keyBits" / TPMI_RSA_KEY_BITS, "exponent" / UINT32)
-TPMS_ECC_PARMS = Struct("symmetric" / TPMT_SYM_DEF_OBJECT, "scheme" / TPMT_ECC_SCHEME,
+TPMS_ECC_PARMS = Record("symmetric" / TPMT_SYM_DEF_OBJECT, "scheme" / TPMT_ECC_SCHEME,
                         "curveID" / TPMI_ECC_CURVE, "kdf" / TPMT_KDF_SCHEME)
 TPMU_PUBLIC_PARMS = Switch(this.type, {
     TPM_ALG.KEYEDHASH: TPMS_KEYEDHASH_PARMS,
@@ -253,7 +253,7 @@ TPMU_PUBLIC_PARMS = Switch(this.type, {
     TPM_ALG.RSA: TPMS_RSA_PARMS,
     TPM_ALG.ECC: TPMS_ECC_PARMS,
 }, default=BadSelector())
-TPMT_PUBLIC_PARMS = Struct("type" / TPMI_ALG_PUBLIC, "parameters" / TPMU_PUBLIC_PARMS)
+TPMT_PUBLIC_PARMS = Record("type" / TPMI_ALG_PUBLIC, "parameters" / TPMU_PUBLIC_PARMS)
 
 __all__ = [n for n in dir() if n.startswith(("TPM", "MAX_", "HASH_", "PCR_", "IMPLEMENTATION"))]
 __all__ += ["UINT8", "UINT16", "UINT32", "UINT64", "BYTE"]
