@@ -187,7 +187,6 @@ CASES = {
     "TPMT_ECC_SCHEME-ecdsa-sha256": scheme(ECC_S, A.ECDSA, SHA256),
     "TPMT_ECC_SCHEME-ecdh-sha384": scheme(ECC_S, A.ECDH, SHA384),
     "TPMT_ECC_SCHEME-ecschnorr-sha512": scheme(ECC_S, A.ECSCHNORR, SHA512),
-    "TPMT_ECC_SCHEME-ecmqv-sha1": scheme(ECC_S, A.ECMQV, SHA1),
     "TPMT_KDF_SCHEME-null": scheme(KDF_S, NULL),
     "TPMT_KDF_SCHEME-mgf1-sha256": scheme(KDF_S, A.MGF1, SHA256),
     "TPMT_KDF_SCHEME-sp800_56a-sha384": scheme(KDF_S, A.KDF1_SP800_56A, SHA384),

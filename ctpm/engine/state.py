@@ -93,7 +93,9 @@ class TpmState:
             "clock": 0,
             "reset_count": 0,
             "total_reset_count": 0,
-            "orderly": None,          # None (disorderly), "CLEAR" or "STATE"
+            # None (disorderly), "CLEAR" or "STATE"; a TPM fresh from the factory counts as
+            # shut down in order (as libtpms), so its first Startup reports a safe clock.
+            "orderly": "CLEAR",
             "saved": None,            # what Shutdown(STATE) keeps for the next Startup
             "pcr_allocated": [int(a) for a in config.pcr_banks],
             "established": False,
@@ -135,7 +137,7 @@ class TpmState:
         self.init_ms = self.platform.now_ms()
         self.clock_at_init = self.nv["clock"]
         self._clock_stored = self.clock_at_init
-        self.safe = False
+        self.safe = self.orderly_startup = False
         self.pcrs = {}
         self.pcr_counter = 0
         self.restart_count = 0
@@ -184,7 +186,7 @@ class TpmState:
             kind = "restart"
         else:
             kind = "reset"
-        self.safe = prev is not None
+        self.safe = self.orderly_startup = prev is not None
         if kind == "reset":
             nv["reset_count"] += 1
             nv["total_reset_count"] += 1
