@@ -14,9 +14,11 @@ from construct import ConstructError, Container
 
 from ..errors import TpmError
 from ..wire.commands import Auth
-from ..wire.constants import TPM_CC, TPM_RC, TPM_RH, TPM_ST, TPMA_SESSION
+from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
 from . import handlers
+from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, entity_name,
+                       response_hmac, rp_hash)
 
 log = logging.getLogger("ctpm.engine")
 
@@ -28,10 +30,28 @@ MAX_SESSION_NUM = 3
 _PW_RESPONSE_AUTH = b"\0\0\x01\0\0"     # empty nonce, continueSession, empty hmac
 _SESSION_HANDLE_TYPES = (0x02, 0x03)     # HMAC and policy session handle ranges
 # A password session cannot encrypt or audit (Part 1 §19.6.9).
+_AUDIT_ATTRS = int(TPMA_SESSION.AUDIT | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
 _PW_FORBIDDEN_ATTRS = int(TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
                           | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
 # Top-level parameters have no enclosing structure whose fields a selector could name.
 _NO_CONTEXT = Container()
+
+
+class AuthEntry:
+    """One TPMS_AUTH_COMMAND of a command, and what processing it found out."""
+
+    __slots__ = ("handle", "nonce", "attrs", "auth", "session", "entity", "include_auth",
+                 "decrypt", "encrypt")
+
+    def __init__(self, handle, nonce, attrs, auth):
+        self.handle = handle
+        self.nonce = nonce
+        self.attrs = attrs
+        self.auth = auth
+        self.session = None       # the loaded Session, None for a password
+        self.entity = None        # the handle it authorizes, None for encrypt/decrypt only
+        self.include_auth = False
+        self.decrypt = self.encrypt = False
 
 
 class CommandContext:
@@ -96,16 +116,20 @@ class Dispatcher:
 
         stream = io.BytesIO(cmd)
         stream.seek(10)
-        # Handle area: each handle unmarshaled and range-checked by its interface type.
+        # Handle area: each handle unmarshaled and range-checked by its interface type, then
+        # it must name something that exists (EntityGetLoadStatus).
         handles = []
         for i, h in enumerate(cdef.handles, 1):
             try:
                 handles.append(h.type._parsereport(stream, None, None))
             except TpmError as e:
                 raise e.located(handle=i)
+        for i, handle in enumerate(handles, 1):
+            self.tpm.check_loaded(handle, i)
         ctx = CommandContext(code, locality, tag, cdef)
 
         # Authorization area.
+        entities = [h for h, d in zip(handles, cdef.handles) if d.auth != Auth.NONE]
         if tag == TPM_ST.SESSIONS:
             if not cdef.sessions:
                 raise TpmError(TPM_RC.AUTH_CONTEXT)
@@ -115,10 +139,14 @@ class Dispatcher:
             auth_size = _U32.unpack(stream.read(4))[0]
             if auth_size < 9 or auth_size > remaining - 4:
                 raise TpmError(TPM_RC.SIZE)
-            sessions = self._parse_sessions(io.BytesIO(stream.read(auth_size)), auth_size)
-            ctx.sessions = sessions
-            self._authorize(cdef, handles, sessions)
-        elif cdef.auth_handles:
+            ctx.sessions = self._parse_sessions(cdef, io.BytesIO(stream.read(auth_size)),
+                                                auth_size)
+            if len(ctx.sessions) < len(entities):
+                raise TpmError(TPM_RC.AUTH_MISSING)
+            raw = self._authorize(code, handles, entities, ctx.sessions, cmd[stream.tell():])
+            stream = io.BytesIO(raw)
+            n = len(raw)
+        elif entities:
             raise TpmError(TPM_RC.AUTH_MISSING)
 
         # Parameters.
@@ -136,9 +164,12 @@ class Dispatcher:
         outputs = fn(self.tpm, ctx, *handles, *params)
         return self._response(cdef, tag, ctx, outputs)
 
-    def _parse_sessions(self, stream, auth_size):
-        """TPMS_AUTH_COMMAND list (Part 1 §18.3); only password sessions exist so far."""
+    def _parse_sessions(self, cdef, stream, auth_size):
+        """TPMS_AUTH_COMMAND list (Part 1 §18.3) with the consistency checks of the
+        reference TPM's RetrieveSessionData, in its order."""
         sessions = []
+        loaded = self.tpm.state.sessions
+        decrypt = encrypt = None
         while stream.tell() < auth_size:
             idx = len(sessions) + 1
             if idx > MAX_SESSION_NUM:
@@ -158,47 +189,158 @@ class Dispatcher:
                 auth = TPM2B_AUTH._parsereport(stream, None, None)
             except TpmError as e:
                 raise e.located(session=idx)
+            entry = AuthEntry(handle, nonce, attrs, auth)
+            sessions.append(entry)
             if handle == TPM_RH.PW:
                 if attrs & _PW_FORBIDDEN_ATTRS:
                     raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
                 if nonce:
                     raise TpmError(TPM_RC.NONCE, session=idx)
-            else:
-                # No HMAC or policy session can be loaded yet (sessions come with StartAuthSession).
+                continue
+            session = loaded.get(handle)
+            if session is None:
                 raise TpmError(TPM_RC.REFERENCE_S0 + idx - 1)
-            sessions.append((handle, nonce, attrs, auth))
+            if (session.kind == TPM_SE.HMAC) != (handle >> 24 == TPM_HT.HMAC_SESSION):
+                raise TpmError(TPM_RC.HANDLE, session=idx)
+            if any(s.handle == handle for s in sessions[:-1]):
+                raise TpmError(TPM_RC.HANDLE, session=idx)
+            if session.kind == TPM_SE.TRIAL:
+                raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+            entry.session = session
+            if attrs & TPMA_SESSION.DECRYPT:
+                if not cdef.decrypt or decrypt is not None:
+                    raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+                if session.symmetric is None:
+                    raise TpmError(TPM_RC.SYMMETRIC, session=idx)
+                decrypt = entry
+            if attrs & TPMA_SESSION.ENCRYPT:
+                if not cdef.encrypt or encrypt is not None:
+                    raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+                if session.symmetric is None:
+                    raise TpmError(TPM_RC.SYMMETRIC, session=idx)
+                encrypt = entry
+            if attrs & _AUDIT_ATTRS:
+                # Session audit arrives with command audit (GetSessionAuditDigest).
+                raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+        for e in sessions:
+            e.decrypt = e is decrypt
+            e.encrypt = e is encrypt
         return sessions
 
-    def _authorize(self, cdef, handles, sessions):
-        auth_handles = [h for h, d in zip(handles, cdef.handles) if d.auth != Auth.NONE]
-        if len(sessions) < len(auth_handles):
-            raise TpmError(TPM_RC.AUTH_MISSING)
-        for idx, (handle, _nonce, _attrs, auth) in enumerate(sessions, 1):
-            if idx > len(auth_handles):
-                if handle == TPM_RH.PW:   # a password session must authorize a handle
+    def _authorize(self, code, handles, entities, sessions, raw):
+        """Check every session's authorization (Part 1 §19.6), then decrypt the first
+        parameter if a session says so. Returns the parameter area to unmarshal."""
+        tpm = self.tpm
+        names = [entity_name(h) for h in handles]
+        cp_hashes = {}
+        decrypt = next((e for e in sessions if e.decrypt), None)
+        encrypt = next((e for e in sessions if e.encrypt), None)
+        for idx, e in enumerate(sessions, 1):
+            e.entity = entities[idx - 1] if idx <= len(entities) else None
+            if e.handle == TPM_RH.PW:
+                if e.entity is None:          # a password must authorize a handle
                     raise TpmError(TPM_RC.HANDLE, session=idx)
+                expected = tpm.entity_auth_value(e.entity)
+                if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
+                    raise self._auth_failure(e.entity, idx)
                 continue
-            entity = auth_handles[idx - 1]
-            expected = self.tpm.entity_auth_value(entity)
-            if not hmac.compare_digest(auth.rstrip(b"\0"), expected.rstrip(b"\0")):
-                # Part 1 §19.6.5: entities outside dictionary-attack protection get BAD_AUTH.
-                rc = TPM_RC.BAD_AUTH if self.tpm.is_da_exempt(entity) else TPM_RC.AUTH_FAIL
-                raise TpmError(rc, session=idx)
+            session = e.session
+            if e.entity is None:
+                if not e.attrs & (TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT):
+                    raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+            elif session.kind == TPM_SE.POLICY:
+                # No entity has an authPolicy yet (they come with SetPrimaryPolicy & co.).
+                raise TpmError(TPM_RC.POLICY_FAIL, session=idx)
+            else:
+                e.include_auth = session.bound != bind_value(tpm, e.entity)
+            key = session.session_key + (self._auth_of(e) if e.include_auth else b"")
+            if not key and not e.auth:
+                continue                       # Part 1 §19.6.5: empty key, empty HMAC
+            alg = session.auth_hash
+            if alg not in cp_hashes:
+                cp_hashes[alg] = cp_hash(alg, code, names, raw)
+            extra = []
+            if idx == 1 and e.entity is not None:
+                if decrypt is not None and decrypt is not e:
+                    extra.append(decrypt.session.nonce_tpm)
+                if encrypt is not None and encrypt is not e and encrypt is not decrypt:
+                    extra.append(encrypt.session.nonce_tpm)
+            expected = command_hmac(session, key, cp_hashes[alg], e.nonce, e.attrs, extra)
+            if not hmac.compare_digest(e.auth, expected):
+                raise self._auth_failure(e.entity, idx)
+        if decrypt is not None:
+            idx = sessions.index(decrypt) + 1
+            if len(raw) < 2:
+                raise TpmError(TPM_RC.INSUFFICIENT, session=idx)
+            size = _U16.unpack_from(raw)[0]
+            if size > len(raw) - 2:
+                raise TpmError(TPM_RC.SIZE, session=idx)
+            key = decrypt.session.session_key + self._auth_of(decrypt)
+            clear = crypt_parameter(decrypt.session, key, decrypt.nonce,
+                                    decrypt.session.nonce_tpm, raw[2:2 + size], encrypt=False)
+            raw = raw[:2] + clear + raw[2 + size:]
+        return raw
+
+    def _auth_of(self, entry):
+        """authValue (trailing zeros removed) of the entity a session authorizes, if any."""
+        if entry.entity is None:
+            return b""
+        return self.tpm.entity_auth_value(entry.entity).rstrip(b"\0")
+
+    def _auth_failure(self, entity, idx):
+        # Part 1 §19.6.5: entities outside dictionary-attack protection get BAD_AUTH.
+        rc = TPM_RC.BAD_AUTH if self.tpm.is_da_exempt(entity) else TPM_RC.AUTH_FAIL
+        return TpmError(rc, session=idx)
 
     def _response(self, cdef, tag, ctx, outputs):
-        body = b""
         rhandle = b""
+        out = io.BytesIO()
         if outputs:
             outs = iter(outputs)
             if cdef.response_handle:
                 rhandle = _U32.pack(next(outs))
-            out = io.BytesIO()
             for (_n, con), v in zip(cdef.response, outs):
                 con._build(v, out, _NO_CONTEXT, "(response)")
-            body = out.getvalue()
-        if tag == TPM_ST.SESSIONS:
-            auth = _PW_RESPONSE_AUTH * len(ctx.sessions)
-            size = 10 + len(rhandle) + 4 + len(body) + len(auth)
-            return b"".join((_HDR.pack(TPM_ST.SESSIONS, size, 0), rhandle,
-                             _U32.pack(len(body)), body, auth))
-        return _HDR.pack(TPM_ST.NO_SESSIONS, 10 + len(rhandle) + len(body), 0) + rhandle + body
+        body = out.getvalue()
+        if tag != TPM_ST.SESSIONS:
+            return _HDR.pack(TPM_ST.NO_SESSIONS, 10 + len(rhandle) + len(body), 0) + rhandle + body
+        return self._response_with_sessions(ctx, rhandle, body)
+
+    def _response_with_sessions(self, ctx, rhandle, body):
+        """New nonces, the encrypted first parameter, the response HMACs (Part 1 §19.6.16),
+        and sessions without continueSession flushed."""
+        sessions = ctx.sessions
+        drbg = self.tpm.state.drbg
+        for e in sessions:
+            if e.session is not None:
+                e.session.nonce_tpm = drbg.generate(e.session.digest_size)
+        encrypt = next((e for e in sessions if e.encrypt), None)
+        if encrypt is not None and len(body) >= 2:
+            size = _U16.unpack_from(body)[0]
+            key = encrypt.session.session_key + self._auth_of(encrypt)
+            body = body[:2] + crypt_parameter(encrypt.session, key, encrypt.session.nonce_tpm,
+                                              encrypt.nonce, body[2:2 + size],
+                                              encrypt=True) + body[2 + size:]
+        areas = []
+        rp_hashes = {}
+        for e in sessions:
+            session = e.session
+            if session is None:
+                areas.append(_PW_RESPONSE_AUTH)
+                continue
+            key = session.session_key + (self._auth_of(e) if e.include_auth else b"")
+            if not key and not e.auth:
+                mac = b""
+            else:
+                alg = session.auth_hash
+                if alg not in rp_hashes:
+                    rp_hashes[alg] = rp_hash(alg, ctx.code, body)
+                mac = response_hmac(session, key, rp_hashes[alg], e.nonce, e.attrs)
+            areas.append(_U16.pack(len(session.nonce_tpm)) + session.nonce_tpm
+                         + bytes((e.attrs,)) + _U16.pack(len(mac)) + mac)
+            if not e.attrs & TPMA_SESSION.CONTINUESESSION:
+                self.tpm.state.sessions.pop(session.handle, None)
+        auth = b"".join(areas)
+        size = 10 + len(rhandle) + 4 + len(body) + len(auth)
+        return b"".join((_HDR.pack(TPM_ST.SESSIONS, size, 0), rhandle,
+                         _U32.pack(len(body)), body, auth))

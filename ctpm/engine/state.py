@@ -10,7 +10,7 @@ import json
 from ..crypto import hashes
 from ..errors import TpmError
 from ..state.store import StoreError
-from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_SU
+from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
 from .drbg import HmacDrbg
 
@@ -142,6 +142,7 @@ class TpmState:
         self.pcr_counter = 0
         self.restart_count = 0
         self.drtm = None
+        self.sessions = {}            # loaded sessions: handle -> sessions.Session
         if self.fixed_seed is not None:
             self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
                                  self.nv["reset_count"].to_bytes(4, "big"))
@@ -282,6 +283,17 @@ class TpmState:
         self.drtm = None
         self.established = True
         self.dirty = True
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def free_session_handle(self, session_type) -> int:
+        """The lowest free session slot, as an HMAC (0x02) or policy (0x03) session handle."""
+        used = {h & 0xFFFFFF for h in self.sessions}
+        if len(used) >= self.config.max_sessions:
+            raise TpmError(TPM_RC.SESSION_MEMORY)
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        kind = TPM_HT.HMAC_SESSION if session_type == TPM_SE.HMAC else TPM_HT.POLICY_SESSION
+        return (kind << 24) | slot
 
     # -- hierarchies ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import struct
 
 from ..errors import TpmError
 from ..platform import Platform
-from ..wire.constants import TPM_RC, TPM_RH, TPM_ST
+from ..wire.constants import TPM_HT, TPM_RC, TPM_RH, TPM_ST
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from .state import TpmState
@@ -113,6 +113,17 @@ class Tpm:
         PCRs and hierarchies have empty authorization until their Change*Auth commands exist.
         """
         return b""
+
+    def check_loaded(self, handle: int, index: int):
+        """Every handle in a handle area must name something present (Part 1 §18.4).
+
+        No transient objects, persistent objects or NV indices exist in this build yet.
+        """
+        kind = handle >> 24
+        if kind == TPM_HT.TRANSIENT:
+            raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
+        if kind in (TPM_HT.PERSISTENT, TPM_HT.NV_INDEX):
+            raise TpmError(TPM_RC.HANDLE, handle=index)
 
     def is_da_exempt(self, handle: int) -> bool:
         """PCRs and every permanent handle but TPM_RH_LOCKOUT are outside DA protection."""

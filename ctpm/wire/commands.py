@@ -98,6 +98,13 @@ COMMANDS = (
             response=(("randomBytes", S.TPM2B_DIGEST),)),
     Command(TPM_CC.StirRandom, "Part 3 §16.2",
             params=(("inData", S.Tpm2b(S.MAX_SYM_DATA)),), nv=True),
+    # Part 3 §11: session commands
+    Command(TPM_CC.StartAuthSession, "Part 3 §11.1",
+            handles=(Handle("tpmKey", S.TPMI_DH_OBJECT.plus), Handle("bind", S.TPMI_DH_ENTITY.plus)),
+            params=(("nonceCaller", S.TPM2B_NONCE), ("encryptedSalt", S.TPM2B_ENCRYPTED_SECRET),
+                    ("sessionType", S.TPM_SE_), ("symmetric", S.TPMT_SYM_DEF),
+                    ("authHash", S.TPMI_ALG_HASH)),
+            response=(("nonceTPM", S.TPM2B_NONCE),), response_handle=True),
     # Part 3 §15: hash
     Command(TPM_CC.Hash, "Part 3 §15.4",
             params=(("data", S.TPM2B_MAX_BUFFER), ("hashAlg", S.TPMI_ALG_HASH),
@@ -117,6 +124,9 @@ COMMANDS = (
                       ("pcrValues", S.TPML_DIGEST))),
     Command(TPM_CC.PCR_Reset, "Part 3 §22.8",
             handles=(Handle("pcrHandle", PCR, Auth.USER),), nv=True),
+    # Part 3 §28: context management
+    Command(TPM_CC.FlushContext, "Part 3 §28.4",
+            params=(("flushHandle", S.TPMI_DH_CONTEXT),), sessions=False),
     # Part 3 §29: clocks and timers
     Command(TPM_CC.ReadClock, "Part 3 §29.1",
             response=(("currentTime", S.TPMS_TIME_INFO),)),

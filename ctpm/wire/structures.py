@@ -9,7 +9,7 @@ from construct import Construct, Switch, this
 
 from ..errors import TpmError
 from .base import UINT8, UINT16, UINT32, UINT64, BYTE, BadSelector, Int, List, Record, Tpm2b, read_exact
-from .constants import TPM_ALG, TPM_CAP, TPM_ECC_CURVE, TPM_RC, TPM_RH, TPM_ST, TPM_SU
+from .constants import TPM_ALG, TPM_CAP, TPM_ECC_CURVE, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPM_SU
 
 # --- implementation limits the structures depend on (Part 2 Annex / TpmProfile) ---------
 
@@ -50,6 +50,7 @@ TPM_PT = UINT32
 TPM_GENERATED_VALUE = 0xFF544347
 
 TPM_SU_ = Int(2, frozenset(TPM_SU), TPM_RC.VALUE)
+TPM_SE_ = Int(1, frozenset(TPM_SE), TPM_RC.VALUE)
 TPM_CAP_ = Int(4, frozenset(range(TPM_CAP.ALGS, TPM_CAP.ACT + 1)), TPM_RC.VALUE)
 
 # --- Part 2 §9: interface types ------------------------------------------------------------
@@ -57,6 +58,14 @@ TPM_CAP_ = Int(4, frozenset(range(TPM_CAP.ALGS, TPM_CAP.ACT + 1)), TPM_RC.VALUE)
 TPMI_YES_NO = Int(1, frozenset((0, 1)), TPM_RC.VALUE)
 TPMI_ST_COMMAND_TAG = Int(2, frozenset((TPM_ST.NO_SESSIONS, TPM_ST.SESSIONS)), TPM_RC.BAD_TAG)
 TPMI_DH_PCR = Int(4, lambda v: v <= PCR_LAST, TPM_RC.VALUE, null=TPM_RH.NULL)
+_OBJECT_TYPES = (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT)
+TPMI_DH_OBJECT = Int(4, lambda v: v >> 24 in _OBJECT_TYPES, TPM_RC.VALUE, null=TPM_RH.NULL)
+_ENTITY_PERMANENT = frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM, TPM_RH.LOCKOUT))
+TPMI_DH_ENTITY = Int(4, lambda v: (v in _ENTITY_PERMANENT or v <= PCR_LAST
+                                   or v >> 24 in _OBJECT_TYPES + (TPM_HT.NV_INDEX,)),
+                     TPM_RC.VALUE, null=TPM_RH.NULL)
+TPMI_DH_CONTEXT = Int(4, lambda v: v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION,
+                                               TPM_HT.TRANSIENT), TPM_RC.VALUE)
 TPMI_RH_HIERARCHY = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM)),
                         TPM_RC.VALUE, null=TPM_RH.NULL)
 TPMI_ALG_HASH = Int(2, frozenset(HASH_SIZES), TPM_RC.HASH, null=TPM_ALG.NULL)
@@ -122,6 +131,7 @@ TPM2B_MAX_NV_BUFFER = Tpm2b(MAX_NV_BUFFER_SIZE)
 TPM2B_TIMEOUT = Tpm2b(8)
 TPM2B_IV = Tpm2b(16)
 TPM2B_NAME = Tpm2b(MAX_DIGEST_SIZE + 2)
+TPM2B_ENCRYPTED_SECRET = Tpm2b(MAX_RSA_KEY_BYTES)
 
 
 class _PcrSelect(Construct):

@@ -1,0 +1,115 @@
+"""Authorization sessions: Part 3 §11.1 TPM2_StartAuthSession and the session arithmetic of
+Part 1 §19 (HMACs, nonces, parameter encryption) that the dispatcher applies to a command.
+
+Implemented: HMAC sessions, unbound or bound, unsalted; parameter encryption with AES-CFB
+and XOR in both directions; policy and trial sessions as objects (their policy commands
+come with the policy issue). Salted sessions need loaded keys and arrive with them; audit
+sessions with command audit.
+"""
+import hmac
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..crypto import hashes
+from ..crypto.kdf import kdfa
+from ..errors import TpmError
+from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE
+from ..wire.structures import HASH_SIZES
+
+MIN_NONCE_SIZE = 16
+
+
+@dataclass
+class Session:
+    handle: int
+    kind: int                     # TPM_SE
+    auth_hash: int
+    symmetric: tuple | None       # (algorithm, key bits or XOR hash, mode) or None
+    session_key: bytes
+    nonce_tpm: bytes
+    bound: bytes | None           # Name || authValue of the bind entity (Part 1 §19.6.10)
+    policy_digest: bytes
+
+    @property
+    def digest_size(self):
+        return HASH_SIZES[self.auth_hash]
+
+
+def entity_name(handle: int) -> bytes:
+    """Name of a PCR, permanent entity or session: its handle (Part 1 §16)."""
+    return handle.to_bytes(4, "big")
+
+
+def bind_value(tpm, handle: int) -> bytes:
+    return entity_name(handle) + tpm.entity_auth_value(handle).rstrip(b"\0")
+
+
+def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, session_type,
+                       symmetric, auth_hash):
+    """Part 3 §11.1."""
+    if len(nonce_caller) < MIN_NONCE_SIZE:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if tpm_key == TPM_RH.NULL and encrypted_salt:
+        raise TpmError(TPM_RC.VALUE, param=2)
+    if symmetric.algorithm not in (TPM_ALG.NULL, TPM_ALG.XOR) and symmetric.mode != TPM_ALG.CFB:
+        raise TpmError(TPM_RC.MODE, param=5)
+    state = tpm.state
+    handle = state.free_session_handle(session_type)
+    size = HASH_SIZES[auth_hash]
+    nonce_tpm = state.drbg.generate(size)
+    salt = b""          # tpmKey is TPM_RH_NULL: only loaded keys can carry a salt
+    bind_auth = b"" if bind == TPM_RH.NULL else tpm.entity_auth_value(bind).rstrip(b"\0")
+    if bind != TPM_RH.NULL or salt:
+        session_key = kdfa(auth_hash, bind_auth + salt, b"ATH", nonce_tpm, nonce_caller, size * 8)
+    else:
+        session_key = b""
+    sym = None
+    if symmetric.algorithm != TPM_ALG.NULL:
+        sym = (symmetric.algorithm, symmetric.keyBits, symmetric.get("mode"))
+    state.sessions[handle] = Session(
+        handle=handle, kind=session_type, auth_hash=auth_hash, symmetric=sym,
+        session_key=session_key, nonce_tpm=nonce_tpm,
+        bound=bind_value(tpm, bind) if bind != TPM_RH.NULL and session_type == TPM_SE.HMAC
+        else None,
+        policy_digest=b"\0" * size)
+    return (handle, nonce_tpm)
+
+
+# --- the per-command arithmetic, used by the dispatcher -----------------------------------
+
+def command_hmac(session, key: bytes, cp_hash: bytes, nonce_caller: bytes, attrs: int,
+                 extra_nonces=()) -> bytes:
+    """authHMAC of a command (Part 1 §19.6.5)."""
+    msg = cp_hash + nonce_caller + session.nonce_tpm + b"".join(extra_nonces) + bytes((attrs,))
+    return hmac.new(key, msg, hashes.HASH_NAMES[session.auth_hash]).digest()
+
+
+def response_hmac(session, key: bytes, rp_hash: bytes, nonce_caller: bytes, attrs: int) -> bytes:
+    msg = rp_hash + session.nonce_tpm + nonce_caller + bytes((attrs,))
+    return hmac.new(key, msg, hashes.HASH_NAMES[session.auth_hash]).digest()
+
+
+def cp_hash(alg, code: int, names, params: bytes) -> bytes:
+    return hashes.digest(alg, code.to_bytes(4, "big") + b"".join(names) + params)
+
+
+def rp_hash(alg, code: int, params: bytes) -> bytes:
+    return hashes.digest(alg, b"\0\0\0\0" + code.to_bytes(4, "big") + params)
+
+
+def crypt_parameter(session, key: bytes, nonce_newer: bytes, nonce_older: bytes,
+                    data: bytes, encrypt: bool) -> bytes:
+    """Parameter encryption (Part 1 §21): XOR obfuscation or a block cipher in CFB mode."""
+    alg, bits, _mode = session.symmetric
+    if alg == TPM_ALG.XOR:
+        mask = kdfa(session.auth_hash, key, b"XOR", nonce_newer, nonce_older, len(data) * 8)
+        return bytes(a ^ b for a, b in zip(data, mask))
+    material = kdfa(session.auth_hash, key, b"CFB", nonce_newer, nonce_older, bits + 128)
+    cipher = Cipher(algorithms.AES(material[:bits // 8]), modes.CFB(material[bits // 8:]))
+    op = cipher.encryptor() if encrypt else cipher.decryptor()
+    return op.update(data) + op.finalize()
+
+
+def is_session_handle(handle: int) -> bool:
+    return handle >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION)
