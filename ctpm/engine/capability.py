@@ -82,8 +82,8 @@ def tpm_properties(tpm):
         TPM_PT.INPUT_BUFFER: S.MAX_DIGEST_BUFFER,
         TPM_PT.HR_TRANSIENT_MIN: 0,
         TPM_PT.HR_PERSISTENT_MIN: 0,
-        TPM_PT.HR_LOADED_MIN: 0,
-        TPM_PT.ACTIVE_SESSIONS_MAX: 0,
+        TPM_PT.HR_LOADED_MIN: cfg.max_sessions,
+        TPM_PT.ACTIVE_SESSIONS_MAX: cfg.max_sessions,
         TPM_PT.PCR_COUNT: S.IMPLEMENTATION_PCR,
         TPM_PT.PCR_SELECT_MIN: S.PCR_SELECT_MIN,
         TPM_PT.CONTEXT_GAP_MAX: 0xFFFF,
@@ -118,10 +118,10 @@ def tpm_properties(tpm):
                                | TPMA_STARTUP_CLEAR.EHENABLE | TPMA_STARTUP_CLEAR.PHENABLENV
                                | (TPMA_STARTUP_CLEAR.ORDERLY if state.orderly_startup else 0)),
         TPM_PT.HR_NV_INDEX: 0,
-        TPM_PT.HR_LOADED: 0,
-        TPM_PT.HR_LOADED_AVAIL: 0,
-        TPM_PT.HR_ACTIVE: 0,
-        TPM_PT.HR_ACTIVE_AVAIL: 0,
+        TPM_PT.HR_LOADED: len(state.sessions),
+        TPM_PT.HR_LOADED_AVAIL: cfg.max_sessions - len(state.sessions),
+        TPM_PT.HR_ACTIVE: len(state.sessions),
+        TPM_PT.HR_ACTIVE_AVAIL: cfg.max_sessions - len(state.sessions),
         TPM_PT.HR_TRANSIENT_AVAIL: 0,
         TPM_PT.HR_PERSISTENT: 0,
         TPM_PT.HR_PERSISTENT_AVAIL: 0,
@@ -190,9 +190,11 @@ def get_capability(tpm, ctx, capability, prop, count):
             handles = list(range(S.IMPLEMENTATION_PCR))
         elif htype == TPM_HT.PERMANENT:
             handles = list(PERMANENT_HANDLES)
+        elif htype == TPM_HT.LOADED_SESSION:
+            handles = sorted(state.sessions)        # HMAC and policy sessions alike
         elif htype in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT, TPM_HT.NV_INDEX,
-                       TPM_HT.LOADED_SESSION, TPM_HT.SAVED_SESSION):
-            handles = []   # no objects, NV indices or sessions exist in this build yet
+                       TPM_HT.SAVED_SESSION):
+            handles = []   # no objects, NV indices or saved contexts exist in this build yet
         else:
             raise TpmError(TPM_RC.HANDLE, param=2)
         data, more = _page(handles, _from(handles, prop), count, S.MAX_CAP_HANDLES)

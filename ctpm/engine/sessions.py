@@ -9,7 +9,12 @@ sessions with command audit.
 import hmac
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:    # CFB left the main modes module (cryptography >= 47); the TPM still needs it
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:     # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from ..crypto import hashes
 from ..crypto.kdf import kdfa
@@ -106,7 +111,7 @@ def crypt_parameter(session, key: bytes, nonce_newer: bytes, nonce_older: bytes,
         mask = kdfa(session.auth_hash, key, b"XOR", nonce_newer, nonce_older, len(data) * 8)
         return bytes(a ^ b for a, b in zip(data, mask))
     material = kdfa(session.auth_hash, key, b"CFB", nonce_newer, nonce_older, bits + 128)
-    cipher = Cipher(algorithms.AES(material[:bits // 8]), modes.CFB(material[bits // 8:]))
+    cipher = Cipher(algorithms.AES(material[:bits // 8]), CFB(material[bits // 8:]))
     op = cipher.encryptor() if encrypt else cipher.decryptor()
     return op.update(data) + op.finalize()
 
