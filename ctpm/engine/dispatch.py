@@ -249,8 +249,9 @@ class Dispatcher:
                 if not e.attrs & (TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT):
                     raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
             elif session.kind == TPM_SE.POLICY:
-                # No entity has an authPolicy yet (they come with SetPrimaryPolicy & co.).
-                raise TpmError(TPM_RC.POLICY_FAIL, session=idx)
+                # No entity has an authPolicy yet (they come with SetPrimaryPolicy & co.),
+                # so a policy cannot authorize it (as the reference TPM answers).
+                raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
             else:
                 e.include_auth = session.bound != bind_value(tpm, e.entity)
             key = session.session_key + (self._auth_of(e) if e.include_auth else b"")

@@ -58,7 +58,7 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
     if tpm_key == TPM_RH.NULL and encrypted_salt:
         raise TpmError(TPM_RC.VALUE, param=2)
     if symmetric.algorithm not in (TPM_ALG.NULL, TPM_ALG.XOR) and symmetric.mode != TPM_ALG.CFB:
-        raise TpmError(TPM_RC.MODE, param=5)
+        raise TpmError(TPM_RC.MODE, param=4)
     state = tpm.state
     handle = state.free_session_handle(session_type)
     size = HASH_SIZES[auth_hash]
