@@ -77,7 +77,8 @@ def main():
             if not name.startswith(prefix) or name in taken:
                 continue
             member = name[len(prefix):]
-            if member.endswith(("_MASK", "_SHIFT")) or "RESERVED" in member:
+            if member.endswith(("_MASK", "_SHIFT")) or (cls.startswith("TPMA_")
+                                                         and "RESERVED" in member):
                 continue
             if cls in ("TPM_PT", "TPM_PT_PCR") and types[name] != "TPM2_" + cls[4:]:
                 continue

@@ -14,6 +14,8 @@ class EngineConfig:
     vendor_string: bytes = b"ctpm-python-emu"
     firmware_version: tuple = (0, 1)          # (major << 16 | minor, build)
     max_command_size: int = 4096
+    # Transient objects at once (libtpms: 3); past it TPM_RC_OBJECT_MEMORY.
+    max_objects: int = 64
     # Loaded sessions at once (libtpms: 3); StartAuthSession past it is TPM_RC_SESSION_MEMORY.
     max_sessions: int = 64
     # Persist the clock to NV when it ran this far ahead of the stored value (ms).

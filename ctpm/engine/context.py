@@ -4,6 +4,8 @@ from ..wire.constants import TPM_RC
 
 
 def flush_context(tpm, ctx, flush_handle):
-    """Part 3 §28.4: a loaded session (or, once objects exist, a transient object) is gone."""
-    if tpm.state.sessions.pop(flush_handle, None) is None:
+    """Part 3 §28.4: a loaded session or transient object is gone."""
+    state = tpm.state
+    if state.sessions.pop(flush_handle, None) is None and \
+            state.objects.pop(flush_handle, None) is None:
         raise TpmError(TPM_RC.HANDLE, param=1)

@@ -17,8 +17,8 @@ from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
 from . import handlers
-from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, entity_name,
-                       response_hmac, rp_hash)
+from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, response_hmac,
+                       rp_hash)
 
 log = logging.getLogger("ctpm.engine")
 
@@ -129,7 +129,7 @@ class Dispatcher:
         ctx = CommandContext(code, locality, tag, cdef)
 
         # Authorization area.
-        entities = [h for h, d in zip(handles, cdef.handles) if d.auth != Auth.NONE]
+        entities = [(h, d.auth) for h, d in zip(handles, cdef.handles) if d.auth != Auth.NONE]
         if tag == TPM_ST.SESSIONS:
             if not cdef.sessions:
                 raise TpmError(TPM_RC.AUTH_CONTEXT)
@@ -231,12 +231,15 @@ class Dispatcher:
         """Check every session's authorization (Part 1 §19.6), then decrypt the first
         parameter if a session says so. Returns the parameter area to unmarshal."""
         tpm = self.tpm
-        names = [entity_name(h) for h in handles]
+        names = [tpm.entity_name(h) for h in handles]
         cp_hashes = {}
         decrypt = next((e for e in sessions if e.decrypt), None)
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
-            e.entity = entities[idx - 1] if idx <= len(entities) else None
+            e.entity, role = entities[idx - 1] if idx <= len(entities) else (None, None)
+            if (e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC)
+                    and not tpm.auth_value_usable(e.entity, role)):
+                raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
             if e.handle == TPM_RH.PW:
                 if e.entity is None:          # a password must authorize a handle
                     raise TpmError(TPM_RC.HANDLE, session=idx)

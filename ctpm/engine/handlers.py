@@ -1,7 +1,7 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import capability, clock, context, hash, pcr, random, sessions, startup, testing
+from . import capability, clock, context, hash, object, pcr, random, sessions, startup, testing
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -13,6 +13,11 @@ _FUNCTIONS = {
     TPM_CC.StirRandom: random.stir_random,
     TPM_CC.StartAuthSession: sessions.start_auth_session,
     TPM_CC.FlushContext: context.flush_context,
+    TPM_CC.Create: object.create_,
+    TPM_CC.Load: object.load,
+    TPM_CC.ReadPublic: object.read_public,
+    TPM_CC.Unseal: object.unseal,
+    TPM_CC.CreatePrimary: object.create_primary,
     TPM_CC.Hash: hash.hash_,
     TPM_CC.PCR_Extend: pcr.pcr_extend,
     TPM_CC.PCR_Event: pcr.pcr_event,

@@ -41,13 +41,10 @@ class Session:
         return HASH_SIZES[self.auth_hash]
 
 
-def entity_name(handle: int) -> bytes:
-    """Name of a PCR, permanent entity or session: its handle (Part 1 §16)."""
-    return handle.to_bytes(4, "big")
-
-
 def bind_value(tpm, handle: int) -> bytes:
-    return entity_name(handle) + tpm.entity_auth_value(handle).rstrip(b"\0")
+    """What a bound session remembers of its entity: Name and authValue together, so that a
+    changed authValue unbinds it (Part 1 §19.6.10)."""
+    return tpm.entity_name(handle) + tpm.entity_auth_value(handle).rstrip(b"\0")
 
 
 def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, session_type,

@@ -143,6 +143,7 @@ class TpmState:
         self.restart_count = 0
         self.drtm = None
         self.sessions = {}            # loaded sessions: handle -> sessions.Session
+        self.objects = {}             # transient objects: handle -> objects.Object
         if self.fixed_seed is not None:
             self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
                                  self.nv["reset_count"].to_bytes(4, "big"))
@@ -296,6 +297,15 @@ class TpmState:
         return (kind << 24) | slot
 
     # -- hierarchies ----------------------------------------------------------------------------
+
+    def primary_seed(self, hierarchy) -> bytes:
+        if hierarchy == TPM_RH.OWNER:
+            return _b(self.nv["sps"])
+        if hierarchy == TPM_RH.ENDORSEMENT:
+            return _b(self.nv["eps"])
+        if hierarchy == TPM_RH.PLATFORM:
+            return _b(self.nv["pps"])
+        return self.null_seed
 
     def proof(self, hierarchy):
         if hierarchy == TPM_RH.OWNER:

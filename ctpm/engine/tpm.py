@@ -7,7 +7,8 @@ import struct
 
 from ..errors import TpmError
 from ..platform import Platform
-from ..wire.constants import TPM_HT, TPM_RC, TPM_RH, TPM_ST
+from ..wire.commands import Auth
+from ..wire.constants import TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from .state import TpmState
@@ -110,23 +111,45 @@ class Tpm:
     def entity_auth_value(self, handle: int) -> bytes:
         """authValue of an entity named in a handle area (Part 1 §19.6.5).
 
-        PCRs and hierarchies have empty authorization until their Change*Auth commands exist.
+        Objects carry theirs in the sensitive area; PCRs and hierarchies have empty
+        authorization until their Change*Auth commands exist.
         """
-        return b""
+        obj = self.state.objects.get(handle)
+        return obj.auth_value if obj is not None else b""
+
+    def entity_name(self, handle: int) -> bytes:
+        """Name of an entity (Part 1 §16): an object's Name, else the handle itself."""
+        obj = self.state.objects.get(handle)
+        return obj.name if obj is not None else handle.to_bytes(4, "big")
 
     def check_loaded(self, handle: int, index: int):
-        """Every handle in a handle area must name something present (Part 1 §18.4).
-
-        No transient objects, persistent objects or NV indices exist in this build yet.
-        """
+        """Every handle in a handle area must name something present (Part 1 §18.4)."""
         kind = handle >> 24
-        if kind == TPM_HT.TRANSIENT:
+        if kind == TPM_HT.TRANSIENT and handle not in self.state.objects:
             raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
         if kind in (TPM_HT.PERSISTENT, TPM_HT.NV_INDEX):
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
+    def auth_value_usable(self, handle: int, role) -> bool:
+        """May a password or HMAC authorize this entity in this role (Part 1 §19.7)?
+
+        An object needs userWithAuth for the USER role and adminWithPolicy clear for ADMIN.
+        """
+        obj = self.state.objects.get(handle)
+        if obj is None:
+            return True
+        if role == Auth.USER:
+            return bool(obj.attributes & TPMA_OBJECT.USERWITHAUTH)
+        if role == Auth.ADMIN:
+            return not obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY
+        return False
+
     def is_da_exempt(self, handle: int) -> bool:
-        """PCRs and every permanent handle but TPM_RH_LOCKOUT are outside DA protection."""
+        """Objects with noDA, PCRs and every permanent handle but TPM_RH_LOCKOUT are outside
+        dictionary-attack protection."""
+        obj = self.state.objects.get(handle)
+        if obj is not None:
+            return bool(obj.attributes & TPMA_OBJECT.NODA)
         return handle != TPM_RH.LOCKOUT
 
     @property

@@ -5,7 +5,6 @@ lines of its table); the dispatcher adds the handle/parameter/session number. Re
 end of the buffer is TPM_RC_INSUFFICIENT, a TPM2B longer than its type allows TPM_RC_SIZE, an
 unknown union selector TPM_RC_SELECTOR.
 """
-import io
 import struct
 
 from construct import Construct, Container, SizeofError
@@ -109,7 +108,7 @@ class Tpm2b(Construct):
 class Sized(Construct):
     """A TPM2B wrapping a structure (TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE...).
 
-    The inner structure must fill the size exactly (TPM_RC_SIZE otherwise), and a zero size
+    The inner structure must take exactly the size (TPM_RC_SIZE otherwise), and a zero size
     is TPM_RC_SIZE unless `allow_empty` (Part 2 gives both forms).
     """
 
@@ -127,9 +126,11 @@ class Sized(Construct):
             raise TpmError(TPM_RC.SIZE)
         if n > self.maxsize:
             raise TpmError(TPM_RC.SIZE)
-        inner = io.BytesIO(read_exact(stream, n))
-        obj = self.subcon._parsereport(inner, context, path)
-        if inner.tell() != n:
+        # As the reference TPM: the structure is read from the buffer itself (running out
+        # is INSUFFICIENT), then what it took must be what the size said (else SIZE).
+        start = stream.tell()
+        obj = self.subcon._parsereport(stream, context, path)
+        if stream.tell() - start != n:
             raise TpmError(TPM_RC.SIZE)
         return obj
 

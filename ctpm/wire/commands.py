@@ -8,6 +8,7 @@ unmarshaling, session and response work from this table; handlers see Python val
 from dataclasses import dataclass
 from enum import IntEnum
 
+from . import objects as O
 from . import structures as S
 from .base import Sized, Tpm2b
 from .constants import TPM_CC, TPMA_CC
@@ -105,6 +106,25 @@ COMMANDS = (
                     ("sessionType", S.TPM_SE_), ("symmetric", S.TPMT_SYM_DEF),
                     ("authHash", S.TPMI_ALG_HASH)),
             response=(("nonceTPM", S.TPM2B_NONCE),), response_handle=True),
+    # Part 3 §12: object commands
+    Command(TPM_CC.Create, "Part 3 §12.1",
+            handles=(Handle("parentHandle", S.TPMI_DH_OBJECT, Auth.USER),),
+            params=(("inSensitive", O.TPM2B_SENSITIVE_CREATE), ("inPublic", O.TPM2B_PUBLIC),
+                    ("outsideInfo", S.TPM2B_DATA), ("creationPCR", S.TPML_PCR_SELECTION)),
+            response=(("outPrivate", O.TPM2B_PRIVATE), ("outPublic", O.TPM2B_PUBLIC),
+                      ("creationData", O.TPM2B_CREATION_DATA),
+                      ("creationHash", S.TPM2B_DIGEST), ("creationTicket", O.TPMT_TK_CREATION))),
+    Command(TPM_CC.Load, "Part 3 §12.2",
+            handles=(Handle("parentHandle", S.TPMI_DH_OBJECT, Auth.USER),),
+            params=(("inPrivate", O.TPM2B_PRIVATE), ("inPublic", O.TPM2B_PUBLIC)),
+            response=(("name", S.TPM2B_NAME),), response_handle=True),
+    Command(TPM_CC.ReadPublic, "Part 3 §12.4",
+            handles=(Handle("objectHandle", S.TPMI_DH_OBJECT),),
+            response=(("outPublic", O.TPM2B_PUBLIC), ("name", S.TPM2B_NAME),
+                      ("qualifiedName", S.TPM2B_NAME))),
+    Command(TPM_CC.Unseal, "Part 3 §12.7",
+            handles=(Handle("itemHandle", S.TPMI_DH_OBJECT, Auth.USER),),
+            response=(("outData", O.TPM2B_SENSITIVE_DATA),)),
     # Part 3 §15: hash
     Command(TPM_CC.Hash, "Part 3 §15.4",
             params=(("data", S.TPM2B_MAX_BUFFER), ("hashAlg", S.TPMI_ALG_HASH),
@@ -124,6 +144,14 @@ COMMANDS = (
                       ("pcrValues", S.TPML_DIGEST))),
     Command(TPM_CC.PCR_Reset, "Part 3 §22.8",
             handles=(Handle("pcrHandle", PCR, Auth.USER),), nv=True),
+    # Part 3 §24: hierarchy commands
+    Command(TPM_CC.CreatePrimary, "Part 3 §24.1",
+            handles=(Handle("primaryHandle", S.TPMI_RH_HIERARCHY.plus, Auth.USER),),
+            params=(("inSensitive", O.TPM2B_SENSITIVE_CREATE), ("inPublic", O.TPM2B_PUBLIC),
+                    ("outsideInfo", S.TPM2B_DATA), ("creationPCR", S.TPML_PCR_SELECTION)),
+            response=(("outPublic", O.TPM2B_PUBLIC), ("creationData", O.TPM2B_CREATION_DATA),
+                      ("creationHash", S.TPM2B_DIGEST), ("creationTicket", O.TPMT_TK_CREATION),
+                      ("name", S.TPM2B_NAME)), response_handle=True),
     # Part 3 §28: context management
     Command(TPM_CC.FlushContext, "Part 3 §28.4",
             params=(("flushHandle", S.TPMI_DH_CONTEXT),), sessions=False),

@@ -1,0 +1,152 @@
+"""Part 3 §12: object commands (Create, Load, ReadPublic, Unseal) and §24.1 CreatePrimary."""
+from construct import Container
+
+from ..crypto import hashes, keys, protect
+from ..errors import TpmError
+from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
+from ..wire.objects import TPM2B_SENSITIVE
+from . import create
+from .object_checks import create_checks, is_storage_parent, public_attributes_validation
+from .objects import (Object, compute_name, free_object_handle, hierarchy_qualified_name,
+                      public_bytes, qualified_name)
+
+PRIMARY_LABEL = b"Primary Object Creation"
+
+
+def _sym_bits(parent_public) -> int:
+    p = parent_public.parameters
+    sym = p.sym if parent_public.type == TPM_ALG.SYMCIPHER else p.symmetric
+    return sym.keyBits
+
+
+def _parent(tpm, handle):
+    obj = tpm.state.objects[handle]
+    if not is_storage_parent(obj.public):
+        raise TpmError(TPM_RC.TYPE, handle=1)
+    return obj
+
+
+def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, creation_pcr):
+    """Part 3 §24.1: the key is a function of the hierarchy's seed and the template."""
+    state = tpm.state
+    handle = free_object_handle(state)
+    try:
+        create_checks(None, in_public, len(in_sensitive.data))
+    except TpmError as e:
+        raise e.located(param=2)
+    try:
+        auth = create.adjust_auth(in_sensitive.userAuth, in_public.nameAlg)
+    except TpmError as e:
+        raise e.located(param=1)
+    in_sensitive = Container(in_sensitive, userAuth=auth)
+    template_name = compute_name(in_public.nameAlg, public_bytes(in_public))
+    stream = keys.KdfDrbg(in_public.nameAlg, state.primary_seed(hierarchy), PRIMARY_LABEL,
+                          template_name + in_sensitive.data)
+    public, sensitive, key = create.generate(in_public, in_sensitive, stream)
+    raw = public_bytes(public)
+    name = compute_name(public.nameAlg, raw)
+    hq = hierarchy_qualified_name(hierarchy)
+    data, digest = create.creation_data(tpm, ctx, public.nameAlg, TPM_ALG.NULL, hq, hq,
+                                        creation_pcr, outside_info)
+    ticket = create.creation_ticket(tpm, hierarchy, name, digest)
+    state.objects[handle] = Object(public=public, public_bytes=raw, sensitive=sensitive,
+                                   hierarchy=hierarchy, name=name,
+                                   qualified_name=qualified_name(hq, name, public.nameAlg),
+                                   primary=True, key=key)
+    return (handle, public, data, digest, ticket, name)
+
+
+def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, creation_pcr):
+    """Part 3 §12.1: a new ordinary object, returned protected by its parent."""
+    state = tpm.state
+    parent = _parent(tpm, parent_handle)
+    try:
+        create_checks(parent.attributes, in_public, len(in_sensitive.data))
+    except TpmError as e:
+        raise e.located(param=2)
+    try:
+        auth = create.adjust_auth(in_sensitive.userAuth, in_public.nameAlg)
+    except TpmError as e:
+        raise e.located(param=1)
+    in_sensitive = Container(in_sensitive, userAuth=auth)
+    stream = keys.EntropyStream(state.drbg.generate)
+    public, sensitive, _key = create.generate(in_public, in_sensitive, stream)
+    raw = public_bytes(public)
+    name = compute_name(public.nameAlg, raw)
+    data, digest = create.creation_data(tpm, ctx, public.nameAlg, parent.public.nameAlg,
+                                        parent.name, parent.qualified_name, creation_pcr,
+                                        outside_info)
+    ticket = create.creation_ticket(tpm, parent.hierarchy, name, digest)
+    private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name, parent.sensitive.seedValue,
+                              parent.public.nameAlg, _sym_bits(parent.public),
+                              iv=state.drbg.generate(16))
+    return (private, public, data, digest, ticket)
+
+
+def load(tpm, ctx, parent_handle, in_private, in_public):
+    """Part 3 §12.2: check the blob's integrity under the parent, then the key's binding."""
+    state = tpm.state
+    parent = _parent(tpm, parent_handle)
+    handle = free_object_handle(state)
+    try:
+        public_attributes_validation(parent.attributes, in_public)
+    except TpmError as e:
+        raise e.located(param=2)
+    raw = public_bytes(in_public)
+    name = compute_name(in_public.nameAlg, raw)
+    try:
+        blob = protect.unprotect(in_private, name, parent.sensitive.seedValue,
+                                 parent.public.nameAlg, _sym_bits(parent.public), with_iv=True)
+    except TpmError as e:           # INTEGRITY, or the outer wrap itself is malformed
+        raise e.located(param=1)
+    try:
+        sensitive = TPM2B_SENSITIVE.parse(blob)     # what decrypted must be a whole sensitive
+    except (TpmError, ValueError):
+        raise TpmError(TPM_RC.SENSITIVE, param=1) from None
+    if sensitive is None or sensitive.sensitiveType != in_public.type:
+        raise TpmError(TPM_RC.TYPE, param=2)
+    key = binding_check(in_public, sensitive)
+    state.objects[handle] = Object(public=in_public, public_bytes=raw, sensitive=sensitive,
+                                   hierarchy=parent.hierarchy, name=name,
+                                   qualified_name=qualified_name(parent.qualified_name, name,
+                                                                 in_public.nameAlg),
+                                   key=key)
+    return (handle, name)
+
+
+def binding_check(public, sensitive):
+    """Do the public and sensitive areas belong together? TPM_RC_BINDING if not."""
+    p = public.parameters
+    try:
+        if public.type == TPM_ALG.RSA:
+            n = int.from_bytes(public.unique, "big")
+            prime = int.from_bytes(sensitive.sensitive, "big")
+            n, e, pp, q, d = keys.rsa_private_from_prime(n, p.exponent or 65537, prime)
+            return keys.rsa_private_key(n, e, pp, q, d)
+        if public.type == TPM_ALG.ECC:
+            key = keys.ecc_private_key(p.curveID, int.from_bytes(sensitive.sensitive, "big"))
+            if keys.ecc_public_xy(key) != (public.unique.x, public.unique.y):
+                raise ValueError("point mismatch")
+            return key
+    except ValueError:
+        raise TpmError(TPM_RC.BINDING) from None
+    if hashes.digest(public.nameAlg, sensitive.seedValue + sensitive.sensitive) != public.unique:
+        raise TpmError(TPM_RC.BINDING)
+    return None
+
+
+def read_public(tpm, ctx, object_handle):
+    """Part 3 §12.4."""
+    obj = tpm.state.objects[object_handle]
+    return (obj.public, obj.name, obj.qualified_name)
+
+
+def unseal(tpm, ctx, item_handle):
+    """Part 3 §12.7: only a sealed data object (KEYEDHASH, neither sign nor decrypt)."""
+    obj = tpm.state.objects[item_handle]
+    if obj.public.type != TPM_ALG.KEYEDHASH:
+        raise TpmError(TPM_RC.TYPE, handle=1)
+    if obj.attributes & (OA.DECRYPT | OA.SIGN_ENCRYPT | OA.RESTRICTED):
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    return (obj.sensitive.sensitive,)
+
