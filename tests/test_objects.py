@@ -1,0 +1,210 @@
+"""Objects: CreatePrimary / Create / Load / ReadPublic / Unseal / FlushContext, in memory and
+against swtpm. Templates are marshaled by tpm2-pytss, so the wire format is the client's."""
+import struct
+
+import pytest
+
+from ctpm.engine.config import EngineConfig
+from ctpm.engine.tpm import Tpm
+from ctpm.platform import Platform
+from ctpm.state.store import DirStore
+from tests.peers import Swtpm, needs_swtpm
+from tests.tpmcmd import STARTUP_CLEAR, b2, cmd, params, pw_session, rc, u32
+
+tpm2_pytss = pytest.importorskip("tpm2_pytss")
+from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_PUBLIC  # noqa: E402
+
+RH_OWNER, RH_ENDORSEMENT, RH_PLATFORM, RH_NULL = 0x40000001, 0x4000000B, 0x4000000C, 0x40000007
+EMPTY_PCRS = u32(0)
+
+
+SIGNING = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"
+STORAGE = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"
+SIGNING_SPECS = {"rsa2048:rsassa", "ecc256:ecdsa", "hmac", "ecc256:ecdsa-sha256"}
+
+
+def template(spec="rsa2048:aes128cfb", objectAttributes=None, authPolicy=None):
+    """A TPM2B_PUBLIC from tpm2-pytss, with attributes it would refuse patched in."""
+    if spec in SIGNING_SPECS:
+        pub = TPMT_PUBLIC.parse(spec, objectAttributes=SIGNING)
+    elif ":aes" in spec:
+        pub = TPMT_PUBLIC.parse(spec, objectAttributes=STORAGE)
+    else:
+        pub = TPMT_PUBLIC.parse(spec)
+    if authPolicy is not None:
+        pub.authPolicy = authPolicy
+    raw = bytearray(TPM2B_PUBLIC(publicArea=pub).marshal())
+    if objectAttributes is not None:
+        raw[6:10] = struct.pack(">I", objectAttributes)
+    return bytes(raw)
+
+
+def sensitive_create(auth=b"", data=b""):
+    body = b2(auth) + b2(data)
+    return b2(body)
+
+
+def create_primary(hierarchy=RH_OWNER, tmpl=None, sens=None, auth=b""):
+    tmpl = template() if tmpl is None else tmpl
+    body = (sens or sensitive_create()) + tmpl + b2(b"") + EMPTY_PCRS
+    return cmd(0x131, body, handles=[hierarchy], sessions=[pw_session(auth)])
+
+
+def primary_public(rsp):
+    """(handle, outPublic bytes) of a CreatePrimary response."""
+    handle = struct.unpack(">I", rsp[10:14])[0]
+    body = rsp[18:]
+    n = struct.unpack(">H", body[:2])[0]
+    return handle, body[:2 + n]
+
+
+def create(parent, tmpl, sens=None):
+    body = (sens or sensitive_create()) + tmpl + b2(b"") + EMPTY_PCRS
+    return cmd(0x153, body, handles=[parent], sessions=[pw_session()])
+
+
+def split_create(rsp):
+    body = params(rsp)
+    n = struct.unpack(">H", body[:2])[0]
+    private = body[:2 + n]
+    m = struct.unpack(">H", body[2 + n:4 + n])[0]
+    return private, body[2 + n:4 + n + m]
+
+
+def load(parent, private, public):
+    return cmd(0x157, private + public, handles=[parent], sessions=[pw_session()])
+
+
+def flush(handle):
+    return cmd(0x165, u32(handle))
+
+
+def started(seed=b"objects", **config):
+    tpm = Tpm.manufacture(seed=seed, config=EngineConfig(**config))
+    assert rc(tpm.execute(STARTUP_CLEAR)) == 0
+    return tpm
+
+
+@pytest.mark.parametrize("spec", ["rsa2048:aes128cfb", "rsa3072:aes256cfb", "ecc256:aes128cfb",
+                                  "ecc384:aes256cfb", "ecc521:aes128cfb", "rsa2048:rsassa",
+                                  "ecc256:ecdsa", "keyedhash", "hmac", "aes128cfb"])
+@pytest.mark.parametrize("hierarchy", [RH_OWNER, RH_ENDORSEMENT, RH_PLATFORM])
+def test_primary_keys_are_deterministic(spec, hierarchy):
+    a, b = started(), started()
+    pa = primary_public(a.execute(create_primary(hierarchy, template(spec))))[1]
+    pb = primary_public(b.execute(create_primary(hierarchy, template(spec))))[1]
+    assert pa == pb
+    again = primary_public(a.execute(create_primary(hierarchy, template(spec))))[1]
+    assert again == pa
+    other = started(seed=b"another seed")
+    assert primary_public(other.execute(create_primary(hierarchy, template(spec))))[1] != pa
+
+
+def test_primary_keys_differ_per_hierarchy_and_null_changes_at_reset():
+    tpm = started()
+    keys = {h: primary_public(tpm.execute(create_primary(h)))[1]
+            for h in (RH_OWNER, RH_ENDORSEMENT, RH_PLATFORM, RH_NULL)}
+    assert len(set(keys.values())) == 4
+    for h in list(tpm.state.objects):
+        tpm.execute(flush(h))
+    tpm.power_off()
+    tpm.power_on()
+    tpm.execute(STARTUP_CLEAR)
+    assert primary_public(tpm.execute(create_primary(RH_OWNER)))[1] == keys[RH_OWNER]
+    assert primary_public(tpm.execute(create_primary(RH_NULL)))[1] != keys[RH_NULL]
+
+
+def test_primary_survives_a_daemon_restart_with_state(tmp_path):
+    first = Tpm.manufacture(Platform(DirStore(tmp_path)))
+    first.execute(STARTUP_CLEAR)
+    pub = primary_public(first.execute(create_primary(RH_ENDORSEMENT)))[1]
+    first.save_state()
+    second = Tpm.manufacture(Platform(DirStore(tmp_path)))
+    second.execute(STARTUP_CLEAR)
+    assert primary_public(second.execute(create_primary(RH_ENDORSEMENT)))[1] == pub
+    fresh = Tpm.manufacture()
+    fresh.execute(STARTUP_CLEAR)
+    assert primary_public(fresh.execute(create_primary(RH_ENDORSEMENT)))[1] != pub
+
+
+def test_create_load_unseal_and_tamper():
+    tpm = started()
+    parent, _ = primary_public(tpm.execute(create_primary()))
+    sealed_tmpl = template("keyedhash", objectAttributes=0x52)   # fixedTPM|fixedParent|userWithAuth
+    r = tpm.execute(create(parent, sealed_tmpl, sensitive_create(b"pw", b"the secret")))
+    assert rc(r) == 0
+    private, public = split_create(r)
+    r = tpm.execute(load(parent, private, public))
+    assert rc(r) == 0
+    item = struct.unpack(">I", r[10:14])[0]
+    r = tpm.execute(cmd(0x15E, handles=[item], sessions=[pw_session(b"pw")]))
+    assert rc(r) == 0 and params(r) == b2(b"the secret")
+    assert rc(tpm.execute(cmd(0x15E, handles=[item], sessions=[pw_session(b"no")]))) == 0x98E
+    # every byte of the private blob is covered: flip one in the encrypted part
+    bad = bytearray(private)
+    bad[-1] ^= 1
+    assert rc(tpm.execute(load(parent, bytes(bad), public))) == 0x1DF      # INTEGRITY, parameter 1
+    # under another parent the blob does not open
+    other, _ = primary_public(tpm.execute(create_primary(tmpl=template("ecc256:aes128cfb"))))
+    assert rc(tpm.execute(load(other, private, public))) == 0x1DF
+    # ReadPublic gives back the public area the name is computed over
+    r = tpm.execute(cmd(0x173, handles=[item]))
+    assert rc(r) == 0 and params(r).startswith(public)
+
+
+def test_object_memory_is_64_and_configurable():
+    tpm = started(max_objects=5)
+    handles = [primary_public(tpm.execute(create_primary(tmpl=template("hmac"))))[0]
+               for _ in range(5)]
+    assert handles == [0x80000000 + i for i in range(5)]
+    assert rc(tpm.execute(create_primary(tmpl=template("hmac")))) == 0x902   # OBJECT_MEMORY
+    assert rc(tpm.execute(flush(handles[2]))) == 0
+    assert primary_public(tpm.execute(create_primary(tmpl=template("hmac"))))[0] == handles[2]
+    big = started()
+    codes = [rc(big.execute(create_primary(tmpl=template("hmac")))) for _ in range(65)]
+    assert codes[:64] == [0] * 64 and codes[64] == 0x902
+
+
+BAD_TEMPLATES = {
+    "fixedtpm-without-fixedparent": template(objectAttributes=0x30062),
+    "sign-and-decrypt-restricted": template(objectAttributes=0x70072),
+    "storage-key-without-symmetric": template("rsa2048", objectAttributes=0x30072),
+    "unrestricted-with-symmetric": template("rsa2048:aes128cfb", objectAttributes=0x20072),
+    "asymmetric-without-sensitivedataorigin": template(objectAttributes=0x30052),
+    "sealed-with-sensitivedataorigin": template("keyedhash", objectAttributes=0x72),
+    "authpolicy-wrong-size": template(authPolicy=b"\x01" * 20),
+    "restricted-signing-null-scheme": template("rsa2048", objectAttributes=0x50072),
+    "ecc-kdf": None,
+}
+
+
+def _ecc_with_kdf():
+    from tpm2_pytss.constants import TPM2_ALG
+    pub = TPMT_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=SIGNING)
+    pub.parameters.eccDetail.kdf.scheme = TPM2_ALG.MGF1
+    pub.parameters.eccDetail.kdf.details.mgf1.hashAlg = TPM2_ALG.SHA256
+    return TPM2B_PUBLIC(publicArea=pub).marshal()
+
+
+BAD_TEMPLATES["ecc-kdf"] = _ecc_with_kdf()
+
+
+@needs_swtpm
+@pytest.mark.swtpm
+def test_template_errors_as_swtpm():
+    ours = started()
+    sw = Swtpm()
+    try:
+        assert rc(sw.execute(STARTUP_CLEAR)) == 0
+        mismatches = []
+        for name, tmpl in BAD_TEMPLATES.items():
+            a = ours.execute(create_primary(tmpl=tmpl))
+            b = sw.execute(create_primary(tmpl=tmpl))
+            for r, execute in ((a, ours.execute), (b, sw.execute)):
+                if rc(r) == 0:
+                    execute(flush(struct.unpack(">I", r[10:14])[0]))
+            if rc(a) != rc(b):
+                mismatches.append(f"{name}: ctpm {rc(a):#x} swtpm {rc(b):#x}")
+        assert not mismatches, "\n".join(mismatches)
+    finally:
+        sw.close()
