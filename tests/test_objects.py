@@ -208,3 +208,63 @@ def test_template_errors_as_swtpm():
         assert not mismatches, "\n".join(mismatches)
     finally:
         sw.close()
+
+
+def evict(auth, obj, persistent):
+    return cmd(0x120, u32(persistent), handles=[auth, obj], sessions=[pw_session()])
+
+
+def test_evict_control_persists_across_restarts(tmp_path):
+    tpm = Tpm.manufacture(Platform(DirStore(tmp_path)), seed=b"evict")
+    tpm.execute(STARTUP_CLEAR)
+    parent, pub = primary_public(tpm.execute(create_primary()))
+    assert rc(tpm.execute(evict(RH_OWNER, parent, 0x81000001))) == 0
+    assert rc(tpm.execute(evict(RH_OWNER, parent, 0x81000001))) == 0x14C       # NV_DEFINED
+    r = tpm.execute(cmd(0x17A, u32(1) + u32(0x81000000) + u32(10)))
+    assert params(r)[5:13] == u32(1) + u32(0x81000001)
+    # a child created under the persistent handle loads under the transient copy too
+    sealed = template("keyedhash", objectAttributes=0x52)
+    private, public = split_create(tpm.execute(create(0x81000001, sealed,
+                                                      sensitive_create(b"", b"kept"))))
+    assert rc(tpm.execute(load(parent, private, public))) == 0
+    tpm.save_state()
+    again = Tpm.manufacture(Platform(DirStore(tmp_path)))
+    again.execute(STARTUP_CLEAR)
+    r = again.execute(cmd(0x173, handles=[0x81000001]))
+    assert rc(r) == 0 and params(r).startswith(pub)
+    r = again.execute(load(0x81000001, private, public))
+    assert rc(r) == 0
+    item = struct.unpack(">I", r[10:14])[0]
+    assert params(again.execute(cmd(0x15E, handles=[item], sessions=[pw_session()]))) == b2(b"kept")
+    assert rc(again.execute(evict(RH_OWNER, 0x81000001, 0x81000001))) == 0
+    assert rc(again.execute(cmd(0x173, handles=[0x81000001]))) == 0x18B        # HANDLE, H1
+
+
+@needs_swtpm
+@pytest.mark.swtpm
+def test_evict_control_errors_as_swtpm():
+    ours = started()
+    sw = Swtpm()
+    try:
+        assert rc(sw.execute(STARTUP_CLEAR)) == 0
+        handles = []
+        for t in (ours, sw):
+            owner = primary_public(t.execute(create_primary()))[0]
+            null = primary_public(t.execute(create_primary(RH_NULL)))[0]
+            handles.append((owner, null))
+        assert handles[0] == handles[1]
+        owner, null = handles[0]
+        steps = [evict(RH_OWNER, owner, 0x81800000),        # platform range with owner auth
+                 evict(RH_PLATFORM, owner, 0x81800000),     # owner object, platform auth
+                 evict(RH_OWNER, null, 0x81000010),         # temporary object
+                 evict(RH_OWNER, owner, 0x80000000),        # not a persistent handle
+                 evict(0x4000000B, owner, 0x81000010),      # endorsement cannot provision
+                 evict(RH_OWNER, owner, 0x81000010),
+                 evict(RH_OWNER, owner, 0x81000010),        # already there
+                 evict(RH_OWNER, 0x81000010, 0x81000011),   # persistent, other handle
+                 evict(RH_OWNER, 0x81000010, 0x81000010),   # removed
+                 cmd(0x173, handles=[0x81000010])]
+        codes = [(rc(ours.execute(c)), rc(sw.execute(c))) for c in steps]
+        assert [a for a, _ in codes] == [b for _, b in codes], codes
+    finally:
+        sw.close()

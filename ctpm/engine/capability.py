@@ -80,8 +80,8 @@ def tpm_properties(tpm):
         TPM_PT.FIRMWARE_VERSION_1: cfg.firmware_version[0],
         TPM_PT.FIRMWARE_VERSION_2: cfg.firmware_version[1],
         TPM_PT.INPUT_BUFFER: S.MAX_DIGEST_BUFFER,
-        TPM_PT.HR_TRANSIENT_MIN: 0,
-        TPM_PT.HR_PERSISTENT_MIN: 0,
+        TPM_PT.HR_TRANSIENT_MIN: cfg.max_objects,
+        TPM_PT.HR_PERSISTENT_MIN: cfg.max_persistent,
         TPM_PT.HR_LOADED_MIN: cfg.max_sessions,
         TPM_PT.ACTIVE_SESSIONS_MAX: cfg.max_sessions,
         TPM_PT.PCR_COUNT: S.IMPLEMENTATION_PCR,
@@ -122,9 +122,9 @@ def tpm_properties(tpm):
         TPM_PT.HR_LOADED_AVAIL: cfg.max_sessions - len(state.sessions),
         TPM_PT.HR_ACTIVE: len(state.sessions),
         TPM_PT.HR_ACTIVE_AVAIL: cfg.max_sessions - len(state.sessions),
-        TPM_PT.HR_TRANSIENT_AVAIL: 0,
-        TPM_PT.HR_PERSISTENT: 0,
-        TPM_PT.HR_PERSISTENT_AVAIL: 0,
+        TPM_PT.HR_TRANSIENT_AVAIL: cfg.max_objects - len(state.objects),
+        TPM_PT.HR_PERSISTENT: len(state.persistent),
+        TPM_PT.HR_PERSISTENT_AVAIL: cfg.max_persistent - len(state.persistent),
         TPM_PT.NV_COUNTERS: 0,
         TPM_PT.NV_COUNTERS_AVAIL: 0,
         TPM_PT.ALGORITHM_SET: 0,
@@ -192,9 +192,12 @@ def get_capability(tpm, ctx, capability, prop, count):
             handles = list(PERMANENT_HANDLES)
         elif htype == TPM_HT.LOADED_SESSION:
             handles = sorted(state.sessions)        # HMAC and policy sessions alike
-        elif htype in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT, TPM_HT.NV_INDEX,
-                       TPM_HT.SAVED_SESSION):
-            handles = []   # no objects, NV indices or saved contexts exist in this build yet
+        elif htype == TPM_HT.TRANSIENT:
+            handles = sorted(state.objects)
+        elif htype == TPM_HT.PERSISTENT:
+            handles = sorted(state.persistent)
+        elif htype in (TPM_HT.NV_INDEX, TPM_HT.SAVED_SESSION):
+            handles = []   # no NV indices or saved contexts exist in this build yet
         else:
             raise TpmError(TPM_RC.HANDLE, param=2)
         data, more = _page(handles, _from(handles, prop), count, S.MAX_CAP_HANDLES)

@@ -16,6 +16,8 @@ class EngineConfig:
     max_command_size: int = 4096
     # Transient objects at once (libtpms: 3); past it TPM_RC_OBJECT_MEMORY.
     max_objects: int = 64
+    # Persistent objects in NV (EvictControl); past it TPM_RC_NV_SPACE.
+    max_persistent: int = 64
     # Loaded sessions at once (libtpms: 3); StartAuthSession past it is TPM_RC_SESSION_MEMORY.
     max_sessions: int = 64
     # Persist the clock to NV when it ran this far ahead of the stored value (ms).

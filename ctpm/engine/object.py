@@ -20,7 +20,7 @@ def _sym_bits(parent_public) -> int:
 
 
 def _parent(tpm, handle):
-    obj = tpm.state.objects[handle]
+    obj = tpm.state.object(handle)
     if not is_storage_parent(obj.public):
         raise TpmError(TPM_RC.TYPE, handle=1)
     return obj
@@ -137,13 +137,13 @@ def binding_check(public, sensitive):
 
 def read_public(tpm, ctx, object_handle):
     """Part 3 §12.4."""
-    obj = tpm.state.objects[object_handle]
+    obj = tpm.state.object(object_handle)
     return (obj.public, obj.name, obj.qualified_name)
 
 
 def unseal(tpm, ctx, item_handle):
     """Part 3 §12.7: only a sealed data object (KEYEDHASH, neither sign nor decrypt)."""
-    obj = tpm.state.objects[item_handle]
+    obj = tpm.state.object(item_handle)
     if obj.public.type != TPM_ALG.KEYEDHASH:
         raise TpmError(TPM_RC.TYPE, handle=1)
     if obj.attributes & (OA.DECRYPT | OA.SIGN_ENCRYPT | OA.RESTRICTED):

@@ -22,6 +22,7 @@ class Object:
     qualified_name: bytes
     primary: bool = False
     key: object = field(default=None, repr=False)   # cryptography key, made on first use
+    evict: int | None = None    # the persistent handle, for a persistent object
 
     @property
     def attributes(self) -> int:

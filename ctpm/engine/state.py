@@ -13,6 +13,7 @@ from ..state.store import StoreError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
 from .drbg import HmacDrbg
+from .persistent import from_nv
 
 NV_FORMAT = "ctpm-nv"
 NV_VERSION = 1
@@ -59,6 +60,9 @@ class TpmState:
         self.drtm = None
         self.init_ms = platform.now_ms()
         self.clock_at_init = self._clock_stored = nv["clock"]
+        self.objects = {}
+        self.persistent = {int(h, 16): from_nv(e, int(h, 16))
+                           for h, e in nv.get("persistent", {}).items()}
 
     # -- manufacture / load -----------------------------------------------------------------
 
@@ -297,6 +301,11 @@ class TpmState:
         return (kind << 24) | slot
 
     # -- hierarchies ----------------------------------------------------------------------------
+
+    def object(self, handle):
+        """The loaded or persistent object a handle names (checked to exist beforehand)."""
+        obj = self.objects.get(handle)
+        return obj if obj is not None else self.persistent[handle]
 
     def primary_seed(self, hierarchy) -> bytes:
         if hierarchy == TPM_RH.OWNER:

@@ -108,18 +108,22 @@ class Tpm:
     def hash_end(self):
         self.state.drtm_hash_end()
 
+    def _object(self, handle: int):
+        state = self.state
+        return state.objects.get(handle) or state.persistent.get(handle)
+
     def entity_auth_value(self, handle: int) -> bytes:
         """authValue of an entity named in a handle area (Part 1 §19.6.5).
 
         Objects carry theirs in the sensitive area; PCRs and hierarchies have empty
         authorization until their Change*Auth commands exist.
         """
-        obj = self.state.objects.get(handle)
+        obj = self._object(handle)
         return obj.auth_value if obj is not None else b""
 
     def entity_name(self, handle: int) -> bytes:
         """Name of an entity (Part 1 §16): an object's Name, else the handle itself."""
-        obj = self.state.objects.get(handle)
+        obj = self._object(handle)
         return obj.name if obj is not None else handle.to_bytes(4, "big")
 
     def check_loaded(self, handle: int, index: int):
@@ -127,7 +131,9 @@ class Tpm:
         kind = handle >> 24
         if kind == TPM_HT.TRANSIENT and handle not in self.state.objects:
             raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
-        if kind in (TPM_HT.PERSISTENT, TPM_HT.NV_INDEX):
+        if kind == TPM_HT.PERSISTENT and handle not in self.state.persistent:
+            raise TpmError(TPM_RC.HANDLE, handle=index)
+        if kind == TPM_HT.NV_INDEX:             # no NV indices exist in this build yet
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
     def auth_value_usable(self, handle: int, role) -> bool:
@@ -135,7 +141,7 @@ class Tpm:
 
         An object needs userWithAuth for the USER role and adminWithPolicy clear for ADMIN.
         """
-        obj = self.state.objects.get(handle)
+        obj = self._object(handle)
         if obj is None:
             return True
         if role == Auth.USER:
@@ -147,7 +153,7 @@ class Tpm:
     def is_da_exempt(self, handle: int) -> bool:
         """Objects with noDA, PCRs and every permanent handle but TPM_RH_LOCKOUT are outside
         dictionary-attack protection."""
-        obj = self.state.objects.get(handle)
+        obj = self._object(handle)
         if obj is not None:
             return bool(obj.attributes & TPMA_OBJECT.NODA)
         return handle != TPM_RH.LOCKOUT
