@@ -1,7 +1,8 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import capability, clock, context, hash, object, pcr, random, sessions, startup, testing
+from . import (capability, clock, context, hash, object, pcr, persistent, random, sessions,
+               startup, testing)
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -13,6 +14,7 @@ _FUNCTIONS = {
     TPM_CC.StirRandom: random.stir_random,
     TPM_CC.StartAuthSession: sessions.start_auth_session,
     TPM_CC.FlushContext: context.flush_context,
+    TPM_CC.EvictControl: persistent.evict_control,
     TPM_CC.Create: object.create_,
     TPM_CC.Load: object.load,
     TPM_CC.ReadPublic: object.read_public,

@@ -153,6 +153,10 @@ COMMANDS = (
                       ("creationHash", S.TPM2B_DIGEST), ("creationTicket", O.TPMT_TK_CREATION),
                       ("name", S.TPM2B_NAME)), response_handle=True),
     # Part 3 §28: context management
+    Command(TPM_CC.EvictControl, "Part 3 §28.5",
+            handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),
+                     Handle("objectHandle", S.TPMI_DH_OBJECT)),
+            params=(("persistentHandle", S.TPMI_DH_PERSISTENT),), nv=True),
     Command(TPM_CC.FlushContext, "Part 3 §28.4",
             params=(("flushHandle", S.TPMI_DH_CONTEXT),), sessions=False),
     # Part 3 §29: clocks and timers

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from ctpm.testing import blocking
+from ctpm.wire.commands import COMMANDS as CTPM_COMMANDS
 from ctpm.testing.plugin import tcti_string
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
@@ -124,9 +125,8 @@ async def test_capabilities_and_testparms(ctpm_server, kind):
 
     more, cmds, pcrs, fixed, algs, handles, bad = await with_esapi(ctpm_server, kind, scenario)
     codes = {c & 0xFFFF for c in cmds.data.command}
-    assert not more and codes == {0x144, 0x145, 0x143, 0x142, 0x17C, 0x17B, 0x146, 0x17D,
-                                  0x182, 0x13C, 0x17E, 0x13D, 0x181, 0x17A, 0x18A,
-                                  0x176, 0x165, 0x153, 0x157, 0x173, 0x15E, 0x131}
+    assert not more and codes == {int(c.code) for c in CTPM_COMMANDS}
+    assert {0x144, 0x17E, 0x182, 0x176, 0x131} <= codes
     banks = {s.hash: bytes(s.pcrSelect)[:s.sizeofSelect] for s in pcrs.data.assignedPCR}
     assert banks == {alg: b"\xff\xff\xff" for alg in (TPM2_ALG.SHA1, TPM2_ALG.SHA256,
                                                       TPM2_ALG.SHA384, TPM2_ALG.SHA512)}

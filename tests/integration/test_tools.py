@@ -20,6 +20,7 @@ import pytest
 
 from ctpm.engine.config import EngineConfig
 from ctpm.testing.process import run_daemon
+from ctpm.wire.commands import COMMANDS as CTPM_COMMANDS
 
 pytestmark = [pytest.mark.tools,
               pytest.mark.skipif(shutil.which("tpm2_getrandom") is None,
@@ -31,24 +32,12 @@ DIGEST_SIZE = {name: h().digest_size for name, h in BANKS.items()}
 # PC Client PCR initial values after Startup at locality 0: 17-22 are all ones.
 ONES_PCRS = range(17, 23)
 
-# What ctpm implements today (README "What works today"), with the command codes of Part 2.
-COMMANDS = {
-    "TPM2_CC_PCR_Event": 0x13C, "TPM2_CC_PCR_Reset": 0x13D,
-    "TPM2_CC_IncrementalSelfTest": 0x142, "TPM2_CC_SelfTest": 0x143,
-    "TPM2_CC_Startup": 0x144, "TPM2_CC_Shutdown": 0x145, "TPM2_CC_StirRandom": 0x146,
-    "TPM2_CC_GetCapability": 0x17A, "TPM2_CC_GetRandom": 0x17B,
-    "TPM2_CC_GetTestResult": 0x17C, "TPM2_CC_Hash": 0x17D, "TPM2_CC_PCR_Read": 0x17E,
-    "TPM2_CC_ReadClock": 0x181, "TPM2_CC_PCR_Extend": 0x182, "TPM2_CC_TestParms": 0x18A,
-    "TPM2_CC_FlushContext": 0x165, "TPM2_CC_StartAuthSession": 0x176,
-    "TPM2_CC_Create": 0x153, "TPM2_CC_Load": 0x157, "TPM2_CC_ReadPublic": 0x173,
-    "TPM2_CC_Unseal": 0x15E, "TPM2_CC_CreatePrimary": 0x131,
-}
-# Handles in the handle area (Part 3): the PCR of the PCR commands, StartAuthSession's two.
-HANDLE_COUNTS = {"TPM2_CC_PCR_Event": 1, "TPM2_CC_PCR_Reset": 1, "TPM2_CC_PCR_Extend": 1,
-                 "TPM2_CC_StartAuthSession": 2, "TPM2_CC_Create": 1, "TPM2_CC_Load": 1,
-                 "TPM2_CC_ReadPublic": 1, "TPM2_CC_Unseal": 1, "TPM2_CC_CreatePrimary": 1}
-RESPONSE_HANDLE_COMMANDS = {"TPM2_CC_StartAuthSession", "TPM2_CC_Load",
-                            "TPM2_CC_CreatePrimary"}
+# What ctpm implements (its command table); that the TPMA_CC bits are right is checked
+# independently against swtpm in test_tools_differential.py.
+COMMANDS = {f"TPM2_CC_{c.code.name}": int(c.code) for c in CTPM_COMMANDS}
+HANDLE_COUNTS = {f"TPM2_CC_{c.code.name}": len(c.handles) for c in CTPM_COMMANDS}
+RESPONSE_HANDLE_COMMANDS = {f"TPM2_CC_{c.code.name}" for c in CTPM_COMMANDS
+                            if c.response_handle}
 
 CAPABILITIES = ["algorithms", "commands", "pcrs", "properties-fixed", "properties-variable",
                 "ecc-curves", "handles-transient", "handles-persistent",
