@@ -268,3 +268,27 @@ def test_evict_control_errors_as_swtpm():
         assert [a for a, _ in codes] == [b for _, b in codes], codes
     finally:
         sw.close()
+
+
+def test_object_change_auth():
+    tpm = started()
+    parent, _ = primary_public(tpm.execute(create_primary()))
+    other, _ = primary_public(tpm.execute(create_primary(tmpl=template("ecc256:aes128cfb"))))
+    sealed = template("keyedhash", objectAttributes=0x52)
+    private, public = split_create(tpm.execute(create(parent, sealed,
+                                                      sensitive_create(b"old", b"data"))))
+    item = struct.unpack(">I", tpm.execute(load(parent, private, public))[10:14])[0]
+    change = cmd(0x150, b2(b"new"), handles=[item, parent], sessions=[pw_session(b"old")])
+    r = tpm.execute(change)
+    assert rc(r) == 0
+    new_private = params(r)
+    # the wrong parent, or the wrong old password, is refused
+    assert rc(tpm.execute(cmd(0x150, b2(b"x"), handles=[item, other],
+                              sessions=[pw_session(b"old")]))) == 0x28A   # TYPE, handle 2
+    assert rc(tpm.execute(cmd(0x150, b2(b"x"), handles=[item, parent],
+                              sessions=[pw_session(b"bad")]))) == 0x98E   # AUTH_FAIL, S1
+    new_item = struct.unpack(">I", tpm.execute(load(parent, new_private, public))[10:14])[0]
+    assert params(tpm.execute(cmd(0x15E, handles=[new_item],
+                                  sessions=[pw_session(b"new")]))) == b2(b"data")
+    assert rc(tpm.execute(cmd(0x15E, handles=[new_item],
+                              sessions=[pw_session(b"old")]))) == 0x98E

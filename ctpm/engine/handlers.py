@@ -19,6 +19,7 @@ _FUNCTIONS = {
     TPM_CC.Load: object.load,
     TPM_CC.ReadPublic: object.read_public,
     TPM_CC.Unseal: object.unseal,
+    TPM_CC.ObjectChangeAuth: object.object_change_auth,
     TPM_CC.CreatePrimary: object.create_primary,
     TPM_CC.Hash: hash.hash_,
     TPM_CC.PCR_Extend: pcr.pcr_extend,

@@ -150,3 +150,24 @@ def unseal(tpm, ctx, item_handle):
         raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
     return (obj.sensitive.sensitive,)
 
+
+
+def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):
+    """Part 3 §12.6: a new private blob with the new authValue; the loaded object keeps the
+    old one (load the new blob to use it)."""
+    state = tpm.state
+    obj = state.object(object_handle)
+    try:
+        new_auth = create.adjust_auth(new_auth, obj.public.nameAlg)
+    except TpmError as e:
+        raise e.located(param=1)
+    parent = state.object(parent_handle) if parent_handle >> 24 in (0x80, 0x81) else None
+    parent_qn = parent.qualified_name if parent is not None else parent_handle.to_bytes(4, "big")
+    if (parent is None or qualified_name(parent_qn, obj.name, obj.public.nameAlg)
+            != obj.qualified_name):
+        raise TpmError(TPM_RC.TYPE, handle=2)
+    sensitive = Container(obj.sensitive, authValue=new_auth)
+    private = protect.protect(TPM2B_SENSITIVE.build(sensitive), obj.name,
+                              parent.sensitive.seedValue, parent.public.nameAlg,
+                              _sym_bits(parent.public), iv=state.drbg.generate(16))
+    return (private,)
