@@ -1,8 +1,8 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import (capability, clock, context, hash, object, pcr, persistent, random, sessions,
-               startup, testing)
+from . import (capability, clock, context, hash, object, pcr, persistent, random, sequence,
+               sessions, startup, testing)
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -22,6 +22,11 @@ _FUNCTIONS = {
     TPM_CC.ObjectChangeAuth: object.object_change_auth,
     TPM_CC.CreatePrimary: object.create_primary,
     TPM_CC.Hash: hash.hash_,
+    TPM_CC.HMAC_Start: sequence.hmac_start,
+    TPM_CC.HashSequenceStart: sequence.hash_sequence_start,
+    TPM_CC.SequenceUpdate: sequence.sequence_update,
+    TPM_CC.SequenceComplete: sequence.sequence_complete,
+    TPM_CC.EventSequenceComplete: sequence.event_sequence_complete,
     TPM_CC.PCR_Extend: pcr.pcr_extend,
     TPM_CC.PCR_Event: pcr.pcr_event,
     TPM_CC.PCR_Read: pcr.pcr_read,

@@ -136,8 +136,10 @@ def binding_check(public, sensitive):
 
 
 def read_public(tpm, ctx, object_handle):
-    """Part 3 §12.4."""
+    """Part 3 §12.4; a sequence object has no public area to read."""
     obj = tpm.state.object(object_handle)
+    if obj.public.type == TPM_ALG.NULL:
+        raise TpmError(TPM_RC.SEQUENCE, handle=1)
     return (obj.public, obj.name, obj.qualified_name)
 
 
@@ -157,6 +159,8 @@ def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):
     old one (load the new blob to use it)."""
     state = tpm.state
     obj = state.object(object_handle)
+    if obj.public.type == TPM_ALG.NULL:         # a sequence
+        raise TpmError(TPM_RC.TYPE, handle=1)
     try:
         new_auth = create.adjust_auth(new_auth, obj.public.nameAlg)
     except TpmError as e:

@@ -605,10 +605,8 @@ def test_hash_tickets_are_deterministic_and_bound_to_the_data(via, tmp_path):
     assert parse_ticket(ticket(b"\xffTCG and more")) == (TPM_ST_HASHCHECK, TPM_RH["n"], b"")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="tpm2_hash uses a hash sequence (TPM2_HashSequenceStart, 0x186) for "
-                          "stdin and for files over 1024 bytes; ctpm does not implement "
-                          "sequences yet (TPM_RC_COMMAND_CODE)")
+# tpm2_hash uses a hash sequence (HashSequenceStart, SequenceUpdate, SequenceComplete) for
+# stdin and for files over 1024 bytes.
 @pytest.mark.parametrize("source", ["large-file", "stdin"])
 def test_hash_of_large_or_streamed_data(via, tmp_path, source):
     data = bytes(range(256)) * 8                            # 2048 bytes
