@@ -292,3 +292,66 @@ def test_object_change_auth():
                                   sessions=[pw_session(b"new")]))) == b2(b"data")
     assert rc(tpm.execute(cmd(0x15E, handles=[new_item],
                               sessions=[pw_session(b"old")]))) == 0x98E
+
+
+def handle_params(rsp):
+    """Parameters of a response with a handle and sessions (after parameterSize)."""
+    size = struct.unpack(">I", rsp[14:18])[0]
+    return rsp[18:18 + size]
+
+
+def create_loaded(parent, tmpl_public_bytes, sens=None):
+    body = (sens or sensitive_create()) + b2(tmpl_public_bytes)
+    return cmd(0x191, body, handles=[parent], sessions=[pw_session()])
+
+
+def _tmpl(spec, attrs, label=b"", context=b""):
+    """A TPMT_PUBLIC (no size prefix); for ECC, x and y carry a TPMS_DERIVE's label/context."""
+    from tpm2_pytss.types import TPM2B_ECC_PARAMETER
+    pub = TPMT_PUBLIC.parse(spec, objectAttributes=attrs)
+    if label or context:
+        pub.unique.ecc.x = TPM2B_ECC_PARAMETER(label)
+        pub.unique.ecc.y = TPM2B_ECC_PARAMETER(context)
+    return pub.marshal()
+
+
+def test_create_loaded_primary_ordinary_and_derived():
+    tpm = started()
+    storage = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"
+    # under a hierarchy: the same key as CreatePrimary
+    r = tpm.execute(create_loaded(RH_OWNER, _tmpl("rsa2048:aes128cfb", storage)))
+    assert rc(r) == 0
+    body = handle_params(r)
+    assert body[:2] == b"\0\0"                                   # no private for a primary
+    primary_pub = primary_public(tpm.execute(create_primary()))[1]
+    assert body[2:2 + len(primary_pub)] == primary_pub
+    parent = struct.unpack(">I", r[10:14])[0]
+    # under a storage parent: loaded, and the private blob loads again
+    r = tpm.execute(create_loaded(parent, _tmpl("ecc256:ecdsa-sha256", SIGNING)))
+    assert rc(r) == 0
+    body = handle_params(r)
+    n = struct.unpack(">H", body[:2])[0]
+    private = body[:2 + n]
+    m = struct.unpack(">H", body[2 + n:4 + n])[0]
+    public = body[2 + n:4 + n + m]
+    assert n > 0 and rc(tpm.execute(load(parent, private, public))) == 0
+    # a derivation parent: restricted decrypt keyed hash with the XOR/KDF1_SP800_108 scheme
+    derive = TPMT_PUBLIC.parse("xor:sha256", objectAttributes=storage)
+    derive.parameters.keyedHashDetail.scheme.details.exclusiveOr.kdf = 0x22
+    r = tpm.execute(create_loaded(parent, derive.marshal()))
+    assert rc(r) == 0, hex(rc(r))
+    dparent = struct.unpack(">I", r[10:14])[0]
+    derived = "fixedtpm|fixedparent|userwithauth|sign"
+    keys = []
+    for label in (b"label-a", b"label-a", b"label-b"):
+        r = tpm.execute(create_loaded(dparent, _tmpl("ecc256:ecdsa-sha256", derived, label,
+                                                     b"ctx")))
+        assert rc(r) == 0, hex(rc(r))
+        keys.append(handle_params(r)[2:])
+        tpm.execute(flush(struct.unpack(">I", r[10:14])[0]))
+    assert keys[0] == keys[1] != keys[2]
+    # derived RSA keys and derived keys with sensitiveDataOrigin are refused
+    rsa = _tmpl("rsa2048:rsassa", derived) + b"\0\0"            # unique: an empty TPMS_DERIVE
+    assert rc(tpm.execute(create_loaded(dparent, rsa))) == 0x2CA             # TYPE, P2
+    assert rc(tpm.execute(create_loaded(
+        dparent, _tmpl("ecc256:ecdsa-sha256", derived + "|sensitivedataorigin", b"l")))) == 0x082

@@ -20,6 +20,7 @@ _FUNCTIONS = {
     TPM_CC.ReadPublic: object.read_public,
     TPM_CC.Unseal: object.unseal,
     TPM_CC.ObjectChangeAuth: object.object_change_auth,
+    TPM_CC.CreateLoaded: object.create_loaded,
     TPM_CC.CreatePrimary: object.create_primary,
     TPM_CC.Hash: hash.hash_,
     TPM_CC.HMAC_Start: sequence.hmac_start,

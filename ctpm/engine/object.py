@@ -1,12 +1,16 @@
-"""Part 3 §12: object commands (Create, Load, ReadPublic, Unseal) and §24.1 CreatePrimary."""
+"""Part 3 §12: object commands (Create, Load, ReadPublic, ObjectChangeAuth, Unseal,
+CreateLoaded) and §24.1 CreatePrimary."""
+import io
+
 from construct import Container
 
 from ..crypto import hashes, keys, protect
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
-from ..wire.objects import TPM2B_SENSITIVE
+from ..wire.objects import TPM2B_SENSITIVE, TPMS_DERIVE, TPMT_PUBLIC, TPMT_PUBLIC_DERIVE
 from . import create
-from .object_checks import create_checks, is_storage_parent, public_attributes_validation
+from .object_checks import (create_checks, is_derivation_parent, is_storage_parent,
+                            public_attributes_validation)
 from .objects import (Object, compute_name, free_object_handle, hierarchy_qualified_name,
                       public_bytes, qualified_name)
 
@@ -175,3 +179,82 @@ def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):
                               parent.sensitive.seedValue, parent.public.nameAlg,
                               _sym_bits(parent.public), iv=state.drbg.generate(16))
     return (private,)
+
+
+def create_loaded(tpm, ctx, parent_handle, in_sensitive, in_public):
+    """Part 3 §12.9: a primary (hierarchy parent), an ordinary object already loaded (storage
+    parent), or a key derived from a derivation parent's secret and a label and context."""
+    state = tpm.state
+    parent = None if parent_handle >> 24 == 0x40 else state.object(parent_handle)
+    derivation = parent is not None and is_derivation_parent(parent.public)
+    if parent is not None and not derivation and not is_storage_parent(parent.public):
+        raise TpmError(TPM_RC.TYPE, handle=1)
+    handle = free_object_handle(state)
+    try:
+        structure = TPMT_PUBLIC_DERIVE if derivation else TPMT_PUBLIC
+        stream = io.BytesIO(in_public)
+        template = structure._parsereport(stream, Container(), "(inPublic)")
+        if stream.tell() != len(in_public):
+            raise TpmError(TPM_RC.SIZE)
+    except TpmError as e:
+        raise e.located(param=2)
+    try:
+        auth = create.adjust_auth(in_sensitive.userAuth, template.nameAlg)
+    except TpmError as e:
+        raise e.located(param=1)
+    data = in_sensitive.data
+    if derivation:
+        if template.type == TPM_ALG.RSA:
+            raise TpmError(TPM_RC.TYPE, param=2)
+        if template.objectAttributes & OA.SENSITIVEDATAORIGIN:
+            raise TpmError(TPM_RC.ATTRIBUTES)
+        try:
+            public_attributes_validation(parent.attributes, template)
+        except TpmError as e:
+            raise e.located(param=2)
+        label, context = template.unique.label, template.unique.context
+        if data:    # a TPMS_DERIVE in the sensitive data overrides the template's
+            try:
+                override = TPMS_DERIVE.parse(data)
+            except (TpmError, ValueError):
+                raise TpmError(TPM_RC.VALUE, param=1) from None
+            label = override.label or label
+            context = override.context or context
+        xor = parent.public.parameters.scheme.details
+        stream = keys.KdfDrbg(xor.hashAlg, parent.sensitive.sensitive, label, context)
+        template = Container(template, unique=_empty_unique(template.type))
+        in_sensitive = Container(userAuth=auth, data=b"")
+    else:
+        try:
+            create_checks(None if parent is None else parent.attributes, template, len(data))
+        except TpmError as e:
+            raise e.located(param=2)
+        in_sensitive = Container(in_sensitive, userAuth=auth)
+        if parent is None:
+            name = compute_name(template.nameAlg, public_bytes(template))
+            stream = keys.KdfDrbg(template.nameAlg, state.primary_seed(parent_handle),
+                                  PRIMARY_LABEL, name + data)
+        else:
+            stream = keys.EntropyStream(state.drbg.generate)
+    public, sensitive, key = create.generate(template, in_sensitive, stream)
+    raw = public_bytes(public)
+    name = compute_name(public.nameAlg, raw)
+    if parent is None:
+        hierarchy, parent_qn = parent_handle, hierarchy_qualified_name(parent_handle)
+    else:
+        hierarchy, parent_qn = parent.hierarchy, parent.qualified_name
+    private = b""
+    if parent is not None and not derivation:
+        private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name,
+                                  parent.sensitive.seedValue, parent.public.nameAlg,
+                                  _sym_bits(parent.public), iv=state.drbg.generate(16))
+    state.objects[handle] = Object(public=public, public_bytes=raw, sensitive=sensitive,
+                                   hierarchy=hierarchy, name=name,
+                                   qualified_name=qualified_name(parent_qn, name,
+                                                                 public.nameAlg),
+                                   primary=parent is None, key=key)
+    return (handle, private, public, name)
+
+
+def _empty_unique(object_type):
+    return Container(x=b"", y=b"") if object_type == TPM_ALG.ECC else b""

@@ -119,4 +119,11 @@ def is_storage_parent(public) -> bool:
     """A parent: a restricted decryption key with a symmetric algorithm (Part 1 §27.1)."""
     a = public.objectAttributes
     return (_has(a, OA.RESTRICTED) and _has(a, OA.DECRYPT) and not _has(a, OA.SIGN_ENCRYPT)
-            and public.type in (TPM_ALG.RSA, TPM_ALG.ECC, TPM_ALG.SYMCIPHER, TPM_ALG.KEYEDHASH))
+            and public.type in (TPM_ALG.RSA, TPM_ALG.ECC, TPM_ALG.SYMCIPHER))
+
+
+def is_derivation_parent(public) -> bool:
+    """A derivation parent: a restricted decryption keyed-hash key (Part 1 §27.1.5)."""
+    a = public.objectAttributes
+    return (public.type == TPM_ALG.KEYEDHASH and _has(a, OA.RESTRICTED)
+            and _has(a, OA.DECRYPT) and not _has(a, OA.SIGN_ENCRYPT))

@@ -198,6 +198,13 @@ TPMT_PUBLIC_PLUS = _public(TPMI_ALG_HASH.plus)                 # nameAlg may be 
 TPM2B_PUBLIC = Sized(TPMT_PUBLIC)                              # §12.2.5, size 0: TPM_RC_SIZE
 TPM2B_PUBLIC_PLUS = Sized(TPMT_PUBLIC_PLUS)
 TPM2B_TEMPLATE = Tpm2b(SIZEOF_TPMT_PUBLIC)                     # §12.2.6, parsed by the command
+TPM2B_LABEL = Tpm2b(LABEL_MAX_BUFFER)                          # §11.1.11
+TPMS_DERIVE = Record("label" / TPM2B_LABEL, "context" / TPM2B_LABEL)   # §11.1.12
+# The template of a derived object (TPM2_CreateLoaded under a derivation parent): its unique
+# field is the TPMS_DERIVE the key is derived from (Part 3 §12.9).
+TPMT_PUBLIC_DERIVE = Record("type" / TPMI_ALG_PUBLIC, "nameAlg" / TPMI_ALG_HASH,
+                            "objectAttributes" / TPMA_OBJECT, "authPolicy" / TPM2B_DIGEST,
+                            "parameters" / TPMU_PUBLIC_PARMS, "unique" / TPMS_DERIVE)
 
 # --- Part 2 §12.3: private area ------------------------------------------------------------
 
