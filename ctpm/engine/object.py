@@ -43,10 +43,7 @@ def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, c
     except TpmError as e:
         raise e.located(param=1)
     in_sensitive = Container(in_sensitive, userAuth=auth)
-    template_name = compute_name(in_public.nameAlg, public_bytes(in_public))
-    stream = keys.KdfDrbg(in_public.nameAlg, state.primary_seed(hierarchy), PRIMARY_LABEL,
-                          template_name + in_sensitive.data)
-    public, sensitive, key = create.generate(in_public, in_sensitive, stream)
+    public, sensitive, key = primary_material(state, hierarchy, in_public, in_sensitive)
     raw = public_bytes(public)
     name = compute_name(public.nameAlg, raw)
     hq = hierarchy_qualified_name(hierarchy)
@@ -58,6 +55,30 @@ def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, c
                                    qualified_name=qualified_name(hq, name, public.nameAlg),
                                    primary=True, key=key)
     return (handle, public, data, digest, ticket, name)
+
+
+PRIMARY_CACHE_SIZE = 16
+
+
+def primary_material(state, hierarchy, template, in_sensitive):
+    """A primary object's key: a pure function of the hierarchy's seed, the template and the
+    sensitive data (Part 1 §27.5), so the last few are kept in RAM and a repeated
+    CreatePrimary (the common pattern of tools that do not keep contexts) skips the RSA prime
+    search. The seed is part of the key: a new seed (TPM Reset for the null hierarchy,
+    Clear, ChangeEPS/PPS) never hits an old entry."""
+    seed = state.primary_seed(hierarchy)
+    template_name = compute_name(template.nameAlg, public_bytes(template))
+    cache_key = (hashes.digest(TPM_ALG.SHA256, seed), template_name, in_sensitive.data)
+    cached = state.primary_cache.pop(cache_key, None)
+    if cached is None:
+        stream = keys.KdfDrbg(template.nameAlg, seed, PRIMARY_LABEL,
+                              template_name + in_sensitive.data)
+        cached = create.generate(template, Container(in_sensitive, userAuth=b""), stream)
+    state.primary_cache[cache_key] = cached            # most recently used last
+    while len(state.primary_cache) > PRIMARY_CACHE_SIZE:
+        del state.primary_cache[next(iter(state.primary_cache))]
+    public, sensitive, key = cached
+    return public, Container(sensitive, authValue=in_sensitive.userAuth), key
 
 
 def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, creation_pcr):
@@ -230,13 +251,12 @@ def create_loaded(tpm, ctx, parent_handle, in_sensitive, in_public):
         except TpmError as e:
             raise e.located(param=2)
         in_sensitive = Container(in_sensitive, userAuth=auth)
-        if parent is None:
-            name = compute_name(template.nameAlg, public_bytes(template))
-            stream = keys.KdfDrbg(template.nameAlg, state.primary_seed(parent_handle),
-                                  PRIMARY_LABEL, name + data)
-        else:
+    if parent is None:
+        public, sensitive, key = primary_material(state, parent_handle, template, in_sensitive)
+    else:
+        if not derivation:
             stream = keys.EntropyStream(state.drbg.generate)
-    public, sensitive, key = create.generate(template, in_sensitive, stream)
+        public, sensitive, key = create.generate(template, in_sensitive, stream)
     raw = public_bytes(public)
     name = compute_name(public.nameAlg, raw)
     if parent is None:

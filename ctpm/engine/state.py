@@ -61,6 +61,7 @@ class TpmState:
         self.init_ms = platform.now_ms()
         self.clock_at_init = self._clock_stored = nv["clock"]
         self.objects = {}
+        self.primary_cache = {}       # engine.object.primary_material's recent keys
         self.persistent = {int(h, 16): from_nv(e, int(h, 16))
                            for h, e in nv.get("persistent", {}).items()}
 
