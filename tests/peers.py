@@ -53,11 +53,25 @@ class Swtpm:
             time.sleep(0.01)
         self.sock = None
 
+    @staticmethod
+    def _open(path):
+        """Connect, retrying while swtpm has bound its socket but not yet listens on it."""
+        deadline = time.monotonic() + 10
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            try:
+                s.connect(path)
+                return s
+            except ConnectionRefusedError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
     def _connect(self):
         if self.sock is None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(10)
-            self.sock.connect(self.data_path)
+            self.sock = self._open(self.data_path)
         return self.sock
 
     def execute(self, cmd: bytes, locality: int = 0) -> bytes:
@@ -72,9 +86,7 @@ class Swtpm:
                 self.ctrl(5, b"\0")
 
     def ctrl(self, code: int, body: bytes = b"") -> bytes:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-            c.settimeout(10)
-            c.connect(self.ctrl_path)
+        with self._open(self.ctrl_path) as c:
             c.sendall(struct.pack(">I", code) + body)
             return c.recv(4096)
 

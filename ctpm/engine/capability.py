@@ -10,6 +10,7 @@ from ..wire import structures as S
 from ..wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_RC, TPM_RH,
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
+from .context import max_active_sessions, saved_session_handles
 from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
@@ -83,7 +84,7 @@ def tpm_properties(tpm):
         TPM_PT.HR_TRANSIENT_MIN: cfg.max_objects,
         TPM_PT.HR_PERSISTENT_MIN: cfg.max_persistent,
         TPM_PT.HR_LOADED_MIN: cfg.max_sessions,
-        TPM_PT.ACTIVE_SESSIONS_MAX: cfg.max_sessions,
+        TPM_PT.ACTIVE_SESSIONS_MAX: max_active_sessions(cfg),
         TPM_PT.PCR_COUNT: S.IMPLEMENTATION_PCR,
         TPM_PT.PCR_SELECT_MIN: S.PCR_SELECT_MIN,
         TPM_PT.CONTEXT_GAP_MAX: 0xFFFF,
@@ -120,8 +121,9 @@ def tpm_properties(tpm):
         TPM_PT.HR_NV_INDEX: 0,
         TPM_PT.HR_LOADED: len(state.sessions),
         TPM_PT.HR_LOADED_AVAIL: cfg.max_sessions - len(state.sessions),
-        TPM_PT.HR_ACTIVE: len(state.sessions),
-        TPM_PT.HR_ACTIVE_AVAIL: cfg.max_sessions - len(state.sessions),
+        TPM_PT.HR_ACTIVE: len(state.sessions) + len(saved_session_handles(state)),
+        TPM_PT.HR_ACTIVE_AVAIL: (max_active_sessions(cfg) - len(state.sessions)
+                                 - len(saved_session_handles(state))),
         TPM_PT.HR_TRANSIENT_AVAIL: cfg.max_objects - len(state.objects),
         TPM_PT.HR_PERSISTENT: len(state.persistent),
         TPM_PT.HR_PERSISTENT_AVAIL: cfg.max_persistent - len(state.persistent),
@@ -191,13 +193,21 @@ def get_capability(tpm, ctx, capability, prop, count):
         elif htype == TPM_HT.PERMANENT:
             handles = list(PERMANENT_HANDLES)
         elif htype == TPM_HT.LOADED_SESSION:
-            handles = sorted(state.sessions)        # HMAC and policy sessions alike
+            # HMAC and policy sessions alike, in slot order (as the reference TPM)
+            first = prop & 0xFFFFFF
+            handles = sorted((h for h in state.sessions if h & 0xFFFFFF >= first),
+                             key=lambda h: h & 0xFFFFFF)
+            prop = 0
         elif htype == TPM_HT.TRANSIENT:
             handles = sorted(state.objects)
         elif htype == TPM_HT.PERSISTENT:
             handles = sorted(state.persistent)
-        elif htype in (TPM_HT.NV_INDEX, TPM_HT.SAVED_SESSION):
-            handles = []   # no NV indices or saved contexts exist in this build yet
+        elif htype == TPM_HT.SAVED_SESSION:
+            # As the reference's SessionCapGetSaved: by slot, each as an HMAC-session handle.
+            handles = sorted(0x02000000 | (h & 0xFFFFFF) for h in saved_session_handles(state))
+            prop = 0x02000000 | (prop & 0xFFFFFF)
+        elif htype == TPM_HT.NV_INDEX:
+            handles = []   # no NV indices exist in this build yet
         else:
             raise TpmError(TPM_RC.HANDLE, param=2)
         data, more = _page(handles, _from(handles, prop), count, S.MAX_CAP_HANDLES)

@@ -237,9 +237,10 @@ class Dispatcher:
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
             e.entity, role = entities[idx - 1] if idx <= len(entities) else (None, None)
-            if (e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC)
-                    and not tpm.auth_value_usable(e.entity, role)):
-                raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
+            if e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC):
+                refusal = tpm.auth_value_refusal(e.entity, role)
+                if refusal is not None:
+                    raise TpmError(refusal)
             if e.handle == TPM_RH.PW:
                 if e.entity is None:          # a password must authorize a handle
                     raise TpmError(TPM_RC.HANDLE, session=idx)

@@ -3,6 +3,8 @@ from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
 from . import (capability, clock, context, hash, object, pcr, persistent, random, sequence,
                sessions, startup, testing)
+from . import asymmetric, external, signature, symmetric
+from . import credential, duplication, ecc
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -13,12 +15,30 @@ _FUNCTIONS = {
     TPM_CC.GetRandom: random.get_random,
     TPM_CC.StirRandom: random.stir_random,
     TPM_CC.StartAuthSession: sessions.start_auth_session,
+    TPM_CC.ContextSave: context.context_save,
+    TPM_CC.ContextLoad: context.context_load,
     TPM_CC.FlushContext: context.flush_context,
     TPM_CC.EvictControl: persistent.evict_control,
     TPM_CC.Create: object.create_,
     TPM_CC.Load: object.load,
+    TPM_CC.LoadExternal: external.load_external,
+    TPM_CC.RSA_Encrypt: asymmetric.rsa_encrypt,
+    TPM_CC.RSA_Decrypt: asymmetric.rsa_decrypt,
+    TPM_CC.ECDH_KeyGen: asymmetric.ecdh_keygen,
+    TPM_CC.ECDH_ZGen: asymmetric.ecdh_zgen,
+    TPM_CC.EncryptDecrypt: symmetric.encrypt_decrypt,
+    TPM_CC.EncryptDecrypt2: symmetric.encrypt_decrypt2,
+    TPM_CC.HMAC: symmetric.hmac_,
+    TPM_CC.VerifySignature: signature.verify_signature,
+    TPM_CC.Sign: signature.sign,
     TPM_CC.ReadPublic: object.read_public,
     TPM_CC.Unseal: object.unseal,
+    TPM_CC.MakeCredential: credential.make_credential,
+    TPM_CC.ActivateCredential: credential.activate_credential,
+    TPM_CC.Duplicate: duplication.duplicate,
+    TPM_CC.Rewrap: duplication.rewrap,
+    TPM_CC.Import: duplication.import_,
+    TPM_CC.ECC_Parameters: ecc.ecc_parameters,
     TPM_CC.ObjectChangeAuth: object.object_change_auth,
     TPM_CC.CreateLoaded: object.create_loaded,
     TPM_CC.CreatePrimary: object.create_primary,

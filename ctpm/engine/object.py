@@ -180,7 +180,7 @@ def unseal(tpm, ctx, item_handle):
 
 
 def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):
-    """Part 3 §12.6: a new private blob with the new authValue; the loaded object keeps the
+    """Part 3 §12.8: a new private blob with the new authValue; the loaded object keeps the
     old one (load the new blob to use it)."""
     state = tpm.state
     obj = state.object(object_handle)

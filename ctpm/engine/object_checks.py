@@ -72,9 +72,7 @@ def scheme_checks(public):
     p = public.parameters
     sym = None
     if public.type == TPM_ALG.SYMCIPHER:
-        sym = p.sym
-        if _has(a, OA.DECRYPT) and sym.mode == TPM_ALG.NULL:
-            raise TpmError(TPM_RC.SCHEME)
+        sym = p.sym     # a decryption key may leave the mode to EncryptDecrypt (NULL)
     elif public.type == TPM_ALG.KEYEDHASH:
         scheme = p.scheme.scheme
         if _has(a, OA.SIGN_ENCRYPT) == _has(a, OA.DECRYPT):

@@ -30,7 +30,8 @@ class Object:
 
     @property
     def auth_value(self) -> bytes:
-        return self.sensitive.authValue
+        # a public-only object (TPM2_LoadExternal without inPrivate) has no authValue
+        return self.sensitive.authValue if self.sensitive is not None else b""
 
 
 def public_bytes(public) -> bytes:

@@ -12,6 +12,7 @@ from ..errors import TpmError
 from ..state.store import StoreError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
+from .context import max_active_sessions, new_bookkeeping
 from .drbg import HmacDrbg
 from .persistent import from_nv
 
@@ -201,11 +202,15 @@ class TpmState:
             self.pcr_counter = 0
             self.null_proof = self.drbg.generate(PROOF_SIZE)
             self.null_seed = self.drbg.generate(SEED_SIZE)
+            self.contexts = new_bookkeeping()
         else:
             self.restart_count = saved["restart_count"] + 1
             self.pcr_counter = saved["pcr_counter"]
             self.null_proof = _b(saved["null_proof"])
             self.null_seed = _b(saved["null_seed"])
+            # saved contexts (engine/context.py) live on; clearCount counts TPM Restarts
+            self.contexts = json.loads(json.dumps(saved.get("contexts") or new_bookkeeping()))
+            self.contexts["clear_count"] += kind == "restart"
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
         nv["orderly"] = None
         nv["saved"] = None
@@ -221,6 +226,7 @@ class TpmState:
                 "pcr_counter": self.pcr_counter,
                 "null_proof": _h(self.null_proof),
                 "null_seed": _h(self.null_seed),
+                "contexts": json.loads(json.dumps(self.contexts)),
                 "locality3": self.startup_locality3,
                 "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] else None
                                     for i, v in enumerate(bank)]
@@ -297,6 +303,10 @@ class TpmState:
         used = {h & 0xFFFFFF for h in self.sessions}
         if len(used) >= self.config.max_sessions:
             raise TpmError(TPM_RC.SESSION_MEMORY)
+        # a saved session keeps its handle; loaded and saved count against the active limit
+        used |= {int(h, 16) & 0xFFFFFF for h in self.contexts["saved_sessions"]}
+        if len(used) >= max_active_sessions(self.config):
+            raise TpmError(TPM_RC.SESSION_HANDLES)
         slot = next(i for i in range(len(used) + 1) if i not in used)
         kind = TPM_HT.HMAC_SESSION if session_type == TPM_SE.HMAC else TPM_HT.POLICY_SESSION
         return (kind << 24) | slot

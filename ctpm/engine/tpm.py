@@ -8,7 +8,7 @@ import struct
 from ..errors import TpmError
 from ..platform import Platform
 from ..wire.commands import Auth
-from ..wire.constants import TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
+from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from .state import TpmState
@@ -131,24 +131,39 @@ class Tpm:
         kind = handle >> 24
         if kind == TPM_HT.TRANSIENT and handle not in self.state.objects:
             raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
+        if kind in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION):
+            # Session handles name a slot; the slot's session must be of the handle's kind.
+            slot = handle & 0xFFFFFF
+            loaded = next((h for h in self.state.sessions if h & 0xFFFFFF == slot), None)
+            if loaded is None:
+                raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
+            if loaded != handle:
+                raise TpmError(TPM_RC.HANDLE, handle=index)
         if kind == TPM_HT.PERSISTENT and handle not in self.state.persistent:
             raise TpmError(TPM_RC.HANDLE, handle=index)
         if kind == TPM_HT.NV_INDEX:             # no NV indices exist in this build yet
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
-    def auth_value_usable(self, handle: int, role) -> bool:
-        """May a password or HMAC authorize this entity in this role (Part 1 §19.7)?
+    def auth_value_refusal(self, handle: int, role):
+        """Why a password or HMAC may not authorize this entity in this role, or None
+        (Part 1 §19.7, the reference's IsPolicySessionRequired / IsAuthValueAvailable).
 
-        An object needs userWithAuth for the USER role and adminWithPolicy clear for ADMIN.
+        The DUP role, and the ADMIN role of an object with adminWithPolicy, need a policy
+        session (TPM_RC_AUTH_TYPE); the USER role of an object without userWithAuth, and an
+        object loaded without its private part, have no authValue (TPM_RC_AUTH_UNAVAILABLE).
         """
         obj = self._object(handle)
+        if role == Auth.DUP:
+            return TPM_RC.AUTH_TYPE
         if obj is None:
-            return True
-        if role == Auth.USER:
-            return bool(obj.attributes & TPMA_OBJECT.USERWITHAUTH)
-        if role == Auth.ADMIN:
-            return not obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY
-        return False
+            return None
+        if role == Auth.ADMIN and obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY:
+            return TPM_RC.AUTH_TYPE
+        if obj.sensitive is None and obj.public.type != TPM_ALG.NULL:
+            return TPM_RC.AUTH_UNAVAILABLE
+        if role == Auth.USER and not obj.attributes & TPMA_OBJECT.USERWITHAUTH:
+            return TPM_RC.AUTH_UNAVAILABLE
+        return None
 
     def is_da_exempt(self, handle: int) -> bool:
         """Objects with noDA, PCRs and every permanent handle but TPM_RH_LOCKOUT are outside
