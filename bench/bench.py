@@ -82,37 +82,95 @@ def ctpm_ready_time(rounds=5):
     return best
 
 
-def workloads(esapi):
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_PCR_SELECTION, TPML_DIGEST_VALUES, TPMT_HA
-    from tpm2_pytss.types import TPM2B_MAX_BUFFER
-    ha = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
-    ha.digest.sha256 = b"\x01" * 32
-    digest = TPML_DIGEST_VALUES([ha])
-    selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,3")
-    data = TPM2B_MAX_BUFFER(b"x" * 1024)
-    from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
-    empty = TPM2B_SENSITIVE_CREATE()
-    parent = []
+STORAGE = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"
 
-    def create_primary(template):
-        handle = esapi.create_primary(empty, template)[0]
-        esapi.flush_context(handle)
 
-    def create(template):
-        if not parent:      # one ECC storage parent per client, made on first use
-            parent.append(esapi.create_primary(empty, "ecc256:aes128cfb")[0])
-        esapi.create(parent[0], empty, template)
+class Workloads:
+    """The ESAPI calls measured, for one client. Keys are made on first use and flushed
+    after each workload (swtpm holds only three loaded objects)."""
 
-    return {
-        "GetRandom(32)": lambda: esapi.get_random(32),
-        "PCR_Extend(sha256)": lambda: esapi.pcr_extend(ESYS_TR.PCR16, digest),
-        "PCR_Read(4 PCRs)": lambda: esapi.pcr_read(selection),
-        "Hash(1 KiB, sha256)": lambda: esapi.hash(data, TPM2_ALG.SHA256, ESYS_TR.OWNER),
-        "CreatePrimary RSA-2048": lambda: create_primary("rsa2048:aes128cfb"),
-        "CreatePrimary ECC P-256": lambda: create_primary("ecc256:aes128cfb"),
-        "Create RSA-2048": lambda: create("rsa2048"),
-        "Create ECC P-256": lambda: create("ecc256"),
-    }
+    def __init__(self, esapi):
+        from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA
+        from tpm2_pytss.types import TPM2B_MAX_BUFFER, TPM2B_SENSITIVE_CREATE
+        self.esapi = esapi
+        self.handles = {}
+        self.counter = 0
+        ha = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+        ha.digest.sha256 = b"\x01" * 32
+        digest = TPML_DIGEST_VALUES([ha])
+        selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,3")
+        data = TPM2B_MAX_BUFFER(b"x" * 1024)
+        self.empty = TPM2B_SENSITIVE_CREATE()
+        self.calls = {
+            "GetRandom(32)": lambda: esapi.get_random(32),
+            "PCR_Extend(sha256)": lambda: esapi.pcr_extend(ESYS_TR.PCR16, digest),
+            "PCR_Read(4 PCRs)": lambda: esapi.pcr_read(selection),
+            "Hash(1 KiB, sha256)": lambda: esapi.hash(data, TPM2_ALG.SHA256, ESYS_TR.OWNER),
+            "CreatePrimary RSA-2048": lambda: self.create_primary("rsa2048:aes128cfb"),
+            "CreatePrimary ECC P-256": lambda: self.create_primary("ecc256:aes128cfb"),
+            "Create RSA-2048": lambda: self.create("rsa2048"),
+            "Create ECC P-256": lambda: self.create("ecc256"),
+            "Sign RSASSA-2048": lambda: self.sign("rsa2048:rsassa-sha256:null"),
+            "Sign ECDSA P-256": lambda: self.sign("ecc256:ecdsa-sha256:null"),
+            "RSA_Decrypt OAEP-2048": self.rsa_decrypt,
+            "ECDH_ZGen P-256": self.ecdh_zgen,
+        }
+
+    def key(self, name, template, attrs):
+        from tpm2_pytss.types import TPM2B_PUBLIC
+        if name not in self.handles:
+            public = TPM2B_PUBLIC.parse(template, objectAttributes=attrs)
+            self.handles[name] = self.esapi.create_primary(self.empty, public)[0:2]
+        return self.handles[name]
+
+    def flush(self):
+        for handle, _public in self.handles.values():
+            self.esapi.flush_context(handle)
+        self.handles.clear()
+
+    def create_primary(self, template):
+        """A new template each time (unique = a counter): no TPM may reuse a key."""
+        from tpm2_pytss.types import TPM2B_PUBLIC
+        public = TPM2B_PUBLIC.parse(template, objectAttributes=STORAGE)
+        self.counter += 1
+        if template.startswith("rsa"):
+            public.publicArea.unique.rsa = self.counter.to_bytes(4, "big")
+        else:
+            public.publicArea.unique.ecc.x = self.counter.to_bytes(4, "big")
+        handle = self.esapi.create_primary(self.empty, public)[0]
+        self.esapi.flush_context(handle)
+
+    def create(self, template):
+        parent, _ = self.key("parent", "ecc256:aes128cfb", STORAGE)
+        self.esapi.create(parent, self.empty, template)
+
+    def sign(self, template):
+        from tpm2_pytss.constants import TPM2_ALG, TPM2_RH, TPM2_ST
+        from tpm2_pytss.types import TPM2B_DIGEST, TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK
+        key, _ = self.key(template, template, "fixedtpm|fixedparent|sensitivedataorigin|"
+                                              "userwithauth|sign")
+        ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+        self.esapi.sign(key, TPM2B_DIGEST(b"\x02" * 32),
+                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket)
+
+    def rsa_decrypt(self):
+        from tpm2_pytss.constants import TPM2_ALG
+        from tpm2_pytss.types import TPM2B_DATA, TPM2B_PUBLIC_KEY_RSA, TPMT_RSA_DECRYPT
+        key, _ = self.key("oaep", "rsa2048:oaep-sha256:null",
+                          "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|decrypt")
+        if "cipher" not in self.__dict__:
+            self.cipher = self.esapi.rsa_encrypt(key, TPM2B_PUBLIC_KEY_RSA(b"secret"),
+                                                 TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL),
+                                                 TPM2B_DATA())
+        self.esapi.rsa_decrypt(key, self.cipher, TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL),
+                               TPM2B_DATA())
+
+    def ecdh_zgen(self):
+        key, _ = self.key("ecdh", "ecc256:ecdh-sha256:null",
+                          "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|decrypt")
+        if "point" not in self.__dict__:
+            self.point = self.esapi.ecdh_key_gen(key)[1]
+        self.esapi.ecdh_zgen(key, self.point)
 
 
 def open_esapi(tcti, startup):
@@ -150,12 +208,15 @@ def main():
             "ctpm (swtpm TCTI)": open_esapi(d.tcti("swtpm"), startup=True),
             "ctpm (mssim TCTI)": open_esapi(d.tcti("mssim"), startup=False),
         }
-        loads = {name: workloads(e) for name, e in clients.items()}
+        loads = {name: Workloads(e) for name, e in clients.items()}
         best = {}
         for _ in range(args.rounds):
-            for wl in loads["swtpm (swtpm TCTI)"]:
+            for wl in workloads_names():
                 for name in clients:
-                    rate = measure(loads[name][wl], args.seconds)
+                    rate = measure(loads[name].calls[wl], args.seconds)
+                    loads[name].flush()
+                    loads[name].__dict__.pop("cipher", None)
+                    loads[name].__dict__.pop("point", None)
                     best[name, wl] = max(best.get((name, wl), 0), rate)
         for e in clients.values():
             e.close()
@@ -176,7 +237,8 @@ def main():
 def workloads_names():
     return ["GetRandom(32)", "PCR_Extend(sha256)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)",
             "CreatePrimary RSA-2048", "CreatePrimary ECC P-256", "Create RSA-2048",
-            "Create ECC P-256"]
+            "Create ECC P-256", "Sign RSASSA-2048", "Sign ECDSA P-256",
+            "RSA_Decrypt OAEP-2048", "ECDH_ZGen P-256"]
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ in their order, so that a bad template fails with the same code as on other TPMs
 (the caller names its inPublic parameter).
 """
 from ..errors import TpmError
-from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
+from types import SimpleNamespace
+
+from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT
 from ..wire.structures import HASH_SIZES
+
+# The attribute bits as plain ints: IntFlag arithmetic costs microseconds per operation.
+OA = SimpleNamespace(**{m.name: int(m) for m in TPMA_OBJECT})
 
 SIGN_SCHEMES = {
     TPM_ALG.RSA: {TPM_ALG.RSASSA, TPM_ALG.RSAPSS},
