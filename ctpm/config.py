@@ -44,6 +44,9 @@ class Config:
     stall_timeout: float = 5.0
     state_dir: str | None = None                    # None: NV in memory only
     max_command_size: int = 4096
+    max_objects: int = 64           # transient objects loaded at once (libtpms: 3)
+    max_sessions: int = 64          # sessions loaded at once (libtpms: 3)
+    max_persistent: int = 64        # persistent objects (EvictControl)
     log_level: str = "warning"
 
 
@@ -54,7 +57,8 @@ SCHEMA = {
     "listen": {"mssim": "mssim", "swtpm": "swtpm", "allow_remote": "allow_remote",
                "stall_timeout": "stall_timeout"},
     "state": {"dir": "state_dir"},
-    "tpm": {"max_command_size": "max_command_size"},
+    "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
+            "max_sessions": "max_sessions", "max_persistent": "max_persistent"},
     "log": {"level": "log_level"},
 }
 
@@ -194,6 +198,11 @@ def _validate(name, value, where):
         if not MIN_COMMAND_SIZE <= value <= MAX_COMMAND_SIZE:
             raise ConfigError(f"{where}: {value} is not between {MIN_COMMAND_SIZE} "
                               f"and {MAX_COMMAND_SIZE}")
+        return value
+    if name in ("max_objects", "max_sessions", "max_persistent"):
+        value = _check_type(value, int, where)
+        if not 3 <= value <= 4096:     # 3: the least a PC Client TPM must hold
+            raise ConfigError(f"{where}: {value} is not between 3 and 4096")
         return value
     if name == "log_level":
         level = _check_type(value, str, where).lower()

@@ -80,7 +80,10 @@ def build_tpm(config):
     from .state.store import DirStore, MemoryStore
 
     store = DirStore(config.state_dir) if config.state_dir else MemoryStore()
-    engine_config = EngineConfig(max_command_size=config.max_command_size)
+    engine_config = EngineConfig(max_command_size=config.max_command_size,
+                                 max_objects=config.max_objects,
+                                 max_sessions=config.max_sessions,
+                                 max_persistent=config.max_persistent)
     return Tpm.manufacture(Platform(store=store), config=engine_config)
 
 

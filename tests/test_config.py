@@ -31,8 +31,17 @@ def test_every_documented_default_equals_the_code(tmp_path):
     assert uncommented.count("\n") == text.count("\n")
     keys = re.findall(r"(?m)^(\w+) = ", uncommented)
     assert sorted(keys) == sorted(["mssim", "swtpm", "allow_remote", "stall_timeout",
-                                   "max_command_size", "level"])
+                                   "max_command_size", "max_objects", "max_sessions",
+                                   "max_persistent", "level"])
     assert load(write(tmp_path, uncommented)) == Config()
+
+
+@pytest.mark.parametrize("key", ["max_objects", "max_sessions", "max_persistent"])
+def test_limits(tmp_path, key):
+    assert getattr(load(write(tmp_path, f"[tpm]\n{key} = 200\n")), key) == 200
+    for bad in ("2", "5000", '"many"'):
+        with pytest.raises(ConfigError, match=key):
+            load(write(tmp_path, f"[tpm]\n{key} = {bad}\n"))
 
 
 def test_flags_override_the_file(tmp_path):
@@ -114,3 +123,10 @@ def test_config_is_frozen():
 def test_unix_paths_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load(swtpm=["unix:tpm.sock"]).swtpm == (Address(path=f"{tmp_path}/tpm.sock"),)
+
+
+def test_limits_reach_the_engine(tmp_path):
+    from ctpm.daemon import build_tpm
+    config = load(write(tmp_path, "[tpm]\nmax_objects = 5\nmax_sessions = 7\nmax_persistent = 9\n"))
+    engine = build_tpm(config).config
+    assert (engine.max_objects, engine.max_sessions, engine.max_persistent) == (5, 7, 9)
