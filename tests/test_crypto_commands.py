@@ -28,14 +28,13 @@ try:
 except ImportError:     # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB, OFB
 
-from ctpm.testing import blocking, manufacture_test_tpm, startup
-from ctpm.testing.plugin import tcti_string
+from ctpm.testing import manufacture_test_tpm, startup, with_esapi
 from tests.peers import Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, params, pw_session, rc, u16, u32
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
-from tpm2_pytss import ESAPI, ESYS_TR, TSS2_Exception  # noqa: E402
-from tpm2_pytss.constants import (TPM2_ALG, TPM2_RC, TPM2_RH, TPM2_ST, TPM2_SU,  # noqa: E402
+from tpm2_pytss import ESYS_TR, TSS2_Exception  # noqa: E402
+from tpm2_pytss.constants import (TPM2_ALG, TPM2_RC, TPM2_RH, TPM2_ST,  # noqa: E402
                                   TPMA_OBJECT)
 from tpm2_pytss.types import (TPM2B_ECC_POINT, TPM2B_PUBLIC, TPM2B_SENSITIVE,  # noqa: E402
                               TPM2B_SENSITIVE_CREATE, TPMS_ECC_POINT, TPMS_SENSITIVE_CREATE,
@@ -143,17 +142,6 @@ def test_the_independent_curve_code_agrees_with_openssl():
 
 
 # -- ESAPI plumbing ---------------------------------------------------------------------------
-
-async def with_esapi(server, scenario, kind="mssim"):
-    def run():
-        esapi = ESAPI(tcti_string(server, kind))
-        try:
-            esapi.startup(TPM2_SU.CLEAR)
-            return scenario(esapi)
-        finally:
-            esapi.close()
-    return await blocking(run)
-
 
 def template(spec, attrs):
     return TPM2B_PUBLIC(TPMT_PUBLIC.parse(spec, objectAttributes=attrs))

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..crypto import ecmath, keys, rsapad
 from ..errors import TpmError
-from ..wire.constants import TPM_RC
+from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT
 
 
 def is_public_only(obj) -> bool:
@@ -81,3 +81,22 @@ def ecc_public_key(obj):
     if not ecmath.on_curve(c, x, y):
         raise ValueError("point not on the curve")
     return ec.EllipticCurvePublicNumbers(x, y, c.cls()).public_key()
+
+
+def hmac_hash(obj, hash_alg) -> int:
+    """The hash an HMAC with this key uses (TPM2_HMAC, TPM2_HMAC_Start): the key must be an
+    unrestricted keyed-hash signing key; its scheme's hash wins, hashAlg (parameter 2) is
+    used when the scheme has none and must agree when it has one."""
+    public = obj.public
+    if public.type != TPM_ALG.KEYEDHASH:
+        raise TpmError(TPM_RC.TYPE, handle=1)
+    if public.objectAttributes & TPMA_OBJECT.RESTRICTED:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    if not public.objectAttributes & TPMA_OBJECT.SIGN_ENCRYPT:
+        raise TpmError(TPM_RC.KEY, handle=1)
+    require_private(obj)
+    scheme = public.parameters.scheme
+    alg = hash_alg if scheme.scheme == TPM_ALG.NULL else scheme.details.hashAlg
+    if hash_alg not in (TPM_ALG.NULL, alg) or alg == TPM_ALG.NULL:
+        raise TpmError(TPM_RC.VALUE, param=2)
+    return alg

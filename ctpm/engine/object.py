@@ -30,19 +30,26 @@ def _parent(tpm, handle):
     return obj
 
 
-def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, creation_pcr):
-    """Part 3 §24.1: the key is a function of the hierarchy's seed and the template."""
-    state = tpm.state
-    handle = free_object_handle(state)
+def _checked(parent_attrs, in_public, in_sensitive):
+    """The template checks of Create and CreatePrimary (errors name inPublic, parameter 2)
+    and the userAuth size check (inSensitive, parameter 1); returns inSensitive with the
+    userAuth as it will be kept."""
     try:
-        create_checks(None, in_public, len(in_sensitive.data))
+        create_checks(parent_attrs, in_public, len(in_sensitive.data))
     except TpmError as e:
         raise e.located(param=2)
     try:
         auth = create.adjust_auth(in_sensitive.userAuth, in_public.nameAlg)
     except TpmError as e:
         raise e.located(param=1)
-    in_sensitive = Container(in_sensitive, userAuth=auth)
+    return Container(in_sensitive, userAuth=auth)
+
+
+def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, creation_pcr):
+    """Part 3 §24.1: the key is a function of the hierarchy's seed and the template."""
+    state = tpm.state
+    handle = free_object_handle(state)
+    in_sensitive = _checked(None, in_public, in_sensitive)
     public, sensitive, key = primary_material(state, hierarchy, in_public, in_sensitive)
     raw = public_bytes(public)
     name = compute_name(public.nameAlg, raw)
@@ -85,15 +92,7 @@ def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, crea
     """Part 3 §12.1: a new ordinary object, returned protected by its parent."""
     state = tpm.state
     parent = _parent(tpm, parent_handle)
-    try:
-        create_checks(parent.attributes, in_public, len(in_sensitive.data))
-    except TpmError as e:
-        raise e.located(param=2)
-    try:
-        auth = create.adjust_auth(in_sensitive.userAuth, in_public.nameAlg)
-    except TpmError as e:
-        raise e.located(param=1)
-    in_sensitive = Container(in_sensitive, userAuth=auth)
+    in_sensitive = _checked(parent.attributes, in_public, in_sensitive)
     stream = keys.EntropyStream(state.drbg.generate)
     public, sensitive, _key = create.generate(in_public, in_sensitive, stream)
     raw = public_bytes(public)

@@ -11,6 +11,7 @@ from construct import Container
 from ..crypto import hashes
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
+from . import keyuse
 from .hash import _GENERATED, hashcheck_ticket, null_ticket
 from .objects import free_object_handle
 from .pcr import _check_extend, extend
@@ -75,22 +76,7 @@ def hash_sequence_start(tpm, ctx, auth, hash_alg):
 def hmac_start(tpm, ctx, key_handle, auth, hash_alg):
     """Part 3 §17.2: an HMAC sequence keyed by a keyed-hash signing key."""
     key = tpm.state.object(key_handle)
-    public = key.public
-    if public.type != TPM_ALG.KEYEDHASH:
-        raise TpmError(TPM_RC.TYPE, handle=1)
-    if public.objectAttributes & OA.RESTRICTED:
-        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
-    if not public.objectAttributes & OA.SIGN_ENCRYPT:
-        raise TpmError(TPM_RC.KEY, handle=1)
-    scheme = public.parameters.scheme
-    if scheme.scheme == TPM_ALG.NULL:
-        alg = hash_alg
-    else:
-        alg = scheme.details.hashAlg
-        if hash_alg not in (TPM_ALG.NULL, alg):
-            alg = TPM_ALG.NULL
-    if alg == TPM_ALG.NULL:
-        raise TpmError(TPM_RC.VALUE, param=2)
+    alg = keyuse.hmac_hash(key, hash_alg)
     mac = hmac_mod.new(key.sensitive.sensitive, digestmod=hashes.HASH_NAMES[alg])
     return (_start(tpm, "hmac", auth, {alg: mac}),)
 

@@ -101,26 +101,9 @@ def encrypt_decrypt2(tpm, ctx, key_handle, in_data, decrypt, mode, iv_in):
 
 
 def hmac_(tpm, ctx, handle, buffer, hash_alg):
-    """Part 3 §15.5: HMAC of a buffer with an unrestricted keyed-hash signing key; the hash
-    is the key's scheme's, or hashAlg if the key has none (they must not differ)."""
+    """Part 3 §15.5: HMAC of a buffer with an unrestricted keyed-hash signing key."""
     obj = tpm.state.object(handle)
-    public = obj.public
-    if public.type != TPM_ALG.KEYEDHASH:
-        raise TpmError(TPM_RC.TYPE, handle=1)
-    if obj.attributes & OA.RESTRICTED:
-        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
-    if not obj.attributes & OA.SIGN_ENCRYPT:
-        raise TpmError(TPM_RC.KEY, handle=1)
-    keyuse.require_private(obj)
-    scheme = public.parameters.scheme
-    if scheme.scheme == TPM_ALG.NULL:
-        alg = hash_alg
-    else:
-        alg = scheme.details.hashAlg
-        if hash_alg != TPM_ALG.NULL and hash_alg != alg:
-            alg = TPM_ALG.NULL
-    if alg == TPM_ALG.NULL:
-        raise TpmError(TPM_RC.VALUE, param=2)
+    alg = keyuse.hmac_hash(obj, hash_alg)
     return (hmac.new(obj.sensitive.sensitive, buffer, HASH_NAMES[alg]).digest(),)
 
 

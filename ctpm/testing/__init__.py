@@ -5,6 +5,8 @@
 - `ctpm.testing.process.run_daemon`: a real `ctpm run` subprocess on free ports.
 - `blocking(fn, *args)`: run a blocking call (tpm2-pytss) in a worker thread, so that the
   event loop can keep serving the in-process daemon that the call is talking to.
+- `with_esapi(listening, scenario, kind="mssim")`: run `scenario(esapi)` in a worker thread
+  with a fresh tpm2-pytss ESAPI connected to the in-process daemon, after TPM2_Startup.
 """
 import functools
 
@@ -17,6 +19,26 @@ async def blocking(fn, *args, **kwargs):
     import trio
 
     return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+async def with_esapi(listening, scenario, kind: str = "mssim"):
+    """`result = await with_esapi(ctpm_server, lambda esapi: esapi.get_random(8))`.
+
+    The ESAPI is opened over `kind` ("mssim" or "swtpm"), Startup(CLEAR) is sent (ESAPI
+    treats an already started TPM as success), and it is closed afterwards.
+    """
+    from .plugin import tcti_string
+
+    def run():
+        from tpm2_pytss import ESAPI
+        from tpm2_pytss.constants import TPM2_SU
+        esapi = ESAPI(tcti_string(listening, kind))
+        try:
+            esapi.startup(TPM2_SU.CLEAR)
+            return scenario(esapi)
+        finally:
+            esapi.close()
+    return await blocking(run)
 
 
 def manufacture_test_tpm(seed: bytes = TEST_SEED):

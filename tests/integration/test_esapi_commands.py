@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from ctpm.testing import blocking
+from ctpm.testing import blocking, with_esapi
 from ctpm.wire.commands import COMMANDS as CTPM_COMMANDS
 from ctpm.testing.plugin import tcti_string
 
@@ -20,18 +20,6 @@ from tpm2_pytss.types import (TPM2B_MAX_BUFFER, TPM2B_SENSITIVE_DATA, TPML_ALG, 
                               TPMT_PUBLIC, TPMT_PUBLIC_PARMS)
 
 TCTIS = ["mssim", "swtpm"]
-
-
-async def with_esapi(server, kind, scenario):
-    """Run `scenario(esapi)` in a worker thread on a started TPM; always close the ESAPI."""
-    def run():
-        esapi = ESAPI(tcti_string(server, kind))
-        try:
-            esapi.startup(TPM2_SU.CLEAR)
-            return scenario(esapi)
-        finally:
-            esapi.close()
-    return await blocking(run)
 
 
 def parms(spec: str) -> TPMT_PUBLIC_PARMS:
@@ -61,7 +49,7 @@ async def test_pcr_commands(ctpm_server, kind):
         return digest, events, counter_before, counter, selection, values, e.value.rc
 
     digest, events, counter_before, counter, selection, values, reset0 = \
-        await with_esapi(ctpm_server, kind, scenario)
+        await with_esapi(ctpm_server, scenario, kind)
     zero32, zero20 = bytes(32), bytes(20)
     ev256 = hashlib.sha256(b"event data").digest()
     ev1 = hashlib.sha1(b"event data").digest()
@@ -95,7 +83,7 @@ async def test_random_hash_clock_selftest(ctpm_server, kind):
         return r, out_hash, ticket, null_hash, null_ticket, t1, t2, todo, out, result
 
     r, out_hash, ticket, null_hash, null_ticket, t1, t2, todo, out, result = \
-        await with_esapi(ctpm_server, kind, scenario)
+        await with_esapi(ctpm_server, scenario, kind)
     assert len(r[0]) == 32 and r[0] != r[1]
     assert bytes(out_hash) == hashlib.sha384(b"abc").digest()
     assert ticket.hierarchy == ESYS_TR.OWNER or ticket.hierarchy == 0x40000001
@@ -123,7 +111,7 @@ async def test_capabilities_and_testparms(ctpm_server, kind):
             esapi.test_parms(rsa768)
         return more, cmds, pcrs, fixed, algs, handles, e.value.rc
 
-    more, cmds, pcrs, fixed, algs, handles, bad = await with_esapi(ctpm_server, kind, scenario)
+    more, cmds, pcrs, fixed, algs, handles, bad = await with_esapi(ctpm_server, scenario, kind)
     codes = {c & 0xFFFF for c in cmds.data.command}
     assert not more and codes == {int(c.code) for c in CTPM_COMMANDS}
     assert {0x144, 0x17E, 0x182, 0x176, 0x131} <= codes
@@ -147,7 +135,7 @@ async def test_shutdown_state_then_resume(ctpm_server, ctpm_tpm, kind):
         esapi.shutdown(TPM2_SU.STATE)
         return esapi.read_clock()
 
-    before = await with_esapi(ctpm_server, kind, scenario)
+    before = await with_esapi(ctpm_server, scenario, kind)
     ctpm_tpm.power_off()
     ctpm_tpm.power_on()
 

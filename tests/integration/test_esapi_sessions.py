@@ -4,12 +4,11 @@ import hashlib
 
 import pytest
 
-from ctpm.testing import blocking
-from ctpm.testing.plugin import tcti_string
+from ctpm.testing import with_esapi
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
-from tpm2_pytss import ESAPI, ESYS_TR, TSS2_Exception  # noqa: E402
-from tpm2_pytss.constants import TPM2_ALG, TPM2_CAP, TPM2_RC, TPM2_SE, TPM2_SU, TPMA_SESSION  # noqa: E402
+from tpm2_pytss import ESYS_TR, TSS2_Exception  # noqa: E402
+from tpm2_pytss.constants import TPM2_ALG, TPM2_CAP, TPM2_RC, TPM2_SE, TPMA_SESSION  # noqa: E402
 from tpm2_pytss.types import (TPM2B_MAX_BUFFER, TPM2B_SENSITIVE_DATA,  # noqa: E402
                               TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMT_SYM_DEF)
 
@@ -24,17 +23,6 @@ XOR_SHA256.keyBits.exclusiveOr = TPM2_ALG.SHA256
 NO_SYM = TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL)
 
 BOTH_WAYS = (TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT)
-
-
-async def run(server, kind, scenario):
-    def go():
-        esapi = ESAPI(tcti_string(server, kind))
-        try:
-            esapi.startup(TPM2_SU.CLEAR)
-            return scenario(esapi)
-        finally:
-            esapi.close()
-    return await blocking(go)
 
 
 def pcr(esapi, n, alg="sha256"):
@@ -61,7 +49,7 @@ async def test_encrypted_hmac_session(ctpm_server, kind, sym, bind, auth_hash):
         esapi.flush_context(session)
         return digests, randoms, bytes(out_hash), value
 
-    digests, randoms, out_hash, value = await run(ctpm_server, kind, scenario)
+    digests, randoms, out_hash, value = await with_esapi(ctpm_server, scenario, kind)
     event_sha256 = hashlib.sha256(b"measured through an encrypted session").digest()
     assert [bytes(d.digest.sha256) for d in digests if d.hashAlg == TPM2_ALG.SHA256] == [
         event_sha256]
@@ -86,7 +74,7 @@ async def test_hmac_session_without_encryption_and_flush(ctpm_server, kind):
         _, after = esapi.get_capability(TPM2_CAP.HANDLES, 0x02000000, 10)
         return handles, list(after.data.handles), pcr(esapi, 13)
 
-    handles, after, value = await run(ctpm_server, kind, scenario)
+    handles, after, value = await with_esapi(ctpm_server, scenario, kind)
     assert len(handles) == 1 and handles[0] >> 24 == 0x02 and after == []
     once = hashlib.sha256(bytes(32) + b"\x05" * 32).digest()
     assert value == hashlib.sha256(once + b"\x05" * 32).digest()
@@ -111,6 +99,6 @@ async def test_session_errors_through_esapi(ctpm_server, kind):
             codes.append(e.rc)
         return codes
 
-    codes = await run(ctpm_server, kind, scenario)
+    codes = await with_esapi(ctpm_server, scenario, kind)
     assert codes[0] == TPM2_RC.SYMMETRIC + TPM2_RC.S + TPM2_RC.RC1    # encrypt, symmetric NULL
     assert codes[1] == 0x70018     # ESAPI itself: TSS2_ESYS_RC_BAD_TR, the session is gone
