@@ -332,7 +332,9 @@ def test_ecc_deterministic_and_unsupported():
     assert ecc_private_from_stream(drbg(), P256) == a
     assert ecc_private_from_stream(drbg(seed=SEED[::-1]), P256) != a
     assert ecc_private_from_stream(drbg(), P384) != a
-    for curve in (TPM_ECC_CURVE.BN_P256, TPM_ECC_CURVE.SM2_P256, 0x99):
+    assert 0 < ecc_private_from_stream(drbg(), TPM_ECC_CURVE.BN_P256) < ECC_CURVES[
+        TPM_ECC_CURVE.BN_P256].order
+    for curve in (TPM_ECC_CURVE.BN_P638, TPM_ECC_CURVE.SM2_P256, 0x99):
         with pytest.raises(ValueError):
             ecc_private_from_stream(drbg(), curve)
     with pytest.raises(ValueError):

@@ -606,8 +606,8 @@ def _sym(pytss_sym):
 
 @pytest.mark.parametrize("inner", [False, True], ids=["outer-only", "inner-and-outer"])
 def test_duplicate_handler_output_unwraps_with_pytss(inner):
-    """TPM2_Duplicate's semantics, driven directly (its DUP-role authorization needs a policy
-    session, which ctpm cannot start yet): the blob opens with tpm2-pytss' unwrap and imports
+    """TPM2_Duplicate's semantics, driven directly (the DUP role with a policy session is
+    in test_policy.py and test_tools_duplication.py): the blob opens with tpm2-pytss' unwrap and imports
     back under the new parent."""
     tpm = started()
     root, _ = primary_public(tpm.execute(create_primary(RH_OWNER, template())))
@@ -720,7 +720,7 @@ def test_ecc_parameters_are_the_nist_curves():
             ec.derive_private_key(n, cls())
         ec.derive_private_key(n - 1, cls())
         assert bytes(d.h) == b"\x01"
-    assert rc(tpm.execute(cmd(0x178, u16(0x0010)))) == 0x1E6      # BN P-256: CURVE, P1
+    assert rc(tpm.execute(cmd(0x178, u16(0x0011)))) == 0x1E6      # BN P-638: CURVE, P1
 
 
 @needs_swtpm

@@ -632,8 +632,8 @@ REJECTED = [
     # parameters (the checks of structures.py, reached through TPMT_PUBLIC)
     bad("TPMT_PUBLIC-rsa-keyBits-768", "TPMT_PUBLIC",
         pub(parms=SYM0 + u16(NULL) + u16(768) + u32(0)), TPM_RC.VALUE),
-    bad("TPMT_PUBLIC-ecc-curve-bn256", "TPMT_PUBLIC",
-        pub(A.ECC, parms=SYM0 + u16(NULL) + u16(0x10) + u16(NULL)), TPM_RC.CURVE),
+    bad("TPMT_PUBLIC-ecc-curve-bn638", "TPMT_PUBLIC",
+        pub(A.ECC, parms=SYM0 + u16(NULL) + u16(0x11) + u16(NULL)), TPM_RC.CURVE),
     bad("TPMT_PUBLIC-ecc-scheme-rsassa", "TPMT_PUBLIC",
         pub(A.ECC, parms=SYM0 + u16(A.RSASSA) + u16(SHA256)), TPM_RC.SCHEME),
     bad("TPMT_PUBLIC-symcipher-null", "TPMT_PUBLIC", pub(A.SYMCIPHER, parms=u16(NULL)),
@@ -673,7 +673,7 @@ REJECTED = [
     bad("TPM2B_ID_OBJECT-133", "TPM2B_ID_OBJECT", b2(pattern(133)), TPM_RC.SIZE),
     # Part 2 §11.2.1.5 TPMT_SIG_SCHEME: TPMI_ALG_SIG_SCHEME+ -> TPM_RC_SCHEME
     *[bad(f"TPMT_SIG_SCHEME-{n}", "TPMT_SIG_SCHEME", u16(s) + u16(SHA256), TPM_RC.SCHEME)
-      for n, s in (("rsaes", A.RSAES), ("oaep", A.OAEP), ("ecdh", A.ECDH), ("ecdaa", A.ECDAA),
+      for n, s in (("rsaes", A.RSAES), ("oaep", A.OAEP), ("ecdh", A.ECDH),
                    ("sm2", A.SM2), ("xor", A.XOR), ("sha256", SHA256), ("0x99", 0x99))],
     bad("TPMT_SIG_SCHEME-rsassa-hash-null", "TPMT_SIG_SCHEME", u16(A.RSASSA) + u16(NULL),
         TPM_RC.HASH),
@@ -746,7 +746,7 @@ REJECTED = [
                              ("TPMU_PUBLIC_ID", "type", SHA256),
                              ("TPMU_SENSITIVE_COMPOSITE", "sensitiveType", A.HMAC),
                              ("TPMU_SIG_SCHEME", "scheme", A.RSAES),
-                             ("TPMU_SIG_SCHEME", "scheme", A.ECDAA),
+                             ("TPMU_SIG_SCHEME", "scheme", A.SM2),
                              ("TPMU_SIGNATURE", "sigAlg", A.ECDH),
                              ("TPMU_SIGNATURE", "sigAlg", 0x99))],
 ]

@@ -361,7 +361,7 @@ REJECTED = [
                              ("TPMU_SCHEME_KEYEDHASH", "scheme", A.RSASSA),
                              ("TPMU_PUBLIC_PARMS", "type", A.SHA1))],
     # curves, symmetric algorithms, modes, key sizes, public types
-    bad("ECC-curve-bnp256", S.TPMT_PUBLIC_PARMS, ECC_HDR + u16(0x10) + u16(NULL), TPM_RC.CURVE),
+    bad("ECC-curve-bnp638", S.TPMT_PUBLIC_PARMS, ECC_HDR + u16(0x11) + u16(NULL), TPM_RC.CURVE),
     bad("ECC-curve-none", S.TPMT_PUBLIC_PARMS, ECC_HDR + u16(C.NONE) + u16(NULL), TPM_RC.CURVE),
     bad("ECC-kdf-bad", S.TPMT_PUBLIC_PARMS, ECC_HDR + u16(C.NIST_P256) + u16(A.SHA256),
         TPM_RC.KDF),

@@ -10,9 +10,18 @@ does one square root and one point addition on public values.
 
 Points are affine `(x, y)` tuples of ints; `None` is the point at infinity. Every curve here
 has prime order n and a field prime p = 3 (mod 4).
+
+TPM_ECC_BN_P256 (the Barreto-Naehrig curve y^2 = x^3 + 3 of the ECDAA schemes, parameters
+from the reference's EccConstantData.inl) is unknown to OpenSSL: its `cls` is None and its
+point multiplications run here in Python with GMP integers (Jacobian coordinates, a
+Montgomery ladder - the same sequence of operations for every scalar of a size, though the
+integer arithmetic is not constant time; about 2 ms a multiplication). That curve is for the anonymous schemes; its keys are less protected from
+timing than the NIST curves' keys.
 """
 import types
 from typing import NamedTuple
+
+import gmpy2
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -20,7 +29,7 @@ from ..wire.constants import TPM_ECC_CURVE
 
 
 class Curve(NamedTuple):
-    cls: type          # cryptography curve class
+    cls: type          # cryptography curve class (None: Python arithmetic, BN_P256)
     p: int             # field prime
     a: int
     b: int
@@ -72,6 +81,15 @@ CURVES = types.MappingProxyType({
         gy=_h("0118 39296A78 9A3BC004 5C8A5FB4 2C7D1BD9 98F54449 579B4468 17AFBD17 273E662C"
               "97EE7299 5EF42640 C550B901 3FAD0761 353C7086 A272C240 88BE9476 9FD16650"),
         size=66),
+    TPM_ECC_CURVE.BN_P256: Curve(
+        None,
+        p=_h("FFFFFFFF FFFCF0CD 46E5F25E EE71A49F 0CDC65FB 12980A82 D3292DDB AED33013"),
+        a=0,
+        b=3,
+        n=_h("FFFFFFFF FFFCF0CD 46E5F25E EE71A49E 0CDC65FB 1299921A F62D536C D10B500D"),
+        gx=1,
+        gy=2,
+        size=32),
 })
 
 
@@ -111,8 +129,70 @@ def add(c: Curve, p1, p2):
     return x3, (lam * (x1 - x3) - y1) % p
 
 
+def _jdouble(c: Curve, pt):
+    x, y, z = pt
+    if not y or not z:
+        return (1, 1, 0)
+    p = c.p
+    yy = y * y % p
+    s = 4 * x * yy % p
+    m = 3 * x * x % p
+    if c.a:
+        m = (m + c.a * pow(z, 4, p)) % p
+    x3 = (m * m - 2 * s) % p
+    return x3, (m * (s - x3) - 8 * yy * yy) % p, 2 * y * z % p
+
+
+def _jadd(c: Curve, p1, p2):
+    if not p1[2]:
+        return p2
+    if not p2[2]:
+        return p1
+    p = c.p
+    x1, y1, z1 = p1
+    x2, y2, z2 = p2
+    z1z1 = z1 * z1 % p
+    z2z2 = z2 * z2 % p
+    u1 = x1 * z2z2 % p
+    u2 = x2 * z1z1 % p
+    s1 = y1 * z2 * z2z2 % p
+    s2 = y2 * z1 * z1z1 % p
+    h = (u2 - u1) % p
+    r = (s2 - s1) % p
+    if not h:
+        return _jdouble(c, p1) if not r else (1, 1, 0)
+    hh = h * h % p
+    hhh = h * hh % p
+    v = u1 * hh % p
+    x3 = (r * r - hhh - 2 * v) % p
+    return x3, (r * (v - x3) - s1 * hhh) % p, z1 * z2 * h % p
+
+
+def _py_mul(c: Curve, k: int, q):
+    """[k]Q in Python (Montgomery ladder over the order's bit length)."""
+    k %= c.n
+    if not k or q is None:
+        return None
+    one, zero = gmpy2.mpz(1), gmpy2.mpz(0)
+    r0, r1 = (one, one, zero), (gmpy2.mpz(q[0]), gmpy2.mpz(q[1]), one)
+    for i in reversed(range(c.n.bit_length())):
+        if (k >> i) & 1:
+            r0, r1 = _jadd(c, r0, r1), _jdouble(c, r1)
+        else:
+            r0, r1 = _jdouble(c, r0), _jadd(c, r0, r1)
+    x, y, z = r0
+    if not z:
+        return None
+    p = c.p
+    zi = pow(int(z), -1, p)
+    zi2 = zi * zi % p
+    return int(x) * zi2 % p, int(y) * zi2 * zi % p
+
+
 def mul_base(c: Curve, k: int):
     """[k]G for 1 <= k < n, both coordinates (OpenSSL)."""
+    if c.cls is None:
+        return _py_mul(c, k, (c.gx, c.gy))
     pub = ec.derive_private_key(k, c.cls()).public_key().public_numbers()
     return pub.x, pub.y
 
@@ -126,6 +206,8 @@ def mul(c: Curve, k: int, q, peer=None):
 
     `peer` may pass Q as a `cryptography` public key already made (it validates Q).
     """
+    if c.cls is None:
+        return _py_mul(c, k, q)
     n, p = c.n, c.p
     k %= n
     if k == 0:

@@ -34,6 +34,7 @@ import gmpy2
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..wire.constants import TPM_ECC_CURVE
+from . import ecmath
 from .hashes import HASH_NAMES
 
 TPM_MAX_DERIVATION_BITS = 8192   # Part 2, TPM_CONSTANTS32
@@ -251,7 +252,8 @@ def rsa_numbers(key):
 # ---------------------------------------------------------------------------------- ECC
 
 class _Curve(NamedTuple):
-    """A NIST curve: its `cryptography` class, coordinate size in bytes and order n."""
+    """A curve: its `cryptography` class (None: not in OpenSSL, keys are `EccSoftPrivateKey`),
+    coordinate size in bytes and order n."""
     cls: type
     size: int
     order: int
@@ -270,10 +272,73 @@ ECC_CURVES = types.MappingProxyType({
         order=int("01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
                   "FA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
                   16)),
+    TPM_ECC_CURVE.BN_P256: _Curve(
+        cls=None, size=32, order=ecmath.CURVES[TPM_ECC_CURVE.BN_P256].n),
 })
 """TPM_ECC_CURVE -> curve data, for the curves implemented here (read-only)."""
 
-_CURVE_BY_NAME = types.MappingProxyType({c.cls.name: cid for cid, c in ECC_CURVES.items()})
+_CURVE_BY_NAME = types.MappingProxyType({c.cls.name: cid for cid, c in ECC_CURVES.items()
+                                         if c.cls is not None})
+
+
+class _SoftCurve(NamedTuple):
+    name: str
+    curve_id: int
+
+
+class _SoftNumbers(NamedTuple):
+    x: int
+    y: int
+
+
+class _SoftPrivateNumbers(NamedTuple):
+    private_value: int
+
+
+class EccSoftPublicKey:
+    """A public point on a curve OpenSSL does not know (BN_P256), with the few methods of a
+    `cryptography` EC public key that ctpm uses (`public_numbers`, `curve`)."""
+
+    __slots__ = ("curve", "_xy")
+
+    def __init__(self, curve_id, x: int, y: int):
+        self.curve = _SoftCurve(TPM_ECC_CURVE(curve_id).name, int(curve_id))
+        self._xy = _SoftNumbers(int(x), int(y))
+
+    def public_numbers(self):
+        return self._xy
+
+
+class EccSoftPrivateKey:
+    """A private scalar on a curve OpenSSL does not know, with the methods of a
+    `cryptography` EC private key ctpm uses (`private_numbers`, `public_key`, `exchange`
+    for ECDH: the x-coordinate of [d]Q, big-endian, the coordinate size)."""
+
+    __slots__ = ("curve", "_d", "_pub")
+
+    def __init__(self, curve_id, d: int):
+        c = ecmath.curve(curve_id)
+        if not 0 < d < c.n:
+            raise ValueError("private scalar out of range")
+        self.curve = _SoftCurve(TPM_ECC_CURVE(curve_id).name, int(curve_id))
+        self._d = int(d)
+        self._pub = EccSoftPublicKey(curve_id, *ecmath.mul_base(c, d))
+
+    def private_numbers(self):
+        return _SoftPrivateNumbers(self._d)
+
+    def public_key(self):
+        return self._pub
+
+    def exchange(self, algorithm, peer) -> bytes:
+        c = ecmath.curve(self.curve.curve_id)
+        if getattr(peer, "curve", None) != self.curve:
+            raise ValueError("peer key on another curve")
+        q = peer.public_numbers()
+        z = ecmath.mul(c, self._d, (q.x, q.y))
+        if z is None:
+            raise ValueError("ECDH result is the point at infinity")
+        return z[0].to_bytes(c.size, "big")
 
 
 def _curve(curve) -> _Curve:
@@ -302,8 +367,12 @@ def ecc_private_from_stream(stream, curve) -> int:
 
 
 def ecc_private_key(curve, d: int) -> ec.EllipticCurvePrivateKey:
-    """A `cryptography` private key for d on a TPM_ECC_CURVE (ValueError unless 1 <= d < n)."""
-    return ec.derive_private_key(int(d), _curve(curve).cls())
+    """A `cryptography` private key for d on a TPM_ECC_CURVE (ValueError unless 1 <= d < n);
+    an `EccSoftPrivateKey` on a curve OpenSSL does not have."""
+    cls = _curve(curve).cls
+    if cls is None:
+        return EccSoftPrivateKey(curve, int(d))
+    return ec.derive_private_key(int(d), cls())
 
 
 def ecc_public_key(curve, x, y) -> ec.EllipticCurvePublicKey:
@@ -313,11 +382,18 @@ def ecc_public_key(curve, x, y) -> ec.EllipticCurvePublicKey:
         x = int.from_bytes(x, "big")
     if isinstance(y, (bytes, bytearray)):
         y = int.from_bytes(y, "big")
-    return ec.EllipticCurvePublicNumbers(x, y, _curve(curve).cls()).public_key()
+    cls = _curve(curve).cls
+    if cls is None:
+        if not ecmath.on_curve(ecmath.curve(curve), x, y):
+            raise ValueError("point not on the curve")
+        return EccSoftPublicKey(curve, x, y)
+    return ec.EllipticCurvePublicNumbers(x, y, cls()).public_key()
 
 
 def ecc_curve_of(key):
     """The TPM_ECC_CURVE of a `cryptography` EC key (ValueError for other curves)."""
+    if isinstance(key, (EccSoftPrivateKey, EccSoftPublicKey)):
+        return key.curve.curve_id
     try:
         return _CURVE_BY_NAME[key.curve.name]
     except KeyError:
@@ -328,7 +404,7 @@ def ecc_public_xy(key):
     """The public point of a `cryptography` EC key (private or public) as fixed-length
     big-endian (x, y) - each the curve's coordinate size, as TPMS_ECC_POINT carries them
     (the reference's TpmEcc_PointTo2B pads to the size of the field prime)."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    if isinstance(key, (ec.EllipticCurvePrivateKey, EccSoftPrivateKey)):
         key = key.public_key()
     size = ecc_coordinate_size(ecc_curve_of(key))
     pub = key.public_numbers()
@@ -354,7 +430,8 @@ def int_to_bytes(value: int, size: int) -> bytes:
 __all__ = [
     "TPM_MAX_DERIVATION_BITS", "KdfDrbg", "EntropyStream", "rsa_from_stream", "rsa_exponent_ok",
     "rsa_private_from_prime", "rsa_private_key", "rsa_public_key", "rsa_numbers",
-    "ECC_CURVES", "ecc_coordinate_size", "ecc_private_from_stream", "ecc_private_key",
+    "ECC_CURVES", "EccSoftPrivateKey", "EccSoftPublicKey", "ecc_coordinate_size",
+    "ecc_private_from_stream", "ecc_private_key",
     "ecc_public_key", "ecc_curve_of", "ecc_public_xy", "ecc_private_bytes",
     "ecc_private_value", "int_to_bytes",
 ]

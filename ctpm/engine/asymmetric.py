@@ -1,4 +1,5 @@
-"""Part 3 §14: asymmetric primitives (RSA_Encrypt, RSA_Decrypt, ECDH_KeyGen, ECDH_ZGen).
+"""Part 3 §14: asymmetric primitives (RSA_Encrypt, RSA_Decrypt, ECDH_KeyGen, ECDH_ZGen,
+ZGen_2Phase, EC_Ephemeral).
 
 RSA paddings: RSAES-PKCS1-v1_5, OAEP (the label is hashed as given; a TPM label must be
 empty or end in a zero byte), and TPM_ALG_NULL, the raw RSA operation. The scheme is the
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from ..crypto import ecmath, keys, rsapad
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
-from . import keyuse
+from . import ecdaa, keyuse
 
 _CHASH = {TPM_ALG.SHA1: chashes.SHA1, TPM_ALG.SHA256: chashes.SHA256,
           TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512}
@@ -139,4 +140,63 @@ def ecdh_zgen(tpm, ctx, key_handle, in_point):
     return (_point(c, ecmath.mul(c, d, p)),)
 
 
-__all__ = ["select_rsa_scheme", "rsa_encrypt", "rsa_decrypt", "ecdh_keygen", "ecdh_zgen"]
+def _in_point(p):
+    return int.from_bytes(p.x, "big"), int.from_bytes(p.y, "big")
+
+
+def zgen_2phase(tpm, ctx, key_a, in_qs_b, in_qe_b, in_scheme, counter):
+    """Part 3 §14.7: the TPM's half of a two-phase key exchange (SP 800-56A C(2e, 2s)) with
+    the static key keyA and the ephemeral key of an EC_Ephemeral commitment `counter`.
+    ECDH (the only scheme here): Z1 = [dsA]QsB, Z2 = [deA]QeB."""
+    obj = tpm.state.object(key_a)
+    public = obj.public
+    if public.type != TPM_ALG.ECC:
+        raise TpmError(TPM_RC.KEY, handle=1)
+    if public.objectAttributes & OA.RESTRICTED or not public.objectAttributes & OA.DECRYPT:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    scheme = public.parameters.scheme.scheme
+    if scheme != TPM_ALG.NULL:
+        if scheme != in_scheme:
+            raise TpmError(TPM_RC.SCHEME, param=3)
+    else:
+        scheme = in_scheme
+    if scheme == TPM_ALG.NULL:
+        raise TpmError(TPM_RC.SCHEME, param=3)
+    keyuse.require_private(obj)
+    curve_id = public.parameters.curveID
+    c = keyuse.ecc_curve(obj)
+    qs = _in_point(in_qs_b)
+    if not ecmath.on_curve(c, *qs):
+        raise TpmError(TPM_RC.ECC_POINT, param=1)
+    qe = _in_point(in_qe_b)
+    if not ecmath.on_curve(c, *qe):
+        raise TpmError(TPM_RC.ECC_POINT, param=2)
+    r = ecdaa.generate_r(tpm, curve_id, b"", counter)
+    if r is None:
+        raise TpmError(TPM_RC.VALUE, param=4)
+    if scheme != TPM_ALG.ECDH:
+        raise TpmError(TPM_RC.SCHEME, param=3)
+    z1 = ecmath.mul(c, keyuse.ecc_scalar(obj), qs)
+    z2 = ecmath.mul(c, r, qe)
+    if z1 is None or z2 is None:
+        raise TpmError(TPM_RC.NO_RESULT)
+    ecdaa.end_commit(tpm, counter)
+    return (_point(c, z1), _point(c, z2))
+
+
+def ec_ephemeral(tpm, ctx, curve_id):
+    """Part 3 §14.8: an ephemeral public point Q = [r]G of a new commitment, for
+    ZGen_2Phase; r stays in the TPM, reachable only through the counter."""
+    c = ecmath.curve(curve_id)
+    while True:
+        r = ecdaa.generate_r(tpm, curve_id)
+        if r is None:
+            raise TpmError(TPM_RC.NO_RESULT)
+        q = ecmath.mul_base(c, r)
+        counter = ecdaa.commit(tpm)      # also when [r]G is infinity: that r is skipped
+        if q is not None:
+            return (_point(c, q), counter)
+
+
+__all__ = ["select_rsa_scheme", "rsa_encrypt", "rsa_decrypt", "ecdh_keygen", "ecdh_zgen",
+           "zgen_2phase", "ec_ephemeral"]

@@ -11,6 +11,7 @@ from ..wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
 from .context import max_active_sessions, saved_session_handles
+from .ecdaa import COMMIT_ARRAY_BITS
 from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
@@ -33,6 +34,7 @@ ALGORITHMS = {
     TPM_ALG.ECDSA: A.ASYMMETRIC | A.SIGNING,
     TPM_ALG.ECDH: A.ASYMMETRIC | A.METHOD,
     TPM_ALG.ECSCHNORR: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.ECDAA: A.ASYMMETRIC | A.SIGNING,
     TPM_ALG.KDF1_SP800_56A: A.HASH | A.METHOD,
     TPM_ALG.KDF1_SP800_108: A.HASH | A.METHOD,
     TPM_ALG.ECC: A.ASYMMETRIC | A.OBJECT,
@@ -106,7 +108,7 @@ def tpm_properties(tpm):
         TPM_PT.PS_REVISION: 0x105,
         TPM_PT.PS_DAY_OF_YEAR: 0,
         TPM_PT.PS_YEAR: 0,
-        TPM_PT.SPLIT_MAX: 0,
+        TPM_PT.SPLIT_MAX: COMMIT_ARRAY_BITS,     # outstanding Commit/EC_Ephemeral counts
         TPM_PT.TOTAL_COMMANDS: len(tpm.dispatcher.table),
         TPM_PT.LIBRARY_COMMANDS: len(tpm.dispatcher.table),
         TPM_PT.VENDOR_COMMANDS: 0,

@@ -16,7 +16,7 @@ from ..errors import TpmError
 from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
-from . import handlers
+from . import ea, handlers
 from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, response_hmac,
                        rp_hash)
 
@@ -233,6 +233,11 @@ class Dispatcher:
         tpm = self.tpm
         names = [tpm.entity_name(h) for h in handles]
         cp_hashes = {}
+
+        def cp_of(alg):
+            if alg not in cp_hashes:
+                cp_hashes[alg] = cp_hash(alg, code, names, raw)
+            return cp_hashes[alg]
         decrypt = next((e for e in sessions if e.decrypt), None)
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
@@ -253,17 +258,25 @@ class Dispatcher:
                 if not e.attrs & (TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT):
                     raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
             elif session.kind == TPM_SE.POLICY:
-                # No entity has an authPolicy yet (they come with SetPrimaryPolicy & co.),
-                # so a policy cannot authorize it (as the reference TPM answers).
-                raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
+                # Part 1 §19.7: the entity's authPolicy and the session's other conditions
+                # (the reference's IsAuthPolicyAvailable and CheckPolicyAuthSession) ...
+                try:
+                    ea.check_policy_session(tpm, code, session, e.entity, role, cp_of, names)
+                except TpmError as err:
+                    raise err.located(session=idx) from None
+                e.include_auth = session.is_auth_value_needed or session.is_password_needed
+                if session.is_password_needed:  # ... then PolicyPassword's cleartext auth
+                    expected = tpm.entity_auth_value(e.entity)
+                    if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
+                        raise self._auth_failure(e.entity, idx)
+                    continue
             else:
                 e.include_auth = session.bound != bind_value(tpm, e.entity)
             key = session.session_key + (self._auth_of(e) if e.include_auth else b"")
             if not key and not e.auth:
                 continue                       # Part 1 §19.6.5: empty key, empty HMAC
             alg = session.auth_hash
-            if alg not in cp_hashes:
-                cp_hashes[alg] = cp_hash(alg, code, names, raw)
+            cp_of(alg)
             extra = []
             if idx == 1 and e.entity is not None:
                 if decrypt is not None and decrypt is not e:
@@ -334,8 +347,8 @@ class Dispatcher:
                 areas.append(_PW_RESPONSE_AUTH)
                 continue
             key = session.session_key + (self._auth_of(e) if e.include_auth else b"")
-            if not key and not e.auth:
-                mac = b""
+            if not key and not e.auth or session.is_password_needed:
+                mac = b""          # (PolicyPassword: no HMAC in the response either)
             else:
                 alg = session.auth_hash
                 if alg not in rp_hashes:
@@ -345,6 +358,9 @@ class Dispatcher:
                          + bytes((e.attrs,)) + _U16.pack(len(mac)) + mac)
             if not e.attrs & TPMA_SESSION.CONTINUESESSION:
                 self.tpm.state.sessions.pop(session.handle, None)
+            elif session.kind == TPM_SE.POLICY:
+                # a policy is good for one command (the reference's UpdateInternalSession)
+                ea.reset_policy(session, self.tpm.state.time())
         auth = b"".join(areas)
         size = 10 + len(rhandle) + 4 + len(body) + len(auth)
         return b"".join((_HDR.pack(TPM_ST.SESSIONS, size, 0), rhandle,

@@ -6,6 +6,8 @@ reference's curve table) and no signing scheme, then p, a, b, gX, gY, n, h big-e
 a, b, gX and gY as long as p, n and h in as few bytes as they need. That is what swtpm
 (libtpms) answers - P-521's b is 66 bytes with a leading zero; the 1.83 reference would
 send a and b in as few bytes as they need (65 for that b).
+a goes in as few bytes as it needs but at least one (libtpms: BN_P256's a = 0 is one zero
+byte; every NIST curve's a is as long as p anyway).
 An unimplemented curve is refused by TPMI_ECC_CURVE (TPM_RC_CURVE) before this runs.
 """
 from construct import Container
@@ -16,7 +18,8 @@ from ..wire.constants import TPM_ALG, TPM_ECC_CURVE
 _KDF_HASH = {TPM_ECC_CURVE.NIST_P256: TPM_ALG.SHA256,
              TPM_ECC_CURVE.NIST_P384: TPM_ALG.SHA384,
              TPM_ECC_CURVE.NIST_P521: TPM_ALG.SHA512}
-_COFACTOR = 1                           # every NIST prime curve
+_COFACTOR = 1                           # every NIST prime curve, and BN_P256
+# BN_P256 has no default KDF (the reference's curve table: TPM_ALG_NULL)
 
 
 def _minimal(v: int) -> bytes:
@@ -28,10 +31,11 @@ def curve_details(curve_id) -> Container:
     size = len(_minimal(c.p))
     return Container(
         curveID=int(curve_id), keySize=c.p.bit_length(),
-        kdf=Container(scheme=TPM_ALG.KDF1_SP800_56A,
-                      details=Container(hashAlg=_KDF_HASH[curve_id])),
+        kdf=(Container(scheme=TPM_ALG.KDF1_SP800_56A,
+                       details=Container(hashAlg=_KDF_HASH[curve_id]))
+             if curve_id in _KDF_HASH else Container(scheme=TPM_ALG.NULL, details=Container())),
         sign=Container(scheme=TPM_ALG.NULL, details=Container()),
-        p=c.p.to_bytes(size, "big"), a=c.a.to_bytes(size, "big"), b=c.b.to_bytes(size, "big"),
+        p=c.p.to_bytes(size, "big"), a=_minimal(c.a) or b"\0", b=c.b.to_bytes(size, "big"),
         gX=c.gx.to_bytes(size, "big"), gY=c.gy.to_bytes(size, "big"),
         n=_minimal(c.n), h=_minimal(_COFACTOR))
 

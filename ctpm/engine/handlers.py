@@ -1,10 +1,11 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
+from . import ea
 from . import (capability, clock, context, hash, object, pcr, persistent, random, sequence,
                sessions, startup, testing)
 from . import asymmetric, external, signature, symmetric
-from . import credential, duplication, ecc
+from . import credential, duplication, ecc, ecdaa
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -26,6 +27,9 @@ _FUNCTIONS = {
     TPM_CC.RSA_Decrypt: asymmetric.rsa_decrypt,
     TPM_CC.ECDH_KeyGen: asymmetric.ecdh_keygen,
     TPM_CC.ECDH_ZGen: asymmetric.ecdh_zgen,
+    TPM_CC.ZGen_2Phase: asymmetric.zgen_2phase,
+    TPM_CC.EC_Ephemeral: asymmetric.ec_ephemeral,
+    TPM_CC.Commit: ecdaa.commit_,
     TPM_CC.EncryptDecrypt: symmetric.encrypt_decrypt,
     TPM_CC.EncryptDecrypt2: symmetric.encrypt_decrypt2,
     TPM_CC.HMAC: symmetric.hmac_,
@@ -48,6 +52,17 @@ _FUNCTIONS = {
     TPM_CC.SequenceUpdate: sequence.sequence_update,
     TPM_CC.SequenceComplete: sequence.sequence_complete,
     TPM_CC.EventSequenceComplete: sequence.event_sequence_complete,
+    TPM_CC.PolicySecret: ea.policy_secret,
+    TPM_CC.PolicyOR: ea.policy_or,
+    TPM_CC.PolicyPCR: ea.policy_pcr,
+    TPM_CC.PolicyCommandCode: ea.policy_command_code,
+    TPM_CC.PolicyCpHash: ea.policy_cp_hash,
+    TPM_CC.PolicyNameHash: ea.policy_name_hash,
+    TPM_CC.PolicyDuplicationSelect: ea.policy_duplication_select,
+    TPM_CC.PolicyAuthValue: ea.policy_auth_value,
+    TPM_CC.PolicyPassword: ea.policy_password,
+    TPM_CC.PolicyGetDigest: ea.policy_get_digest,
+    TPM_CC.PolicyRestart: ea.policy_restart,
     TPM_CC.PCR_Extend: pcr.pcr_extend,
     TPM_CC.PCR_Event: pcr.pcr_event,
     TPM_CC.PCR_Read: pcr.pcr_read,

@@ -65,7 +65,7 @@ def ecc_scalar(obj) -> int:
 
 def ecc_private_key(obj) -> ec.EllipticCurvePrivateKey:
     key = obj.key
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, keys.EccSoftPrivateKey)):
         try:
             key = keys.ecc_private_key(obj.public.parameters.curveID, ecc_scalar(obj))
         except ValueError:
@@ -80,6 +80,8 @@ def ecc_public_key(obj):
     x, y = ecc_point(obj)
     if not ecmath.on_curve(c, x, y):
         raise ValueError("point not on the curve")
+    if c.cls is None:
+        return keys.ecc_public_key(obj.public.parameters.curveID, x, y)
     return ec.EllipticCurvePublicNumbers(x, y, c.cls()).public_key()
 
 

@@ -3,7 +3,7 @@ Part 1 §19 (HMACs, nonces, parameter encryption) that the dispatcher applies to
 
 Implemented: HMAC sessions, unbound or bound, unsalted; parameter encryption with AES-CFB
 and XOR in both directions; policy and trial sessions as objects (their policy commands
-come with the policy issue). Salted sessions need loaded keys and arrive with them; audit
+are in engine/ea.py). Salted sessions need loaded keys and arrive with them; audit
 sessions with command audit.
 """
 import hmac
@@ -35,6 +35,16 @@ class Session:
     nonce_tpm: bytes
     bound: bytes | None           # Name || authValue of the bind entity (Part 1 §19.6.10)
     policy_digest: bytes
+    # policy session conditions (engine/ea.py; the reference's SESSION u1/attributes)
+    command_code: int = 0         # PolicyCommandCode / PolicyDuplicationSelect, 0: any
+    cp_hash: bytes = b""          # cpHash or nameHash, as the two flags say
+    is_cp_hash: bool = False
+    is_name_hash: bool = False
+    is_auth_value_needed: bool = False    # PolicyAuthValue
+    is_password_needed: bool = False      # PolicyPassword
+    pcr_counter: int = 0          # pcrUpdateCounter when PolicyPCR ran, 0: no PCR policy
+    timeout: int = 0              # TPM time (ms) after which the policy fails, 0: none
+    start_time: int = 0           # TPM time of the start (or last reset) of the policy
 
     @property
     def digest_size(self):
@@ -74,7 +84,7 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
         session_key=session_key, nonce_tpm=nonce_tpm,
         bound=bind_value(tpm, bind) if bind != TPM_RH.NULL and session_type == TPM_SE.HMAC
         else None,
-        policy_digest=b"\0" * size)
+        policy_digest=b"\0" * size, start_time=state.time())
     return (handle, nonce_tpm)
 
 

@@ -3,7 +3,9 @@
 `select_sign_scheme`, `sign_digest` and `validate_signature` are the reference's
 CryptSelectSignScheme, CryptSign and CryptValidateSignature, for the attestation commands
 to share. Schemes: RSASSA (PKCS #1 v1.5), RSAPSS (salt = the hash length, or what fits),
-ECDSA, ECSCHNORR (the reference's TpmEcc_SignEcSchnorr), HMAC with keyed-hash keys.
+ECDSA, ECSCHNORR (the reference's TpmEcc_SignEcSchnorr), ECDAA (engine/ecdaa.py; signing
+only - the reference's CryptValidateSignature refuses it with TPM_RC_SCHEME, so does this),
+HMAC with keyed-hash keys. ECDSA on BN_P256 (not in OpenSSL) is computed here in Python.
 """
 import hmac
 import struct
@@ -18,14 +20,14 @@ from ..crypto.hashes import HASH_NAMES, digest as hash_digest
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
 from ..wire.structures import HASH_SIZES
-from . import keyuse
+from . import ecdaa, keyuse
 from .hash import TICKET_HASH, hashcheck_ticket, null_ticket
 
 _CHASH = {TPM_ALG.SHA1: chashes.SHA1, TPM_ALG.SHA256: chashes.SHA256,
           TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512}
 _SIGN_SCHEMES = {
     TPM_ALG.RSA: frozenset((TPM_ALG.RSASSA, TPM_ALG.RSAPSS)),
-    TPM_ALG.ECC: frozenset((TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR)),
+    TPM_ALG.ECC: frozenset((TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA)),
     TPM_ALG.KEYEDHASH: frozenset((TPM_ALG.HMAC,)),
 }
 # ECDSA through OpenSSL takes a digest of a hash's size: the reduced digest e is handed over
@@ -52,6 +54,8 @@ def select_sign_scheme(public, in_scheme):
         if scheme.scheme == TPM_ALG.NULL:
             return None
     elif in_scheme.scheme == TPM_ALG.NULL:
+        if key_scheme.scheme == TPM_ALG.ECDAA:     # CryptIsSplitSign: needs the count
+            return None
         scheme = Container(scheme=key_scheme.scheme,
                            details=Container(hashAlg=key_scheme.details.hashAlg))
     elif (key_scheme.scheme == in_scheme.scheme
@@ -105,6 +109,28 @@ def _sign_ecschnorr(tpm, obj, alg, digest: bytes):
             return r, s
 
 
+def _sign_ecdsa_soft(tpm, obj, c: ecmath.Curve, digest: bytes):
+    """ECDSA (TpmEcc_SignEcdsa) in Python, for a curve OpenSSL does not have."""
+    d = keyuse.ecc_scalar(obj)
+    e = _ecdsa_e(c, digest)
+    stream = keys.EntropyStream(tpm.state.drbg.generate)
+    while True:
+        k = keys.ecc_private_from_stream(stream, obj.public.parameters.curveID)
+        r = ecmath.mul_base(c, k)[0] % c.n
+        if not r:
+            continue
+        s = pow(k, -1, c.n) * (e + r * d) % c.n
+        if s:
+            return r, s
+
+
+def _verify_ecdsa_soft(c: ecmath.Curve, q, r: int, s: int, digest: bytes) -> bool:
+    w = pow(s, -1, c.n)
+    e = _ecdsa_e(c, digest)
+    point = ecmath.mul_add(c, e * w, r * w, q)
+    return point is not None and point[0] % c.n == r
+
+
 def sign_digest(tpm, obj, scheme, digest: bytes):
     """CryptSign: the TPMT_SIGNATURE of `digest` with a selected scheme."""
     alg = scheme.details.hashAlg
@@ -123,7 +149,13 @@ def sign_digest(tpm, obj, scheme, digest: bytes):
         return Container(sigAlg=sig_alg, signature=Container(hash=alg, sig=sig))
     if t == TPM_ALG.ECC:
         c = keyuse.ecc_curve(obj)
-        if sig_alg == TPM_ALG.ECDSA:
+        if sig_alg == TPM_ALG.ECDAA:
+            nonce_k, s = ecdaa.sign_ecdaa(tpm, obj, scheme, digest)
+            return Container(sigAlg=sig_alg, signature=Container(
+                hash=alg, signatureR=nonce_k, signatureS=s))
+        if sig_alg == TPM_ALG.ECDSA and c.cls is None:
+            r, s = _sign_ecdsa_soft(tpm, obj, c, digest)
+        elif sig_alg == TPM_ALG.ECDSA:
             data, algorithm = _ecdsa_prehashed(c, digest)
             r, s = utils.decode_dss_signature(keyuse.ecc_private_key(obj).sign(data, algorithm))
         else:
@@ -169,6 +201,10 @@ def _verify_ecc(obj, digest, signature):
         public = keyuse.ecc_public_key(obj)
     except ValueError:
         raise TpmError(TPM_RC.SIGNATURE) from None
+    if signature.sigAlg == TPM_ALG.ECDSA and c.cls is None:
+        if not _verify_ecdsa_soft(c, keyuse.ecc_point(obj), r, s, digest):
+            raise TpmError(TPM_RC.SIGNATURE)
+        return
     if signature.sigAlg == TPM_ALG.ECDSA:
         data, algorithm = _ecdsa_prehashed(c, digest)
         try:

@@ -31,7 +31,8 @@ from .structures import (
     MAX_CONTEXT_SIZE, MAX_DIGEST_SIZE, MAX_ECC_KEY_BYTES, MAX_RSA_KEY_BYTES, MAX_SYM_DATA,
     TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_NAME, TPM_ALG_ID,
     TPMI_ALG_HASH, TPMI_ALG_PUBLIC, TPMI_DH_OBJECT, TPMI_RH_HIERARCHY, TPML_DIGEST,
-    TPML_PCR_SELECTION, TPMS_SCHEME_HASH, TPMT_ECC_SCHEME, TPMT_HA_NONULL, TPMT_KDF_SCHEME,
+    TPML_PCR_SELECTION, TPMS_SCHEME_ECDAA, TPMS_SCHEME_HASH, TPMT_ECC_SCHEME, TPMT_HA_NONULL,
+    TPMT_KDF_SCHEME,
     TPMT_PUBLIC_PARMS, TPMU_ASYM_SCHEME, TPMU_PUBLIC_PARMS,
 )
 
@@ -91,9 +92,9 @@ SAVED_TRANSIENT = frozenset((0x80000000, 0x80000001, 0x80000002))
 TPMI_DH_SAVED = Int(4, lambda v: (v in SAVED_TRANSIENT
                                   or v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION)),
                     TPM_RC.VALUE)
-# TPMI_ALG_SIG_SCHEME (no ECDAA, SM2, EdDSA here): else TPM_RC_SCHEME
+# TPMI_ALG_SIG_SCHEME (no SM2, EdDSA here): else TPM_RC_SCHEME
 SIG_SCHEMES = frozenset((TPM_ALG.HMAC, TPM_ALG.RSASSA, TPM_ALG.RSAPSS, TPM_ALG.ECDSA,
-                         TPM_ALG.ECSCHNORR))
+                         TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA))
 TPMI_ALG_SIG_SCHEME = Int(2, SIG_SCHEMES, TPM_RC.SCHEME, null=TPM_ALG.NULL)
 
 # --- Part 2 §10.7: tickets -----------------------------------------------------------------
@@ -124,6 +125,7 @@ TPM2B_SENSITIVE_CREATE = Sized(TPMS_SENSITIVE_CREATE)          # §11.1.15, size
 _EMPTY = Record()
 TPMU_SIG_SCHEME = Switch(this.scheme, {                        # §11.2.1.4
     **{alg: TPMS_SCHEME_HASH for alg in SIG_SCHEMES},          # TPMS_SCHEME_HMAC / _SIG_SCHEME_
+    TPM_ALG.ECDAA: TPMS_SCHEME_ECDAA,                          # hashAlg, count
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
 TPMT_SIG_SCHEME = Record("scheme" / TPMI_ALG_SIG_SCHEME.plus,  # §11.2.1.5, "+" in every command
@@ -168,6 +170,7 @@ TPMU_SIGNATURE = Switch(this.sigAlg, {                         # §11.3.3
     TPM_ALG.RSAPSS: TPMS_SIGNATURE_RSA,
     TPM_ALG.ECDSA: TPMS_SIGNATURE_ECC,
     TPM_ALG.ECSCHNORR: TPMS_SIGNATURE_ECC,
+    TPM_ALG.ECDAA: TPMS_SIGNATURE_ECC,                         # TPMS_SIGNATURE_ECDAA
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
 TPMT_SIGNATURE = Record("sigAlg" / TPMI_ALG_SIG_SCHEME,        # §11.3.4, as command parameter

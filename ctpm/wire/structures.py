@@ -5,7 +5,7 @@ unmarshaling with the code the reference TPM returns; unions (TPMU_) fail with
 TPM_RC_SELECTOR on an unknown selector. Parsed structures are construct Containers with the
 Part 2 field names; lists (TPML_) are Python lists.
 """
-from construct import Construct, Switch, this
+from construct import Construct, Int32sb, Switch, this
 
 from ..errors import TpmError
 from .base import UINT8, UINT16, UINT32, UINT64, BYTE, BadSelector, Int, List, Record, Tpm2b, read_exact
@@ -48,6 +48,7 @@ TPM_HANDLE = UINT32
 TPM_ST_ = UINT16
 TPM_PT = UINT32
 TPM_GENERATED_VALUE = 0xFF544347
+INT32 = Int32sb
 
 TPM_SU_ = Int(2, frozenset(TPM_SU), TPM_RC.VALUE)
 TPM_SE_ = Int(1, frozenset(TPM_SE), TPM_RC.VALUE)
@@ -71,6 +72,7 @@ TPMI_RH_PROVISION = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.PLATFORM)), TPM_RC.VA
 TPMI_DH_PERSISTENT = Int(4, lambda v: 0x81000000 <= v <= 0x81FFFFFF, TPM_RC.VALUE)
 TPMI_DH_CONTEXT = Int(4, lambda v: v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION,
                                                TPM_HT.TRANSIENT), TPM_RC.VALUE)
+TPMI_SH_POLICY = Int(4, lambda v: v >> 24 == TPM_HT.POLICY_SESSION, TPM_RC.VALUE)
 TPMI_RH_HIERARCHY = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM)),
                         TPM_RC.VALUE, null=TPM_RH.NULL)
 TPMI_ALG_HASH = Int(2, frozenset(HASH_SIZES), TPM_RC.HASH, null=TPM_ALG.NULL)
@@ -89,10 +91,12 @@ RSA_SCHEMES = frozenset((TPM_ALG.RSASSA, TPM_ALG.RSAPSS, TPM_ALG.RSAES, TPM_ALG.
 TPMI_ALG_RSA_SCHEME = Int(2, RSA_SCHEMES, TPM_RC.VALUE, null=TPM_ALG.NULL)
 RSA_KEY_BITS = frozenset((1024, 2048, 3072, 4096))
 TPMI_RSA_KEY_BITS = Int(2, RSA_KEY_BITS, TPM_RC.VALUE)
-ECC_SCHEMES = frozenset((TPM_ALG.ECDSA, TPM_ALG.ECDH, TPM_ALG.ECSCHNORR))
+ECC_SCHEMES = frozenset((TPM_ALG.ECDSA, TPM_ALG.ECDH, TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA))
 TPMI_ALG_ECC_SCHEME = Int(2, ECC_SCHEMES, TPM_RC.SCHEME, null=TPM_ALG.NULL)
 ECC_CURVES = frozenset((TPM_ECC_CURVE.NIST_P256, TPM_ECC_CURVE.NIST_P384,
-                        TPM_ECC_CURVE.NIST_P521))
+                        TPM_ECC_CURVE.NIST_P521, TPM_ECC_CURVE.BN_P256))
+# TPMI_ECC_KEY_EXCHANGE (TPM2_ZGen_2Phase): ECDH only (no ECMQV, SM2); else TPM_RC_SCHEME
+TPMI_ECC_KEY_EXCHANGE = Int(2, frozenset((TPM_ALG.ECDH,)), TPM_RC.SCHEME, null=TPM_ALG.NULL)
 TPMI_ECC_CURVE = Int(2, ECC_CURVES, TPM_RC.CURVE)
 AES_KEY_BITS = frozenset((128, 192, 256))
 TPMI_AES_KEY_BITS = Int(2, AES_KEY_BITS, TPM_RC.VALUE)
@@ -271,4 +275,4 @@ TPMU_PUBLIC_PARMS = Switch(this.type, {
 TPMT_PUBLIC_PARMS = Record("type" / TPMI_ALG_PUBLIC, "parameters" / TPMU_PUBLIC_PARMS)
 
 __all__ = [n for n in dir() if n.startswith(("TPM", "MAX_", "HASH_", "PCR_", "IMPLEMENTATION"))]
-__all__ += ["UINT8", "UINT16", "UINT32", "UINT64", "BYTE"]
+__all__ += ["UINT8", "UINT16", "UINT32", "UINT64", "BYTE", "INT32"]

@@ -464,7 +464,8 @@ def check_algorithms(text):
     for mode in ("cfb", "cbc", "ctr", "ofb", "ecb"):
         assert algs[mode]["symmetric"] == algs[mode]["encrypting"] == "1", mode
     # Not implemented, so not claimed (TestParms refuses them too):
-    for name in ("tdes", "camellia", "sm4", "sm3_256", "sm2", "ecdaa"):
+    assert algs["ecdaa"]["asymmetric"] == algs["ecdaa"]["signing"] == "1"
+    for name in ("tdes", "camellia", "sm4", "sm3_256", "sm2"):
         assert name not in algs, name
     values = [int(a["value"], 16) for a in algs.values()]
     assert values == sorted(values) and len(set(values)) == len(values)
@@ -514,12 +515,12 @@ def check_properties_variable(text):
     assert permanent["ownerAuthSet"] == permanent["inLockout"] == "0"
     assert p["TPM2_PT_HR_LOADED"] == p["TPM2_PT_HR_ACTIVE"] == "0x0"
     assert p["TPM2_PT_HR_NV_INDEX"] == p["TPM2_PT_HR_PERSISTENT"] == "0x0"
-    assert p["TPM2_PT_LOADED_CURVES"] == "0x3"        # as many as `ecc-curves` lists
+    assert p["TPM2_PT_LOADED_CURVES"] == "0x4"        # as many as `ecc-curves` lists
 
 
 def check_ecc_curves(text):
     assert yaml_blocks(text) == {"TPM2_ECC_NIST_P256": "0x3", "TPM2_ECC_NIST_P384": "0x4",
-                                 "TPM2_ECC_NIST_P521": "0x5"}
+                                 "TPM2_ECC_NIST_P521": "0x5", "TPM2_ECC_BN_P256": "0x10"}
 
 
 def check_empty(text):
@@ -679,7 +680,7 @@ ACCEPTED = ["rsa", "rsa1024", "rsa2048", "rsa3072", "rsa4096", "ecc", "ecc256", 
             "ecc521", "aes", "aes128cfb", "aes192cbc", "aes256ctr", "aes128ofb", "aes128ecb",
             "hmac", "keyedhash", "xor", "rsa2048:rsassa-sha256", "rsa2048:rsapss",
             "rsa2048:oaep-sha1", "rsa3072:rsaes", "ecc256:ecdsa-sha384", "ecc384:ecdh",
-            "ecc256:ecschnorr", "rsa2048:null:aes128cfb", "ecc:null:aes256cfb"]
+            "ecc256:ecschnorr", "ecc256:ecdaa", "rsa2048:null:aes128cfb", "ecc:null:aes256cfb"]
 
 REFUSED = {
     # refused by the TPM (the tool maps the response code to a message)
@@ -688,7 +689,6 @@ REFUSED = {
     "ecc_sm2": "Specified elliptic curve is unsupported",
     "camellia128cfb": "Specified symmetric algorithm or key length is unsupported",
     "sm4": "Specified symmetric algorithm or key length is unsupported",
-    "ecc256:ecdaa": "Specified signing scheme is unsupported",
     "ecc256:sm2": "Specified signing scheme is unsupported",
     # refused by tpm2_testparms itself before any command is sent
     "rsa768": "Invalid or unsupported by the tool : rsa768",

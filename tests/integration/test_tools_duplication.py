@@ -2,8 +2,7 @@
 tpm2_activatecredential), key import (tpm2_import of PEM keys, then tpm2_load and
 tpm2_sign, the signature checked with `cryptography`) and tpm2_geteccparameters.
 
-tpm2_duplicate is not here: TPM2_Duplicate needs the DUP role, i.e. a policy session with
-TPM2_PolicyCommandCode or TPM2_PolicyDuplicationSelect, which ctpm does not have yet.
+tpm2_duplicate authorizes the DUP role with a policy session (TPM2_PolicyCommandCode).
 """
 import hashlib
 import shutil
@@ -173,10 +172,46 @@ def test_geteccparameters(daemon, tmp_path, curve, size):
         ec.derive_private_key(order, cls())
 
 
-@pytest.mark.skip(reason="TPM2_Duplicate needs a policy session in the DUP role "
-                         "(TPM2_PolicyCommandCode / TPM2_PolicyDuplicationSelect): not in ctpm "
-                         "yet")
-def test_duplicate_with_tools():
+@pytest.mark.parametrize("wrap", ["aes", "null"])
+def test_duplicate_with_tools(tcti, tmp_path, wrap):
     """tpm2_startauthsession --policy-session; tpm2_policycommandcode TPM2_CC_Duplicate;
-    tpm2_duplicate -c key.ctx -C newparent.ctx -p session:session.ctx -G aes ... ;
-    tpm2_import under the new parent; tpm2_load."""
+    tpm2_duplicate -c key.ctx -C newparent.ctx -p session:session.ctx -G aes|null; tpm2_import
+    under the new parent; tpm2_load; the moved key signs."""
+    ok("tpm2_startauthsession", "-T", tcti, "-S", "trial.ctx", cwd=tmp_path)
+    ok("tpm2_policycommandcode", "-T", tcti, "-S", "trial.ctx", "-L", "dup.policy",
+       "TPM2_CC_Duplicate", cwd=tmp_path)
+    ok("tpm2_flushcontext", "-T", tcti, "trial.ctx", cwd=tmp_path)
+    assert (tmp_path / "dup.policy").read_bytes() == hashlib.sha256(
+        b"\0" * 32 + struct.pack(">II", 0x16C, 0x14B)).digest()
+    ok("tpm2_createprimary", "-T", tcti, "-C", "o", "-G", "rsa2048:aes128cfb", "-c", "root.ctx",
+       cwd=tmp_path)
+    ok("tpm2_create", "-T", tcti, "-C", "root.ctx", "-G", "ecc256:ecdsa", "-L", "dup.policy",
+       "-a", "sensitivedataorigin|userwithauth|sign", "-u", "key.pub", "-r", "key.priv",
+       cwd=tmp_path)
+    ok("tpm2_load", "-T", tcti, "-C", "root.ctx", "-u", "key.pub", "-r", "key.priv",
+       "-c", "key.ctx", cwd=tmp_path)
+    ok("tpm2_createprimary", "-T", tcti, "-C", "o", "-G", "ecc256:aes128cfb",
+       "-c", "newparent.ctx", cwd=tmp_path)
+    args = ["-G", wrap] + (["-o", "sym.key"] if wrap == "aes" else [])
+    # a password cannot authorize the DUP role: TPM_RC_AUTH_TYPE
+    r = tool("tpm2_duplicate", "-T", tcti, "-C", "newparent.ctx", "-c", "key.ctx", *args,
+             "-r", "dup.priv", "-s", "dup.seed", cwd=tmp_path)
+    assert r.returncode != 0 and "0x124" in r.stderr.lower(), r.stderr
+    ok("tpm2_startauthsession", "-T", tcti, "--policy-session", "-S", "session.ctx",
+       cwd=tmp_path)
+    ok("tpm2_policycommandcode", "-T", tcti, "-S", "session.ctx", "TPM2_CC_Duplicate",
+       cwd=tmp_path)
+    ok("tpm2_duplicate", "-T", tcti, "-C", "newparent.ctx", "-c", "key.ctx", *args,
+       "-p", "session:session.ctx", "-r", "dup.priv", "-s", "dup.seed", cwd=tmp_path)
+    ok("tpm2_flushcontext", "-T", tcti, "session.ctx", cwd=tmp_path)
+    imp = ["-k", "sym.key"] if wrap == "aes" else []
+    ok("tpm2_import", "-T", tcti, "-C", "newparent.ctx", "-u", "key.pub", "-i", "dup.priv",
+       "-s", "dup.seed", *imp, "-r", "moved.priv", cwd=tmp_path)
+    ok("tpm2_load", "-T", tcti, "-C", "newparent.ctx", "-u", "key.pub", "-r", "moved.priv",
+       "-c", "moved.ctx", cwd=tmp_path)
+    (tmp_path / "msg").write_bytes(b"signed after moving")
+    ok("tpm2_sign", "-T", tcti, "-c", "moved.ctx", "-g", "sha256", "-o", "sig", "msg",
+       cwd=tmp_path)
+    ok("tpm2_verifysignature", "-T", tcti, "-c", "key.ctx", "-g", "sha256", "-m", "msg",
+       "-s", "sig", cwd=tmp_path)
+    flush_transient(tcti, tmp_path)

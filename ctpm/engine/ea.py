@@ -1,0 +1,322 @@
+"""Enhanced authorization (Part 1 §19.7, Part 3 §23): the policy commands that build up a
+policy session's policyDigest and its other conditions, and the check the dispatcher makes
+when a policy session authorizes an entity (the reference's CheckPolicyAuthSession).
+
+A trial session (TPM_SE_TRIAL) only computes digests; a real policy session checks each
+assertion when it is made and remembers what must hold when the session is used: a command
+code, a cpHash or nameHash, the PCR change counter, a timeout, and whether the entity's
+authValue goes into the HMAC (PolicyAuthValue) or arrives as a password (PolicyPassword).
+
+Implemented: PolicyRestart, PolicyGetDigest, PolicyCommandCode, PolicyAuthValue,
+PolicyPassword, PolicySecret, PolicyDuplicationSelect, PolicyNameHash, PolicyCpHash,
+PolicyPCR, PolicyOR. Hierarchies, PCRs and NV indices have no authPolicy in this build, so
+only objects can be authorized with a policy.
+"""
+import hmac
+import struct
+
+from construct import Container
+
+from ..crypto import hashes
+from ..errors import TpmError
+from ..wire.commands import BY_CODE, Auth
+from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST
+from ..wire.structures import HASH_SIZES, TPML_PCR_SELECTION
+
+_CC = struct.Struct(">I")
+TICKET_HASH = "sha256"          # the reference's CONTEXT_INTEGRITY_HASH_ALG
+EXPIRATION_BIT = 1 << 63        # timeout buffer flag: the ticket expires on a TPM Reset
+
+
+# -- policy session state (the reference's SessionResetPolicyData) ------------------------------
+
+def reset_policy(session, now_ms: int = 0):
+    """Back to a fresh policy: zero digest, no conditions (PolicyRestart; and after every
+    successful command that used the session with continueSession)."""
+    session.policy_digest = b"\0" * HASH_SIZES[session.auth_hash]
+    session.command_code = 0
+    session.cp_hash = b""
+    session.is_cp_hash = False
+    session.is_name_hash = False
+    session.is_auth_value_needed = False
+    session.is_password_needed = False
+    session.pcr_counter = 0
+    session.timeout = 0
+    session.start_time = now_ms
+
+
+def _extend(session, *parts: bytes):
+    """policyDigest := H(policyDigest || parts...)."""
+    session.policy_digest = hashes.digest(session.auth_hash,
+                                          session.policy_digest + b"".join(parts))
+
+
+def _is_trial(session) -> bool:
+    return session.kind == TPM_SE.TRIAL
+
+
+def _session(tpm, handle):
+    return tpm.state.sessions[handle]
+
+
+def _cp_hash_occupied(session) -> bool:
+    return session.is_cp_hash or session.is_name_hash
+
+
+def _context_update(session, code, name, ref, cp_hash, timeout):
+    """PolicyContextUpdate (Policy_spt.c): the digest, and the cpHash/timeout conditions."""
+    _extend(session, _CC.pack(code), name)
+    if ref is not None:
+        _extend(session, ref)
+    if cp_hash:
+        session.cp_hash = cp_hash
+        session.is_cp_hash = True
+    if timeout and (session.timeout == 0 or session.timeout > timeout):
+        session.timeout = timeout
+
+
+# -- the commands -------------------------------------------------------------------------------
+
+def policy_restart(tpm, ctx, session_handle):
+    """Part 3 §23.21 (the reference keeps it with the session commands)."""
+    reset_policy(_session(tpm, session_handle), tpm.state.time())
+
+
+def policy_get_digest(tpm, ctx, policy_session):
+    """Part 3 §23.19."""
+    return (_session(tpm, policy_session).policy_digest,)
+
+
+def policy_command_code(tpm, ctx, policy_session, code):
+    """Part 3 §23.11: the session may only authorize `code`."""
+    session = _session(tpm, policy_session)
+    if session.command_code != 0 and session.command_code != code:
+        raise TpmError(TPM_RC.VALUE, param=1)
+    if code not in BY_CODE:
+        raise TpmError(TPM_RC.POLICY_CC, param=1)
+    _extend(session, _CC.pack(TPM_CC.PolicyCommandCode), _CC.pack(code))
+    session.command_code = code
+
+
+def policy_auth_value(tpm, ctx, policy_session):
+    """Part 3 §23.17: the HMAC of the authorizing session includes the entity's authValue."""
+    session = _session(tpm, policy_session)
+    _extend(session, _CC.pack(TPM_CC.PolicyAuthValue))
+    session.is_auth_value_needed = True
+    session.is_password_needed = False
+
+
+def policy_password(tpm, ctx, policy_session):
+    """Part 3 §23.18: the authValue arrives in the clear; the digest is PolicyAuthValue's."""
+    session = _session(tpm, policy_session)
+    _extend(session, _CC.pack(TPM_CC.PolicyAuthValue))
+    session.is_password_needed = True
+    session.is_auth_value_needed = False
+
+
+def _auth_timeout(tpm, session, expiration: int, nonce: bytes) -> int:
+    """ComputeAuthTimeout (Policy_spt.c), in milliseconds of TPM time."""
+    if expiration == 0:
+        return 0
+    expiration = abs(expiration)
+    if not nonce:
+        return expiration * 1000 + tpm.state.time() % 1000
+    return session.start_time + expiration * 1000
+
+
+def _parameter_checks(tpm, session, timeout, cp_hash_a, nonce, p_nonce, p_cp, p_exp):
+    """PolicyParameterChecks (Policy_spt.c)."""
+    if nonce and nonce != session.nonce_tpm:
+        raise TpmError(TPM_RC.NONCE, param=p_nonce)
+    if timeout and timeout < tpm.state.time():
+        raise TpmError(TPM_RC.EXPIRED, param=p_exp)
+    if cp_hash_a:
+        if len(cp_hash_a) != len(session.policy_digest):
+            raise TpmError(TPM_RC.SIZE, param=p_cp)
+        if session.cp_hash and cp_hash_a != session.cp_hash:
+            raise TpmError(TPM_RC.CPHASH)
+
+
+def entity_hierarchy(tpm, handle: int) -> int:
+    """EntityGetHierarchy: an object's hierarchy; a permanent handle's own (owner for the
+    others); PCRs belong to the owner."""
+    obj = tpm._object(handle)
+    if obj is not None:
+        return obj.hierarchy
+    if handle in (TPM_RH.PLATFORM, TPM_RH.ENDORSEMENT, TPM_RH.NULL):
+        return handle
+    return TPM_RH.OWNER
+
+
+def _auth_ticket(tpm, tag, hierarchy, timeout, expires_on_reset, cp_hash_a, policy_ref,
+                 name):
+    """TicketComputeAuth (Part 2 §10.7.5): HMAC over the ticket's terms with the
+    hierarchy's proof."""
+    state = tpm.state
+    msg = [struct.pack(">H", tag), cp_hash_a, policy_ref, name, struct.pack(">Q", timeout)]
+    if timeout:
+        msg.append(struct.pack(">Q", state.nv["reset_count"]))      # the time epoch
+        if expires_on_reset:
+            msg.append(struct.pack(">Q", state.nv["total_reset_count"]))
+    mac = hmac.new(state.proof(hierarchy), b"".join(msg), TICKET_HASH).digest()
+    return Container(tag=tag, hierarchy=hierarchy, digest=mac)
+
+
+def policy_secret(tpm, ctx, auth_handle, policy_session, nonce_tpm, cp_hash_a, policy_ref,
+                  expiration):
+    """Part 3 §23.4: the caller showed it can authorize `auth_handle` (the dispatcher has
+    checked that authorization); the digest takes its Name and policyRef."""
+    session = _session(tpm, policy_session)
+    timeout = 0
+    trial = _is_trial(session)
+    if not trial:
+        timeout = _auth_timeout(tpm, session, expiration, nonce_tpm)
+        _parameter_checks(tpm, session, timeout, cp_hash_a, nonce_tpm, 1, 2, 4)
+    name = tpm.entity_name(auth_handle)
+    _context_update(session, TPM_CC.PolicySecret, name, policy_ref, cp_hash_a, timeout)
+    if expiration < 0 and not trial:
+        expires_on_reset = not nonce_tpm
+        timeout &= ~EXPIRATION_BIT
+        ticket = _auth_ticket(tpm, TPM_ST.AUTH_SECRET, entity_hierarchy(tpm, auth_handle),
+                              timeout, expires_on_reset, cp_hash_a, policy_ref, name)
+        if expires_on_reset:
+            timeout |= EXPIRATION_BIT
+        return (struct.pack(">Q", timeout), ticket)
+    return (b"", Container(tag=TPM_ST.AUTH_SECRET, hierarchy=TPM_RH.NULL, digest=b""))
+
+
+def policy_duplication_select(tpm, ctx, policy_session, object_name, new_parent_name,
+                              include_object):
+    """Part 3 §23.15: Duplicate only of this object (optionally) to this new parent."""
+    session = _session(tpm, policy_session)
+    if _cp_hash_occupied(session):
+        raise TpmError(TPM_RC.CPHASH)
+    if session.command_code != 0:
+        raise TpmError(TPM_RC.COMMAND_CODE)
+    alg = session.auth_hash
+    session.cp_hash = hashes.digest(alg, object_name + new_parent_name)
+    session.is_name_hash = True
+    _extend(session, _CC.pack(TPM_CC.PolicyDuplicationSelect),
+            object_name if include_object else b"", new_parent_name, bytes((include_object,)))
+    session.command_code = TPM_CC.Duplicate
+
+
+def policy_name_hash(tpm, ctx, policy_session, name_hash):
+    """Part 3 §23.14: the digest of the Names of the command's handles."""
+    session = _session(tpm, policy_session)
+    if len(name_hash) != session.digest_size:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if _cp_hash_occupied(session):
+        raise TpmError(TPM_RC.CPHASH)
+    _extend(session, _CC.pack(TPM_CC.PolicyNameHash), name_hash)
+    session.cp_hash = name_hash
+    session.is_name_hash = True
+
+
+def policy_cp_hash(tpm, ctx, policy_session, cp_hash_a):
+    """Part 3 §23.13: the command's cpHash."""
+    session = _session(tpm, policy_session)
+    if len(cp_hash_a) != session.digest_size:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if _cp_hash_occupied(session) and (not session.is_cp_hash
+                                        or cp_hash_a != session.cp_hash):
+        raise TpmError(TPM_RC.CPHASH)
+    _extend(session, _CC.pack(TPM_CC.PolicyCpHash), cp_hash_a)
+    session.cp_hash = cp_hash_a
+    session.is_cp_hash = True
+
+
+def _filter_pcrs(state, selection):
+    """FilterPcr: bits of banks not allocated (and of PCRs not implemented) cleared."""
+    out = []
+    for sel in selection:
+        bank = state.pcrs.get(sel.hash)
+        bits = bytes(sel.pcrSelect) if bank is not None else bytes(len(sel.pcrSelect))
+        out.append(Container(hash=sel.hash, pcrSelect=bits))
+    return out
+
+
+def current_pcr_digest(state, alg, selection) -> bytes:
+    """PCRComputeCurrentDigest: H_alg of the selected PCR values, bank by bank."""
+    h = hashes.new(alg)
+    for sel in selection:
+        bank = state.pcrs.get(sel.hash)
+        if bank is None:
+            continue
+        for i in range(min(len(sel.pcrSelect) * 8, len(bank))):
+            if sel.pcrSelect[i // 8] & (1 << (i % 8)):
+                h.update(bank[i])
+    return h.digest()
+
+
+def policy_pcr(tpm, ctx, policy_session, pcr_digest, pcrs):
+    """Part 3 §23.7: the selected PCRs have (and keep) the values they have now."""
+    session = _session(tpm, policy_session)
+    state = tpm.state
+    pcrs = _filter_pcrs(state, pcrs)
+    digest = current_pcr_digest(state, session.auth_hash, pcrs)
+    if not _is_trial(session):
+        if session.pcr_counter != 0 and session.pcr_counter != state.pcr_counter:
+            raise TpmError(TPM_RC.PCR_CHANGED)
+        if pcr_digest and pcr_digest != digest:
+            raise TpmError(TPM_RC.VALUE, param=1)
+    elif pcr_digest:
+        digest = pcr_digest
+    _extend(session, _CC.pack(TPM_CC.PolicyPCR), TPML_PCR_SELECTION.build(pcrs), digest)
+    if not _is_trial(session):
+        session.pcr_counter = state.pcr_counter
+
+
+def policy_or(tpm, ctx, policy_session, p_hash_list):
+    """Part 3 §23.6: the policy so far is one of the branches; the digest becomes
+    H(0...0 || TPM_CC_PolicyOR || digests)."""
+    session = _session(tpm, policy_session)
+    if not _is_trial(session) and session.policy_digest not in p_hash_list:
+        raise TpmError(TPM_RC.VALUE, param=1)
+    session.policy_digest = b"\0" * session.digest_size
+    _extend(session, _CC.pack(TPM_CC.PolicyOR), *(bytes(d) for d in p_hash_list))
+
+
+# -- authorization with a policy session (Part 1 §19.7.1, CheckPolicyAuthSession) ----------
+
+def auth_policy(tpm, handle):
+    """(authPolicy, its hash algorithm) of an entity, or None if a policy cannot authorize
+    it (IsAuthPolicyAvailable): objects loaded with their private part (not sequences);
+    hierarchies, PCRs and NV indices have no policy in this build."""
+    if handle >> 24 not in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT):
+        return None
+    obj = tpm._object(handle)
+    if obj is None or obj.sensitive is None or obj.public.type == TPM_ALG.NULL:
+        return None
+    return bytes(obj.public.authPolicy), obj.public.nameAlg
+
+
+def check_policy_session(tpm, code, session, entity, role, cp_hash, names):
+    """The conditions of a policy session that authorizes `entity` in `role` for command
+    `code`. `cp_hash(alg)` gives the command's cpHash, `names` the handles' Names.
+    Raises TpmError (format-one codes without their session number)."""
+    policy = auth_policy(tpm, entity)
+    if policy is None:
+        raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
+    if (code == TPM_CC.PolicySecret and not session.is_password_needed
+            and not session.is_auth_value_needed):
+        raise TpmError(TPM_RC.MODE)
+    if session.pcr_counter != 0 and session.pcr_counter != tpm.state.pcr_counter:
+        raise TpmError(TPM_RC.PCR_CHANGED)
+    auth_policy_, alg = policy
+    if session.policy_digest != auth_policy_ or alg != session.auth_hash:
+        raise TpmError(TPM_RC.POLICY_FAIL)
+    if session.timeout != 0 and session.timeout < tpm.state.time():
+        raise TpmError(TPM_RC.EXPIRED)
+    if session.command_code != 0:
+        if session.command_code != code:
+            raise TpmError(TPM_RC.POLICY_CC)
+    elif role in (Auth.ADMIN, Auth.DUP):
+        raise TpmError(TPM_RC.POLICY_FAIL)
+    if session.cp_hash:
+        if session.is_cp_hash:
+            ok = session.cp_hash == cp_hash(session.auth_hash)
+        else:
+            ok = session.cp_hash == hashes.digest(session.auth_hash, b"".join(names))
+        if not ok:
+            raise TpmError(TPM_RC.POLICY_FAIL)
