@@ -355,3 +355,46 @@ def test_create_loaded_primary_ordinary_and_derived():
     assert rc(tpm.execute(create_loaded(dparent, rsa))) == 0x2CA             # TYPE, P2
     assert rc(tpm.execute(create_loaded(
         dparent, _tmpl("ecc256:ecdsa-sha256", derived + "|sensitivedataorigin", b"l")))) == 0x082
+
+
+def _policy_secret_endorsement(hash_name):
+    """PolicySecret(TPM_RH_ENDORSEMENT) from a zero digest (Part 3 §23.4), in `hash_name`."""
+    import hashlib
+    size = hashlib.new(hash_name).digest_size
+    d = hashlib.new(hash_name, b"\0" * size + u32(0x151) + u32(RH_ENDORSEMENT)).digest()
+    return hashlib.new(hash_name, d).digest()
+
+
+HIGH_RANGE = {   # TCG EK Credential Profile high-range templates: shape (alg, size, nameAlg)
+    "H-1 RSA-2048": ("rsa2048:aes128cfb", 256, "sha256"),
+    "H-2 ECC P-256": ("ecc256:aes128cfb", 32, "sha256"),
+    "H-3 ECC P-384": ("ecc384:aes256cfb", 48, "sha384"),
+    "H-4 ECC P-521": ("ecc521:aes256cfb", 66, "sha512"),
+    "H-6 RSA-3072": ("rsa3072:aes256cfb", 384, "sha384"),
+    "H-7 RSA-4096": ("rsa4096:aes256cfb", 512, "sha384"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HIGH_RANGE))
+def test_high_range_ek_template_shapes(name):
+    """userWithAuth and adminWithPolicy set, unique zero-filled to the key size, an authPolicy
+    in the template's nameAlg (here Policy A, PolicySecret(TPM_RH_ENDORSEMENT), alone)."""
+    from tpm2_pytss.types import TPM2B_DIGEST
+    spec, size, hash_name = HIGH_RANGE[name]
+    attrs = STORAGE + "|adminwithpolicy"
+    pub = TPMT_PUBLIC.parse(f"{spec}", objectAttributes=attrs, nameAlg=hash_name)
+    pub.authPolicy = TPM2B_DIGEST(_policy_secret_endorsement(hash_name))
+    if spec.startswith("rsa"):
+        pub.unique.rsa = b"\0" * size
+    else:
+        pub.unique.ecc.x = b"\0" * size
+        pub.unique.ecc.y = b"\0" * size
+    tmpl = TPM2B_PUBLIC(publicArea=pub).marshal()
+    a, b = started(), started()
+    ra, rb = (t.execute(create_primary(RH_ENDORSEMENT, tmpl)) for t in (a, b))
+    assert rc(ra) == 0, hex(rc(ra))
+    out = primary_public(ra)[1]
+    assert out == primary_public(rb)[1]
+    parsed, _ = TPM2B_PUBLIC.unmarshal(out)
+    assert bytes(parsed.publicArea.authPolicy) == _policy_secret_endorsement(hash_name)
+    assert parsed.publicArea.objectAttributes & 0xC0 == 0xC0      # userWithAuth|adminWithPolicy
