@@ -16,11 +16,12 @@ try:    # CFB left the main modes module (cryptography >= 47); the TPM still nee
 except ImportError:     # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
-from ..crypto import hashes
+from ..crypto import hashes, secret
 from ..crypto.kdf import kdfa
 from ..errors import TpmError
-from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE
+from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPMA_OBJECT
 from ..wire.structures import HASH_SIZES
+from .credential import private_key
 
 MIN_NONCE_SIZE = 16
 
@@ -60,17 +61,19 @@ def bind_value(tpm, handle: int) -> bytes:
 def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, session_type,
                        symmetric, auth_hash):
     """Part 3 §11.1."""
-    if len(nonce_caller) < MIN_NONCE_SIZE:
+    if not MIN_NONCE_SIZE <= len(nonce_caller) <= HASH_SIZES[auth_hash]:
         raise TpmError(TPM_RC.SIZE, param=1)
-    if tpm_key == TPM_RH.NULL and encrypted_salt:
-        raise TpmError(TPM_RC.VALUE, param=2)
+    salt = _salt(tpm, tpm_key, encrypted_salt)
+    for h, index in ((bind, 2),):
+        obj = tpm.state.objects.get(h)
+        if obj is not None and obj.sensitive is None and obj.public.type != TPM_ALG.NULL:
+            raise TpmError(TPM_RC.HANDLE, handle=index)     # a public-only object
     if symmetric.algorithm not in (TPM_ALG.NULL, TPM_ALG.XOR) and symmetric.mode != TPM_ALG.CFB:
         raise TpmError(TPM_RC.MODE, param=4)
     state = tpm.state
     handle = state.free_session_handle(session_type)
     size = HASH_SIZES[auth_hash]
     nonce_tpm = state.drbg.generate(size)
-    salt = b""          # tpmKey is TPM_RH_NULL: only loaded keys can carry a salt
     bind_auth = b"" if bind == TPM_RH.NULL else tpm.entity_auth_value(bind).rstrip(b"\0")
     if bind != TPM_RH.NULL or salt:
         session_key = kdfa(auth_hash, bind_auth + salt, b"ATH", nonce_tpm, nonce_caller, size * 8)
@@ -86,6 +89,29 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
         else None,
         policy_digest=b"\0" * size, start_time=state.time())
     return (handle, nonce_tpm)
+
+
+def _salt(tpm, tpm_key, encrypted_salt) -> bytes:
+    """The salt a session is started with: encrypted to tpmKey (RSA-OAEP or ECC, label
+    "SECRET"), or none with TPM_RH_NULL (Part 1 §19.6.12, the reference's order of checks)."""
+    if tpm_key == TPM_RH.NULL:
+        if encrypted_salt:
+            raise TpmError(TPM_RC.VALUE, param=2)
+        return b""
+    key = tpm.state.object(tpm_key)
+    if key.public.type not in (TPM_ALG.RSA, TPM_ALG.ECC):
+        raise TpmError(TPM_RC.KEY, handle=1)
+    if not encrypted_salt:
+        raise TpmError(TPM_RC.VALUE, param=2)
+    if key.sensitive is None:
+        raise TpmError(TPM_RC.HANDLE, handle=1)
+    if not key.attributes & TPMA_OBJECT.DECRYPT:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    try:
+        return secret.decrypt_seed(key.public, private_key(key), secret.LABEL_SECRET,
+                                   encrypted_salt)
+    except TpmError:
+        raise TpmError(TPM_RC.VALUE, param=2) from None
 
 
 # --- the per-command arithmetic, used by the dispatcher -----------------------------------

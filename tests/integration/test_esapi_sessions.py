@@ -102,3 +102,26 @@ async def test_session_errors_through_esapi(ctpm_server, kind):
     codes = await with_esapi(ctpm_server, scenario, kind)
     assert codes[0] == TPM2_RC.SYMMETRIC + TPM2_RC.S + TPM2_RC.RC1    # encrypt, symmetric NULL
     assert codes[1] == 0x70018     # ESAPI itself: TSS2_ESYS_RC_BAD_TR, the session is gone
+
+
+@pytest.mark.parametrize("kind", ["mssim", "swtpm"])
+@pytest.mark.parametrize("key", ["rsa2048:aes128cfb", "ecc256:aes128cfb", "ecc384:aes256cfb"])
+async def test_salted_session(ctpm_server, kind, key):
+    """A salt encrypted to a loaded key (RSA-OAEP or ECC): ESAPI derives the session key from
+    it and checks every response HMAC, so a wrong salt or KDF here fails the calls."""
+    from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
+
+    def scenario(esapi):
+        primary = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), key)[0]
+        session = esapi.start_auth_session(primary, ESYS_TR.NONE, TPM2_SE.HMAC, AES128_CFB,
+                                           TPM2_ALG.SHA256)
+        esapi.trsess_set_attributes(session, BOTH_WAYS)
+        randoms = {bytes(esapi.get_random(16, session1=session)) for _ in range(3)}
+        digests = esapi.pcr_event(ESYS_TR.PCR15, b"salted", session1=session)
+        esapi.flush_context(session)
+        esapi.flush_context(primary)
+        return randoms, digests
+
+    randoms, digests = await with_esapi(ctpm_server, scenario, kind)
+    assert len(randoms) == 3
+    assert any(bytes(d.digest.sha256) == hashlib.sha256(b"salted").digest() for d in digests)
