@@ -116,7 +116,12 @@ def tpm_properties(tpm):
         TPM_PT.MODES: 0 & TPMA_MODES.FIPS_140_2,
         TPM_PT.MAX_CAP_BUFFER: S.MAX_CAP_BUFFER,
         # variable group
-        TPM_PT.PERMANENT: TPMA_PERMANENT.TPMGENERATEDEPS if state.fixed_seed is None else 0,
+        TPM_PT.PERMANENT: ((TPMA_PERMANENT.TPMGENERATEDEPS if state.fixed_seed is None else 0)
+                           | (TPMA_PERMANENT.OWNERAUTHSET if state.nv.get("owner_auth") else 0)
+                           | (TPMA_PERMANENT.ENDORSEMENTAUTHSET
+                              if state.nv.get("endorsement_auth") else 0)
+                           | (TPMA_PERMANENT.LOCKOUTAUTHSET if state.nv.get("lockout_auth") else 0)
+                           | (TPMA_PERMANENT.DISABLECLEAR if state.nv.get("disable_clear") else 0)),
         TPM_PT.STARTUP_CLEAR: (TPMA_STARTUP_CLEAR.PHENABLE | TPMA_STARTUP_CLEAR.SHENABLE
                                | TPMA_STARTUP_CLEAR.EHENABLE | TPMA_STARTUP_CLEAR.PHENABLENV
                                | (TPMA_STARTUP_CLEAR.ORDERLY if state.orderly_startup else 0)),

@@ -1,11 +1,9 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import ea
-from . import (capability, clock, context, hash, object, pcr, persistent, random, sequence,
-               sessions, startup, testing)
-from . import asymmetric, external, signature, symmetric
-from . import credential, duplication, ecc, ecdaa
+from . import (asymmetric, capability, clock, context, credential, duplication, ea, ecc, ecdaa,
+               external, hash, hierarchy, object, pcr, persistent, random, sequence, sessions,
+               signature, startup, symmetric, testing)
 
 _FUNCTIONS = {
     TPM_CC.Startup: startup.startup,
@@ -46,6 +44,9 @@ _FUNCTIONS = {
     TPM_CC.ObjectChangeAuth: object.object_change_auth,
     TPM_CC.CreateLoaded: object.create_loaded,
     TPM_CC.CreatePrimary: object.create_primary,
+    TPM_CC.Clear: hierarchy.clear,
+    TPM_CC.ClearControl: hierarchy.clear_control,
+    TPM_CC.HierarchyChangeAuth: hierarchy.hierarchy_change_auth,
     TPM_CC.Hash: hash.hash_,
     TPM_CC.HMAC_Start: sequence.hmac_start,
     TPM_CC.HashSequenceStart: sequence.hash_sequence_start,

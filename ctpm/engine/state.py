@@ -144,6 +144,7 @@ class TpmState:
         self.clock_at_init = self.nv["clock"]
         self._clock_stored = self.clock_at_init
         self.safe = self.orderly_startup = False
+        self.platform_auth = b""
         self.pcrs = {}
         self.pcr_counter = 0
         self.restart_count = 0
@@ -169,6 +170,13 @@ class TpmState:
     def clock(self) -> int:
         """Milliseconds the TPM has been powered, over its lifetime (TPMS_CLOCK_INFO.clock)."""
         return self.clock_at_init + self.time()
+
+    def reset_clock(self):
+        """TPM2_Clear starts the clock over at 0 (and calls it safe)."""
+        self.clock_at_init = -self.time()
+        self.nv["clock"] = self._clock_stored = 0
+        self.safe = True
+        self.dirty = True
 
     def tick(self):
         """Persist the clock now and then, as a TPM updates its NV clock (Part 1 §36.6)."""
@@ -212,6 +220,8 @@ class TpmState:
             self.contexts = json.loads(json.dumps(saved.get("contexts") or new_bookkeeping()))
             self.contexts["clear_count"] += kind == "restart"
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
+        # platformAuth is state-clear data: kept by Resume only (Part 1 §13.3)
+        self.platform_auth = _b(saved.get("platform_auth", "")) if kind == "resume" else b""
         nv["orderly"] = None
         nv["saved"] = None
         self.started = True
@@ -222,6 +232,7 @@ class TpmState:
         nv = self.nv
         if shutdown_type == TPM_SU.STATE:
             nv["saved"] = {
+                "platform_auth": _h(self.platform_auth),
                 "restart_count": self.restart_count,
                 "pcr_counter": self.pcr_counter,
                 "null_proof": _h(self.null_proof),

@@ -11,6 +11,7 @@ from ..wire.commands import Auth
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
+from .hierarchy import hierarchy_auth
 from .state import TpmState
 
 _HDR = struct.Struct(">HII")
@@ -115,11 +116,13 @@ class Tpm:
     def entity_auth_value(self, handle: int) -> bytes:
         """authValue of an entity named in a handle area (Part 1 §19.6.5).
 
-        Objects carry theirs in the sensitive area; PCRs and hierarchies have empty
-        authorization until their Change*Auth commands exist.
+        Objects carry theirs in the sensitive area, hierarchies theirs in the state
+        (HierarchyChangeAuth); PCRs have none until PCR_SetAuthValue exists.
         """
         obj = self._object(handle)
-        return obj.auth_value if obj is not None else b""
+        if obj is not None:
+            return obj.auth_value
+        return hierarchy_auth(self.state, handle) if handle >> 24 == TPM_HT.PERMANENT else b""
 
     def entity_name(self, handle: int) -> bytes:
         """Name of an entity (Part 1 §16): an object's Name, else the handle itself."""

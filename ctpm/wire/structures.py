@@ -68,6 +68,9 @@ TPMI_DH_ENTITY = Int(4, lambda v: (v in _ENTITY_PERMANENT or v <= PCR_LAST
 TPMI_DH_PARENT = Int(4, lambda v: v >> 24 in _OBJECT_TYPES or v in (TPM_RH.OWNER, TPM_RH.PLATFORM,
                                                                     TPM_RH.ENDORSEMENT),
                      TPM_RC.VALUE, null=TPM_RH.NULL)
+TPMI_RH_HIERARCHY_AUTH = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM,
+                                           TPM_RH.LOCKOUT)), TPM_RC.VALUE)
+TPMI_RH_CLEAR = Int(4, frozenset((TPM_RH.LOCKOUT, TPM_RH.PLATFORM)), TPM_RC.VALUE)
 TPMI_RH_PROVISION = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.PLATFORM)), TPM_RC.VALUE)
 TPMI_DH_PERSISTENT = Int(4, lambda v: 0x81000000 <= v <= 0x81FFFFFF, TPM_RC.VALUE)
 TPMI_DH_CONTEXT = Int(4, lambda v: v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION,
