@@ -10,8 +10,10 @@ from ..wire import structures as S
 from ..wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_RC, TPM_RH,
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
+from . import da
 from .context import max_active_sessions, saved_session_handles
 from .ecdaa import COMMIT_ARRAY_BITS
+from .hierarchy import POLICY_HANDLES, hierarchy_policy
 from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
@@ -67,6 +69,7 @@ def tpm_properties(tpm):
     """{TPM_PT: value} for the fixed and variable groups (Part 2 §6.13)."""
     cfg = tpm.config
     state = tpm.state
+    dav = da.values(state)
     vendor = cfg.vendor_string[:16]
     p = {
         TPM_PT.FAMILY_INDICATOR: SPEC_FAMILY,
@@ -121,9 +124,13 @@ def tpm_properties(tpm):
                            | (TPMA_PERMANENT.ENDORSEMENTAUTHSET
                               if state.nv.get("endorsement_auth") else 0)
                            | (TPMA_PERMANENT.LOCKOUTAUTHSET if state.nv.get("lockout_auth") else 0)
-                           | (TPMA_PERMANENT.DISABLECLEAR if state.nv.get("disable_clear") else 0)),
-        TPM_PT.STARTUP_CLEAR: (TPMA_STARTUP_CLEAR.PHENABLE | TPMA_STARTUP_CLEAR.SHENABLE
-                               | TPMA_STARTUP_CLEAR.EHENABLE | TPMA_STARTUP_CLEAR.PHENABLENV
+                           | (TPMA_PERMANENT.DISABLECLEAR if state.nv.get("disable_clear") else 0)
+                           | (TPMA_PERMANENT.INLOCKOUT
+                              if dav["failed_tries"] >= dav["max_tries"] else 0)),
+        TPM_PT.STARTUP_CLEAR: ((TPMA_STARTUP_CLEAR.PHENABLE if state.ph_enable else 0)
+                               | (TPMA_STARTUP_CLEAR.SHENABLE if state.sh_enable else 0)
+                               | (TPMA_STARTUP_CLEAR.EHENABLE if state.eh_enable else 0)
+                               | (TPMA_STARTUP_CLEAR.PHENABLENV if state.ph_enable_nv else 0)
                                | (TPMA_STARTUP_CLEAR.ORDERLY if state.orderly_startup else 0)),
         TPM_PT.HR_NV_INDEX: 0,
         TPM_PT.HR_LOADED: len(state.sessions),
@@ -138,10 +145,10 @@ def tpm_properties(tpm):
         TPM_PT.NV_COUNTERS_AVAIL: 0,
         TPM_PT.ALGORITHM_SET: 0,
         TPM_PT.LOADED_CURVES: len(S.ECC_CURVES),
-        TPM_PT.LOCKOUT_COUNTER: 0,
-        TPM_PT.MAX_AUTH_FAIL: 3,
-        TPM_PT.LOCKOUT_INTERVAL: 1000,
-        TPM_PT.LOCKOUT_RECOVERY: 1000,
+        TPM_PT.LOCKOUT_COUNTER: dav["failed_tries"],
+        TPM_PT.MAX_AUTH_FAIL: dav["max_tries"],
+        TPM_PT.LOCKOUT_INTERVAL: dav["recovery_time"],
+        TPM_PT.LOCKOUT_RECOVERY: dav["lockout_recovery"],
         TPM_PT.NV_WRITE_RECOVERY: 0,
         TPM_PT.AUDIT_COUNTER_0: 0,
         TPM_PT.AUDIT_COUNTER_1: 0,
@@ -248,8 +255,18 @@ def get_capability(tpm, ctx, capability, prop, count):
     elif capability == TPM_CAP.ECC_CURVES:
         curves = sorted(S.ECC_CURVES)
         data, more = _page(curves, _from(curves, prop), count, S.MAX_ECC_CURVES)
+    elif capability == TPM_CAP.AUTH_POLICIES:
+        # PermanentHandleGetPolicy: every permanent handle with an authPolicy, set or not
+        if prop >> 24 != TPM_HT.PERMANENT:
+            raise TpmError(TPM_RC.VALUE, param=2)
+        handles = [h for h in POLICY_HANDLES if h >= prop]
+        chunk, more = _page(handles, 0, count, S.MAX_CAP_DATA // 70)   # MAX_TAGGED_POLICIES
+        data = []
+        for h in chunk:
+            alg, digest = hierarchy_policy(state, h)
+            data.append(Container(handle=h, policyHash=Container(hashAlg=alg, digest=digest)))
     else:
-        data = []      # AUTH_POLICIES, ACT: none exist
+        data = []      # ACT: none exist
     return (int(more), Container(capability=capability, data=data))
 
 

@@ -16,7 +16,7 @@ from ..errors import TpmError
 from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
-from . import ea, handlers
+from . import da, ea, handlers
 from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, response_hmac,
                        rp_hash)
 
@@ -125,7 +125,7 @@ class Dispatcher:
             except TpmError as e:
                 raise e.located(handle=i)
         for i, handle in enumerate(handles, 1):
-            self.tpm.check_loaded(handle, i)
+            self.tpm.check_loaded(handle, i, code)
         ctx = CommandContext(code, locality, tag, cdef)
 
         # Authorization area.
@@ -143,7 +143,8 @@ class Dispatcher:
                                                 auth_size)
             if len(ctx.sessions) < len(entities):
                 raise TpmError(TPM_RC.AUTH_MISSING)
-            raw = self._authorize(code, handles, entities, ctx.sessions, cmd[stream.tell():])
+            raw = self._authorize(code, handles, entities, ctx.sessions, cmd[stream.tell():],
+                                  locality)
             stream = io.BytesIO(raw)
             n = len(raw)
         elif entities:
@@ -227,7 +228,7 @@ class Dispatcher:
             e.encrypt = e is encrypt
         return sessions
 
-    def _authorize(self, code, handles, entities, sessions, raw):
+    def _authorize(self, code, handles, entities, sessions, raw, locality=0):
         """Check every session's authorization (Part 1 §19.6), then decrypt the first
         parameter if a session says so. Returns the parameter area to unmarshal."""
         tpm = self.tpm
@@ -242,6 +243,8 @@ class Dispatcher:
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
             e.entity, role = entities[idx - 1] if idx <= len(entities) else (None, None)
+            if e.entity is not None and not tpm.is_da_exempt(e.entity) and self._auth_used(e):
+                da.check_locked_out(tpm, e.entity)      # Part 1 §19.8: before the value
             if e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC):
                 refusal = tpm.auth_value_refusal(e.entity, role)
                 if refusal is not None:
@@ -251,7 +254,7 @@ class Dispatcher:
                     raise TpmError(TPM_RC.HANDLE, session=idx)
                 expected = tpm.entity_auth_value(e.entity)
                 if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
-                    raise self._auth_failure(e.entity, idx)
+                    raise self._auth_failure(e, idx)
                 continue
             session = e.session
             if e.entity is None:
@@ -261,14 +264,15 @@ class Dispatcher:
                 # Part 1 §19.7: the entity's authPolicy and the session's other conditions
                 # (the reference's IsAuthPolicyAvailable and CheckPolicyAuthSession) ...
                 try:
-                    ea.check_policy_session(tpm, code, session, e.entity, role, cp_of, names)
+                    ea.check_policy_session(tpm, code, session, e.entity, role, cp_of, names,
+                                            locality, raw)
                 except TpmError as err:
                     raise err.located(session=idx) from None
                 e.include_auth = session.is_auth_value_needed or session.is_password_needed
                 if session.is_password_needed:  # ... then PolicyPassword's cleartext auth
                     expected = tpm.entity_auth_value(e.entity)
                     if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
-                        raise self._auth_failure(e.entity, idx)
+                        raise self._auth_failure(e, idx)
                     continue
             else:
                 e.include_auth = session.bound != bind_value(tpm, e.entity)
@@ -285,7 +289,7 @@ class Dispatcher:
                     extra.append(encrypt.session.nonce_tpm)
             expected = command_hmac(session, key, cp_hashes[alg], e.nonce, e.attrs, extra)
             if not hmac.compare_digest(e.auth, expected):
-                raise self._auth_failure(e.entity, idx)
+                raise self._auth_failure(e, idx)
         if decrypt is not None:
             idx = sessions.index(decrypt) + 1
             if len(raw) < 2:
@@ -305,10 +309,22 @@ class Dispatcher:
             return b""
         return self.tpm.entity_auth_value(entry.entity).rstrip(b"\0")
 
-    def _auth_failure(self, entity, idx):
-        # Part 1 §19.6.5: entities outside dictionary-attack protection get BAD_AUTH.
-        rc = TPM_RC.BAD_AUTH if self.tpm.is_da_exempt(entity) else TPM_RC.AUTH_FAIL
-        return TpmError(rc, session=idx)
+    def _auth_used(self, e):
+        """Does this session use the entity's authValue (the reference's authUsed)?"""
+        session = e.session
+        if session is None:
+            return True
+        if session.kind == TPM_SE.POLICY:
+            return session.is_auth_value_needed or session.is_password_needed
+        return session.bound != bind_value(self.tpm, e.entity)
+
+    def _auth_failure(self, e, idx):
+        # Part 1 §19.6.5, §19.8 (IncrementLockout): entities outside dictionary-attack
+        # protection, and sessions that did not use the authValue, get BAD_AUTH; the others
+        # count a failure (or lock out lockoutAuth) and get AUTH_FAIL.
+        if self.tpm.is_da_exempt(e.entity) or not self._auth_used(e):
+            return TpmError(TPM_RC.BAD_AUTH, session=idx)
+        return TpmError(da.register_failure(self.tpm, e.entity), session=idx)
 
     def _response(self, cdef, tag, ctx, outputs):
         rhandle = b""

@@ -8,9 +8,13 @@ code, a cpHash or nameHash, the PCR change counter, a timeout, and whether the e
 authValue goes into the HMAC (PolicyAuthValue) or arrives as a password (PolicyPassword).
 
 Implemented: PolicyRestart, PolicyGetDigest, PolicyCommandCode, PolicyAuthValue,
-PolicyPassword, PolicySecret, PolicyDuplicationSelect, PolicyNameHash, PolicyCpHash,
-PolicyPCR, PolicyOR. Hierarchies, PCRs and NV indices have no authPolicy in this build, so
-only objects can be authorized with a policy.
+PolicyPassword, PolicySecret, PolicySigned, PolicyTicket, PolicyAuthorize, PolicyLocality,
+PolicyCounterTimer, PolicyTemplate, PolicyPhysicalPresence, PolicyDuplicationSelect,
+PolicyNameHash, PolicyCpHash, PolicyPCR, PolicyOR. Not yet: PolicyNV, PolicyAuthorizeNV,
+PolicyNvWritten (no NV indices). ctpm has no physical-presence signal, so a policy with
+PolicyPhysicalPresence never authorizes (TPM_RC_PP), as the reference without PP asserted.
+Objects, and hierarchies with a SetPrimaryPolicy, can be authorized with a policy; PCRs and
+NV indices have no authPolicy in this build.
 """
 import hmac
 import struct
@@ -43,6 +47,9 @@ def reset_policy(session, now_ms: int = 0):
     session.pcr_counter = 0
     session.timeout = 0
     session.start_time = now_ms
+    session.command_locality = 0
+    session.is_pp_required = False
+    session.is_template_hash = False
 
 
 def _extend(session, *parts: bytes):
@@ -60,7 +67,7 @@ def _session(tpm, handle):
 
 
 def _cp_hash_occupied(session) -> bool:
-    return session.is_cp_hash or session.is_name_hash
+    return session.is_cp_hash or session.is_name_hash or session.is_template_hash
 
 
 def _context_update(session, code, name, ref, cp_hash, timeout):
@@ -185,6 +192,170 @@ def policy_secret(tpm, ctx, auth_handle, policy_session, nonce_tpm, cp_hash_a, p
     return (b"", Container(tag=TPM_ST.AUTH_SECRET, hierarchy=TPM_RH.NULL, digest=b""))
 
 
+def _signature_hash(signature):
+    """CryptGetSignHashAlg: the hash algorithm a signature was made with."""
+    sig = signature.signature
+    return sig.hashAlg if signature.sigAlg == TPM_ALG.HMAC else sig.hash
+
+
+def policy_signed(tpm, ctx, auth_object, policy_session, nonce_tpm, cp_hash_a, policy_ref,
+                  expiration, auth):
+    """Part 3 §23.3: `auth` is a signature by `auth_object` over
+    aHash = H(nonceTPM || expiration || cpHashA || policyRef); the digest takes the key's
+    Name and policyRef. A trial session checks no signature."""
+    from .signature import validate_signature
+    session = _session(tpm, policy_session)
+    timeout = 0
+    trial = _is_trial(session)
+    if not trial:
+        timeout = _auth_timeout(tpm, session, expiration, nonce_tpm)
+        _parameter_checks(tpm, session, timeout, cp_hash_a, nonce_tpm, 1, 2, 4)
+        alg = _signature_hash(auth)
+        if alg not in HASH_SIZES:
+            raise TpmError(TPM_RC.SCHEME, param=5)
+        a_hash = hashes.digest(alg, nonce_tpm + struct.pack(">i", expiration) + cp_hash_a
+                               + policy_ref)
+        try:
+            validate_signature(tpm.state.object(auth_object), a_hash, auth)
+        except TpmError as e:
+            raise e.located(param=5) from None
+    name = tpm.entity_name(auth_object)
+    _context_update(session, TPM_CC.PolicySigned, name, policy_ref, cp_hash_a, timeout)
+    if expiration < 0 and not trial:
+        expires_on_reset = not nonce_tpm
+        timeout &= ~EXPIRATION_BIT
+        ticket = _auth_ticket(tpm, TPM_ST.AUTH_SIGNED, entity_hierarchy(tpm, auth_object),
+                              timeout, expires_on_reset, cp_hash_a, policy_ref, name)
+        if expires_on_reset:
+            timeout |= EXPIRATION_BIT
+        return (struct.pack(">Q", timeout), ticket)
+    return (b"", Container(tag=TPM_ST.AUTH_SIGNED, hierarchy=TPM_RH.NULL, digest=b""))
+
+
+def policy_ticket(tpm, ctx, policy_session, timeout, cp_hash_a, policy_ref, auth_name, ticket):
+    """Part 3 §23.5: a PolicySigned or PolicySecret assertion again, from its ticket."""
+    session = _session(tpm, policy_session)
+    if _is_trial(session):
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    if len(timeout) != 8:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    auth_timeout = struct.unpack(">Q", timeout)[0]
+    expires_on_reset = bool(auth_timeout & EXPIRATION_BIT)
+    auth_timeout &= ~EXPIRATION_BIT
+    _parameter_checks(tpm, session, auth_timeout, cp_hash_a, b"", 0, 2, 1)
+    expected = _auth_ticket(tpm, ticket.tag, ticket.hierarchy, auth_timeout, expires_on_reset,
+                            cp_hash_a, policy_ref, auth_name)
+    if not hmac.compare_digest(bytes(ticket.digest), expected.digest):
+        raise TpmError(TPM_RC.TICKET, param=5)
+    code = TPM_CC.PolicySigned if ticket.tag == TPM_ST.AUTH_SIGNED else TPM_CC.PolicySecret
+    _context_update(session, code, auth_name, policy_ref, cp_hash_a, auth_timeout)
+
+
+def policy_authorize(tpm, ctx, policy_session, approved_policy, policy_ref, key_sign,
+                     check_ticket):
+    """Part 3 §23.16: the policy so far was approved by the key named `key_sign`
+    (checkTicket: VerifySignature over aHash = H(approvedPolicy || policyRef)); the digest
+    starts over as H(0...0 || TPM_CC_PolicyAuthorize || keySign) and then policyRef."""
+    from .signature import verified_ticket
+    session = _session(tpm, policy_session)
+    # (a keySign shorter than a hash algorithm ID: HASH as libtpms/swtpm; newer reference SIZE)
+    alg = struct.unpack(">H", key_sign[:2])[0] if len(key_sign) >= 2 else TPM_ALG.ERROR
+    if alg not in HASH_SIZES:
+        raise TpmError(TPM_RC.HASH, param=3)
+    if HASH_SIZES[alg] != len(key_sign) - 2:
+        raise TpmError(TPM_RC.SIZE, param=3)
+    if not _is_trial(session):
+        if session.policy_digest != approved_policy:
+            raise TpmError(TPM_RC.VALUE, param=1)
+        a_hash = hashes.digest(alg, approved_policy + policy_ref)
+        expected = verified_ticket(tpm, check_ticket.hierarchy, a_hash, key_sign)
+        if not hmac.compare_digest(bytes(check_ticket.digest), expected.digest):
+            raise TpmError(TPM_RC.VALUE, param=4)
+    session.policy_digest = b"\0" * session.digest_size
+    _context_update(session, TPM_CC.PolicyAuthorize, key_sign, policy_ref, b"", 0)
+
+
+def policy_locality(tpm, ctx, policy_session, locality):
+    """Part 3 §23.8: the command must come from one of these localities (bits 0-4) or
+    from this extended locality (32-255); successive assertions narrow the set."""
+    session = _session(tpm, policy_session)
+    if locality == 0:
+        raise TpmError(TPM_RC.RANGE, param=1)
+    prev = session.command_locality
+    if prev != 0 and (prev < 32) != (locality < 32):
+        raise TpmError(TPM_RC.RANGE, param=1)
+    if locality < 32:
+        new = (prev or 0x1F) & locality
+        if new == 0:
+            raise TpmError(TPM_RC.RANGE, param=1)
+    else:
+        if prev != 0 and prev != locality:
+            raise TpmError(TPM_RC.RANGE, param=1)
+        new = locality
+    _extend(session, _CC.pack(TPM_CC.PolicyLocality), bytes((locality,)))
+    session.command_locality = new
+
+
+def time_info(state) -> bytes:
+    """TPMS_TIME_INFO marshaled (TimeGetMarshaled): time, clock, resetCount, restartCount,
+    safe."""
+    return struct.pack(">QQIIB", state.time(), state.clock(), state.nv["reset_count"],
+                       state.restart_count, int(state.safe))
+
+
+def _check_condition(operation, a: bytes, b: bytes) -> bool:
+    """PolicySptCheckCondition: operandA (the TPM's bytes) against operandB, big-endian."""
+    if operation == 0xA:                      # TPM_EO_BITSET
+        return all(x & y == y for x, y in zip(a, b))
+    if operation == 0xB:                      # TPM_EO_BITCLEAR
+        return all(x & y == 0 for x, y in zip(a, b))
+    signed = operation in (2, 4, 6, 8)
+    ia = int.from_bytes(a, "big", signed=signed)
+    ib = int.from_bytes(b, "big", signed=signed)
+    return {0: ia == ib, 1: ia != ib, 2: ia > ib, 3: ia > ib, 4: ia < ib, 5: ia < ib,
+            6: ia >= ib, 7: ia >= ib, 8: ia <= ib, 9: ia <= ib}[operation]
+
+
+def policy_counter_timer(tpm, ctx, policy_session, operand_b, offset, operation):
+    """Part 3 §23.10: a comparison with the bytes of TPMS_TIME_INFO at `offset`; the digest
+    takes H(operandB || offset || operation)."""
+    info = time_info(tpm.state)
+    if offset > len(info):
+        raise TpmError(TPM_RC.VALUE, param=2)
+    if offset + len(operand_b) > len(info):
+        raise TpmError(TPM_RC.RANGE)
+    session = _session(tpm, policy_session)
+    if not _is_trial(session):
+        if not _check_condition(operation, info[offset:offset + len(operand_b)], operand_b):
+            raise TpmError(TPM_RC.POLICY)
+    arg = hashes.digest(session.auth_hash, operand_b + struct.pack(">HH", offset, operation))
+    _extend(session, _CC.pack(TPM_CC.PolicyCounterTimer), arg)
+
+
+def policy_template(tpm, ctx, policy_session, template_hash):
+    """Part 3 §23.23: Create, CreatePrimary or CreateLoaded with a template (inPublic) of
+    this digest."""
+    session = _session(tpm, policy_session)
+    # (as libtpms/swtpm: another templateHash is VALUE; the newer reference says CPHASH)
+    if session.is_template_hash:
+        if template_hash != session.cp_hash:
+            raise TpmError(TPM_RC.VALUE, param=1)
+    elif _cp_hash_occupied(session):
+        raise TpmError(TPM_RC.CPHASH)
+    if len(template_hash) != session.digest_size:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    _extend(session, _CC.pack(TPM_CC.PolicyTemplate), template_hash)
+    session.cp_hash = template_hash
+    session.is_template_hash = True
+
+
+def policy_physical_presence(tpm, ctx, policy_session):
+    """Part 3 §23.12: physical presence must be asserted when the session is used."""
+    session = _session(tpm, policy_session)
+    _extend(session, _CC.pack(TPM_CC.PolicyPhysicalPresence))
+    session.is_pp_required = True
+
+
 def policy_duplication_select(tpm, ctx, policy_session, object_name, new_parent_name,
                               include_object):
     """Part 3 §23.15: Duplicate only of this object (optionally) to this new parent."""
@@ -282,7 +453,12 @@ def policy_or(tpm, ctx, policy_session, p_hash_list):
 def auth_policy(tpm, handle):
     """(authPolicy, its hash algorithm) of an entity, or None if a policy cannot authorize
     it (IsAuthPolicyAvailable): objects loaded with their private part (not sequences);
-    hierarchies, PCRs and NV indices have no policy in this build."""
+    hierarchies once SetPrimaryPolicy gave them one; PCRs and NV indices have no policy in
+    this build."""
+    if handle >> 24 == TPM_HT.PERMANENT:
+        from .hierarchy import hierarchy_policy
+        alg, policy = hierarchy_policy(tpm.state, handle)
+        return (policy, alg) if policy else None
     if handle >> 24 not in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT):
         return None
     obj = tpm._object(handle)
@@ -291,9 +467,35 @@ def auth_policy(tpm, handle):
     return bytes(obj.public.authPolicy), obj.public.nameAlg
 
 
-def check_policy_session(tpm, code, session, entity, role, cp_hash, names):
+def _template_hash(session, code, params: bytes) -> bytes | None:
+    """CompareTemplateHash's digest: H(inPublic) of Create, CreatePrimary, CreateLoaded
+    (the second parameter, after the TPM2B inSensitive), None if not such a command."""
+    if code not in (TPM_CC.Create, TPM_CC.CreatePrimary, TPM_CC.CreateLoaded):
+        return None
+    if len(params) < 2:
+        return None
+    at = 2 + struct.unpack_from(">H", params)[0]
+    if len(params) < at + 2:
+        return None
+    size = struct.unpack_from(">H", params, at)[0]
+    if size > len(params) - at - 2:
+        return None
+    return hashes.digest(session.auth_hash, params[at + 2:at + 2 + size])
+
+
+def _locality_ok(allowed: int, locality: int) -> bool:
+    if locality < 5:
+        return allowed < 32 and bool(allowed & (1 << locality))
+    if locality > 31:
+        return allowed == locality
+    return False
+
+
+def check_policy_session(tpm, code, session, entity, role, cp_hash, names, locality=0,
+                         params=b""):
     """The conditions of a policy session that authorizes `entity` in `role` for command
-    `code`. `cp_hash(alg)` gives the command's cpHash, `names` the handles' Names.
+    `code` sent from `locality` with parameter area `params`. `cp_hash(alg)` gives the
+    command's cpHash, `names` the handles' Names.
     Raises TpmError (format-one codes without their session number)."""
     policy = auth_policy(tpm, entity)
     if policy is None:
@@ -313,9 +515,15 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names):
             raise TpmError(TPM_RC.POLICY_CC)
     elif role in (Auth.ADMIN, Auth.DUP):
         raise TpmError(TPM_RC.POLICY_FAIL)
+    if session.command_locality and not _locality_ok(session.command_locality, locality):
+        raise TpmError(TPM_RC.LOCALITY)
+    if session.is_pp_required:          # no physical presence on this platform
+        raise TpmError(TPM_RC.PP)
     if session.cp_hash:
         if session.is_cp_hash:
             ok = session.cp_hash == cp_hash(session.auth_hash)
+        elif session.is_template_hash:
+            ok = session.cp_hash == _template_hash(session, code, params)
         else:
             ok = session.cp_hash == hashes.digest(session.auth_hash, b"".join(names))
         if not ok:

@@ -104,6 +104,8 @@ def load_external(tpm, ctx, in_private, in_public, hierarchy):
     state = tpm.state
     handle = free_object_handle(state)
     a = in_public.objectAttributes
+    if not state.hierarchy_enabled(hierarchy):
+        raise TpmError(TPM_RC.HIERARCHY, param=3)
     if in_private is not None:
         if hierarchy != TPM_RH.NULL:
             raise TpmError(TPM_RC.HIERARCHY, param=3)

@@ -1,8 +1,8 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import (asymmetric, capability, clock, context, credential, duplication, ea, ecc, ecdaa,
-               external, hash, hierarchy, object, pcr, persistent, random, sequence, sessions,
+from . import (asymmetric, capability, clock, context, credential, da, duplication, ea, ecc,
+               ecdaa, external, hash, hierarchy, object, pcr, persistent, random, sequence, sessions,
                signature, startup, symmetric, testing)
 
 _FUNCTIONS = {
@@ -47,6 +47,12 @@ _FUNCTIONS = {
     TPM_CC.Clear: hierarchy.clear,
     TPM_CC.ClearControl: hierarchy.clear_control,
     TPM_CC.HierarchyChangeAuth: hierarchy.hierarchy_change_auth,
+    TPM_CC.DictionaryAttackLockReset: da.dictionary_attack_lock_reset,
+    TPM_CC.DictionaryAttackParameters: da.dictionary_attack_parameters,
+    TPM_CC.HierarchyControl: hierarchy.hierarchy_control,
+    TPM_CC.SetPrimaryPolicy: hierarchy.set_primary_policy,
+    TPM_CC.ChangePPS: hierarchy.change_pps,
+    TPM_CC.ChangeEPS: hierarchy.change_eps,
     TPM_CC.Hash: hash.hash_,
     TPM_CC.HMAC_Start: sequence.hmac_start,
     TPM_CC.HashSequenceStart: sequence.hash_sequence_start,
@@ -54,6 +60,13 @@ _FUNCTIONS = {
     TPM_CC.SequenceComplete: sequence.sequence_complete,
     TPM_CC.EventSequenceComplete: sequence.event_sequence_complete,
     TPM_CC.PolicySecret: ea.policy_secret,
+    TPM_CC.PolicySigned: ea.policy_signed,
+    TPM_CC.PolicyTicket: ea.policy_ticket,
+    TPM_CC.PolicyAuthorize: ea.policy_authorize,
+    TPM_CC.PolicyLocality: ea.policy_locality,
+    TPM_CC.PolicyCounterTimer: ea.policy_counter_timer,
+    TPM_CC.PolicyTemplate: ea.policy_template,
+    TPM_CC.PolicyPhysicalPresence: ea.policy_physical_presence,
     TPM_CC.PolicyOR: ea.policy_or,
     TPM_CC.PolicyPCR: ea.policy_pcr,
     TPM_CC.PolicyCommandCode: ea.policy_command_code,

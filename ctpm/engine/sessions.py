@@ -46,6 +46,9 @@ class Session:
     pcr_counter: int = 0          # pcrUpdateCounter when PolicyPCR ran, 0: no PCR policy
     timeout: int = 0              # TPM time (ms) after which the policy fails, 0: none
     start_time: int = 0           # TPM time of the start (or last reset) of the policy
+    command_locality: int = 0     # PolicyLocality: TPMA_LOCALITY the command must come from
+    is_pp_required: bool = False  # PolicyPhysicalPresence
+    is_template_hash: bool = False    # cp_hash holds a PolicyTemplate templateHash
 
     @property
     def digest_size(self):

@@ -12,6 +12,7 @@ from ..errors import TpmError
 from ..state.store import StoreError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
+from . import da
 from .context import max_active_sessions, new_bookkeeping
 from .drbg import HmacDrbg
 from .persistent import from_nv
@@ -145,6 +146,10 @@ class TpmState:
         self._clock_stored = self.clock_at_init
         self.safe = self.orderly_startup = False
         self.platform_auth = b""
+        self.platform_policy = (TPM_ALG.NULL, b"")   # SetPrimaryPolicy(PLATFORM): state-clear
+        # TPMA_STARTUP_CLEAR enables (HierarchyControl): phEnable is SET by every Startup, the
+        # others by every Startup but Resume
+        self.ph_enable = self.sh_enable = self.eh_enable = self.ph_enable_nv = True
         self.pcrs = {}
         self.pcr_counter = 0
         self.restart_count = 0
@@ -203,6 +208,7 @@ class TpmState:
         else:
             kind = "reset"
         self.safe = self.orderly_startup = prev is not None
+        da.startup(self, prev)
         if kind == "reset":
             nv["reset_count"] += 1
             nv["total_reset_count"] += 1
@@ -222,6 +228,15 @@ class TpmState:
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
         # platformAuth is state-clear data: kept by Resume only (Part 1 §13.3)
         self.platform_auth = _b(saved.get("platform_auth", "")) if kind == "resume" else b""
+        self.ph_enable = True
+        if kind == "resume":
+            alg, digest = saved.get("platform_policy", (int(TPM_ALG.NULL), ""))
+            self.platform_policy = (alg, _b(digest))
+            self.sh_enable, self.eh_enable, self.ph_enable_nv = saved.get("enables",
+                                                                          (True, True, True))
+        else:
+            self.platform_policy = (TPM_ALG.NULL, b"")
+            self.sh_enable = self.eh_enable = self.ph_enable_nv = True
         nv["orderly"] = None
         nv["saved"] = None
         self.started = True
@@ -233,6 +248,8 @@ class TpmState:
         if shutdown_type == TPM_SU.STATE:
             nv["saved"] = {
                 "platform_auth": _h(self.platform_auth),
+                "platform_policy": [int(self.platform_policy[0]), _h(self.platform_policy[1])],
+                "enables": [self.sh_enable, self.eh_enable, self.ph_enable_nv],
                 "restart_count": self.restart_count,
                 "pcr_counter": self.pcr_counter,
                 "null_proof": _h(self.null_proof),
@@ -328,6 +345,16 @@ class TpmState:
         """The loaded or persistent object a handle names (checked to exist beforehand)."""
         obj = self.objects.get(handle)
         return obj if obj is not None else self.persistent[handle]
+
+    def hierarchy_enabled(self, hierarchy) -> bool:
+        """phEnable / shEnable / ehEnable (the NULL hierarchy is always enabled)."""
+        if hierarchy == TPM_RH.PLATFORM:
+            return self.ph_enable
+        if hierarchy == TPM_RH.OWNER:
+            return self.sh_enable
+        if hierarchy == TPM_RH.ENDORSEMENT:
+            return self.eh_enable
+        return True
 
     def primary_seed(self, hierarchy) -> bytes:
         if hierarchy == TPM_RH.OWNER:

@@ -8,7 +8,7 @@ import struct
 from ..errors import TpmError
 from ..platform import Platform
 from ..wire.commands import Auth
-from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
+from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from .hierarchy import hierarchy_auth
@@ -129,9 +129,11 @@ class Tpm:
         obj = self._object(handle)
         return obj.name if obj is not None else handle.to_bytes(4, "big")
 
-    def check_loaded(self, handle: int, index: int):
+    def check_loaded(self, handle: int, index: int, code: int = 0):
         """Every handle in a handle area must name something present (Part 1 §18.4)."""
         kind = handle >> 24
+        if kind == TPM_HT.PERMANENT and not self.state.hierarchy_enabled(handle):
+            raise TpmError(TPM_RC.HIERARCHY, handle=index)
         if kind == TPM_HT.TRANSIENT and handle not in self.state.objects:
             raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
         if kind in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION):
@@ -142,8 +144,16 @@ class Tpm:
                 raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
             if loaded != handle:
                 raise TpmError(TPM_RC.HANDLE, handle=index)
-        if kind == TPM_HT.PERSISTENT and handle not in self.state.persistent:
-            raise TpmError(TPM_RC.HANDLE, handle=index)
+        if kind == TPM_HT.PERSISTENT:
+            # ObjectLoadEvict: the owner's range needs shEnable, the platform's phEnable, an
+            # endorsement object ehEnable too (except to EvictControl it away)
+            obj = self.state.persistent.get(handle)
+            if obj is None or not self.state.hierarchy_enabled(
+                    TPM_RH.PLATFORM if handle >= 0x81800000 else TPM_RH.OWNER):
+                raise TpmError(TPM_RC.HANDLE, handle=index)
+            if (obj.hierarchy == TPM_RH.ENDORSEMENT and not self.state.eh_enable
+                    and code != TPM_CC.EvictControl):
+                raise TpmError(TPM_RC.HANDLE, handle=index)
         if kind == TPM_HT.NV_INDEX:             # no NV indices exist in this build yet
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
@@ -159,6 +169,9 @@ class Tpm:
         if role == Auth.DUP:
             return TPM_RC.AUTH_TYPE
         if obj is None:
+            # the ADMIN role of a permanent handle or an NV index always needs a policy
+            if role == Auth.ADMIN and handle >> 24 in (TPM_HT.PERMANENT, TPM_HT.NV_INDEX):
+                return TPM_RC.AUTH_TYPE
             return None
         if role == Auth.ADMIN and obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY:
             return TPM_RC.AUTH_TYPE

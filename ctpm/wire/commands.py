@@ -10,8 +10,8 @@ from enum import IntEnum
 
 from . import objects as O
 from . import structures as S
-from .base import Sized, Tpm2b
-from .constants import TPM_CC, TPMA_CC
+from .base import Int, Sized, Tpm2b
+from .constants import TPM_CC, TPM_RC, TPM_RH, TPMA_CC
 
 
 _TPM2B_TYPES = (Tpm2b, Sized)
@@ -78,6 +78,8 @@ class Command:
 
 PCR = S.TPMI_DH_PCR
 PCR_OR_NULL = S.TPMI_DH_PCR.plus
+# TPMI_RH_LOCKOUT (Part 2 §9.21): only TPM_RH_LOCKOUT
+LOCKOUT = Int(4, frozenset((TPM_RH.LOCKOUT,)), TPM_RC.VALUE)
 
 COMMANDS = (
     # Part 3 §9: start-up
@@ -278,15 +280,36 @@ COMMANDS = (
             params=(("nonceTPM", S.TPM2B_NONCE), ("cpHashA", S.TPM2B_DIGEST),
                     ("policyRef", S.TPM2B_NONCE), ("expiration", S.INT32)),
             response=(("timeout", S.TPM2B_TIMEOUT), ("policyTicket", O.TPMT_TK_AUTH))),
+    Command(TPM_CC.PolicySigned, "Part 3 §23.3",
+            handles=(Handle("authObject", S.TPMI_DH_OBJECT),
+                     Handle("policySession", S.TPMI_SH_POLICY)),
+            params=(("nonceTPM", S.TPM2B_NONCE), ("cpHashA", S.TPM2B_DIGEST),
+                    ("policyRef", S.TPM2B_NONCE), ("expiration", S.INT32),
+                    ("auth", O.TPMT_SIGNATURE)),
+            response=(("timeout", S.TPM2B_TIMEOUT), ("policyTicket", O.TPMT_TK_AUTH))),
+    Command(TPM_CC.PolicyTicket, "Part 3 §23.5",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),),
+            params=(("timeout", S.TPM2B_TIMEOUT), ("cpHashA", S.TPM2B_DIGEST),
+                    ("policyRef", S.TPM2B_NONCE), ("authName", S.TPM2B_NAME),
+                    ("ticket", O.TPMT_TK_AUTH))),
     Command(TPM_CC.PolicyOR, "Part 3 §23.6",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("pHashList", S.TPML_DIGEST),)),
     Command(TPM_CC.PolicyPCR, "Part 3 §23.7",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("pcrDigest", S.TPM2B_DIGEST), ("pcrs", S.TPML_PCR_SELECTION))),
+    Command(TPM_CC.PolicyLocality, "Part 3 §23.8",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),),
+            params=(("locality", O.TPMA_LOCALITY),)),
+    Command(TPM_CC.PolicyCounterTimer, "Part 3 §23.10",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),),
+            params=(("operandB", S.TPM2B_OPERAND), ("offset", S.UINT16),
+                    ("operation", S.TPM_EO_))),
     Command(TPM_CC.PolicyCommandCode, "Part 3 §23.11",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("code", S.TPM_CC),)),
+    Command(TPM_CC.PolicyPhysicalPresence, "Part 3 §23.12",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),)),
     Command(TPM_CC.PolicyCpHash, "Part 3 §23.13",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("cpHashA", S.TPM2B_DIGEST),)),
@@ -297,6 +320,10 @@ COMMANDS = (
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("objectName", S.TPM2B_NAME), ("newParentName", S.TPM2B_NAME),
                     ("includeObject", S.TPMI_YES_NO))),
+    Command(TPM_CC.PolicyAuthorize, "Part 3 §23.16",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),),
+            params=(("approvedPolicy", S.TPM2B_DIGEST), ("policyRef", S.TPM2B_NONCE),
+                    ("keySign", S.TPM2B_NAME), ("checkTicket", O.TPMT_TK_VERIFIED))),
     Command(TPM_CC.PolicyAuthValue, "Part 3 §23.17",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),)),
     Command(TPM_CC.PolicyPassword, "Part 3 §23.18",
@@ -304,6 +331,9 @@ COMMANDS = (
     Command(TPM_CC.PolicyGetDigest, "Part 3 §23.19",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             response=(("policyDigest", S.TPM2B_DIGEST),)),
+    Command(TPM_CC.PolicyTemplate, "Part 3 §23.23",
+            handles=(Handle("policySession", S.TPMI_SH_POLICY),),
+            params=(("templateHash", S.TPM2B_DIGEST),)),
     Command(TPM_CC.PolicyRestart, "Part 3 §23.21",
             handles=(Handle("sessionHandle", S.TPMI_SH_POLICY),)),
     # Part 3 §24: hierarchy commands
@@ -323,6 +353,26 @@ COMMANDS = (
     Command(TPM_CC.HierarchyChangeAuth, "Part 3 §24.8",
             handles=(Handle("authHandle", S.TPMI_RH_HIERARCHY_AUTH, Auth.USER),),
             params=(("newAuth", S.TPM2B_AUTH),), nv=True),
+    Command(TPM_CC.HierarchyControl, "Part 3 §24.5",
+            handles=(Handle("authHandle", S.TPMI_RH_HIERARCHY, Auth.USER),),
+            params=(("enable", S.TPMI_RH_ENABLES), ("state", S.TPMI_YES_NO)), nv=True,
+            extensive=True),
+    Command(TPM_CC.SetPrimaryPolicy, "Part 3 §24.9",
+            handles=(Handle("authHandle", S.TPMI_RH_HIERARCHY_POLICY, Auth.USER),),
+            params=(("authPolicy", S.TPM2B_DIGEST), ("hashAlg", S.TPMI_ALG_HASH.plus)), nv=True),
+    Command(TPM_CC.ChangePPS, "Part 3 §24.10",
+            handles=(Handle("authHandle", S.TPMI_RH_PLATFORM, Auth.USER),), nv=True,
+            extensive=True),
+    Command(TPM_CC.ChangeEPS, "Part 3 §24.11",
+            handles=(Handle("authHandle", S.TPMI_RH_PLATFORM, Auth.USER),), nv=True,
+            extensive=True),
+    # Part 3 §25: dictionary attack functions
+    Command(TPM_CC.DictionaryAttackLockReset, "Part 3 §25.2",
+            handles=(Handle("lockHandle", LOCKOUT, Auth.USER),), nv=True),
+    Command(TPM_CC.DictionaryAttackParameters, "Part 3 §25.3",
+            handles=(Handle("lockHandle", LOCKOUT, Auth.USER),),
+            params=(("newMaxTries", S.UINT32), ("newRecoveryTime", S.UINT32),
+                    ("lockoutRecovery", S.UINT32)), nv=True),
     # Part 3 §28: context management
     Command(TPM_CC.EvictControl, "Part 3 §28.5",
             handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),

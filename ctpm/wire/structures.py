@@ -52,6 +52,7 @@ INT32 = Int32sb
 
 TPM_SU_ = Int(2, frozenset(TPM_SU), TPM_RC.VALUE)
 TPM_SE_ = Int(1, frozenset(TPM_SE), TPM_RC.VALUE)
+TPM_EO_ = Int(2, frozenset(range(0xC)), TPM_RC.VALUE)   # TPM_EO_EQ .. TPM_EO_BITCLEAR
 TPM_CAP_ = Int(4, frozenset(range(TPM_CAP.ALGS, TPM_CAP.ACT + 1)), TPM_RC.VALUE)
 
 # --- Part 2 §9: interface types ------------------------------------------------------------
@@ -72,6 +73,11 @@ TPMI_RH_HIERARCHY_AUTH = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM
                                            TPM_RH.LOCKOUT)), TPM_RC.VALUE)
 TPMI_RH_CLEAR = Int(4, frozenset((TPM_RH.LOCKOUT, TPM_RH.PLATFORM)), TPM_RC.VALUE)
 TPMI_RH_PROVISION = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.PLATFORM)), TPM_RC.VALUE)
+TPMI_RH_HIERARCHY_POLICY = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM,
+                                             TPM_RH.LOCKOUT)), TPM_RC.VALUE)
+TPMI_RH_ENABLES = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM,
+                                    TPM_RH.PLATFORM_NV)), TPM_RC.VALUE, null=TPM_RH.NULL)
+TPMI_RH_PLATFORM = Int(4, frozenset((TPM_RH.PLATFORM,)), TPM_RC.VALUE)
 TPMI_DH_PERSISTENT = Int(4, lambda v: 0x81000000 <= v <= 0x81FFFFFF, TPM_RC.VALUE)
 TPMI_DH_CONTEXT = Int(4, lambda v: v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION,
                                                TPM_HT.TRANSIENT), TPM_RC.VALUE)

@@ -149,6 +149,8 @@ def test_seal_and_unseal(via, tmp_path, data):
     assert (tmp_path / "out.bin").read_bytes() == data
     result = fails("tpm2_unseal", "-T", via, "-c", "seal.ctx", "-p", "wrong", cwd=tmp_path)
     assert "Esys_Unseal(0x98E)" in result.stderr, result.stderr     # TPM_RC_AUTH_FAIL, session 1
+    # the failure counted (Part 1 §19.8); the module's daemon must not end in lockout
+    run(via, tmp_path, "tpm2_dictionarylockout", "-c")
     # a hex password is the same bytes
     run(via, tmp_path, "tpm2_unseal", "-c", "seal.ctx", "-p", "hex:" + b"pass word".hex(),
         "-o", "out2.bin")
