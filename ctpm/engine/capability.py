@@ -10,7 +10,7 @@ from ..wire import structures as S
 from ..wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_RC, TPM_RH,
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
-from . import da
+from . import audit, da
 from .context import max_active_sessions, saved_session_handles
 from .ecdaa import COMMIT_ARRAY_BITS
 from .hierarchy import POLICY_HANDLES, hierarchy_policy
@@ -150,8 +150,8 @@ def tpm_properties(tpm):
         TPM_PT.LOCKOUT_INTERVAL: dav["recovery_time"],
         TPM_PT.LOCKOUT_RECOVERY: dav["lockout_recovery"],
         TPM_PT.NV_WRITE_RECOVERY: 0,
-        TPM_PT.AUDIT_COUNTER_0: 0,
-        TPM_PT.AUDIT_COUNTER_1: 0,
+        TPM_PT.AUDIT_COUNTER_0: audit.audit_counter(state) >> 32,
+        TPM_PT.AUDIT_COUNTER_1: audit.audit_counter(state) & 0xFFFFFFFF,
     }
     return p
 
@@ -233,7 +233,8 @@ def get_capability(tpm, ctx, capability, prop, count):
         codes = sorted(c for c, (d, _f) in tpm.dispatcher.table.items() if d.pp)
         data, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
     elif capability == TPM_CAP.AUDIT_COMMANDS:
-        data = []      # command audit arrives with SetCommandCodeAuditStatus
+        codes = sorted(audit.audit_commands(state))
+        data, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
     elif capability == TPM_CAP.PCRS:
         if prop != 0:
             raise TpmError(TPM_RC.VALUE, param=2)

@@ -422,6 +422,9 @@ def flush_context(tpm, ctx, flush_handle):
         for handle in (flush_handle, flush_handle ^ _OTHER_SESSION_TYPE):
             if state.sessions.pop(handle, None) is not None or \
                     _book(state)["saved_sessions"].pop(_key(handle), None) is not None:
+                if state.exclusive_audit_session in (flush_handle,
+                                                     flush_handle ^ _OTHER_SESSION_TYPE):
+                    state.exclusive_audit_session = None
                 return
     elif state.objects.pop(flush_handle, None) is not None:
         return

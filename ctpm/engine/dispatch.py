@@ -16,7 +16,7 @@ from ..errors import TpmError
 from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
-from . import da, ea, handlers
+from . import audit, da, ea, handlers
 from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, response_hmac,
                        rp_hash)
 
@@ -30,7 +30,6 @@ MAX_SESSION_NUM = 3
 _PW_RESPONSE_AUTH = b"\0\0\x01\0\0"     # empty nonce, continueSession, empty hmac
 _SESSION_HANDLE_TYPES = (0x02, 0x03)     # HMAC and policy session handle ranges
 # A password session cannot encrypt or audit (Part 1 §19.6.9).
-_AUDIT_ATTRS = int(TPMA_SESSION.AUDIT | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
 _PW_FORBIDDEN_ATTRS = int(TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
                           | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
 # Top-level parameters have no enclosing structure whose fields a selector could name.
@@ -57,7 +56,8 @@ class AuthEntry:
 class CommandContext:
     """What a handler may want to know about the command besides its parameters."""
 
-    __slots__ = ("code", "locality", "tag", "sessions", "command")
+    __slots__ = ("code", "locality", "tag", "sessions", "command", "names", "cp_params",
+                 "_cp_hashes")
 
     def __init__(self, code, locality, tag, command):
         self.code = code
@@ -65,6 +65,15 @@ class CommandContext:
         self.tag = tag
         self.command = command
         self.sessions = ()
+        self.names = ()           # Names of the handles before the command ran (for audit)
+        self.cp_params = b""      # the parameter area as received (encrypted, if it was)
+        self._cp_hashes = {}
+
+    def cp_of(self, alg) -> bytes:
+        """cpHash of the command with a hash algorithm (Part 1 §18.7)."""
+        if alg not in self._cp_hashes:
+            self._cp_hashes[alg] = cp_hash(alg, self.code, self.names, self.cp_params)
+        return self._cp_hashes[alg]
 
 
 class Dispatcher:
@@ -143,12 +152,20 @@ class Dispatcher:
                                                 auth_size)
             if len(ctx.sessions) < len(entities):
                 raise TpmError(TPM_RC.AUTH_MISSING)
-            raw = self._authorize(code, handles, entities, ctx.sessions, cmd[stream.tell():],
+            ctx.cp_params = cmd[stream.tell():]
+            raw = self._authorize(code, handles, entities, ctx.sessions, ctx.cp_params,
                                   locality)
             stream = io.BytesIO(raw)
             n = len(raw)
         elif entities:
             raise TpmError(TPM_RC.AUTH_MISSING)
+        else:
+            ctx.cp_params = cmd[stream.tell():]
+        # Names as they are before the command (FlushContext, EvictControl change them), for
+        # the cpHash of an audit (the reference computes it before the command runs).
+        if (audit.is_audited(state, code)
+                or any(e.attrs & TPMA_SESSION.AUDIT for e in ctx.sessions)):
+            ctx.names = [self.tpm.entity_name(h) for h in handles]
 
         # Parameters.
         params = []
@@ -170,7 +187,7 @@ class Dispatcher:
         reference TPM's RetrieveSessionData, in its order."""
         sessions = []
         loaded = self.tpm.state.sessions
-        decrypt = encrypt = None
+        decrypt = encrypt = audit_entry = None
         while stream.tell() < auth_size:
             idx = len(sessions) + 1
             if idx > MAX_SESSION_NUM:
@@ -220,9 +237,16 @@ class Dispatcher:
                 if session.symmetric is None:
                     raise TpmError(TPM_RC.SYMMETRIC, session=idx)
                 encrypt = entry
-            if attrs & _AUDIT_ATTRS:
-                # Session audit arrives with command audit (GetSessionAuditDigest).
-                raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+            if attrs & TPMA_SESSION.AUDIT:
+                # one audit session, an HMAC session; auditExclusive asks that the session
+                # still be the exclusive one (unless it starts over: first use, auditReset)
+                if audit_entry is not None or session.kind != TPM_SE.HMAC:
+                    raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
+                if (not attrs & TPMA_SESSION.AUDITRESET and session.is_audit
+                        and attrs & TPMA_SESSION.AUDITEXCLUSIVE
+                        and self.tpm.state.exclusive_audit_session != handle):
+                    raise TpmError(TPM_RC.EXCLUSIVE)
+                audit_entry = entry
         for e in sessions:
             e.decrypt = e is decrypt
             e.encrypt = e is encrypt
@@ -258,7 +282,8 @@ class Dispatcher:
                 continue
             session = e.session
             if e.entity is None:
-                if not e.attrs & (TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT):
+                if not e.attrs & (TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT
+                                  | TPMA_SESSION.AUDIT):
                     raise TpmError(TPM_RC.ATTRIBUTES, session=idx)
             elif session.kind == TPM_SE.POLICY:
                 # Part 1 §19.7: the entity's authPolicy and the session's other conditions
@@ -337,8 +362,20 @@ class Dispatcher:
                 con._build(v, out, _NO_CONTEXT, "(response)")
         body = out.getvalue()
         if tag != TPM_ST.SESSIONS:
+            audit.update(self.tpm, ctx, cdef.sessions, self._rp_of(ctx, body))
             return _HDR.pack(TPM_ST.NO_SESSIONS, 10 + len(rhandle) + len(body), 0) + rhandle + body
         return self._response_with_sessions(ctx, rhandle, body)
+
+    @staticmethod
+    def _rp_of(ctx, body):
+        """rpHash of a successful response with a hash algorithm, computed once per alg."""
+        rp_hashes = {}
+
+        def rp_of(alg):
+            if alg not in rp_hashes:
+                rp_hashes[alg] = rp_hash(alg, ctx.code, body)
+            return rp_hashes[alg]
+        return rp_of
 
     def _response_with_sessions(self, ctx, rhandle, body):
         """New nonces, the encrypted first parameter, the response HMACs (Part 1 §19.6.16),
@@ -355,8 +392,10 @@ class Dispatcher:
             body = body[:2] + crypt_parameter(encrypt.session, key, encrypt.session.nonce_tpm,
                                               encrypt.nonce, body[2:2 + size],
                                               encrypt=True) + body[2 + size:]
+        rp_of = self._rp_of(ctx, body)
+        # audit sessions and command audit (the response HMACs cover their attributes)
+        audit.update(self.tpm, ctx, True, rp_of)
         areas = []
-        rp_hashes = {}
         for e in sessions:
             session = e.session
             if session is None:
@@ -366,14 +405,13 @@ class Dispatcher:
             if not key and not e.auth or session.is_password_needed:
                 mac = b""          # (PolicyPassword: no HMAC in the response either)
             else:
-                alg = session.auth_hash
-                if alg not in rp_hashes:
-                    rp_hashes[alg] = rp_hash(alg, ctx.code, body)
-                mac = response_hmac(session, key, rp_hashes[alg], e.nonce, e.attrs)
+                mac = response_hmac(session, key, rp_of(session.auth_hash), e.nonce, e.attrs)
             areas.append(_U16.pack(len(session.nonce_tpm)) + session.nonce_tpm
                          + bytes((e.attrs,)) + _U16.pack(len(mac)) + mac)
             if not e.attrs & TPMA_SESSION.CONTINUESESSION:
                 self.tpm.state.sessions.pop(session.handle, None)
+                if self.tpm.state.exclusive_audit_session == session.handle:
+                    self.tpm.state.exclusive_audit_session = None
             elif session.kind == TPM_SE.POLICY:
                 # a policy is good for one command (the reference's UpdateInternalSession)
                 ea.reset_policy(session, self.tpm.state.time())

@@ -1,7 +1,7 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import (asymmetric, capability, clock, context, credential, da, duplication, ea, ecc,
+from . import (asymmetric, audit, capability, clock, context, credential, da, duplication, ea, ecc,
                ecdaa, external, hash, hierarchy, object, pcr, persistent, random, sequence, sessions,
                signature, startup, symmetric, testing)
 
@@ -81,6 +81,7 @@ _FUNCTIONS = {
     TPM_CC.PCR_Event: pcr.pcr_event,
     TPM_CC.PCR_Read: pcr.pcr_read,
     TPM_CC.PCR_Reset: pcr.pcr_reset,
+    TPM_CC.SetCommandCodeAuditStatus: audit.set_command_code_audit_status,
     TPM_CC.ReadClock: clock.read_clock,
     TPM_CC.GetCapability: capability.get_capability,
     TPM_CC.TestParms: capability.test_parms,

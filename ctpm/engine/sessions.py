@@ -3,8 +3,7 @@ Part 1 §19 (HMACs, nonces, parameter encryption) that the dispatcher applies to
 
 Implemented: HMAC sessions, unbound or bound, unsalted; parameter encryption with AES-CFB
 and XOR in both directions; policy and trial sessions as objects (their policy commands
-are in engine/ea.py). Salted sessions need loaded keys and arrive with them; audit
-sessions with command audit.
+are in engine/ea.py); salted sessions; audit sessions (engine/audit.py).
 """
 import hmac
 from dataclasses import dataclass
@@ -49,6 +48,9 @@ class Session:
     command_locality: int = 0     # PolicyLocality: TPMA_LOCALITY the command must come from
     is_pp_required: bool = False  # PolicyPhysicalPresence
     is_template_hash: bool = False    # cp_hash holds a PolicyTemplate templateHash
+    # session audit (engine/audit.py; the reference's isAudit and u2.auditDigest)
+    is_audit: bool = False
+    audit_digest: bytes = b""
 
     @property
     def digest_size(self):

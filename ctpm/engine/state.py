@@ -155,6 +155,8 @@ class TpmState:
         self.restart_count = 0
         self.drtm = None
         self.sessions = {}            # loaded sessions: handle -> sessions.Session
+        self.exclusive_audit_session = None   # the reference's g_exclusiveAuditSession
+        self.command_audit_digest = b""       # gr.commandAuditDigest (engine/audit.py)
         self.objects = {}             # transient objects: handle -> objects.Object
         if self.fixed_seed is not None:
             self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
@@ -217,6 +219,7 @@ class TpmState:
             self.null_proof = self.drbg.generate(PROOF_SIZE)
             self.null_seed = self.drbg.generate(SEED_SIZE)
             self.contexts = new_bookkeeping()
+            self.command_audit_digest = b""     # CommandAuditStartup: a new digest
         else:
             self.restart_count = saved["restart_count"] + 1
             self.pcr_counter = saved["pcr_counter"]
@@ -225,6 +228,7 @@ class TpmState:
             # saved contexts (engine/context.py) live on; clearCount counts TPM Restarts
             self.contexts = json.loads(json.dumps(saved.get("contexts") or new_bookkeeping()))
             self.contexts["clear_count"] += kind == "restart"
+            self.command_audit_digest = _b(saved.get("command_audit_digest", ""))
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
         # platformAuth is state-clear data: kept by Resume only (Part 1 §13.3)
         self.platform_auth = _b(saved.get("platform_auth", "")) if kind == "resume" else b""
@@ -256,6 +260,7 @@ class TpmState:
                 "null_seed": _h(self.null_seed),
                 "contexts": json.loads(json.dumps(self.contexts)),
                 "locality3": self.startup_locality3,
+                "command_audit_digest": _h(self.command_audit_digest or b""),
                 "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] else None
                                     for i, v in enumerate(bank)]
                          for alg, bank in self.pcrs.items()},

@@ -373,6 +373,11 @@ COMMANDS = (
             handles=(Handle("lockHandle", LOCKOUT, Auth.USER),),
             params=(("newMaxTries", S.UINT32), ("newRecoveryTime", S.UINT32),
                     ("lockoutRecovery", S.UINT32)), nv=True),
+    # Part 3 §21: command audit
+    Command(TPM_CC.SetCommandCodeAuditStatus, "Part 3 §21.2",
+            handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),),
+            params=(("auditAlg", S.TPMI_ALG_HASH.plus), ("setList", S.TPML_CC),
+                    ("clearList", S.TPML_CC)), nv=True),
     # Part 3 §28: context management
     Command(TPM_CC.EvictControl, "Part 3 §28.5",
             handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),
