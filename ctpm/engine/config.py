@@ -18,6 +18,10 @@ class EngineConfig:
     max_objects: int = 64
     # Persistent objects in NV (EvictControl); past it TPM_RC_NV_SPACE.
     max_persistent: int = 64
+    # NV indices (NV_DefineSpace): at most this many, and this many data bytes in all;
+    # past either TPM_RC_NV_SPACE.
+    max_nv_indices: int = 64
+    nv_space: int = 32768
     # Loaded sessions at once (libtpms: 3); StartAuthSession past it is TPM_RC_SESSION_MEMORY.
     max_sessions: int = 64
     # Persist the clock to NV when it ran this far ahead of the stored value (ms).

@@ -270,7 +270,7 @@ class Dispatcher:
             if e.entity is not None and not tpm.is_da_exempt(e.entity) and self._auth_used(e):
                 da.check_locked_out(tpm, e.entity)      # Part 1 §19.8: before the value
             if e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC):
-                refusal = tpm.auth_value_refusal(e.entity, role)
+                refusal = tpm.auth_value_refusal(e.entity, role, code)
                 if refusal is not None:
                     raise TpmError(refusal)
             if e.handle == TPM_RH.PW:

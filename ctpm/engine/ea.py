@@ -11,10 +11,11 @@ Implemented: PolicyRestart, PolicyGetDigest, PolicyCommandCode, PolicyAuthValue,
 PolicyPassword, PolicySecret, PolicySigned, PolicyTicket, PolicyAuthorize, PolicyLocality,
 PolicyCounterTimer, PolicyTemplate, PolicyPhysicalPresence, PolicyDuplicationSelect,
 PolicyNameHash, PolicyCpHash, PolicyPCR, PolicyOR. Not yet: PolicyNV, PolicyAuthorizeNV,
-PolicyNvWritten (no NV indices). ctpm has no physical-presence signal, so a policy with
+PolicyNvWritten. ctpm has no physical-presence signal, so a policy with
 PolicyPhysicalPresence never authorizes (TPM_RC_PP), as the reference without PP asserted.
-Objects, and hierarchies with a SetPrimaryPolicy, can be authorized with a policy; PCRs and
-NV indices have no authPolicy in this build.
+Objects, NV indices (engine/nv.py: POLICYREAD/POLICYWRITE, and NV_ChangeAuth's ADMIN role),
+and hierarchies with a SetPrimaryPolicy, can be authorized with a policy; PCRs have no
+authPolicy in this build.
 """
 import hmac
 import struct
@@ -152,6 +153,11 @@ def entity_hierarchy(tpm, handle: int) -> int:
         return obj.hierarchy
     if handle in (TPM_RH.PLATFORM, TPM_RH.ENDORSEMENT, TPM_RH.NULL):
         return handle
+    if handle >> 24 == TPM_HT.NV_INDEX:          # an index belongs to who created it
+        from . import nv
+        index = nv.get(tpm.state, handle)
+        if index is not None and index.attributes & nv.A.PLATFORMCREATE:
+            return TPM_RH.PLATFORM
     return TPM_RH.OWNER
 
 
@@ -453,12 +459,19 @@ def policy_or(tpm, ctx, policy_session, p_hash_list):
 def auth_policy(tpm, handle):
     """(authPolicy, its hash algorithm) of an entity, or None if a policy cannot authorize
     it (IsAuthPolicyAvailable): objects loaded with their private part (not sequences);
-    hierarchies once SetPrimaryPolicy gave them one; PCRs and NV indices have no policy in
-    this build."""
+    hierarchies once SetPrimaryPolicy gave them one; NV indices their authPolicy (whether
+    the role may use it, POLICYREAD/POLICYWRITE, is checked in check_policy_session); PCRs
+    have no policy in this build."""
     if handle >> 24 == TPM_HT.PERMANENT:
         from .hierarchy import hierarchy_policy
         alg, policy = hierarchy_policy(tpm.state, handle)
         return (policy, alg) if policy else None
+    if handle >> 24 == TPM_HT.NV_INDEX:
+        from . import nv
+        index = nv.get(tpm.state, handle)
+        if index is None:
+            return None
+        return bytes(index.public.authPolicy), index.public.nameAlg
     if handle >> 24 not in (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT):
         return None
     obj = tpm._object(handle)
@@ -500,6 +513,10 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
     policy = auth_policy(tpm, entity)
     if policy is None:
         raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
+    if entity >> 24 == TPM_HT.NV_INDEX:     # POLICYREAD / POLICYWRITE (ADMIN: always)
+        from . import nv
+        if not nv.policy_available(nv.get(tpm.state, entity), role == Auth.ADMIN, code):
+            raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
     if (code == TPM_CC.PolicySecret and not session.is_password_needed
             and not session.is_auth_value_needed):
         raise TpmError(TPM_RC.MODE)

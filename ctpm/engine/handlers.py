@@ -2,10 +2,22 @@
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
 from . import (asymmetric, audit, capability, clock, context, credential, da, duplication, ea, ecc,
-               ecdaa, external, hash, hierarchy, object, pcr, persistent, random, sequence, sessions,
+               ecdaa, external, hash, hierarchy, nv, object, pcr, persistent, random, sequence, sessions,
                signature, startup, symmetric, testing)
 
 _FUNCTIONS = {
+    TPM_CC.NV_DefineSpace: nv.nv_define_space,
+    TPM_CC.NV_UndefineSpace: nv.nv_undefine_space,
+    TPM_CC.NV_ReadPublic: nv.nv_read_public,
+    TPM_CC.NV_Write: nv.nv_write,
+    TPM_CC.NV_Increment: nv.nv_increment,
+    TPM_CC.NV_Extend: nv.nv_extend,
+    TPM_CC.NV_SetBits: nv.nv_set_bits,
+    TPM_CC.NV_WriteLock: nv.nv_write_lock,
+    TPM_CC.NV_GlobalWriteLock: nv.nv_global_write_lock,
+    TPM_CC.NV_Read: nv.nv_read,
+    TPM_CC.NV_ReadLock: nv.nv_read_lock,
+    TPM_CC.NV_ChangeAuth: nv.nv_change_auth,
     TPM_CC.Startup: startup.startup,
     TPM_CC.Shutdown: startup.shutdown,
     TPM_CC.SelfTest: testing.self_test,

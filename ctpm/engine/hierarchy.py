@@ -9,6 +9,7 @@ again even by a Resume).
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH
 from ..wire.structures import HASH_SIZES
+from . import nv as nv_indices
 from . import da
 from .persistent import to_nv
 
@@ -100,6 +101,7 @@ def clear(tpm, ctx, auth_handle):
     for handle in [h for h, o in state.persistent.items() if o.hierarchy in gone]:
         del state.persistent[handle]
     nv["persistent"] = {f"{h:08x}": to_nv(o) for h, o in sorted(state.persistent.items())}
+    nv_indices.clear_owner(state)
     da.clear(state)                 # DAPreInstall_Init: the manufacturer's DA values
     nv["reset_count"] = 0
     state.restart_count = 0

@@ -1,13 +1,16 @@
 """Part 3 §9: TPM2_Startup and TPM2_Shutdown."""
 from ..errors import TpmError
 from ..wire.constants import TPM_RC
+from . import nv
 
 
 def startup(tpm, ctx, startup_type):
     """Part 3 §9.3: TPM Reset, Restart or Resume, depending on the last Shutdown."""
     if not tpm.nv_available:
         raise TpmError(TPM_RC.NV_UNAVAILABLE)
-    tpm.state.startup(startup_type, ctx.locality)
+    kind = tpm.state.startup(startup_type, ctx.locality)
+    if kind != "resume":
+        nv.startup(tpm.state, kind)
 
 
 def shutdown(tpm, ctx, shutdown_type):

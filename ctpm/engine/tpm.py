@@ -11,6 +11,7 @@ from ..wire.commands import Auth
 from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
+from . import nv
 from .hierarchy import hierarchy_auth
 from .state import TpmState
 
@@ -122,12 +123,21 @@ class Tpm:
         obj = self._object(handle)
         if obj is not None:
             return obj.auth_value
+        if handle >> 24 == TPM_HT.NV_INDEX:
+            index = nv.get(self.state, handle)
+            return index.auth if index is not None else b""
         return hierarchy_auth(self.state, handle) if handle >> 24 == TPM_HT.PERMANENT else b""
 
     def entity_name(self, handle: int) -> bytes:
         """Name of an entity (Part 1 §16): an object's Name, else the handle itself."""
         obj = self._object(handle)
-        return obj.name if obj is not None else handle.to_bytes(4, "big")
+        if obj is not None:
+            return obj.name
+        if handle >> 24 == TPM_HT.NV_INDEX:
+            index = nv.get(self.state, handle)
+            if index is not None:
+                return index.name
+        return handle.to_bytes(4, "big")
 
     def check_loaded(self, handle: int, index: int, code: int = 0):
         """Every handle in a handle area must name something present (Part 1 §18.4)."""
@@ -154,10 +164,10 @@ class Tpm:
             if (obj.hierarchy == TPM_RH.ENDORSEMENT and not self.state.eh_enable
                     and code != TPM_CC.EvictControl):
                 raise TpmError(TPM_RC.HANDLE, handle=index)
-        if kind == TPM_HT.NV_INDEX:             # no NV indices exist in this build yet
+        if kind == TPM_HT.NV_INDEX and not nv.accessible(self.state, handle):
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
-    def auth_value_refusal(self, handle: int, role):
+    def auth_value_refusal(self, handle: int, role, code: int = 0):
         """Why a password or HMAC may not authorize this entity in this role, or None
         (Part 1 §19.7, the reference's IsPolicySessionRequired / IsAuthValueAvailable).
 
@@ -172,6 +182,10 @@ class Tpm:
             # the ADMIN role of a permanent handle or an NV index always needs a policy
             if role == Auth.ADMIN and handle >> 24 in (TPM_HT.PERMANENT, TPM_HT.NV_INDEX):
                 return TPM_RC.AUTH_TYPE
+            if handle >> 24 == TPM_HT.NV_INDEX:
+                index = nv.get(self.state, handle)
+                if index is not None:       # AUTHREAD / AUTHWRITE
+                    return nv.auth_value_refusal(index, code)
             return None
         if role == Auth.ADMIN and obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY:
             return TPM_RC.AUTH_TYPE
@@ -187,6 +201,9 @@ class Tpm:
         obj = self._object(handle)
         if obj is not None:
             return bool(obj.attributes & TPMA_OBJECT.NODA)
+        if handle >> 24 == TPM_HT.NV_INDEX:
+            index = nv.get(self.state, handle)
+            return index is None or bool(index.attributes & nv.A.NO_DA)
         return handle != TPM_RH.LOCKOUT
 
     @property

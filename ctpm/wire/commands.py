@@ -8,6 +8,7 @@ unmarshaling, session and response work from this table; handlers see Python val
 from dataclasses import dataclass
 from enum import IntEnum
 
+from . import nv as N
 from . import objects as O
 from . import structures as S
 from .base import Int, Sized, Tpm2b
@@ -400,6 +401,47 @@ COMMANDS = (
             response=(("moreData", S.TPMI_YES_NO), ("capabilityData", S.TPMS_CAPABILITY_DATA))),
     Command(TPM_CC.TestParms, "Part 3 §30.3",
             params=(("parameters", S.TPMT_PUBLIC_PARMS),)),
+    # Part 3 §31: non-volatile storage
+    Command(TPM_CC.NV_DefineSpace, "Part 3 §31.3",
+            handles=(Handle("authHandle", S.TPMI_RH_PROVISION, Auth.USER),),
+            params=(("auth", S.TPM2B_AUTH), ("publicInfo", N.TPM2B_NV_PUBLIC)), nv=True),
+    Command(TPM_CC.NV_UndefineSpace, "Part 3 §31.4",
+            handles=(Handle("authHandle", S.TPMI_RH_PROVISION, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)), nv=True),
+    Command(TPM_CC.NV_ReadPublic, "Part 3 §31.6",
+            handles=(Handle("nvIndex", N.TPMI_RH_NV_INDEX),),
+            response=(("nvPublic", N.TPM2B_NV_PUBLIC), ("nvName", S.TPM2B_NAME))),
+    Command(TPM_CC.NV_Write, "Part 3 §31.7",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)),
+            params=(("data", S.TPM2B_MAX_NV_BUFFER), ("offset", S.UINT16)), nv=True),
+    Command(TPM_CC.NV_Increment, "Part 3 §31.8",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)), nv=True),
+    Command(TPM_CC.NV_Extend, "Part 3 §31.9",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)),
+            params=(("data", S.TPM2B_MAX_NV_BUFFER),), nv=True),
+    Command(TPM_CC.NV_SetBits, "Part 3 §31.10",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)),
+            params=(("bits", S.UINT64),), nv=True),
+    Command(TPM_CC.NV_WriteLock, "Part 3 §31.11",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)), nv=True),
+    Command(TPM_CC.NV_GlobalWriteLock, "Part 3 §31.12",
+            handles=(Handle("authHandle", S.TPMI_RH_PROVISION, Auth.USER),), nv=True),
+    Command(TPM_CC.NV_Read, "Part 3 §31.13",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)),
+            params=(("size", S.UINT16), ("offset", S.UINT16)),
+            response=(("data", S.TPM2B_MAX_NV_BUFFER),)),
+    Command(TPM_CC.NV_ReadLock, "Part 3 §31.14",
+            handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)), nv=True),
+    Command(TPM_CC.NV_ChangeAuth, "Part 3 §31.15",
+            handles=(Handle("nvIndex", N.TPMI_RH_NV_INDEX, Auth.ADMIN),),
+            params=(("newAuth", S.TPM2B_AUTH),), nv=True),
 )
 
 BY_CODE = {int(c.code): c for c in COMMANDS}

@@ -1,0 +1,385 @@
+"""Part 3 §31: NV storage - indices kept in the NV image (state.nv["nv_indices"]).
+
+Each index is stored as {"public": TPMS_NV_PUBLIC hex (its attributes carry WRITTEN and the
+locks), "auth": authValue hex, "data": contents hex}. The checks follow the reference TPM's
+NvDefineSpace, NvReadAccessChecks and NvWriteAccessChecks, in its order. Orderly indices
+are treated as ordinary ones (every update is written at once).
+"""
+from ..crypto import hashes
+from ..errors import TpmError
+from ..wire.constants import TPM_CC, TPM_RC, TPM_RH
+from ..wire.nv import MAX_NV_INDEX_SIZE, TPM_NT, TPMA_NV as A, TPMS_NV_PUBLIC, nt_of
+from ..wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
+
+# Commands that use an index's authorization to change it (the reference's IsWriteOperation)
+WRITE_COMMANDS = frozenset((TPM_CC.NV_Write, TPM_CC.NV_Increment, TPM_CC.NV_SetBits,
+                            TPM_CC.NV_Extend, TPM_CC.NV_WriteLock))
+
+
+class NvIndex:
+    __slots__ = ("handle", "public", "auth", "data")
+
+    def __init__(self, handle, public, auth, data):
+        self.handle = handle
+        self.public = public          # Container of TPMS_NV_PUBLIC
+        self.auth = auth
+        self.data = data
+
+    @property
+    def attributes(self) -> int:
+        return self.public.attributes
+
+    @property
+    def public_bytes(self) -> bytes:
+        return TPMS_NV_PUBLIC.build(self.public)
+
+    @property
+    def name(self) -> bytes:
+        alg = self.public.nameAlg
+        return alg.to_bytes(2, "big") + hashes.digest(alg, self.public_bytes)
+
+
+def _table(state) -> dict:
+    return state.nv.setdefault("nv_indices", {})
+
+
+def get(state, handle: int) -> NvIndex | None:
+    entry = state.nv.get("nv_indices", {}).get(f"{handle:08x}")
+    if entry is None:
+        return None
+    public = TPMS_NV_PUBLIC.parse(bytes.fromhex(entry["public"]))
+    return NvIndex(handle, public, bytes.fromhex(entry["auth"]), bytes.fromhex(entry["data"]))
+
+
+def _save(state, index: NvIndex):
+    _table(state)[f"{index.handle:08x}"] = {"public": index.public_bytes.hex(),
+                                             "auth": index.auth.hex(),
+                                             "data": index.data.hex()}
+    state.dirty = True
+
+
+def handles(state) -> list:
+    return sorted(int(h, 16) for h in state.nv.get("nv_indices", {}))
+
+
+def all_indices(state):
+    return [get(state, h) for h in handles(state)]
+
+
+def used_space(state) -> int:
+    return sum(i.public.dataSize for i in all_indices(state))
+
+
+def counters(state) -> int:
+    return sum(1 for i in all_indices(state) if nt_of(i.attributes) == TPM_NT.COUNTER)
+
+
+def accessible(state, handle: int) -> bool:
+    """EntityGetLoadStatus of an NV index: defined, and its hierarchy enabled (phEnableNV
+    for platform-created indices, shEnable for the owner's)."""
+    index = get(state, handle)
+    if index is None:
+        return False
+    if index.attributes & A.PLATFORMCREATE:
+        return state.ph_enable_nv
+    return state.sh_enable
+
+
+def startup(state, kind):
+    """TPM Reset and Restart (NvSetStartupAttributes): read locks go; a non-counter index
+    with CLEAR_STCLEAR (or ORDERLY, at a TPM Reset) is unwritten again; write locks go
+    except on a written WRITEDEFINE index."""
+    for index in all_indices(state):
+        a = index.attributes
+        new = a & ~A.READLOCKED
+        if nt_of(a) != TPM_NT.COUNTER and (a & A.CLEAR_STCLEAR
+                                           or (a & A.ORDERLY and kind == "reset")):
+            new &= ~A.WRITTEN
+        if not new & A.WRITTEN or not new & A.WRITEDEFINE:
+            new &= ~A.WRITELOCKED
+        if new != a:
+            index.public.attributes = int(new)
+            _save(state, index)
+
+
+def clear_owner(state):
+    """TPM2_Clear: indices not created with platform authorization are deleted."""
+    for index in all_indices(state):
+        if not index.attributes & A.PLATFORMCREATE:
+            _delete(state, index)
+
+
+def _delete(state, index):
+    if nt_of(index.attributes) == TPM_NT.COUNTER and index.attributes & A.WRITTEN:
+        value = int.from_bytes(index.data, "big")
+        if value > state.nv.get("nv_max_counter", 0):
+            state.nv["nv_max_counter"] = value
+    del _table(state)[f"{index.handle:08x}"]
+    state.dirty = True
+
+
+# -- authorization helpers used by Tpm and ea ----------------------------------------------
+
+def auth_value_refusal(index, code: int):
+    """IsAuthValueAvailable for an index in the USER role."""
+    bit = A.AUTHWRITE if code in WRITE_COMMANDS else A.AUTHREAD
+    return None if index.attributes & bit else TPM_RC.AUTH_UNAVAILABLE
+
+
+def policy_available(index, admin: bool, code: int) -> bool:
+    """IsAuthPolicyAvailable for an index."""
+    if admin:
+        return True
+    bit = A.POLICYWRITE if code in WRITE_COMMANDS else A.POLICYREAD
+    return bool(index.attributes & bit)
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+def _nv_available(tpm):
+    if not tpm.nv_available:
+        raise TpmError(TPM_RC.NV_UNAVAILABLE)
+
+
+def _read_checks(auth_handle, index):
+    a = index.attributes
+    if a & A.READLOCKED:
+        return TPM_RC.NV_LOCKED
+    if auth_handle == TPM_RH.OWNER:
+        if not a & A.OWNERREAD:
+            return TPM_RC.NV_AUTHORIZATION
+    elif auth_handle == TPM_RH.PLATFORM:
+        if not a & A.PPREAD:
+            return TPM_RC.NV_AUTHORIZATION
+    elif auth_handle != index.handle:
+        return TPM_RC.NV_AUTHORIZATION
+    if not a & A.WRITTEN:
+        return TPM_RC.NV_UNINITIALIZED
+    return None
+
+
+def _write_checks(auth_handle, index):
+    a = index.attributes
+    if a & A.WRITELOCKED:
+        return TPM_RC.NV_LOCKED
+    if auth_handle == TPM_RH.OWNER:
+        if not a & A.OWNERWRITE:
+            return TPM_RC.NV_AUTHORIZATION
+    elif auth_handle == TPM_RH.PLATFORM:
+        if not a & A.PPWRITE:
+            return TPM_RC.NV_AUTHORIZATION
+    elif auth_handle != index.handle:
+        return TPM_RC.NV_AUTHORIZATION
+    return None
+
+
+def _raise(rc):
+    if rc is not None:
+        raise TpmError(rc)
+
+
+def _write_data(state, index, offset, data):
+    buf = bytearray(index.data)
+    buf[offset:offset + len(data)] = data
+    index.data = bytes(buf)
+    index.public.attributes = int(index.attributes | A.WRITTEN)
+    _save(state, index)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def nv_define_space(tpm, ctx, auth_handle, auth, public_info):
+    """Part 3 §31.3 (NvDefineSpace)."""
+    state = tpm.state
+    a = public_info.attributes
+    name_size = HASH_SIZES[public_info.nameAlg]
+    nt = nt_of(a)
+    if len(public_info.authPolicy) not in (0, name_size):
+        raise TpmError(TPM_RC.SIZE, param=2)
+    if len(auth.rstrip(b"\0")) > name_size:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if auth_handle == TPM_RH.PLATFORM and not state.ph_enable_nv:
+        raise TpmError(TPM_RC.HIERARCHY, handle=1)
+    if nt not in (TPM_NT.ORDINARY, TPM_NT.COUNTER, TPM_NT.BITS, TPM_NT.EXTEND):
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    size = public_info.dataSize
+    if nt == TPM_NT.ORDINARY:
+        if size > MAX_NV_INDEX_SIZE:
+            raise TpmError(TPM_RC.SIZE, param=2)
+    elif nt == TPM_NT.EXTEND:
+        if size != name_size:
+            raise TpmError(TPM_RC.SIZE, param=2)
+    elif size != 8:
+        raise TpmError(TPM_RC.SIZE, param=2)
+    if nt == TPM_NT.COUNTER and a & A.CLEAR_STCLEAR:
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if a & (A.WRITTEN | A.WRITELOCKED | A.READLOCKED):
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if not a & (A.OWNERREAD | A.PPREAD | A.AUTHREAD | A.POLICYREAD):
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if not a & (A.OWNERWRITE | A.PPWRITE | A.AUTHWRITE | A.POLICYWRITE):
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if a & A.CLEAR_STCLEAR and a & A.WRITEDEFINE:
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if bool(a & A.PLATFORMCREATE) != (auth_handle == TPM_RH.PLATFORM):
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    if a & A.POLICY_DELETE:
+        # only for platform-created indices; without NV_UndefineSpaceSpecial, never
+        raise TpmError(TPM_RC.ATTRIBUTES, param=2)
+    if size > MAX_NV_BUFFER_SIZE and a & A.WRITEALL:
+        raise TpmError(TPM_RC.SIZE, param=2)
+    if get(state, public_info.nvIndex) is not None:
+        raise TpmError(TPM_RC.NV_DEFINED)
+    _nv_available(tpm)
+    if (used_space(state) + size > tpm.config.nv_space
+            or len(handles(state)) >= tpm.config.max_nv_indices):
+        raise TpmError(TPM_RC.NV_SPACE)
+    # the data of a bit field or counter starts out unwritten; an ordinary index reads 0xFF
+    index = NvIndex(public_info.nvIndex, public_info, auth.rstrip(b"\0"), b"\xff" * size)
+    index.public.attributes = int(a)
+    _save(state, index)
+
+
+def nv_undefine_space(tpm, ctx, auth_handle, nv_index):
+    """Part 3 §31.4."""
+    state = tpm.state
+    index = get(state, nv_index)
+    if index.attributes & A.POLICY_DELETE:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    if auth_handle == TPM_RH.OWNER and index.attributes & A.PLATFORMCREATE:
+        raise TpmError(TPM_RC.NV_AUTHORIZATION)
+    _nv_available(tpm)
+    _delete(state, index)
+
+
+def nv_read_public(tpm, ctx, nv_index):
+    """Part 3 §31.6."""
+    index = get(tpm.state, nv_index)
+    return index.public, index.name
+
+
+def nv_write(tpm, ctx, auth_handle, nv_index, data, offset):
+    """Part 3 §31.7."""
+    state = tpm.state
+    index = get(state, nv_index)
+    _raise(_write_checks(auth_handle, index))
+    if nt_of(index.attributes) != TPM_NT.ORDINARY:
+        raise TpmError(TPM_RC.ATTRIBUTES)
+    size = index.public.dataSize
+    if offset > size:
+        raise TpmError(TPM_RC.VALUE, param=2)
+    if len(data) > size - offset:
+        raise TpmError(TPM_RC.NV_RANGE)
+    if index.attributes & A.WRITEALL and len(data) < size:
+        raise TpmError(TPM_RC.NV_RANGE)
+    _nv_available(tpm)
+    _write_data(state, index, offset, data)
+
+
+def nv_increment(tpm, ctx, auth_handle, nv_index):
+    """Part 3 §31.8."""
+    state = tpm.state
+    index = get(state, nv_index)
+    _raise(_write_checks(auth_handle, index))
+    if nt_of(index.attributes) != TPM_NT.COUNTER:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    if index.attributes & A.WRITTEN:
+        value = int.from_bytes(index.data, "big")
+    else:
+        value = state.nv.get("nv_max_counter", 0)
+    _nv_available(tpm)
+    _write_data(state, index, 0, ((value + 1) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big"))
+
+
+def nv_extend(tpm, ctx, auth_handle, nv_index, data):
+    """Part 3 §31.9."""
+    state = tpm.state
+    index = get(state, nv_index)
+    _raise(_write_checks(auth_handle, index))
+    if nt_of(index.attributes) != TPM_NT.EXTEND:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    alg = index.public.nameAlg
+    old = index.data if index.attributes & A.WRITTEN else bytes(HASH_SIZES[alg])
+    _nv_available(tpm)
+    _write_data(state, index, 0, hashes.digest(alg, old + data))
+
+
+def nv_set_bits(tpm, ctx, auth_handle, nv_index, bits):
+    """Part 3 §31.10."""
+    state = tpm.state
+    index = get(state, nv_index)
+    _raise(_write_checks(auth_handle, index))
+    if nt_of(index.attributes) != TPM_NT.BITS:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    old = int.from_bytes(index.data, "big") if index.attributes & A.WRITTEN else 0
+    _nv_available(tpm)
+    _write_data(state, index, 0, (old | bits).to_bytes(8, "big"))
+
+
+def nv_write_lock(tpm, ctx, auth_handle, nv_index):
+    """Part 3 §31.11: already locked (or otherwise not writable) is success."""
+    state = tpm.state
+    index = get(state, nv_index)
+    rc = _write_checks(auth_handle, index)
+    if rc is not None:
+        if rc == TPM_RC.NV_AUTHORIZATION:
+            raise TpmError(rc)
+        return
+    a = index.attributes
+    if not a & (A.WRITEDEFINE | A.WRITE_STCLEAR):
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    _nv_available(tpm)
+    index.public.attributes = int(a | A.WRITELOCKED)
+    _save(state, index)
+
+
+def nv_global_write_lock(tpm, ctx, auth_handle):
+    """Part 3 §31.12 (NvSetGlobalLock): every index with GLOBALLOCK is write locked."""
+    state = tpm.state
+    _nv_available(tpm)
+    for index in all_indices(state):
+        if index.attributes & A.GLOBALLOCK:
+            index.public.attributes = int(index.attributes | A.WRITELOCKED)
+            _save(state, index)
+
+
+def nv_read(tpm, ctx, auth_handle, nv_index, size, offset):
+    """Part 3 §31.13."""
+    index = get(tpm.state, nv_index)
+    _raise(_read_checks(auth_handle, index))
+    if size > MAX_NV_BUFFER_SIZE:
+        raise TpmError(TPM_RC.VALUE, param=1)
+    if offset > index.public.dataSize:
+        raise TpmError(TPM_RC.VALUE, param=2)
+    if size > index.public.dataSize - offset:
+        raise TpmError(TPM_RC.NV_RANGE)
+    return (index.data[offset:offset + size],)
+
+
+def nv_read_lock(tpm, ctx, auth_handle, nv_index):
+    """Part 3 §31.14."""
+    state = tpm.state
+    index = get(state, nv_index)
+    rc = _read_checks(auth_handle, index)
+    if rc == TPM_RC.NV_AUTHORIZATION:
+        raise TpmError(rc)
+    if rc == TPM_RC.NV_LOCKED:
+        return
+    a = index.attributes
+    if not a & A.READ_STCLEAR:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=2)
+    _nv_available(tpm)
+    index.public.attributes = int(a | A.READLOCKED)
+    _save(state, index)
+
+
+def nv_change_auth(tpm, ctx, nv_index, new_auth):
+    """Part 3 §31.15 (the ADMIN role: a policy session with PolicyCommandCode)."""
+    state = tpm.state
+    index = get(state, nv_index)
+    if len(new_auth.rstrip(b"\0")) > HASH_SIZES[index.public.nameAlg]:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    _nv_available(tpm)
+    index.auth = new_auth.rstrip(b"\0")
+    _save(state, index)
+
