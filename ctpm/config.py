@@ -47,6 +47,8 @@ class Config:
     max_objects: int = 64           # transient objects loaded at once (libtpms: 3)
     max_sessions: int = 64          # sessions loaded at once (libtpms: 3)
     max_persistent: int = 64        # persistent objects (EvictControl)
+    max_nv_indices: int = 64        # NV indices (NV_DefineSpace)
+    nv_space: int = 32768           # bytes of NV index data in all
     log_level: str = "warning"
 
 
@@ -58,7 +60,8 @@ SCHEMA = {
                "stall_timeout": "stall_timeout"},
     "state": {"dir": "state_dir"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
-            "max_sessions": "max_sessions", "max_persistent": "max_persistent"},
+            "max_sessions": "max_sessions", "max_persistent": "max_persistent",
+            "max_nv_indices": "max_nv_indices", "nv_space": "nv_space"},
     "log": {"level": "log_level"},
 }
 
@@ -199,7 +202,12 @@ def _validate(name, value, where):
             raise ConfigError(f"{where}: {value} is not between {MIN_COMMAND_SIZE} "
                               f"and {MAX_COMMAND_SIZE}")
         return value
-    if name in ("max_objects", "max_sessions", "max_persistent"):
+    if name == "nv_space":
+        value = _check_type(value, int, where)
+        if not 2048 <= value <= 16 * 1024 * 1024:
+            raise ConfigError(f"{where}: {value} is not between 2048 and 16777216 bytes")
+        return value
+    if name in ("max_objects", "max_sessions", "max_persistent", "max_nv_indices"):
         value = _check_type(value, int, where)
         if not 3 <= value <= 4096:     # 3: the least a PC Client TPM must hold
             raise ConfigError(f"{where}: {value} is not between 3 and 4096")

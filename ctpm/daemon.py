@@ -83,7 +83,9 @@ def build_tpm(config):
     engine_config = EngineConfig(max_command_size=config.max_command_size,
                                  max_objects=config.max_objects,
                                  max_sessions=config.max_sessions,
-                                 max_persistent=config.max_persistent)
+                                 max_persistent=config.max_persistent,
+                                 max_nv_indices=config.max_nv_indices,
+                                 nv_space=config.nv_space)
     return Tpm.manufacture(Platform(store=store), config=engine_config)
 
 

@@ -32,11 +32,12 @@ def test_every_documented_default_equals_the_code(tmp_path):
     keys = re.findall(r"(?m)^(\w+) = ", uncommented)
     assert sorted(keys) == sorted(["mssim", "swtpm", "allow_remote", "stall_timeout",
                                    "max_command_size", "max_objects", "max_sessions",
-                                   "max_persistent", "level"])
+                                   "max_persistent", "max_nv_indices", "nv_space", "level"])
     assert load(write(tmp_path, uncommented)) == Config()
 
 
-@pytest.mark.parametrize("key", ["max_objects", "max_sessions", "max_persistent"])
+@pytest.mark.parametrize("key", ["max_objects", "max_sessions", "max_persistent",
+                                 "max_nv_indices"])
 def test_limits(tmp_path, key):
     assert getattr(load(write(tmp_path, f"[tpm]\n{key} = 200\n")), key) == 200
     for bad in ("2", "5000", '"many"'):
@@ -127,6 +128,10 @@ def test_unix_paths_are_made_absolute(tmp_path, monkeypatch):
 
 def test_limits_reach_the_engine(tmp_path):
     from ctpm.daemon import build_tpm
-    config = load(write(tmp_path, "[tpm]\nmax_objects = 5\nmax_sessions = 7\nmax_persistent = 9\n"))
+    config = load(write(tmp_path, "[tpm]\nmax_objects = 5\nmax_sessions = 7\nmax_persistent = 9\n"
+                                  "max_nv_indices = 11\nnv_space = 4096\n"))
     engine = build_tpm(config).config
-    assert (engine.max_objects, engine.max_sessions, engine.max_persistent) == (5, 7, 9)
+    assert (engine.max_objects, engine.max_sessions, engine.max_persistent,
+            engine.max_nv_indices, engine.nv_space) == (5, 7, 9, 11, 4096)
+    with pytest.raises(ConfigError, match="nv_space"):
+        load(write(tmp_path, "[tpm]\nnv_space = 100\n"))
