@@ -161,6 +161,22 @@ def entity_hierarchy(tpm, handle: int) -> int:
     return TPM_RH.OWNER
 
 
+def _timeout_and_ticket(tpm, tag, entity, name, expiration, trial, timeout, nonce_tpm,
+                        cp_hash_a, policy_ref):
+    """PolicySigned/PolicySecret's outputs: with a negative expiration (and a real session)
+    the timeout and a ticket for PolicyTicket; otherwise an empty timeout and a null ticket.
+    The timeout's top bit says the ticket dies with the TPM Reset (no nonceTPM was given)."""
+    if expiration < 0 and not trial:
+        expires_on_reset = not nonce_tpm
+        timeout &= ~EXPIRATION_BIT
+        ticket = _auth_ticket(tpm, tag, entity_hierarchy(tpm, entity), timeout,
+                              expires_on_reset, cp_hash_a, policy_ref, name)
+        if expires_on_reset:
+            timeout |= EXPIRATION_BIT
+        return (struct.pack(">Q", timeout), ticket)
+    return (b"", Container(tag=tag, hierarchy=TPM_RH.NULL, digest=b""))
+
+
 def _auth_ticket(tpm, tag, hierarchy, timeout, expires_on_reset, cp_hash_a, policy_ref,
                  name):
     """TicketComputeAuth (Part 2 §10.7.5): HMAC over the ticket's terms with the
@@ -187,15 +203,8 @@ def policy_secret(tpm, ctx, auth_handle, policy_session, nonce_tpm, cp_hash_a, p
         _parameter_checks(tpm, session, timeout, cp_hash_a, nonce_tpm, 1, 2, 4)
     name = tpm.entity_name(auth_handle)
     _context_update(session, TPM_CC.PolicySecret, name, policy_ref, cp_hash_a, timeout)
-    if expiration < 0 and not trial:
-        expires_on_reset = not nonce_tpm
-        timeout &= ~EXPIRATION_BIT
-        ticket = _auth_ticket(tpm, TPM_ST.AUTH_SECRET, entity_hierarchy(tpm, auth_handle),
-                              timeout, expires_on_reset, cp_hash_a, policy_ref, name)
-        if expires_on_reset:
-            timeout |= EXPIRATION_BIT
-        return (struct.pack(">Q", timeout), ticket)
-    return (b"", Container(tag=TPM_ST.AUTH_SECRET, hierarchy=TPM_RH.NULL, digest=b""))
+    return _timeout_and_ticket(tpm, TPM_ST.AUTH_SECRET, auth_handle, name, expiration, trial,
+                               timeout, nonce_tpm, cp_hash_a, policy_ref)
 
 
 def _signature_hash(signature):
@@ -227,15 +236,8 @@ def policy_signed(tpm, ctx, auth_object, policy_session, nonce_tpm, cp_hash_a, p
             raise e.located(param=5) from None
     name = tpm.entity_name(auth_object)
     _context_update(session, TPM_CC.PolicySigned, name, policy_ref, cp_hash_a, timeout)
-    if expiration < 0 and not trial:
-        expires_on_reset = not nonce_tpm
-        timeout &= ~EXPIRATION_BIT
-        ticket = _auth_ticket(tpm, TPM_ST.AUTH_SIGNED, entity_hierarchy(tpm, auth_object),
-                              timeout, expires_on_reset, cp_hash_a, policy_ref, name)
-        if expires_on_reset:
-            timeout |= EXPIRATION_BIT
-        return (struct.pack(">Q", timeout), ticket)
-    return (b"", Container(tag=TPM_ST.AUTH_SIGNED, hierarchy=TPM_RH.NULL, digest=b""))
+    return _timeout_and_ticket(tpm, TPM_ST.AUTH_SIGNED, auth_object, name, expiration, trial,
+                               timeout, nonce_tpm, cp_hash_a, policy_ref)
 
 
 def policy_ticket(tpm, ctx, policy_session, timeout, cp_hash_a, policy_ref, auth_name, ticket):
