@@ -262,3 +262,41 @@ def test_mutated_commands_never_break_the_engine(tpm):
         assert len(r) >= 10 and struct.unpack(">I", r[2:6])[0] == len(r)
         assert tag(r) in (0x8001, 0x8002)
     assert rc(tpm.execute(cmd(0x17B, u16(8)))) == 0
+
+
+def test_mutated_object_session_and_nv_commands_never_hit_an_internal_error(caplog):
+    """Malformed variants of richer commands (objects, sessions, contexts, NV) must get a TPM
+    response code, never the engine's internal-error path (logged as an exception)."""
+    from tests.test_objects import create, create_primary, template
+    tpm = Tpm.manufacture(seed=b"fuzz")
+    tpm.execute(STARTUP_CLEAR)
+    parent = struct.unpack(">I", tpm.execute(create_primary())[10:14])[0]
+    nv_public = bytes.fromhex("01500016000b00060004000000000008")
+    seeds = [create_primary(), create(parent, template("rsa2048:rsassa")),
+             cmd(0x176, b2(b"\x11" * 32) + b2(b"") + b"\0" + u16(0x10) + u16(0x0b),
+                 handles=[0x40000007, 0x40000007]),
+             cmd(0x15D, b2(b"\x01" * 32) + u16(0x10) + u16(0x8024) + u32(0x40000007) + u16(0),
+                 handles=[parent], sessions=PW),
+             cmd(0x162, handles=[parent]),
+             cmd(0x12A, b2(b"") + b2(nv_public), handles=[0x40000001], sessions=PW),
+             cmd(0x17A, u32(1) + u32(0x80000000) + u32(5))]
+    rng = random.Random(7)
+    with caplog.at_level("ERROR", logger="ctpm.engine"):
+        for _ in range(4000):
+            c = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 3)):
+                pos = rng.randrange(len(c))
+                op = rng.random()
+                if op < 0.6:
+                    c[pos] = rng.randrange(256)
+                elif op < 0.8:
+                    del c[pos]
+                else:
+                    c.insert(pos, rng.randrange(256))
+            if len(c) >= 6 and rng.random() < 0.8:
+                c[2:6] = struct.pack(">I", len(c))
+            r = tpm.execute(bytes(c))
+            assert len(r) >= 10 and struct.unpack(">I", r[2:6])[0] == len(r)
+            for h in [h for h in tpm.state.objects if h != parent][:-30]:
+                del tpm.state.objects[h]
+    assert not [r for r in caplog.records if r.name == "ctpm.engine"], caplog.text[:2000]
