@@ -207,11 +207,6 @@ def _normalize(c, r):
         # ALGS, COMMANDS, PP/AUDIT_COMMANDS, TPM_PROPERTIES, ECC_CURVES: what each TPM
         # implements (ctpm's answers are checked against its own tables in test_capability)
         return (r[6:10],)
-    if code == 0x17A and rc(r) == 0 and int.from_bytes(c[10:14], "big") == 7:
-        # PCR_PROPERTIES: TPM_PT_PCR_POLICY/AUTH appear with PCR_SetAuthPolicy/Value (not yet)
-        n = int.from_bytes(r[15:19], "big")
-        items = [r[19 + 8 * i:27 + 8 * i] for i in range(n)]
-        return [i for i in items if i[:4] not in (b"\0\0\0\x13", b"\0\0\0\x14")]
     if rc(r) in KNOWN_DEVIATIONS:
         return KNOWN_DEVIATIONS[rc(r)]
     return r

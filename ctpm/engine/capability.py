@@ -14,7 +14,7 @@ from . import audit, da, nv
 from .context import max_active_sessions, saved_session_handles
 from .ecdaa import COMMIT_ARRAY_BITS
 from .hierarchy import POLICY_HANDLES, hierarchy_policy
-from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
+from .state import PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
 # asymmetric algorithms are those TPM2_TestParms accepts.
@@ -189,6 +189,10 @@ def _pcr_property_bits(tag):
         return bitmap(lambda i: i in PCR_NO_INCREMENT)
     if tag == TPM_PT_PCR.DRTM_RESET:
         return bitmap(lambda i: PCR_ATTRIBUTES[i][1] & 0x10)
+    if tag == TPM_PT_PCR.POLICY:
+        return bitmap(lambda i: i in PCR_POLICY_GROUP)
+    if tag == TPM_PT_PCR.AUTH:
+        return bitmap(lambda i: i in PCR_AUTH_GROUP)
     return None
 
 

@@ -463,11 +463,17 @@ def auth_policy(tpm, handle):
     it (IsAuthPolicyAvailable): objects loaded with their private part (not sequences);
     hierarchies once SetPrimaryPolicy gave them one; NV indices their authPolicy (whether
     the role may use it, POLICYREAD/POLICYWRITE, is checked in check_policy_session); PCRs
-    have no policy in this build."""
+    of the policy group the policy PCR_SetAuthPolicy gave them (PCRGetAuthPolicy)."""
     if handle >> 24 == TPM_HT.PERMANENT:
         from .hierarchy import hierarchy_policy
         alg, policy = hierarchy_policy(tpm.state, handle)
         return (policy, alg) if policy else None
+    if handle >> 24 == TPM_HT.PCR:
+        from .state import PCR_POLICY_GROUP
+        if handle not in PCR_POLICY_GROUP:
+            return None
+        alg, policy = tpm.state.pcr_policy()
+        return policy, alg
     if handle >> 24 == TPM_HT.NV_INDEX:
         from . import nv
         index = nv.get(tpm.state, handle)

@@ -93,8 +93,13 @@ _FUNCTIONS = {
     TPM_CC.PCR_Event: pcr.pcr_event,
     TPM_CC.PCR_Read: pcr.pcr_read,
     TPM_CC.PCR_Reset: pcr.pcr_reset,
+    TPM_CC.PCR_Allocate: pcr.pcr_allocate,
+    TPM_CC.PCR_SetAuthPolicy: pcr.pcr_set_auth_policy,
+    TPM_CC.PCR_SetAuthValue: pcr.pcr_set_auth_value,
     TPM_CC.SetCommandCodeAuditStatus: audit.set_command_code_audit_status,
     TPM_CC.ReadClock: clock.read_clock,
+    TPM_CC.ClockSet: clock.clock_set,
+    TPM_CC.ClockRateAdjust: clock.clock_rate_adjust,
     TPM_CC.GetCapability: capability.get_capability,
     TPM_CC.TestParms: capability.test_parms,
 }

@@ -107,6 +107,7 @@ def clear(tpm, ctx, auth_handle):
     state.restart_count = 0
     state.reset_clock()
     state.pcr_counter = (state.pcr_counter + 1) & 0xFFFFFFFF
+    state.pcr_auth = b""            # PCR_ClearAuth
     state.dirty = True
 
 
@@ -168,6 +169,7 @@ def change_pps(tpm, ctx, auth_handle):
     state.nv["pps"] = state.drbg.generate(64).hex()
     state.nv["ph_proof"] = state.drbg.generate(64).hex()
     _set_policy(state, TPM_RH.PLATFORM, TPM_ALG.NULL, b"")
+    state.nv["pcr_policy"] = None   # the PCR policies are re-initialized too
     _flush_hierarchy(state, TPM_RH.PLATFORM)
     _remove_persistent(state, TPM_RH.PLATFORM)
 

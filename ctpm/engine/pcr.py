@@ -5,7 +5,7 @@ from ..errors import TpmError
 from ..wire.constants import TPM_RC, TPM_RH
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
 from ..crypto.hashes import HASH_NAMES, digest
-from .state import PCR_ATTRIBUTES, PCR_NO_INCREMENT
+from .state import PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP
 
 MAX_PCR_READ = 8   # TPML_DIGEST holds at most 8 digests
 
@@ -91,3 +91,62 @@ def pcr_reset(tpm, ctx, pcr):
     for alg, bank in state.pcrs.items():
         bank[pcr] = b"\0" * HASH_SIZES[alg]
     _changed(state, pcr)
+
+
+# -- Part 3 §22.3, §22.7, §22.9: PCR administration -------------------------------------------
+
+def _selected(sel):
+    bits = bytes(sel.pcrSelect)
+    return [i for i in range(len(bits) * 8) if bits[i // 8] & (1 << (i % 8))]
+
+
+def pcr_allocate(tpm, ctx, auth_handle, allocation):
+    """Part 3 §22.3 (the reference's PCRAllocate): banks not named keep their allocation,
+    a bank named twice takes the last (a second
+    PCR_Allocate replaces the first); some bank must hold the H-CRTM PCR 0 and the D-RTM
+    PCR 17 (TPM_RC_PCR). The new allocation is kept in NV and used from the next TPM Reset;
+    until then Shutdown(STATE) is refused (g_pcrReConfig).
+
+    ctpm allocates whole banks only: a bank given some but not all of its 24 PCRs makes
+    allocationSuccess NO (nothing changes), as Part 3 lets a TPM refuse an allocation."""
+    if not tpm.nv_available:
+        raise TpmError(TPM_RC.NV_UNAVAILABLE)
+    state = tpm.state
+    current = state.nv["pcr_allocated"]     # as the reference: from the allocation in use
+    new = {alg: list(range(IMPLEMENTATION_PCR)) if alg in current else []
+           for alg in HASH_SIZES}
+    for sel in allocation:
+        new[int(sel.hash)] = _selected(sel)
+    size_needed = sum(HASH_SIZES[alg] * len(pcrs) for alg, pcrs in new.items())
+    if not any(0 in p for p in new.values()) or not any(17 in p for p in new.values()):
+        raise TpmError(TPM_RC.PCR)
+    size_available = IMPLEMENTATION_PCR * sum(HASH_SIZES.values())
+    whole = all(p == [] or p == list(range(IMPLEMENTATION_PCR)) for p in new.values())
+    if whole:
+        state.nv["pcr_pending"] = [alg for alg in HASH_SIZES if new[alg]]
+        state.pcr_reconfig = True
+        state.dirty = True
+    return (int(whole), IMPLEMENTATION_PCR, size_needed, size_available)
+
+
+def pcr_set_auth_policy(tpm, ctx, auth_handle, auth_policy, hash_alg, pcr_num):
+    """Part 3 §22.7: the authPolicy of the policy group pcrNum belongs to (persistent)."""
+    if len(auth_policy) != HASH_SIZES.get(hash_alg, 0):
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if pcr_num not in PCR_POLICY_GROUP:
+        raise TpmError(TPM_RC.VALUE, param=3)
+    if not tpm.nv_available:
+        raise TpmError(TPM_RC.NV_UNAVAILABLE)
+    tpm.state.nv["pcr_policy"] = [int(hash_alg), bytes(auth_policy).hex()]
+    tpm.state.dirty = True
+
+
+def pcr_set_auth_value(tpm, ctx, pcr, auth):
+    """Part 3 §22.9: the authValue of the authValue group pcrHandle belongs to (state-clear
+    data: it survives Shutdown(STATE)/Startup(STATE) only); trailing zeros are dropped."""
+    if pcr not in PCR_AUTH_GROUP:
+        raise TpmError(TPM_RC.VALUE)
+    state = tpm.state
+    state.clear_orderly()
+    state.pcr_auth = bytes(auth).rstrip(b"\0")
+    state.dirty = True

@@ -36,6 +36,10 @@ PCR_ATTRIBUTES = tuple([(True, 0x00, 0x1F)] * 16 + [
 ])
 # PCRs whose changes do not bump pcrUpdateCounter (PC Client: 16 and 21-23, as libtpms).
 PCR_NO_INCREMENT = frozenset((16, 21, 22, 23))
+# The one policy group and the one authValue group of PCRs (the reference TPM and libtpms:
+# PCRBelongsPolicyGroup / PCRBelongsAuthGroup, both PCR 20-22, group index 0).
+PCR_POLICY_GROUP = frozenset((20, 21, 22))
+PCR_AUTH_GROUP = frozenset((20, 21, 22))
 
 
 def _h(b):
@@ -152,6 +156,9 @@ class TpmState:
         self.ph_enable = self.sh_enable = self.eh_enable = self.ph_enable_nv = True
         self.pcrs = {}
         self.pcr_counter = 0
+        self.pcr_auth = b""           # gc.pcrAuthValues (state-clear): PCR_SetAuthValue
+        self.pcr_reconfig = False     # g_pcrReConfig: PCR_Allocate ran since Startup
+        self.clock_adjust = 0         # ClockRateAdjust: accepted and recorded, not applied
         self.restart_count = 0
         self.drtm = None
         self.sessions = {}            # loaded sessions: handle -> sessions.Session
@@ -185,6 +192,13 @@ class TpmState:
         self.safe = True
         self.dirty = True
 
+    def set_clock(self, new_time: int):
+        """TPM2_ClockSet: Clock jumps forward to new_time (checked by the caller); written
+        to NV at once, so the clock is safe."""
+        self.clock_at_init += new_time - self.clock()
+        self.safe = True
+        self.dirty = True
+
     def tick(self):
         """Persist the clock now and then, as a TPM updates its NV clock (Part 1 §36.6)."""
         if self.clock() - self._clock_stored >= self.config.clock_update_interval_ms:
@@ -212,6 +226,9 @@ class TpmState:
         self.safe = self.orderly_startup = prev is not None
         da.startup(self, prev)
         if kind == "reset":
+            if nv.get("pcr_pending") is not None:   # PCR_Allocate takes effect now
+                nv["pcr_allocated"] = nv["pcr_pending"]
+                nv["pcr_pending"] = None
             nv["reset_count"] += 1
             nv["total_reset_count"] += 1
             self.restart_count = 0
@@ -232,6 +249,9 @@ class TpmState:
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
         # platformAuth is state-clear data: kept by Resume only (Part 1 §13.3)
         self.platform_auth = _b(saved.get("platform_auth", "")) if kind == "resume" else b""
+        # PCR authValues too (PCR_ClearAuth on every Startup but Resume)
+        self.pcr_auth = _b(saved.get("pcr_auth", "")) if kind == "resume" else b""
+        self.pcr_reconfig = False
         self.ph_enable = True
         if kind == "resume":
             alg, digest = saved.get("platform_policy", (int(TPM_ALG.NULL), ""))
@@ -252,6 +272,7 @@ class TpmState:
         if shutdown_type == TPM_SU.STATE:
             nv["saved"] = {
                 "platform_auth": _h(self.platform_auth),
+                "pcr_auth": _h(self.pcr_auth),
                 "platform_policy": [int(self.platform_policy[0]), _h(self.platform_policy[1])],
                 "enables": [self.sh_enable, self.eh_enable, self.ph_enable_nv],
                 "restart_count": self.restart_count,
@@ -271,6 +292,12 @@ class TpmState:
             nv["orderly"] = "CLEAR"
         self.safe = True
         self.dirty = True
+
+    def pcr_policy(self):
+        """(hashAlg, authPolicy) of the PCR policy group (persistent; TPM_ALG_NULL, b"" until
+        PCR_SetAuthPolicy, and again after ChangePPS)."""
+        alg, policy = self.nv.get("pcr_policy") or (int(TPM_ALG.NULL), "")
+        return TPM_ALG(alg), _b(policy)
 
     def clear_orderly(self):
         """A change to state-saved data after Shutdown makes the shutdown disorderly again."""

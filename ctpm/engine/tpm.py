@@ -13,7 +13,7 @@ from .config import EngineConfig
 from .dispatch import Dispatcher
 from . import nv
 from .hierarchy import hierarchy_auth
-from .state import TpmState
+from .state import PCR_AUTH_GROUP, PCR_POLICY_GROUP, TpmState
 
 _HDR = struct.Struct(">HII")
 
@@ -118,7 +118,8 @@ class Tpm:
         """authValue of an entity named in a handle area (Part 1 §19.6.5).
 
         Objects carry theirs in the sensitive area, hierarchies theirs in the state
-        (HierarchyChangeAuth); PCRs have none until PCR_SetAuthValue exists.
+        (HierarchyChangeAuth); PCRs of the authValue group share the one PCR_SetAuthValue
+        gave (the others have none).
         """
         obj = self._object(handle)
         if obj is not None:
@@ -126,6 +127,8 @@ class Tpm:
         if handle >> 24 == TPM_HT.NV_INDEX:
             index = nv.get(self.state, handle)
             return index.auth if index is not None else b""
+        if handle >> 24 == TPM_HT.PCR:
+            return self.state.pcr_auth if handle in PCR_AUTH_GROUP else b""
         return hierarchy_auth(self.state, handle) if handle >> 24 == TPM_HT.PERMANENT else b""
 
     def entity_name(self, handle: int) -> bytes:
@@ -186,6 +189,11 @@ class Tpm:
                 index = nv.get(self.state, handle)
                 if index is not None:       # AUTHREAD / AUTHWRITE
                     return nv.auth_value_refusal(index, code)
+            # a PCR of the policy group, once PCR_SetAuthPolicy gave it a policy, needs a
+            # policy session (IsPolicySessionRequired)
+            if (handle >> 24 == TPM_HT.PCR and handle in PCR_POLICY_GROUP
+                    and self.state.pcr_policy()[0] != TPM_ALG.NULL):
+                return TPM_RC.AUTH_TYPE
             return None
         if role == Auth.ADMIN and obj.attributes & TPMA_OBJECT.ADMINWITHPOLICY:
             return TPM_RC.AUTH_TYPE

@@ -81,6 +81,9 @@ PCR = S.TPMI_DH_PCR
 PCR_OR_NULL = S.TPMI_DH_PCR.plus
 # TPMI_RH_LOCKOUT (Part 2 §9.21): only TPM_RH_LOCKOUT
 LOCKOUT = Int(4, frozenset((TPM_RH.LOCKOUT,)), TPM_RC.VALUE)
+# TPM_CLOCK_ADJUST (Part 2 §6.6): an INT8, COARSE_SLOWER (-3) to COARSE_FASTER (3), read here
+# as its unsigned byte
+CLOCK_ADJUST = Int(1, frozenset((0xFD, 0xFE, 0xFF, 0, 1, 2, 3)), TPM_RC.VALUE)
 
 COMMANDS = (
     # Part 3 §9: start-up
@@ -274,6 +277,18 @@ COMMANDS = (
                       ("pcrValues", S.TPML_DIGEST))),
     Command(TPM_CC.PCR_Reset, "Part 3 §22.8",
             handles=(Handle("pcrHandle", PCR, Auth.USER),), nv=True),
+    Command(TPM_CC.PCR_Allocate, "Part 3 §22.3",
+            handles=(Handle("authHandle", S.TPMI_RH_PLATFORM, Auth.USER),),
+            params=(("pcrAllocation", S.TPML_PCR_SELECTION),),
+            response=(("allocationSuccess", S.TPMI_YES_NO), ("maxPCR", S.UINT32),
+                      ("sizeNeeded", S.UINT32), ("sizeAvailable", S.UINT32)), nv=True),
+    Command(TPM_CC.PCR_SetAuthPolicy, "Part 3 §22.7",
+            handles=(Handle("authHandle", S.TPMI_RH_PLATFORM, Auth.USER),),
+            params=(("authPolicy", S.TPM2B_DIGEST), ("hashAlg", S.TPMI_ALG_HASH.plus),
+                    ("pcrNum", PCR)), nv=True),
+    Command(TPM_CC.PCR_SetAuthValue, "Part 3 §22.9",
+            handles=(Handle("pcrHandle", PCR, Auth.USER),),
+            params=(("auth", S.TPM2B_DIGEST),)),
     # Part 3 §23: enhanced authorization (policy) commands (engine/ea.py)
     Command(TPM_CC.PolicySecret, "Part 3 §23.4",
             handles=(Handle("authHandle", S.TPMI_DH_ENTITY, Auth.USER),
@@ -394,6 +409,12 @@ COMMANDS = (
     # Part 3 §29: clocks and timers
     Command(TPM_CC.ReadClock, "Part 3 §29.1",
             response=(("currentTime", S.TPMS_TIME_INFO),)),
+    Command(TPM_CC.ClockSet, "Part 3 §29.2",
+            handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),),
+            params=(("newTime", S.UINT64),), nv=True),
+    Command(TPM_CC.ClockRateAdjust, "Part 3 §29.3",
+            handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),),
+            params=(("rateAdjust", CLOCK_ADJUST),)),
     # Part 3 §30: capability commands
     Command(TPM_CC.GetCapability, "Part 3 §30.2",
             params=(("capability", S.TPM_CAP_), ("property", S.UINT32),
