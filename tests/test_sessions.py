@@ -220,3 +220,19 @@ def test_sessions_do_not_survive_a_reset():
     tpm.power_on()
     tpm.execute(STARTUP_CLEAR)
     assert rc(c.command(0x182, [16], extend(16))) == 0x918        # TPM_RC_REFERENCE_S0
+
+
+@needs_swtpm
+@pytest.mark.swtpm
+@pytest.mark.parametrize("size", [16, 20, 32])
+def test_nonce_tpm_is_as_long_as_nonce_caller(size):
+    ctpm, sw = both()
+    try:
+        lengths = []
+        for execute in (ctpm.execute, sw.execute):
+            r = execute(start_session(nonce=b"\x11" * size))
+            assert rc(r) == 0
+            lengths.append(struct.unpack(">H", r[14:16])[0])
+        assert lengths == [size, size]
+    finally:
+        sw.close()

@@ -384,7 +384,7 @@ class Dispatcher:
         drbg = self.tpm.state.drbg
         for e in sessions:
             if e.session is not None:
-                e.session.nonce_tpm = drbg.generate(e.session.digest_size)
+                e.session.nonce_tpm = drbg.generate(len(e.session.nonce_tpm))
         encrypt = next((e for e in sessions if e.encrypt), None)
         if encrypt is not None and len(body) >= 2:
             size = _U16.unpack_from(body)[0]

@@ -78,7 +78,7 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
     state = tpm.state
     handle = state.free_session_handle(session_type)
     size = HASH_SIZES[auth_hash]
-    nonce_tpm = state.drbg.generate(size)
+    nonce_tpm = state.drbg.generate(len(nonce_caller))   # as long as the caller's (reference)
     bind_auth = b"" if bind == TPM_RH.NULL else tpm.entity_auth_value(bind).rstrip(b"\0")
     if bind != TPM_RH.NULL or salt:
         session_key = kdfa(auth_hash, bind_auth + salt, b"ATH", nonce_tpm, nonce_caller, size * 8)
