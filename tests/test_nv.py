@@ -127,6 +127,28 @@ def policy_change_auth(execute, index, new_auth):
     return out
 
 
+DELETE_POLICY = hashlib.sha256(bytes(32) + u32(0x16C) + u32(0x11F)).digest()
+
+
+def undefine_special(execute, index, code=0x11F, policy=True):
+    """NV_UndefineSpaceSpecial: the index's ADMIN role in a policy session with
+    PolicyCommandCode(code) (or a password when policy is False), plus platform auth."""
+    if not policy:
+        return rc(execute(cmd(0x11F, handles=[index, PLATFORM],
+                              sessions=[pw_session(), pw_session()])))
+    rsp = execute(cmd(0x176, u32(0x40000007) + u32(0x40000007) + b2(b"\x11" * 16) + b2(b"")
+                      + bytes([1]) + u16(0x10) + u16(SHA256)))
+    if rc(rsp):
+        return ("start", rc(rsp))
+    session = struct.unpack(">I", rsp[10:14])[0]
+    out = [rc(execute(cmd(0x16C, u32(code), handles=[session])))]
+    auth = u32(session) + b2(b"\x22" * 16) + bytes([0]) + b2(b"")
+    out.append(rc(execute(cmd(0x11F, handles=[index, PLATFORM],
+                              sessions=[auth, pw_session()]))))
+    execute(cmd(0x165, u32(session)))
+    return out
+
+
 I1, I2, I3, I4, I5, I6, I7 = (0x01000001, 0x01000002, 0x01000003, 0x01000004, 0x01000005,
                               0x01000006, 0x01000007)
 
@@ -278,6 +300,20 @@ def stream(execute, restart):
     o(rc(x(define(0x01000014, OWNERWRITE | OWNERREAD | POLICYWRITE, 8, policy=READ_POLICY))))
     o(rc(x(write(0x01000014, b"policy!!", by=OWNER))))
     o(policy_read(x, 0x01000014))                                    # no POLICYREAD
+    # POLICY_DELETE: only platform indices, only NV_UndefineSpaceSpecial deletes them
+    o(rc(x(define(0x01000017, RW | POLICY_DELETE, 8, policy=DELETE_POLICY))))
+    pd = PPWRITE | PPREAD | PLATFORMCREATE | POLICY_DELETE
+    o(rc(x(define(0x01400002, pd, 8, hierarchy=PLATFORM, policy=DELETE_POLICY))))
+    o(rc(x(undefine(0x01400002, PLATFORM))))                         # ATTRIBUTES
+    o(undefine_special(x, 0x01400002, policy=False))                 # ADMIN: policy only
+    o(undefine_special(x, 0x01400002, code=0x137))                   # wrong command code
+    o(rc(x(define(0x01400003, pd & ~POLICY_DELETE, 8, hierarchy=PLATFORM,
+                  policy=DELETE_POLICY))))
+    o(undefine_special(x, 0x01400003))                               # no POLICY_DELETE
+    o(rc(x(undefine(0x01400003, PLATFORM))))
+    o(undefine_special(x, 0x01400004))                               # not defined
+    o(undefine_special(x, 0x01400002))
+    o(rc(x(read_public(0x01400002))))                                # gone
     # the handle list and its counts
     o(nv_handles(x))
     o(prop(x, 0x202))                                                # HR_NV_INDEX
@@ -411,6 +447,32 @@ async def test_nv_through_esapi(ctpm_server):
         esapi.flush_context(session)
         esapi.nv_undefine_space(index)
         esapi.nv_undefine_space(counter)
+        # a POLICY_DELETE platform index, deleted by PolicyCommandCode + PolicyAuthValue:
+        # the policy session's HMAC is keyed by the index's authValue (ADMIN role)
+        policy = hashlib.sha256(DELETE_POLICY + u32(0x16B)).digest()
+        special = esapi.nv_define_space(TPM2B_AUTH(b"delete me"), TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(nvIndex=0x01500003, nameAlg=TPM2_ALG.SHA256,
+                                    attributes=TPMA_NV.PPWRITE | TPMA_NV.PPREAD
+                                    | TPMA_NV.PLATFORMCREATE | TPMA_NV.POLICY_DELETE,
+                                    authPolicy=policy, dataSize=8)),
+            auth_handle=ESYS_TR.PLATFORM)
+        for auth in (b"not it", b"delete me"):
+            esapi.tr_set_auth(special, auth)
+            ps = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                                          TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                                          TPM2_ALG.SHA256)
+            esapi.policy_command_code(ps, 0x11F)
+            esapi.policy_auth_value(ps)
+            try:
+                esapi.nv_undefine_space_special(special, ps)
+                out["special"] = out.get("special", []) + [0]
+            except pytss.TSS2_Exception as e:
+                out["special"] = out.get("special", []) + [e.rc & 0xFFF]
+                esapi.flush_context(ps)
+        try:
+            esapi.tr_from_tpmpublic(0x01500003)       # asks the TPM (NV_ReadPublic)
+        except pytss.TSS2_Exception as e:
+            out["gone"] = e.rc & 0xFFF
         return out
 
     out = await with_esapi(ctpm_server, scenario, "mssim")
@@ -418,6 +480,8 @@ async def test_nv_through_esapi(ctpm_server):
     assert out["written"] and len(out["name"]) == 34
     assert out["range"] == NV_RANGE
     assert out["counter"] == struct.pack(">Q", 3)
+    assert out["special"] == [0x98E, 0]            # AUTH_FAIL on session 1, then deleted
+    assert out["gone"] == 0x18B                    # TPM_RC_HANDLE, handle 1: no such index
 
 
 @pytest.mark.tools

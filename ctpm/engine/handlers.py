@@ -8,6 +8,7 @@ from . import (asymmetric, audit, capability, clock, context, credential, da, du
 _FUNCTIONS = {
     TPM_CC.NV_DefineSpace: nv.nv_define_space,
     TPM_CC.NV_UndefineSpace: nv.nv_undefine_space,
+    TPM_CC.NV_UndefineSpaceSpecial: nv.nv_undefine_space_special,
     TPM_CC.NV_ReadPublic: nv.nv_read_public,
     TPM_CC.NV_Write: nv.nv_write,
     TPM_CC.NV_Increment: nv.nv_increment,

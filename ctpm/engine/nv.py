@@ -223,8 +223,8 @@ def nv_define_space(tpm, ctx, auth_handle, auth, public_info):
         raise TpmError(TPM_RC.ATTRIBUTES, param=2)
     if bool(a & A.PLATFORMCREATE) != (auth_handle == TPM_RH.PLATFORM):
         raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
-    if a & A.POLICY_DELETE:
-        # only for platform-created indices; without NV_UndefineSpaceSpecial, never
+    if a & A.POLICY_DELETE and not a & A.PLATFORMCREATE:
+        # only the platform may make an index that its policy alone can delete
         raise TpmError(TPM_RC.ATTRIBUTES, param=2)
     if size > MAX_NV_BUFFER_SIZE and a & A.WRITEALL:
         raise TpmError(TPM_RC.SIZE, param=2)
@@ -250,6 +250,16 @@ def nv_undefine_space(tpm, ctx, auth_handle, nv_index):
         raise TpmError(TPM_RC.NV_AUTHORIZATION)
     _nv_available(tpm)
     _delete(state, index)
+
+
+def nv_undefine_space_special(tpm, ctx, nv_index, platform):
+    """Part 3 §31.5: delete a POLICY_DELETE index with its policy (ADMIN role) and
+    platform authorization together."""
+    index = get(tpm.state, nv_index)
+    if not index.attributes & A.POLICY_DELETE:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    _nv_available(tpm)
+    _delete(tpm.state, index)
 
 
 def nv_read_public(tpm, ctx, nv_index):
