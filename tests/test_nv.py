@@ -98,16 +98,24 @@ CHANGE_AUTH_POLICY = hashlib.sha256(bytes(32) + u32(0x16C) + u32(0x13B)).digest(
 READ_POLICY = hashlib.sha256(bytes(32) + u32(0x16C) + u32(0x14E)).digest()
 
 
-def policy_read(execute, index, code=0x14E):
-    """NV_Read authorized by the index (its authHandle) in a policy session with
-    PolicyCommandCode(code)."""
+def command_code_session(execute, code):
+    """(handle, its authorization area, [rc of PolicyCommandCode(code)]) of a new unbound
+    SHA-256 policy session, or (None, None, ("start", rc)) if StartAuthSession failed."""
     rsp = execute(cmd(0x176, u32(0x40000007) + u32(0x40000007) + b2(b"\x11" * 16) + b2(b"")
                       + bytes([1]) + u16(0x10) + u16(SHA256)))
     if rc(rsp):
-        return ("start", rc(rsp))
+        return None, None, ("start", rc(rsp))
     session = struct.unpack(">I", rsp[10:14])[0]
-    out = [rc(execute(cmd(0x16C, u32(code), handles=[session])))]
     auth = u32(session) + b2(b"\x22" * 16) + bytes([0]) + b2(b"")
+    return session, auth, [rc(execute(cmd(0x16C, u32(code), handles=[session])))]
+
+
+def policy_read(execute, index, code=0x14E):
+    """NV_Read authorized by the index (its authHandle) in a policy session with
+    PolicyCommandCode(code)."""
+    session, auth, out = command_code_session(execute, code)
+    if session is None:
+        return out
     out.append(data_of(execute(cmd(0x14E, u16(4) + u16(0), handles=[index, index],
                                    sessions=[auth]))))
     execute(cmd(0x165, u32(session)))
@@ -116,13 +124,9 @@ def policy_read(execute, index, code=0x14E):
 
 def policy_change_auth(execute, index, new_auth):
     """NV_ChangeAuth in a policy session with PolicyCommandCode(NV_ChangeAuth)."""
-    rsp = execute(cmd(0x176, u32(0x40000007) + u32(0x40000007) + b2(b"\x11" * 16) + b2(b"")
-                      + bytes([1]) + u16(0x10) + u16(SHA256)))
-    if rc(rsp):
-        return ("start", rc(rsp))
-    session = struct.unpack(">I", rsp[10:14])[0]
-    out = [rc(execute(cmd(0x16C, u32(0x13B), handles=[session])))]
-    auth = u32(session) + b2(b"\x22" * 16) + bytes([0]) + b2(b"")
+    session, auth, out = command_code_session(execute, 0x13B)
+    if session is None:
+        return out
     out.append(rc(execute(cmd(0x13B, b2(new_auth), handles=[index], sessions=[auth]))))
     return out
 
@@ -136,13 +140,9 @@ def undefine_special(execute, index, code=0x11F, policy=True):
     if not policy:
         return rc(execute(cmd(0x11F, handles=[index, PLATFORM],
                               sessions=[pw_session(), pw_session()])))
-    rsp = execute(cmd(0x176, u32(0x40000007) + u32(0x40000007) + b2(b"\x11" * 16) + b2(b"")
-                      + bytes([1]) + u16(0x10) + u16(SHA256)))
-    if rc(rsp):
-        return ("start", rc(rsp))
-    session = struct.unpack(">I", rsp[10:14])[0]
-    out = [rc(execute(cmd(0x16C, u32(code), handles=[session])))]
-    auth = u32(session) + b2(b"\x22" * 16) + bytes([0]) + b2(b"")
+    session, auth, out = command_code_session(execute, code)
+    if session is None:
+        return out
     out.append(rc(execute(cmd(0x11F, handles=[index, PLATFORM],
                               sessions=[auth, pw_session()]))))
     execute(cmd(0x165, u32(session)))
