@@ -29,6 +29,7 @@ except ImportError:     # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB, OFB
 
 from ctpm.testing import manufacture_test_tpm, startup, with_esapi
+from tests import weierstrass
 from tests.peers import Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, params, pw_session, rc, u16, u32
 
@@ -61,45 +62,16 @@ def rc_handle(code, n):
     return int(code) | (n << 8)
 
 
-# -- an independent elliptic-curve implementation (for ECSCHNORR and point checks) -----------
+# -- elliptic-curve checks outside ctpm (ECSCHNORR and points; tests/weierstrass.py) ----------
 
-class Nist:
+class Nist(weierstrass.Curve):
     """A NIST curve from its defining formulas; G and b are read off `cryptography`."""
 
     def __init__(self, cls, p, n, tpm_id):
-        self.cls, self.p, self.n, self.tpm_id = cls, p, n, tpm_id
         g = ec.derive_private_key(1, cls()).public_key().public_numbers()
-        self.g = (g.x, g.y)
-        self.a = p - 3
-        self.b = (g.y * g.y - g.x ** 3 - self.a * g.x) % p
-        self.size = (p.bit_length() + 7) // 8
-
-    def add(self, p1, p2):
-        if p1 is None:
-            return p2
-        if p2 is None:
-            return p1
-        p = self.p
-        if p1[0] == p2[0]:
-            if (p1[1] + p2[1]) % p == 0:
-                return None
-            lam = (3 * p1[0] ** 2 + self.a) * pow(2 * p1[1], -1, p)
-        else:
-            lam = (p2[1] - p1[1]) * pow(p2[0] - p1[0], -1, p)
-        x = (lam * lam - p1[0] - p2[0]) % p
-        return x, (lam * (p1[0] - x) - p1[1]) % p
-
-    def mul(self, k, point):
-        result = None
-        for bit in bin(k % self.n)[2:]:
-            result = self.add(result, result)
-            if bit == "1":
-                result = self.add(result, point)
-        return result
-
-    def on_curve(self, point):
-        x, y = point
-        return (y * y - x ** 3 - self.a * x - self.b) % self.p == 0
+        a = p - 3
+        super().__init__(p, a, (g.y * g.y - g.x ** 3 - a * g.x) % p, (g.x, g.y), n, tpm_id)
+        self.cls = cls
 
     def schnorr_hash(self, hash_name, x, digest):
         """r = H(x || digest), truncated to the byte size of n (the reference's ECSCHNORR)."""

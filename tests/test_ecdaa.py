@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ctpm.testing import manufacture_test_tpm, startup, with_esapi
+from tests import weierstrass
 from tests.peers import Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, pw_session, rc, u16, u32
 
@@ -29,39 +30,10 @@ from tpm2_pytss.types import (TPM2B_ECC_POINT, TPM2B_PUBLIC, TPMS_ECC_POINT,  # 
                               TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK)
 
 
-# -- an independent short-Weierstrass implementation --------------------------------------
+# -- elliptic-curve checks outside ctpm (tests/weierstrass.py) ------------------------------
 
-class Curve:
-    def __init__(self, p, a, b, g, n, tpm_id):
-        self.p, self.a, self.b, self.g, self.n, self.tpm_id = p, a, b, g, n, tpm_id
-        self.size = (p.bit_length() + 7) // 8
-
-    def add(self, p1, p2):
-        if p1 is None:
-            return p2
-        if p2 is None:
-            return p1
-        p = self.p
-        if p1[0] == p2[0]:
-            if (p1[1] + p2[1]) % p == 0:
-                return None
-            lam = (3 * p1[0] ** 2 + self.a) * pow(2 * p1[1], -1, p)
-        else:
-            lam = (p2[1] - p1[1]) * pow(p2[0] - p1[0], -1, p)
-        x = (lam * lam - p1[0] - p2[0]) % p
-        return x, (lam * (p1[0] - x) - p1[1]) % p
-
-    def mul(self, k, point):
-        result = None
-        for bit in bin(k)[2:]:
-            result = self.add(result, result)
-            if bit == "1":
-                result = self.add(result, point)
-        return result
-
-    def on_curve(self, pt):
-        x, y = pt
-        return (y * y - x ** 3 - self.a * x - self.b) % self.p == 0
+class Curve(weierstrass.Curve):
+    """Adds what ECDAA and ECDSA checks need."""
 
     def random_point_from(self, name_hash):
         """(s2, P2): P2.x = H(s2) mod p (Commit's rule), y the square root (p = 3 mod 4)."""
@@ -83,9 +55,6 @@ class Curve:
         w = pow(s, -1, n)
         pt = self.add(self.mul(e * w % n, self.g), self.mul(r * w % n, q))
         return pt is not None and pt[0] % n == r
-
-    def xy(self, pt):
-        return pt[0].to_bytes(self.size, "big"), pt[1].to_bytes(self.size, "big")
 
 
 # BN_P256 (ISO/IEC 15946-5; y^2 = x^3 + 3, G = (1, 2))
