@@ -1,7 +1,7 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import (asymmetric, audit, capability, clock, context, credential, da, duplication, ea, ecc,
+from . import (asymmetric, attest, audit, capability, clock, context, credential, da, duplication, ea, ecc,
                ecdaa, external, hash, hierarchy, nv, object, pcr, persistent, random, sequence, sessions,
                signature, startup, symmetric, testing)
 
@@ -46,6 +46,13 @@ _FUNCTIONS = {
     TPM_CC.HMAC: symmetric.hmac_,
     TPM_CC.VerifySignature: signature.verify_signature,
     TPM_CC.Sign: signature.sign,
+    TPM_CC.Certify: attest.certify,
+    TPM_CC.CertifyCreation: attest.certify_creation,
+    TPM_CC.Quote: attest.quote,
+    TPM_CC.GetSessionAuditDigest: attest.get_session_audit_digest,
+    TPM_CC.GetCommandAuditDigest: attest.get_command_audit_digest,
+    TPM_CC.GetTime: attest.get_time,
+    TPM_CC.NV_Certify: attest.nv_certify,
     TPM_CC.ReadPublic: object.read_public,
     TPM_CC.Unseal: object.unseal,
     TPM_CC.MakeCredential: credential.make_credential,

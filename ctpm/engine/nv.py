@@ -158,6 +158,12 @@ def _read_checks(auth_handle, index):
     return None
 
 
+def read_refusal(auth_handle, index):
+    """NvReadAccessChecks for commands outside this module (NV_Certify): the TPM_RC that
+    refuses the read, or None."""
+    return _read_checks(auth_handle, index)
+
+
 def _write_checks(auth_handle, index):
     a = index.attributes
     if a & A.WRITELOCKED:

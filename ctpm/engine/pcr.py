@@ -80,6 +80,26 @@ def pcr_read(tpm, ctx, selection):
     return (state.pcr_counter, out_sel, values)
 
 
+def filter_selection(state, selection):
+    """The reference's FilterPcr over a TPML_PCR_SELECTION: bits of PCRs that are not
+    allocated (or not implemented) are cleared, the banks keep their place. Returns the
+    filtered selection and the selected PCR values in order (TPM2_Quote's pcrDigest input)."""
+    out_sel, values = [], []
+    for sel in selection:
+        bank = state.pcrs.get(sel.hash)
+        bits = bytearray(sel.pcrSelect)
+        for pcr in range(len(bits) * 8):
+            byte, bit = divmod(pcr, 8)
+            if not bits[byte] & (1 << bit):
+                continue
+            if bank is None or pcr >= IMPLEMENTATION_PCR:
+                bits[byte] &= ~(1 << bit)
+            else:
+                values.append(bank[pcr])
+        out_sel.append(Container(hash=sel.hash, pcrSelect=bytes(bits)))
+    return out_sel, values
+
+
 def pcr_reset(tpm, ctx, pcr):
     """Part 3 §22.8: only PCRs whose reset-locality includes the command's locality
     (never at locality 4, which belongs to D-RTM)."""

@@ -8,6 +8,7 @@ unmarshaling, session and response work from this table; handlers see Python val
 from dataclasses import dataclass
 from enum import IntEnum
 
+from . import attest as A
 from . import nv as N
 from . import objects as O
 from . import structures as S
@@ -263,6 +264,40 @@ COMMANDS = (
             params=(("digest", S.TPM2B_DIGEST), ("inScheme", O.TPMT_SIG_SCHEME),
                     ("validation", S.TPMT_TK_HASHCHECK)),
             response=(("signature", O.TPMT_SIGNATURE_PLUS),)),
+    # Part 3 §18: attestation
+    Command(TPM_CC.Certify, "Part 3 §18.2",
+            handles=(Handle("objectHandle", S.TPMI_DH_OBJECT, Auth.ADMIN),
+                     Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME)),
+            response=(("certifyInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
+    Command(TPM_CC.CertifyCreation, "Part 3 §18.3",
+            handles=(Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER),
+                     Handle("objectHandle", S.TPMI_DH_OBJECT)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("creationHash", S.TPM2B_DIGEST),
+                    ("inScheme", O.TPMT_SIG_SCHEME), ("creationTicket", O.TPMT_TK_CREATION)),
+            response=(("certifyInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
+    Command(TPM_CC.Quote, "Part 3 §18.4",
+            handles=(Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER),),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME),
+                    ("PCRselect", S.TPML_PCR_SELECTION)),
+            response=(("quoted", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
+    Command(TPM_CC.GetSessionAuditDigest, "Part 3 §18.5",
+            handles=(Handle("privacyAdminHandle", A.TPMI_RH_ENDORSEMENT, Auth.USER),
+                     Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER),
+                     Handle("sessionHandle", A.TPMI_SH_HMAC)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME)),
+            response=(("auditInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
+    Command(TPM_CC.GetCommandAuditDigest, "Part 3 §18.6",
+            handles=(Handle("privacyHandle", A.TPMI_RH_ENDORSEMENT, Auth.USER),
+                     Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME)),
+            response=(("auditInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS)),
+            nv=True),
+    Command(TPM_CC.GetTime, "Part 3 §18.7",
+            handles=(Handle("privacyAdminHandle", A.TPMI_RH_ENDORSEMENT, Auth.USER),
+                     Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME)),
+            response=(("timeInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
     # Part 3 §22: integrity collection (PCR)
     Command(TPM_CC.PCR_Extend, "Part 3 §22.4",
             handles=(Handle("pcrHandle", PCR_OR_NULL, Auth.USER),),
@@ -466,6 +501,13 @@ COMMANDS = (
     Command(TPM_CC.NV_ChangeAuth, "Part 3 §31.15",
             handles=(Handle("nvIndex", N.TPMI_RH_NV_INDEX, Auth.ADMIN),),
             params=(("newAuth", S.TPM2B_AUTH),), nv=True),
+    Command(TPM_CC.NV_Certify, "Part 3 §31.16",
+            handles=(Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER),
+                     Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
+                     Handle("nvIndex", N.TPMI_RH_NV_INDEX)),
+            params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME),
+                    ("size", S.UINT16), ("offset", S.UINT16)),
+            response=(("certifyInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
 )
 
 BY_CODE = {int(c.code): c for c in COMMANDS}

@@ -560,12 +560,12 @@ def test_getcap_commands_are_the_commands_that_work(daemon):
     assert "TPM2_CC_DictionaryAttackLockReset" in listed
     assert "TPM2_CC_NV_ReadPublic" in listed
     assert "TPM2_CC_ClockRateAdjust" in listed
-    assert "TPM2_CC_Quote" not in listed
-    # TPM2_Quote (not implemented) as raw bytes: tpm2_quote itself would fail earlier, on
-    # loading its key; the answer is TPM_RC_COMMAND_CODE
-    quote = struct.pack(">HII", 0x8001, 10, 0x158)
-    result = subprocess.run(["tpm2_send", "-T", tcti], input=quote, capture_output=True,
-                            timeout=30)
+    assert "TPM2_CC_Quote" in listed
+    assert "TPM2_CC_FirmwareRead" not in listed
+    # TPM2_FirmwareRead (not implemented) as raw bytes: TPM_RC_COMMAND_CODE
+    firmware_read = struct.pack(">HII", 0x8001, 14, 0x179) + struct.pack(">I", 0)
+    result = subprocess.run(["tpm2_send", "-T", tcti], input=firmware_read,
+                            capture_output=True, timeout=30)
     assert result.stdout[6:10] == struct.pack(">I", 0x143), (result.stdout, result.stderr)
 
 

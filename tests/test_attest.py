@@ -1,0 +1,303 @@
+"""Attestation (Part 3 §18) and NV_Certify (§31.16): the same command bytes to ctpm and to
+swtpm (libtpms). Both TPMs load the same external signing key, so everything in TPMS_ATTEST
+but the clock and the obfuscated counters must be equal; each signature is verified with
+`cryptography`, and every error case must give the same TPM_RC.
+"""
+import hashlib
+import struct
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization as se
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ctpm.testing import manufacture_test_tpm, startup
+from tests.peers import Swtpm, needs_swtpm
+from tests.tpmcmd import b2, cmd, params, pcr_select, pw_session, rc, u16, u32
+
+tpm2_pytss = pytest.importorskip("tpm2_pytss")
+from tpm2_pytss.constants import TPMA_NV, TPMA_OBJECT  # noqa: E402
+from tpm2_pytss.types import (TPM2B_PUBLIC, TPM2B_SENSITIVE, TPMS_ATTEST,  # noqa: E402
+                              TPMT_ASYM_SCHEME, TPMT_SIGNATURE)
+
+pytestmark = needs_swtpm
+
+SHA1, SHA256, SHA512 = 0x04, 0x0B, 0x0D
+RSASSA, RSAPSS, NULL = 0x14, 0x16, 0x10
+RH_OWNER, RH_NULL, RH_ENDORSEMENT, RH_PLATFORM = 0x40000001, 0x40000007, 0x4000000B, 0x4000000C
+CC = {"Certify": 0x148, "CertifyCreation": 0x14A, "Quote": 0x158,
+      "GetSessionAuditDigest": 0x14D, "GetCommandAuditDigest": 0x133, "GetTime": 0x14C,
+      "NV_Certify": 0x184, "LoadExternal": 0x167, "StartAuthSession": 0x176,
+      "PCR_Extend": 0x182, "NV_DefineSpace": 0x12A, "NV_Write": 0x137}
+RC_KEY, RC_SCHEME, RC_TICKET, RC_TYPE, RC_VALUE = 0x1C, 0x12, 0x20, 0x0A, 0x04
+RETRY = 0x922
+NV_INDEX = 0x01500100
+PW = pw_session()
+
+
+def fmt1(code, param=0, handle=0):
+    """A format-one TPM_RC naming a parameter or a handle."""
+    if param:
+        return 0x080 | 0x040 | code | (param << 8)
+    return 0x080 | code | (handle << 8)
+
+
+SIGNER_KEY = rsa.generate_private_key(65537, 2048)
+
+
+def external(key, attrs, scheme_alg=RSASSA) -> bytes:
+    """LoadExternal body for `key` (private if it has one) in the NULL hierarchy."""
+    scheme = TPMT_ASYM_SCHEME(scheme=scheme_alg)
+    if scheme_alg != NULL:
+        scheme.details.anySig.hashAlg = SHA256
+    if isinstance(key, rsa.RSAPrivateKey):
+        pem = key.private_bytes(se.Encoding.PEM, se.PrivateFormat.PKCS8, se.NoEncryption())
+        sensitive = TPM2B_SENSITIVE.from_pem(pem).marshal()
+        pub_pem = key.public_key().public_bytes(se.Encoding.PEM,
+                                                se.PublicFormat.SubjectPublicKeyInfo)
+    else:
+        sensitive, pub_pem = u16(0), key.public_bytes(se.Encoding.PEM,
+                                                      se.PublicFormat.SubjectPublicKeyInfo)
+    public = TPM2B_PUBLIC.from_pem(pub_pem, objectAttributes=attrs, scheme=scheme)
+    return sensitive + public.marshal() + u32(RH_NULL)
+
+
+class Pair:
+    """ctpm (in process) and a fresh swtpm, fed the same commands."""
+
+    def __init__(self):
+        self.ctpm = startup(manufacture_test_tpm())
+        self.peer = Swtpm()
+        self.peer.execute(cmd(0x144, u16(0)))
+
+    def run(self, command):
+        ours = self.ctpm.execute(command)
+        theirs = self.peer.execute(command)
+        while rc(theirs) == RETRY:
+            theirs = self.peer.execute(command)
+        return ours, theirs
+
+    def same(self, command):
+        ours, theirs = self.run(command)
+        assert rc(ours) == rc(theirs), (hex(rc(ours)), hex(rc(theirs)))
+        return ours, theirs
+
+    def handle(self, command) -> int:
+        ours, theirs = self.same(command)
+        assert rc(ours) == 0, hex(rc(ours))
+        return struct.unpack(">I", ours[10:14])[0], struct.unpack(">I", theirs[10:14])[0]
+
+    def close(self):
+        self.peer.close()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    p = Pair()
+    yield p
+    p.close()
+
+
+def attest_and_signature(rsp):
+    body = params(rsp)
+    size = struct.unpack(">H", body[:2])[0]
+    attest = body[2:2 + size]
+    signature, used = TPMT_SIGNATURE.unmarshal(body[2 + size:])
+    assert 2 + size + used == len(body)
+    return attest, signature
+
+
+def comparable(attest: bytes):
+    """Everything in a TPMS_ATTEST that two TPMs with the same key must agree on: all but
+    clockInfo and firmwareVersion (the clock differs, the counters are obfuscated with each
+    TPM's own shProof for a NULL-hierarchy signer). Read by hand: tpm2-pytss does not know
+    TPM_ST_ATTEST_NV_DIGEST."""
+    magic, kind = struct.unpack(">IH", attest[:6])
+    off = 6
+    fields = []
+    for _ in range(2):                  # qualifiedSigner, extraData
+        size = struct.unpack(">H", attest[off:off + 2])[0]
+        fields.append(attest[off + 2:off + 2 + size])
+        off += 2 + size
+    attested = attest[off + 17 + 8:]
+    if kind == 0x8019:                  # TPMS_TIME_ATTEST_INFO: only the counters and safe
+        attested = attested[16:25]
+    return magic, kind, *fields, attested
+
+
+def verify_rsassa(attest: bytes, signature):
+    assert signature.sigAlg == RSASSA
+    SIGNER_KEY.public_key().verify(bytes(signature.signature.rsassa.sig), attest,
+                                   padding.PKCS1v15(), hashes.SHA256())
+
+
+def same_attest(pair, command, signed=True):
+    ours, theirs = pair.same(command)
+    assert rc(ours) == 0, hex(rc(ours))
+    (a1, s1), (a2, s2) = attest_and_signature(ours), attest_and_signature(theirs)
+    assert comparable(a1) == comparable(a2)
+    if signed:
+        verify_rsassa(a1, s1)
+        verify_rsassa(a2, s2)
+    else:
+        assert s1.sigAlg == s2.sigAlg == NULL
+    return a1
+
+
+def sig_scheme(alg=NULL, hash_alg=SHA256):
+    return u16(alg) + (u16(hash_alg) if alg != NULL else b"")
+
+
+@pytest.fixture(scope="module")
+def keys(pair):
+    sign_attrs = TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH
+    signer = pair.handle(cmd(CC["LoadExternal"], external(SIGNER_KEY, sign_attrs)))
+    decrypt_only = pair.handle(cmd(CC["LoadExternal"], external(
+        rsa.generate_private_key(65537, 2048), TPMA_OBJECT.DECRYPT | TPMA_OBJECT.USERWITHAUTH,
+        NULL)))
+    for pcr in (7, 16):
+        pair.same(cmd(CC["PCR_Extend"], u32(1) + u16(SHA256) + bytes([pcr]) * 32,
+                      handles=[pcr], sessions=[PW]))
+    return signer, decrypt_only
+
+
+def each(pair_handles, build):
+    """Run a command that names per-TPM handles: build(handle) for ctpm and for swtpm."""
+    return build(pair_handles[0]), build(pair_handles[1])
+
+
+def run_each(pair, commands):
+    ours = pair.ctpm.execute(commands[0])
+    theirs = pair.peer.execute(commands[1])
+    assert rc(ours) == rc(theirs), (hex(rc(ours)), hex(rc(theirs)))
+    return ours, theirs
+
+
+def test_handles_match(keys):
+    """Both TPMs give the same transient handles (so one command serves both)."""
+    signer, decrypt_only = keys
+    assert signer[0] == signer[1] and decrypt_only[0] == decrypt_only[1]
+
+
+def test_quote(pair, keys):
+    signer = keys[0][0]
+    selection = pcr_select((SHA256, [0, 7, 16]), (SHA1, [7]))
+    a = same_attest(pair, cmd(CC["Quote"], b2(b"nonce") + sig_scheme() + selection,
+                              handles=[signer], sessions=[PW]))
+    assert a.endswith(b2(hashlib.sha256(_pcrs(pair, selection)).digest()))
+    # the scheme's hash digests the PCRs: SHA-256 scheme, SHA-1 bank
+    same_attest(pair, cmd(CC["Quote"], b2(b"") + sig_scheme(RSASSA, SHA256)
+                          + pcr_select((SHA1, [0, 1, 2, 3])), handles=[signer], sessions=[PW]))
+    # no signer: no hash for the PCR digest (TPM_RC_SCHEME, inScheme)
+    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
+                            handles=[RH_NULL], sessions=[PW]))
+    assert rc(ours) == fmt1(RC_SCHEME, param=2)
+    # a scheme the key does not have; a key that cannot sign
+    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme(RSAPSS) + selection,
+                            handles=[signer], sessions=[PW]))
+    assert rc(ours) == fmt1(RC_SCHEME, param=2)
+    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
+                            handles=[keys[1][0]], sessions=[PW]))
+    assert rc(ours) == fmt1(RC_KEY, handle=1)
+
+
+def _pcrs(pair, selection: bytes) -> bytes:
+    r = pair.ctpm.execute(cmd(0x17E, selection))
+    body = r[10:]
+    count = struct.unpack(">I", body[4:8])[0]
+    off = 8 + count * 6
+    n = struct.unpack(">I", body[off:off + 4])[0]
+    off += 4
+    out = b""
+    for _ in range(n):
+        size = struct.unpack(">H", body[off:off + 2])[0]
+        out += body[off + 2:off + 2 + size]
+        off += 2 + size
+    theirs = pair.peer.execute(cmd(0x17E, selection))
+    assert theirs[14:] == r[14:]         # same PCR values (the update counters may differ)
+    return out
+
+
+def test_certify(pair, keys):
+    signer = keys[0][0]
+    a = same_attest(pair, cmd(CC["Certify"], b2(b"qd") + sig_scheme(),
+                              handles=[signer, signer], sessions=[PW, PW]))
+    assert TPMS_ATTEST.unmarshal(a)[0].attested.certify.name.name  # non-empty Name
+    same_attest(pair, cmd(CC["Certify"], b2(b"") + sig_scheme(),
+                          handles=[signer, RH_NULL], sessions=[PW, PW]), signed=False)
+    ours, _ = pair.same(cmd(CC["Certify"], b2(b"") + sig_scheme(RSAPSS),
+                            handles=[signer, signer], sessions=[PW, PW]))
+    assert rc(ours) == fmt1(RC_SCHEME, param=2)
+    ours, _ = pair.same(cmd(CC["Certify"], b2(b"") + sig_scheme(),
+                            handles=[signer, keys[1][0]], sessions=[PW, PW]))
+    assert rc(ours) == fmt1(RC_KEY, handle=2)
+
+
+def test_certify_creation_needs_the_ticket(pair, keys):
+    signer = keys[0][0]
+    for ticket in (u16(0x8021) + u32(RH_NULL) + b2(b""),
+                   u16(0x8021) + u32(RH_OWNER) + b2(bytes(64))):
+        ours, _ = pair.same(cmd(CC["CertifyCreation"],
+                                b2(b"") + b2(bytes(32)) + sig_scheme() + ticket,
+                                handles=[signer, signer], sessions=[PW]))
+        assert rc(ours) == fmt1(RC_TICKET, param=4)
+
+
+def test_get_time_and_command_audit(pair, keys):
+    signer = keys[0][0]
+    for code in ("GetTime", "GetCommandAuditDigest"):
+        a = same_attest(pair, cmd(CC[code], b2(b"x") + sig_scheme(),
+                                  handles=[RH_ENDORSEMENT, RH_NULL], sessions=[PW, PW]),
+                        signed=False)
+        assert TPMS_ATTEST.unmarshal(a)[0].qualifiedSigner.name == u32(RH_NULL)
+        ours, _ = pair.same(cmd(CC[code], b2(b"x") + sig_scheme(),
+                                handles=[RH_OWNER, signer], sessions=[PW, PW]))
+        assert rc(ours) == fmt1(RC_VALUE, handle=1)
+    a = same_attest(pair, cmd(CC["GetCommandAuditDigest"], b2(b"") + sig_scheme(),
+                              handles=[RH_ENDORSEMENT, signer], sessions=[PW, PW]))
+
+
+def test_session_audit_digest_refusals(pair, keys):
+    """A session that never audited is TPM_RC_TYPE; a policy session is not a
+    TPMI_SH_HMAC (TPM_RC_VALUE)."""
+    signer = keys[0][0]
+    for kind in (0x00, 0x01):           # HMAC, POLICY
+        start = cmd(CC["StartAuthSession"], u32(RH_NULL) + u32(RH_NULL) + b2(b"\x11" * 16)
+                    + b2(b"") + bytes([kind]) + u16(NULL) + u16(SHA256))
+        session = pair.handle(start)
+        assert session[0] == session[1]
+        ours, _ = pair.same(cmd(CC["GetSessionAuditDigest"], b2(b"") + sig_scheme(),
+                                handles=[RH_ENDORSEMENT, signer, session[0]],
+                                sessions=[PW, PW]))
+        assert rc(ours) == (fmt1(RC_TYPE, handle=3) if kind == 0 else fmt1(RC_VALUE, handle=3))
+        pair.same(cmd(0x165, u32(session[0])))
+
+
+def test_nv_certify(pair, keys):
+    signer = keys[0][0]
+    attrs = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
+    public = u32(NV_INDEX) + u16(SHA256) + u32(attrs) + b2(b"") + u16(100)
+    pair.same(cmd(CC["NV_DefineSpace"], b2(b"") + b2(public), handles=[RH_OWNER],
+                  sessions=[PW]))
+
+    def certify(size, offset, auth=RH_OWNER, sign=signer, scheme=sig_scheme()):
+        return cmd(CC["NV_Certify"], b2(b"qd") + scheme + u16(size) + u16(offset),
+                   handles=[sign, auth, NV_INDEX], sessions=[PW, PW])
+
+    ours, _ = pair.same(certify(4, 0))
+    assert rc(ours) == 0x14A                       # TPM_RC_NV_UNINITIALIZED
+    pair.same(cmd(CC["NV_Write"], b2(bytes(range(100))) + u16(0),
+                  handles=[RH_OWNER, NV_INDEX], sessions=[PW]))
+    a = same_attest(pair, certify(20, 10))
+    assert a.endswith(u16(10) + b2(bytes(range(10, 30))))
+    same_attest(pair, certify(100, 0, auth=NV_INDEX))
+    same_attest(pair, certify(5, 95, sign=RH_NULL), signed=False)
+    # size 0 and offset 0: a digest of the whole index (TPM_ST_ATTEST_NV_DIGEST)
+    a = same_attest(pair, certify(0, 0))
+    assert a.endswith(b2(hashlib.sha256(bytes(range(100))).digest()))
+    for size, offset, want in ((1, 100, 0x146), (90, 20, 0x146)):   # TPM_RC_NV_RANGE
+        ours, _ = pair.same(certify(size, offset))
+        assert rc(ours) == want
+    ours, _ = pair.same(certify(4, 0, auth=RH_PLATFORM))
+    assert rc(ours) == 0x149                       # TPM_RC_NV_AUTHORIZATION
+    ours, _ = pair.same(certify(4, 0, scheme=sig_scheme(RSAPSS)))
+    assert rc(ours) == fmt1(RC_SCHEME, param=2)
