@@ -3,7 +3,7 @@ from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
 from . import (asymmetric, attest, audit, capability, clock, context, credential, da, duplication, ea, ecc,
                ecdaa, external, hash, hierarchy, nv, object, pcr, persistent, random, sequence, sessions,
-               signature, startup, symmetric, testing)
+               signature, startup, symmetric, testing, x509)
 
 _FUNCTIONS = {
     TPM_CC.NV_DefineSpace: nv.nv_define_space,
@@ -53,6 +53,7 @@ _FUNCTIONS = {
     TPM_CC.GetCommandAuditDigest: attest.get_command_audit_digest,
     TPM_CC.GetTime: attest.get_time,
     TPM_CC.NV_Certify: attest.nv_certify,
+    TPM_CC.CertifyX509: x509.certify_x509,
     TPM_CC.ReadPublic: object.read_public,
     TPM_CC.Unseal: object.unseal,
     TPM_CC.MakeCredential: credential.make_credential,

@@ -298,6 +298,13 @@ COMMANDS = (
                      Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER)),
             params=(("qualifyingData", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME)),
             response=(("timeInfo", A.TPM2B_ATTEST), ("signature", O.TPMT_SIGNATURE_PLUS))),
+    Command(TPM_CC.CertifyX509, "Part 3 §18.8",
+            handles=(Handle("objectHandle", S.TPMI_DH_OBJECT, Auth.ADMIN),
+                     Handle("signHandle", S.TPMI_DH_OBJECT.plus, Auth.USER)),
+            params=(("reserved", S.TPM2B_DATA), ("inScheme", O.TPMT_SIG_SCHEME),
+                    ("partialCertificate", S.TPM2B_MAX_BUFFER)),
+            response=(("addedToCertificate", S.TPM2B_MAX_BUFFER), ("tbsDigest", S.TPM2B_DIGEST),
+                      ("signature", O.TPMT_SIGNATURE))),
     # Part 3 §22: integrity collection (PCR)
     Command(TPM_CC.PCR_Extend, "Part 3 §22.4",
             handles=(Handle("pcrHandle", PCR_OR_NULL, Auth.USER),),
