@@ -1,6 +1,6 @@
 """ctpm against swtpm, side by side, through the same tpm2-pytss ESAPI client.
 
-    python bench/bench.py [--seconds 2] [--rounds 3]
+    python bench/bench.py [--seconds 2] [--rounds 3] [--only TEXT]
 
 Both TPMs run as separate processes on loopback in the same run. Each workload is run for
 a fixed time per round, alternating the TPMs, and the best round counts (the least disturbed
@@ -83,6 +83,7 @@ def ctpm_ready_time(rounds=5):
 
 
 STORAGE = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"
+AK = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign"
 
 
 class Workloads:
@@ -114,6 +115,9 @@ class Workloads:
             "Sign ECDSA P-256": lambda: self.sign("ecc256:ecdsa-sha256:null"),
             "RSA_Decrypt OAEP-2048": self.rsa_decrypt,
             "ECDH_ZGen P-256": self.ecdh_zgen,
+            "Quote RSASSA-2048": lambda: self.quote("rsa2048:rsassa-sha256:null"),
+            "Quote ECDSA P-256": lambda: self.quote("ecc256:ecdsa-sha256:null"),
+            "Certify ECDSA P-256": self.certify,
         }
 
     def key(self, name, template, attrs):
@@ -152,6 +156,20 @@ class Workloads:
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
         self.esapi.sign(key, TPM2B_DIGEST(b"\x02" * 32),
                         TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), ticket)
+
+    def quote(self, template):
+        """tpm2_quote's call: an AK (restricted signing key) quotes 4 SHA-256 PCRs."""
+        from tpm2_pytss.constants import TPM2_ALG
+        from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
+        key, _ = self.key("ak " + template, template, AK)
+        self.esapi.quote(key, TPML_PCR_SELECTION.parse("sha256:0,1,2,7"),
+                         TPM2B_DATA(b"nonce"), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+
+    def certify(self):
+        from tpm2_pytss.constants import TPM2_ALG
+        from tpm2_pytss.types import TPM2B_DATA, TPMT_SIG_SCHEME
+        key, _ = self.key("ak ecc", "ecc256:ecdsa-sha256:null", AK)
+        self.esapi.certify(key, key, TPM2B_DATA(b"nonce"), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
 
     def rsa_decrypt(self):
         from tpm2_pytss.constants import TPM2_ALG
@@ -197,7 +215,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="per workload per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", metavar="TEXT", default="",
+                    help="run only the workloads whose name contains TEXT")
     args = ap.parse_args()
+    names = [wl for wl in workloads_names() if args.only.lower() in wl.lower()]
+    if not names:
+        sys.exit(f"bench: no workload matches {args.only!r}")
     if not shutil.which("swtpm"):
         sys.exit("bench: swtpm is not installed (apt-get install swtpm)")
 
@@ -211,7 +234,7 @@ def main():
         loads = {name: Workloads(e) for name, e in clients.items()}
         best = {}
         for _ in range(args.rounds):
-            for wl in workloads_names():
+            for wl in names:
                 for name in clients:
                     rate = measure(loads[name].calls[wl], args.seconds)
                     loads[name].flush()
@@ -224,7 +247,7 @@ def main():
 
     print(f"{'workload':24} {'swtpm ops/s':>12} {'ctpm ops/s':>12} {'ratio':>7}   "
           f"{'ctpm mssim ops/s':>16}   {'swtpm ms/op':>11} {'ctpm ms/op':>10}")
-    for wl in workloads_names():
+    for wl in names:
         s = best["swtpm (swtpm TCTI)", wl]
         c = best["ctpm (swtpm TCTI)", wl]
         m = best["ctpm (mssim TCTI)", wl]
@@ -238,7 +261,8 @@ def workloads_names():
     return ["GetRandom(32)", "PCR_Extend(sha256)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)",
             "CreatePrimary RSA-2048", "CreatePrimary ECC P-256", "Create RSA-2048",
             "Create ECC P-256", "Sign RSASSA-2048", "Sign ECDSA P-256",
-            "RSA_Decrypt OAEP-2048", "ECDH_ZGen P-256"]
+            "RSA_Decrypt OAEP-2048", "ECDH_ZGen P-256", "Quote RSASSA-2048",
+            "Quote ECDSA P-256", "Certify ECDSA P-256"]
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class Swtpm:
         self.dir = tempfile.mkdtemp(prefix="ctpm-swtpm-")
         self.data_path = os.path.join(self.dir, "data")
         self.ctrl_path = os.path.join(self.dir, "ctrl")
+        self._spawn()
+        self.sock = None
+
+    def _spawn(self):
         self.proc = subprocess.Popen(
             [SWTPM, "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
              "--server", f"type=unixio,path={self.data_path}",
@@ -51,7 +55,19 @@ class Swtpm:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("swtpm did not start")
             time.sleep(0.01)
-        self.sock = None
+
+    def restart(self):
+        """Kill swtpm as a power cut would (SIGKILL: it saves nothing) and start it again on
+        the same state directory: what it kept is what it had written to its NV files."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.proc.kill()
+        self.proc.wait(5)
+        for path in (self.data_path, self.ctrl_path):
+            if os.path.exists(path):
+                os.unlink(path)
+        self._spawn()
 
     @staticmethod
     def _open(path):

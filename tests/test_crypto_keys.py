@@ -94,8 +94,9 @@ def test_stream_label_terminator_and_inputs():
     assert drbg(context=b"other").read(64) != base
     assert drbg(alg=SHA384).read(64) != base
     assert KdfDrbg(SHA256, SEED, LABEL, b"template name", 256).read(64) != base
+    assert KdfDrbg(TPM_ALG.SM3_256, SEED, LABEL).read(64) != base      # SM3 is a hash here
     with pytest.raises(KeyError):
-        KdfDrbg(TPM_ALG.SM3_256, SEED, LABEL)
+        KdfDrbg(TPM_ALG.SHA3_256, SEED, LABEL)
 
 
 # ----------------------------------------------------------------------------------- RSA
@@ -334,7 +335,9 @@ def test_ecc_deterministic_and_unsupported():
     assert ecc_private_from_stream(drbg(), P384) != a
     assert 0 < ecc_private_from_stream(drbg(), TPM_ECC_CURVE.BN_P256) < ECC_CURVES[
         TPM_ECC_CURVE.BN_P256].order
-    for curve in (TPM_ECC_CURVE.BN_P638, TPM_ECC_CURVE.SM2_P256, 0x99):
+    assert 0 < ecc_private_from_stream(drbg(), TPM_ECC_CURVE.SM2_P256) < ECC_CURVES[
+        TPM_ECC_CURVE.SM2_P256].order
+    for curve in (TPM_ECC_CURVE.BN_P638, TPM_ECC_CURVE.NIST_P192, 0x99):
         with pytest.raises(ValueError):
             ecc_private_from_stream(drbg(), curve)
     with pytest.raises(ValueError):

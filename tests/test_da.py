@@ -11,7 +11,7 @@ from ctpm.platform import Platform
 from ctpm.state.store import DirStore
 from ctpm.testing.process import run_daemon
 from tests.peers import Swtpm, needs_swtpm
-from tests.tpmcmd import (SHUTDOWN_CLEAR, STARTUP_CLEAR, b2, cmd, params, pw_session, rc, u16,
+from tests.tpmcmd import (SHUTDOWN_CLEAR, SHUTDOWN_STATE, STARTUP_CLEAR, STARTUP_STATE, b2, cmd, params, pw_session, rc, u16,
                           u32)
 
 pytest.importorskip("tpm2_pytss")
@@ -304,3 +304,63 @@ def test_tools_dictionarylockout(tmp_path):
         out = ok("tpm2_getcap", "-T", t, "properties-variable")
         assert "TPM2_PT_LOCKOUT_COUNTER: 0x0" in out and "inLockout:                 0" in out
         ok("tpm2_hmac", "-T", t, "-c", "k.ctx", "-p", "secret", "-o", "mac", "msg")
+
+
+def da_after_shutdown(x, power_cycle):
+    """Shutdown(STATE), then a DA-protected authorization before the power goes: that
+    shutdown is no longer orderly (Resume refused, failedTries + 1); without one, it is."""
+    out = []
+    key = hmac_key(x)
+    out.append(rc(x(hmac_cmd(key, b"key pw"))))
+    out.append(rc(x(SHUTDOWN_STATE)))
+    out.append(rc(x(cmd(0x17B, u16(8)))))                # not DA-protected: still orderly
+    power_cycle()
+    out.append(rc(x(STARTUP_STATE)))
+    out.append(da_properties(x)[0])
+    key = hmac_key(x)
+    out.append(rc(x(SHUTDOWN_STATE)))
+    out.append(rc(x(hmac_cmd(key, b"key pw"))))          # DA-protected, after Shutdown
+    power_cycle()
+    out.append(rc(x(STARTUP_CLEAR)))
+    out.append(da_properties(x)[0])                      # the shutdown counted a failure
+    key = hmac_key(x)
+    out.append(rc(x(SHUTDOWN_STATE)))
+    out.append(rc(x(hmac_cmd(key, b"key pw"))))
+    power_cycle()
+    out.append(rc(x(STARTUP_STATE)))                     # TPM_RC_VALUE: not orderly
+    # (the reference's failed Resume already consumed SU_DA_USED, so its Startup(CLEAR)
+    # then counts nothing; ctpm still counts the failure: only the RC is compared)
+    out.append(rc(x(STARTUP_CLEAR)))
+    return out
+
+
+@needs_swtpm
+@pytest.mark.swtpm
+def test_da_use_after_shutdown_as_swtpm(tmp_path):
+    clock = FakeClock()
+    holder = {}
+
+    def ctpm_cycle():
+        holder["tpm"].power_off()
+        holder["tpm"] = Tpm.manufacture(Platform(DirStore(tmp_path), clock_ns=clock),
+                                        seed=b"da")
+
+    holder["tpm"] = Tpm.manufacture(Platform(DirStore(tmp_path), clock_ns=clock), seed=b"da")
+    assert rc(holder["tpm"].execute(STARTUP_CLEAR)) == 0
+    sw = Swtpm()
+    try:
+        assert rc(sw.execute(STARTUP_CLEAR)) == 0
+
+        def sw_cycle():
+            sw.ctrl(2, struct.pack(">I", 0))             # CMD_INIT: power cycle
+            if sw.sock is not None:
+                sw.sock.close()
+                sw.sock = None
+
+        a = da_after_shutdown(lambda c: holder["tpm"].execute(c), ctpm_cycle)
+        b = da_after_shutdown(retrying(sw.execute), sw_cycle)
+        assert a == b
+        assert a[3:5] == [0, 0] and a[7:9] == [0, 1] and a[-2:] == [0x1C4, 0]
+        assert da_properties(holder["tpm"].execute)[0] == 2
+    finally:
+        sw.close()

@@ -80,7 +80,7 @@ STREAMS = {
         cmd(0x17E, u32(1) + u16(SHA256) + bytes([2]) + b"\xff\xff"),           # sizeofSelect 2
         cmd(0x17E, u32(1) + u16(SHA256) + bytes([3]) + b"\xff\xff"),           # truncated
         cmd(0x17E, u32(5) + pcr_select((SHA256, [1]))[4:] * 5),               # count > HASH_COUNT
-        cmd(0x17E, u32(1) + u16(0x0012) + bytes([3]) + b"\x01\0\0"),          # SM3: not a hash here
+        cmd(0x17E, u32(1) + u16(0x0027) + bytes([3]) + b"\x01\0\0"),          # SHA3: not a hash here
         cmd(0x17E, u32(1) + u16(0x0010) + bytes([3]) + b"\x01\0\0"),          # ALG_NULL
     ],
     "pcr-reset-localities": [
@@ -92,7 +92,7 @@ STREAMS = {
         STARTUP_CLEAR,
         extend(24, (SHA256, b"\x01" * 32)),                   # handle out of range
         extend(0, (SHA256, b"\x01" * 31)),                    # digest too short
-        extend(0, (0x0012, b"\x01" * 32)),                    # unknown hash
+        extend(0, (0x0027, b"\x01" * 32)),                    # unknown hash (SHA3-256)
         extend(0, (0x0010, b"")),                             # ALG_NULL not allowed
         extend(0, (SHA256, b"\x01" * 32), sessions=None),     # auth missing
         extend(0, (SHA256, b"\x01" * 32), sessions=[pw_session(b"wrong")]),
@@ -140,7 +140,7 @@ STREAMS = {
                         cmd(0x17B, u16(16))],
     "hash": [STARTUP_CLEAR, hash_(b"abc", SHA1), hash_(b"abc", SHA256), hash_(b"abc", SHA384),
              hash_(b"abc", SHA512), hash_(b"", SHA256), hash_(b"x" * 1024),
-             hash_(b"x" * 1025), hash_(b"abc", 0x0012), hash_(b"abc", 0x0010),
+             hash_(b"x" * 1025), hash_(b"abc", 0x0027), hash_(b"abc", 0x0010),
              hash_(b"abc", SHA256, 0x40000002), hash_(b"\xffTCGabc", SHA256, RH_OWNER)],
     "selftest": [STARTUP_CLEAR, cmd(0x143, b"\x01"), cmd(0x143, b"\x00"), cmd(0x143, b"\x02"),
                  cmd(0x17C), cmd(0x142, u32(0)), cmd(0x142, u32(1) + u16(SHA256)),

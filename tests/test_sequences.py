@@ -95,7 +95,7 @@ def test_sequence_errors_as_swtpm():
         assert seqs[0] == seqs[1] and events[0] == events[1]
         steps = [cmd(0x185, b2(b""), handles=[14, seqs[0]], sessions=PW + PW),   # not event
                  complete(events[0], b""),                                       # not hash
-                 start(0x12),                                                    # bad hash
+                 start(0x27),                                                    # bad hash
                  update(seqs[0], b"x" * 1025),                                   # too long
                  complete(seqs[0], b"", hierarchy=0x40000002),                   # bad hierarchy
                  complete(seqs[0], b""),

@@ -612,8 +612,8 @@ REJECTED = [
     # nameAlg: TPMI_ALG_HASH, NULL only with "+" (LoadExternal)
     bad("TPMT_PUBLIC-nameAlg-null", "TPMT_PUBLIC", pub(name_alg=NULL), TPM_RC.HASH),
     bad("TPM2B_PUBLIC-nameAlg-null", "TPM2B_PUBLIC", b2(pub(name_alg=NULL)), TPM_RC.HASH),
-    bad("TPMT_PUBLIC-nameAlg-sm3", "TPMT_PUBLIC", pub(name_alg=0x12), TPM_RC.HASH),
-    bad("TPMT_PUBLIC_PLUS-nameAlg-sm3", "TPMT_PUBLIC_PLUS", pub(name_alg=0x12), TPM_RC.HASH),
+    bad("TPMT_PUBLIC-nameAlg-sha3", "TPMT_PUBLIC", pub(name_alg=0x27), TPM_RC.HASH),
+    bad("TPMT_PUBLIC_PLUS-nameAlg-sha3", "TPMT_PUBLIC_PLUS", pub(name_alg=0x27), TPM_RC.HASH),
     bad("TPM2B_PUBLIC_PLUS-nameAlg-rsa", "TPM2B_PUBLIC_PLUS", b2(pub(name_alg=A.RSA)),
         TPM_RC.HASH),
     bad("TPMT_PUBLIC-attrs-before-policy", "TPMT_PUBLIC",
@@ -674,7 +674,7 @@ REJECTED = [
     # Part 2 §11.2.1.5 TPMT_SIG_SCHEME: TPMI_ALG_SIG_SCHEME+ -> TPM_RC_SCHEME
     *[bad(f"TPMT_SIG_SCHEME-{n}", "TPMT_SIG_SCHEME", u16(s) + u16(SHA256), TPM_RC.SCHEME)
       for n, s in (("rsaes", A.RSAES), ("oaep", A.OAEP), ("ecdh", A.ECDH),
-                   ("sm2", A.SM2), ("xor", A.XOR), ("sha256", SHA256), ("0x99", 0x99))],
+                   ("ecmqv", A.ECMQV), ("xor", A.XOR), ("sha256", SHA256), ("0x99", 0x99))],
     bad("TPMT_SIG_SCHEME-rsassa-hash-null", "TPMT_SIG_SCHEME", u16(A.RSASSA) + u16(NULL),
         TPM_RC.HASH),
     bad("TPMT_SIG_SCHEME-hmac-hash-bad", "TPMT_SIG_SCHEME", u16(A.HMAC) + u16(0x99),
@@ -746,7 +746,7 @@ REJECTED = [
                              ("TPMU_PUBLIC_ID", "type", SHA256),
                              ("TPMU_SENSITIVE_COMPOSITE", "sensitiveType", A.HMAC),
                              ("TPMU_SIG_SCHEME", "scheme", A.RSAES),
-                             ("TPMU_SIG_SCHEME", "scheme", A.SM2),
+                             ("TPMU_SIG_SCHEME", "scheme", A.ECMQV),
                              ("TPMU_SIGNATURE", "sigAlg", A.ECDH),
                              ("TPMU_SIGNATURE", "sigAlg", 0x99))],
 ]

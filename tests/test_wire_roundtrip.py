@@ -310,7 +310,7 @@ REJECTED = [
     bad("TK_HASHCHECK-digest65", S.TPMT_TK_HASHCHECK,
         u16(TPM_ST.HASHCHECK) + u32(TPM_RH.NULL) + u16(65) + bytes(65), TPM_RC.SIZE),
     # TPMI_ALG_HASH: unknown, and NULL without "+"
-    bad("TPMT_HA-sm3", S.TPMT_HA, u16(0x12) + bytes(32), TPM_RC.HASH),
+    bad("TPMT_HA-sha3", S.TPMT_HA, u16(0x27) + bytes(32), TPM_RC.HASH),
     bad("TPMT_HA-rsa", S.TPMT_HA, u16(A.RSA), TPM_RC.HASH),
     bad("DIGEST_VALUES-null", S.TPML_DIGEST_VALUES, u32(1) + u16(NULL), TPM_RC.HASH),
     bad("DIGEST_VALUES-2nd-unknown", S.TPML_DIGEST_VALUES,
@@ -352,7 +352,7 @@ REJECTED = [
         TPM_RC.KDF),
     bad("KEYEDHASH-rsassa", S.TPMT_KEYEDHASH_SCHEME, u16(A.RSASSA) + u16(SHA256), TPM_RC.VALUE),
     *[bad(f"{name}-selector", getattr(S, name), b"\0" * 8, TPM_RC.SELECTOR, {key: sel})
-      for name, key, sel in (("TPMU_HA", "hashAlg", 0x12),
+      for name, key, sel in (("TPMU_HA", "hashAlg", 0x27),
                              ("TPMU_CAPABILITIES", "capability", 0x100),
                              ("TPMU_SYM_KEY_BITS", "algorithm", 0x3),
                              ("TPMU_SYM_MODE", "algorithm", 0x26),

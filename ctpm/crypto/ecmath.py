@@ -17,6 +17,10 @@ point multiplications run here in Python with GMP integers (Jacobian coordinates
 Montgomery ladder - the same sequence of operations for every scalar of a size, though the
 integer arithmetic is not constant time; about 2 ms a multiplication). That curve is for the anonymous schemes; its keys are less protected from
 timing than the NIST curves' keys.
+
+TPM_ECC_SM2_P256 (GM/T 0003.5-2012's recommended curve, a = p - 3; the reference's
+EccConstantData) is not in `cryptography` either and runs on the same Python arithmetic,
+with the same caveat.
 """
 import types
 from typing import NamedTuple
@@ -29,7 +33,7 @@ from ..wire.constants import TPM_ECC_CURVE
 
 
 class Curve(NamedTuple):
-    cls: type          # cryptography curve class (None: Python arithmetic, BN_P256)
+    cls: type          # cryptography curve class (None: Python arithmetic, BN/SM2_P256)
     p: int             # field prime
     a: int
     b: int
@@ -89,6 +93,15 @@ CURVES = types.MappingProxyType({
         n=_h("FFFFFFFF FFFCF0CD 46E5F25E EE71A49E 0CDC65FB 1299921A F62D536C D10B500D"),
         gx=1,
         gy=2,
+        size=32),
+    TPM_ECC_CURVE.SM2_P256: Curve(
+        None,
+        p=_h("FFFFFFFE FFFFFFFF FFFFFFFF FFFFFFFF FFFFFFFF 00000000 FFFFFFFF FFFFFFFF"),
+        a=_h("FFFFFFFE FFFFFFFF FFFFFFFF FFFFFFFF FFFFFFFF 00000000 FFFFFFFF FFFFFFFC"),
+        b=_h("28E9FA9E 9D9F5E34 4D5A9E4B CF6509A7 F39789F5 15AB8F92 DDBCBD41 4D940E93"),
+        n=_h("FFFFFFFE FFFFFFFF FFFFFFFF FFFFFFFF 7203DF6B 21C6052B 53BBF409 39D54123"),
+        gx=_h("32C4AE2C 1F198119 5F990446 6A39C994 8FE30BBF F2660BE1 715A4589 334C74C7"),
+        gy=_h("BC3736A2 F4F6779C 59BDCEE3 6B692153 D0A9877C C62A4740 02DF32E5 2139F0A0"),
         size=32),
 })
 
@@ -236,9 +249,33 @@ def mul_add(c: Curve, u1: int, u2: int, q):
     return add(c, r1, r2)
 
 
+def avf(c: Curve, x: int) -> int:
+    """The associate value function of ECC MQV (SP 800-56A §5.7.2.3): with
+    f = ceil(ceil(log2 n) / 2), 2^f + (x mod 2^f) - half the bits of the x-coordinate."""
+    f = (c.n.bit_length() + 1) // 2
+    return (x & ((1 << f) - 1)) | (1 << f)
+
+
+def mqv(c: Curve, ds: int, de: int, qs_peer, qe_peer):
+    """The ECC MQV primitive (SP 800-56A §5.7.2.3, the reference's C_2_2_MQV) for the party
+    with static and ephemeral scalars ds, de and the peer's public points:
+
+        implicitsig = (de + avf(Qe) * ds) mod n,  Qe = [de]G
+        P = [h * implicitsig](QeB + [avf(QeB)]QsB)
+
+    Both parties get the same P; None if it is the point at infinity (every curve here has
+    cofactor h = 1)."""
+    qe = mul_base(c, de)
+    t = (de + avf(c, qe[0]) * ds) % c.n
+    s = add(c, qe_peer, mul(c, avf(c, qe_peer[0]), qs_peer))
+    if s is None or not t:
+        return None
+    return mul(c, t, s)
+
+
 def to_bytes(v: int, size: int) -> bytes:
     return v.to_bytes(size, "big")
 
 
 __all__ = ["Curve", "CURVES", "curve", "on_curve", "negate", "add", "mul_base", "mul",
-           "mul_add", "to_bytes"]
+           "mul_add", "avf", "mqv", "to_bytes"]

@@ -274,6 +274,8 @@ ECC_CURVES = types.MappingProxyType({
                   16)),
     TPM_ECC_CURVE.BN_P256: _Curve(
         cls=None, size=32, order=ecmath.CURVES[TPM_ECC_CURVE.BN_P256].n),
+    TPM_ECC_CURVE.SM2_P256: _Curve(
+        cls=None, size=32, order=ecmath.CURVES[TPM_ECC_CURVE.SM2_P256].n),
 })
 """TPM_ECC_CURVE -> curve data, for the curves implemented here (read-only)."""
 
@@ -296,8 +298,8 @@ class _SoftPrivateNumbers(NamedTuple):
 
 
 class EccSoftPublicKey:
-    """A public point on a curve OpenSSL does not know (BN_P256), with the few methods of a
-    `cryptography` EC public key that ctpm uses (`public_numbers`, `curve`)."""
+    """A public point on a curve OpenSSL does not know (BN_P256, SM2_P256), with the few
+    methods of a `cryptography` EC public key that ctpm uses (`public_numbers`, `curve`)."""
 
     __slots__ = ("curve", "_xy")
 

@@ -6,7 +6,7 @@ SensitiveToDuplicate / DuplicateToSensitive, SecretToCredential / CredentialToSe
 The outer wrap, as the reference computes it (all checked against Object_spt.c):
 
     symKey   = KDFa(hashAlg, seed, "STORAGE", name, "", symBits)      (ComputeProtectionKeyParms)
-    encData  = AES-symBits-CFB(symKey, IV).encrypt(data)
+    encData  = SYM-symBits-CFB(symKey, IV).encrypt(data)       (SYM: the parent's AES or SM4)
     hmacKey  = KDFa(hashAlg, seed, "INTEGRITY", "", "", 8 * digestSize(hashAlg))
     outerHMAC = HMAC_hashAlg(hmacKey, [TPM2B_IV ||] encData || name)  (ComputeOuterIntegrity)
     blob     = TPM2B_DIGEST(outerHMAC) || [TPM2B_IV ||] encData        (ProduceOuterWrap)
@@ -17,8 +17,8 @@ The outer wrap, as the reference computes it (all checked against Object_spt.c):
 * hashAlg is the *parent's* nameAlg (PrivateToSensitive: `parent->publicArea.nameAlg`; the
   object's own nameAlg only when there is no parent, i.e. the Temporary Objects under
   TPM_RH_NULL). The same hash is used for both KDFs and the HMAC. symBits is the parent's
-  `parameters.asymDetail.symmetric.keyBits.sym` (the symmetric algorithm is the parent's too;
-  only AES is implemented here, in CFB mode as Part 1 requires).
+  `parameters.asymDetail.symmetric.keyBits.sym` (the symmetric algorithm is the parent's too,
+  `sym_alg`: AES or SM4, in CFB mode as Part 1 requires).
 * `name` is the protected object's Name (nameAlg || digest), used as KDF context and
   appended to the HMAC input; the seed is the parent's `sensitive.seedValue` (or the
   decrypted inSymSeed of a duplication blob, or the credential seed).
@@ -53,20 +53,14 @@ engine adds the parameter number with `.located(param=n)` or re-raises as it lik
 import hmac
 import struct
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-
-try:    # cryptography >= 43 moved CFB to "decrepit"
-    from cryptography.hazmat.decrepit.ciphers.modes import CFB
-except ImportError:   # pragma: no cover - older cryptography
-    from cryptography.hazmat.primitives.ciphers.modes import CFB
-
 from ..errors import TpmError
-from ..wire.constants import TPM_RC
+from ..wire.constants import TPM_ALG, TPM_RC
+from . import symcipher
 from .hashes import HASH_NAMES
 from .hashes import digest as _hash
 from .kdf import kdfa
 
-AES_BLOCK = 16
+AES_BLOCK = symcipher.BLOCK      # AES and SM4 alike
 _MAX_DIGEST = 64      # sizeof(TPMU_HA): the largest TPM2B_DIGEST the unmarshaler accepts
 _U16 = struct.Struct(">H")
 
@@ -86,15 +80,13 @@ def _digest_size(hash_alg) -> int:
     return len(_hash(hash_alg, b""))
 
 
-def _aes_cfb(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
-    cipher = Cipher(algorithms.AES(key), CFB(iv))
-    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
-    return ctx.update(data) + ctx.finalize()
+def _cfb(sym_alg, key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    return symcipher.cfb(sym_alg, key, iv, data, encrypt)
 
 
-def _sym_key(hash_alg, seed: bytes, name: bytes, sym_bits: int) -> bytes:
-    if sym_bits not in (128, 192, 256):
-        raise ValueError(f"unsupported AES key size {sym_bits}")
+def _sym_key(hash_alg, seed: bytes, name: bytes, sym_bits: int, sym_alg) -> bytes:
+    if sym_bits not in symcipher.KEY_BITS.get(sym_alg, ()):
+        raise ValueError(f"unsupported symmetric key {sym_alg!r}/{sym_bits}")
     return kdfa(hash_alg, seed, b"STORAGE", name, b"", sym_bits)
 
 
@@ -119,32 +111,32 @@ def _take_2b(blob: bytes, offset: int, max_size: int):
 
 
 def protect(sensitive: bytes, name: bytes, seed: bytes, name_alg, sym_bits: int = 128, *,
-            iv: bytes | None = None) -> bytes:
+            iv: bytes | None = None, sym_alg=TPM_ALG.AES) -> bytes:
     """Outer-wrap `sensitive` (e.g. a marshaled TPM2B_SENSITIVE): returns the buffer of the
     TPM2B_PRIVATE / TPM2B_ID_OBJECT (without that structure's own size field):
     TPM2B_DIGEST(outerHMAC) || [TPM2B_IV(iv) ||] encSensitive.
 
     `name_alg` is the parent's nameAlg (the hash of both KDFs and the HMAC), `seed` the
-    parent's seedValue (or the duplication / credential seed), `sym_bits` the parent's AES
-    key size. With `iv` (16 bytes, from the
+    parent's seedValue (or the duplication / credential seed), `sym_alg` and `sym_bits` the
+    parent's symmetric cipher (AES or SM4) and key size. With `iv` (16 bytes, from the
     platform's entropy) the reference's TPM2B_PRIVATE layout is produced; without it, the
     zero-IV layout of duplication and credential blobs (see the module docstring).
     """
     name, sensitive = bytes(name), bytes(sensitive)
-    key = _sym_key(name_alg, seed, name, sym_bits)
+    key = _sym_key(name_alg, seed, name, sym_bits, sym_alg)
     if iv is None:
-        covered = _aes_cfb(key, bytes(AES_BLOCK), sensitive, True)
+        covered = _cfb(sym_alg, key, bytes(AES_BLOCK), sensitive, True)
     else:
         iv = bytes(iv)
         if len(iv) != AES_BLOCK:
             raise ValueError("the IV must be one AES block")
-        covered = _U16.pack(AES_BLOCK) + iv + _aes_cfb(key, iv, sensitive, True)
+        covered = _U16.pack(AES_BLOCK) + iv + _cfb(sym_alg, key, iv, sensitive, True)
     mac = _outer_hmac(name_alg, seed, covered, name)
     return _U16.pack(len(mac)) + mac + covered
 
 
 def unprotect(private: bytes, name: bytes, seed: bytes, name_alg, sym_bits: int = 128, *,
-              with_iv: bool = False) -> bytes:
+              with_iv: bool = False, sym_alg=TPM_ALG.AES) -> bytes:
     """Check and remove an outer wrap made by `protect` (UnwrapOuter); returns the decrypted
     bytes (e.g. the TPM2B_SENSITIVE, whose size prefix the caller still has to check).
 
@@ -158,31 +150,33 @@ def unprotect(private: bytes, name: bytes, seed: bytes, name_alg, sym_bits: int 
     covered = private[offset:]
     if not hmac.compare_digest(mac, _outer_hmac(name_alg, seed, covered, name)):
         raise IntegrityError()
-    key = _sym_key(name_alg, seed, name, sym_bits)
+    key = _sym_key(name_alg, seed, name, sym_bits, sym_alg)
     if with_iv:
         iv, offset = _take_2b(covered, 0, AES_BLOCK)
         if len(iv) != AES_BLOCK:
             raise ProtectionError(TPM_RC.VALUE)
-        return _aes_cfb(key, iv, covered[offset:], False)
-    return _aes_cfb(key, bytes(AES_BLOCK), covered, False)
+        return _cfb(sym_alg, key, iv, covered[offset:], False)
+    return _cfb(sym_alg, key, bytes(AES_BLOCK), covered, False)
 
 
-def inner_wrap(sensitive: bytes, name: bytes, name_alg, sym_key: bytes) -> bytes:
+def inner_wrap(sensitive: bytes, name: bytes, name_alg, sym_key: bytes,
+               sym_alg=TPM_ALG.AES) -> bytes:
     """The duplication inner wrap (Part 1 §23.3.2.2, ProduceInnerIntegrity + encryption in
     SensitiveToDuplicate): AES-CFB(sym_key, zero IV) over TPM2B_DIGEST(H_nameAlg(sensitive ||
     name)) || sensitive, where `name_alg` is the *object's* nameAlg and `sym_key` the
-    encryptionKey (16/24/32 bytes for the AES key size of symmetricAlg)."""
+    encryptionKey (16/24/32 bytes for the key size of symmetricAlg, AES or SM4)."""
     sensitive, name = bytes(sensitive), bytes(name)
     integrity = _hash(name_alg, sensitive + name)
     plain = _U16.pack(len(integrity)) + integrity + sensitive
-    return _aes_cfb(bytes(sym_key), bytes(AES_BLOCK), plain, True)
+    return _cfb(sym_alg, bytes(sym_key), bytes(AES_BLOCK), plain, True)
 
 
-def inner_unwrap(blob: bytes, name: bytes, name_alg, sym_key: bytes) -> bytes:
+def inner_unwrap(blob: bytes, name: bytes, name_alg, sym_key: bytes,
+                 sym_alg=TPM_ALG.AES) -> bytes:
     """Decrypt and check an inner wrap (DuplicateToSensitive + CheckInnerIntegrity); returns
     the sensitive bytes. ProtectionError INSUFFICIENT / SIZE if the decrypted integrity does
     not unmarshal, IntegrityError if it differs."""
-    plain = _aes_cfb(bytes(sym_key), bytes(AES_BLOCK), bytes(blob), False)
+    plain = _cfb(sym_alg, bytes(sym_key), bytes(AES_BLOCK), bytes(blob), False)
     integrity, offset = _take_2b(plain, 0, _MAX_DIGEST)
     sensitive = plain[offset:]
     if not hmac.compare_digest(integrity, _hash(name_alg, sensitive + bytes(name))):

@@ -28,6 +28,9 @@ DER_PREFIX = {
     TPM_ALG.SHA256: bytes.fromhex("3031300d060960864801650304020105000420"),
     TPM_ALG.SHA384: bytes.fromhex("3041300d060960864801650304020205000430"),
     TPM_ALG.SHA512: bytes.fromhex("3051300d060960864801650304020305000440"),
+    # the TCG algorithm registry's SM3_256_DER (OID 1.2.156.197.1.401, as the reference and
+    # libtpms); OpenSSL writes 1.2.156.10197.1.504, so RSASSA with SM3 is encoded here
+    TPM_ALG.SM3_256: bytes.fromhex("3030300c06082a811c8145018311050004" "20"),
 }
 
 
@@ -136,6 +139,26 @@ def oaep_encode(alg, label: bytes, message: bytes, k: int, random) -> bytes:
     return b"\0" + masked_seed + masked_db
 
 
+def oaep_decode(alg, label: bytes, em: bytes) -> bytes:
+    """EME-OAEP decoding (the reference's OaepDecode), for the hashes OpenSSL's OAEP does not
+    take (SM3_256); TPM_RC_VALUE for any defect, decided once at the end."""
+    hlen = _hlen(alg)
+    k = len(em)
+    if k < 2 * hlen + 2:
+        raise TpmError(TPM_RC.VALUE)
+    masked_seed, masked_db = em[1:1 + hlen], em[1 + hlen:]
+    seed = _xor(masked_seed, mgf1(alg, masked_db, hlen))
+    db = _xor(masked_db, mgf1(alg, seed, k - hlen - 1))
+    bad = em[0] != 0
+    bad |= not hmac.compare_digest(db[:hlen], _hash(alg, label))
+    rest = db[hlen:]
+    start = len(rest) - len(rest.lstrip(b"\0"))
+    bad |= start >= len(rest) or rest[start] != 1
+    if bad:
+        raise TpmError(TPM_RC.VALUE)
+    return rest[start + 1:]
+
+
 # -- signatures ----------------------------------------------------------------------------
 
 def pss_salt_size(hlen: int, k: int) -> int:
@@ -185,5 +208,5 @@ def pss_verify(alg, digest: bytes, em: bytes) -> bool:
 
 
 __all__ = ["DER_PREFIX", "mgf1", "public_op", "PrivateKey", "rsaes_encode", "rsaes_decode",
-           "oaep_encode", "pss_salt_size", "rsassa_encode", "rsassa_verify",
+           "oaep_encode", "oaep_decode", "pss_salt_size", "rsassa_encode", "rsassa_verify",
            "pss_verify"]

@@ -31,13 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT
-from . import keys
+from . import keys, rsapad
 from .hashes import HASH_NAMES
 
 LABEL_IDENTITY = b"IDENTITY\0"      # MakeCredential / ActivateCredential
 LABEL_DUPLICATE = b"DUPLICATE\0"    # Duplicate / Rewrap / Import
 LABEL_SECRET = b"SECRET\0"          # StartAuthSession salt
 
+# the hashes OpenSSL's OAEP takes; SM3_256 is encoded in rsapad instead
 _CHASH = {TPM_ALG.SHA1: chashes.SHA1, TPM_ALG.SHA256: chashes.SHA256,
           TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512}
 _U16 = struct.Struct(">H")
@@ -126,6 +127,10 @@ def encrypt_seed(public, label: bytes, random):
     if public.type == TPM_ALG.RSA:
         seed = bytes(random(size))
         n = int.from_bytes(public.unique, "big")
+        if name_alg not in _CHASH:
+            k = len(public.unique)
+            block = rsapad.oaep_encode(name_alg, label, seed, k, random)
+            return seed, rsapad.public_op(n, p.exponent or 65537, block, k)
         key = keys.rsa_public_key(n, p.exponent or 65537)
         try:
             secret = key.encrypt(seed, _oaep(name_alg, label))
@@ -168,15 +173,19 @@ def decrypt_seed(public, private_key, label: bytes, secret: bytes) -> bytes:
             hash_alg = p.scheme.details.hashAlg
         else:
             raise TpmError(TPM_RC.SCHEME)
-        if hash_alg not in _CHASH:
+        if hash_alg not in HASH_NAMES:
             raise TpmError(TPM_RC.SCHEME)
         modulus = bytes(public.unique)
         if len(secret) != len(modulus) or secret >= modulus:
             raise TpmError(TPM_RC.SIZE)
-        try:
-            seed = private_key.decrypt(secret, _oaep(hash_alg, label))
-        except ValueError:
-            raise TpmError(TPM_RC.VALUE) from None
+        if hash_alg not in _CHASH:
+            block = rsapad.PrivateKey(private_key.private_numbers()).op(secret)
+            seed = rsapad.oaep_decode(hash_alg, label, block)
+        else:
+            try:
+                seed = private_key.decrypt(secret, _oaep(hash_alg, label))
+            except ValueError:
+                raise TpmError(TPM_RC.VALUE) from None
         if len(seed) > digest_size(hash_alg):
             raise TpmError(TPM_RC.VALUE)
         return seed

@@ -14,7 +14,8 @@ from . import audit, da, nv
 from .context import max_active_sessions, saved_session_handles
 from .ecdaa import COMMIT_ARRAY_BITS
 from .hierarchy import POLICY_HANDLES, hierarchy_policy
-from .state import PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP
+from .state import (PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP,
+                    pcr_allocation)
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and
 # asymmetric algorithms are those TPM2_TestParms accepts.
@@ -29,6 +30,8 @@ ALGORITHMS = {
     TPM_ALG.SHA256: A.HASH,
     TPM_ALG.SHA384: A.HASH,
     TPM_ALG.SHA512: A.HASH,
+    TPM_ALG.SM3_256: A.HASH,
+    TPM_ALG.SM4: A.SYMMETRIC,
     TPM_ALG.RSASSA: A.ASYMMETRIC | A.SIGNING,
     TPM_ALG.RSAES: A.ASYMMETRIC | A.ENCRYPTING,
     TPM_ALG.RSAPSS: A.ASYMMETRIC | A.SIGNING,
@@ -37,6 +40,8 @@ ALGORITHMS = {
     TPM_ALG.ECDH: A.ASYMMETRIC | A.METHOD,
     TPM_ALG.ECSCHNORR: A.ASYMMETRIC | A.SIGNING,
     TPM_ALG.ECDAA: A.ASYMMETRIC | A.SIGNING,
+    TPM_ALG.SM2: A.ASYMMETRIC | A.SIGNING,      # the signature; no SM2 key exchange (METHOD)
+    TPM_ALG.ECMQV: A.ASYMMETRIC | A.METHOD,
     TPM_ALG.KDF1_SP800_56A: A.HASH | A.METHOD,
     TPM_ALG.KDF1_SP800_108: A.HASH | A.METHOD,
     TPM_ALG.ECC: A.ASYMMETRIC | A.OBJECT,
@@ -242,10 +247,9 @@ def get_capability(tpm, ctx, capability, prop, count):
     elif capability == TPM_CAP.PCRS:
         if prop != 0:
             raise TpmError(TPM_RC.VALUE, param=2)
-        allocated = set(state.nv["pcr_allocated"])
-        full = b"\xff" * S.PCR_SELECT_MAX
-        data = [Container(hash=alg, pcrSelect=full if alg in allocated
-                          else b"\0" * S.PCR_SELECT_MAX) for alg in S.HASH_SIZES]
+        allocated = pcr_allocation(state.nv["pcr_allocated"])     # (partial banks too)
+        data = [Container(hash=alg, pcrSelect=allocated.get(alg, 0).to_bytes(
+            S.PCR_SELECT_MAX, "little")) for alg in S.PCR_HASHES]
     elif capability == TPM_CAP.TPM_PROPERTIES:
         props = tpm_properties(tpm)
         start = max(prop, PT_FIXED)

@@ -85,24 +85,20 @@ def adjust_auth(auth: bytes, name_alg) -> bytes:
 
 
 def pcr_digest(state, name_alg, selection):
-    """Digest of the selected PCRs (allocated ones, in selection order), empty if none."""
-    values = []
-    for sel in selection:
-        bank = state.pcrs.get(sel.hash)
-        if bank is None:
-            continue
-        for i in range(len(sel.pcrSelect) * 8):
-            if sel.pcrSelect[i // 8] & (1 << (i % 8)) and i < len(bank):
-                values.append(bank[i])
-    return hashes.digest(name_alg, b"".join(values)) if values else b""
+    """PCRComputeCurrentDigest: the selection without the PCRs not allocated (FilterPcr),
+    and the digest of the selected values (of nothing, if none is selected)."""
+    from .pcr import filter_selection    # pcr -> state -> context -> ... -> create
+    selection, values = filter_selection(state, selection)
+    return selection, hashes.digest(name_alg, b"".join(values))
 
 
 def creation_data(tpm, ctx, name_alg, parent_name_alg, parent_name, parent_qn, selection,
                   outside_info):
     """TPMS_CREATION_DATA and its digest (Part 3 §12.1, FillInCreationData)."""
     loc = ctx.locality
+    selection, digest = pcr_digest(tpm.state, name_alg, selection)
     data = Container(
-        pcrSelect=selection, pcrDigest=pcr_digest(tpm.state, name_alg, selection),
+        pcrSelect=selection, pcrDigest=digest,
         locality=(1 << loc) if loc < 5 else loc, parentNameAlg=parent_name_alg,
         parentName=parent_name, parentQualifiedName=parent_qn, outsideInfo=outside_info)
     return data, hashes.digest(name_alg, TPMS_CREATION_DATA.build(data))

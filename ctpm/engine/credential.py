@@ -16,7 +16,7 @@ the credential opens only on the TPM holding both the key and the named object.
 from ..crypto import protect, secret
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
-from .object import _sym_bits, binding_check
+from .object import _sym_alg, _sym_bits, binding_check
 
 _ASYMMETRIC = (TPM_ALG.RSA, TPM_ALG.ECC)
 _MAX_DIGEST = 64
@@ -51,7 +51,7 @@ def make_credential(tpm, ctx, handle, credential, object_name):
     seed, encrypted = secret.encrypt_seed(public, secret.LABEL_IDENTITY,
                                           tpm.state.drbg.generate)
     blob = protect.protect(len(credential).to_bytes(2, "big") + credential, object_name, seed,
-                           public.nameAlg, _sym_bits(public))
+                           public.nameAlg, _sym_bits(public), sym_alg=_sym_alg(public))
     return (blob, encrypted)
 
 
@@ -72,7 +72,7 @@ def activate_credential(tpm, ctx, activate_handle, key_handle, credential_blob, 
         raise e.located(param=2)
     try:
         data = protect.unprotect(credential_blob, activated.name, seed, public.nameAlg,
-                                 _sym_bits(public))
+                                 _sym_bits(public), sym_alg=_sym_alg(public))
     except TpmError as e:
         raise e.located(param=1)
     # CredentialToSecret: the decrypted part must be exactly one TPM2B_DIGEST

@@ -69,11 +69,12 @@ def in_lockout(state) -> bool:
     return da["failed_tries"] >= da["max_tries"]
 
 
-def check_locked_out(tpm, handle):
-    """CheckLockedOut, for a DA-protected entity whose authValue is about to be used."""
+def check_locked_out(tpm, lockout_auth: bool):
+    """CheckLockedOut, before a DA-protected authValue is used (lockout_auth: lockoutAuth's,
+    which has its own lockout), or a session bound to a DA-protected entity is used."""
     state = tpm.state
     da = values(state)
-    if handle == TPM_RH.LOCKOUT:
+    if lockout_auth:
         if not da["lockout_auth_enabled"]:
             raise TpmError(TPM_RC.LOCKOUT)
         return
@@ -81,8 +82,11 @@ def check_locked_out(tpm, handle):
         raise TpmError(TPM_RC.LOCKOUT)
     if not da["used"]:
         # (the reference answers TPM_RC_RETRY here after writing the flag; this TPM
-        # writes it with the command's other NV changes and goes on)
+        # writes it with the command's other NV changes and goes on). After a Shutdown the
+        # flag is clear, so this also makes that shutdown disorderly (SU_DA_USED_VALUE): a
+        # failure that follows might never reach NV, and the next Startup must count it.
         _set(state, "used", True)
+        state.clear_orderly()
 
 
 def register_failure(tpm, handle) -> int:
@@ -115,6 +119,12 @@ def startup(state, previous_orderly):
             and da["failed_tries"] < da["max_tries"]):
         _set(state, "failed_tries", da["failed_tries"] + 1)
     self_heal(state)
+
+
+def shutdown(state):
+    """TPM2_Shutdown clears the flag (g_daUsed := FALSE), so that the first DA-protected
+    authorization after it voids the orderly shutdown."""
+    _set(state, "used", False)
 
 
 def clear(state):

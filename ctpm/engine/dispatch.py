@@ -267,8 +267,12 @@ class Dispatcher:
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
             e.entity, role = entities[idx - 1] if idx <= len(entities) else (None, None)
+            if e.session is not None and e.session.is_da_bound:
+                # bound to a DA-protected entity: no use at all in lockout (ParseSessionBuffer)
+                da.check_locked_out(tpm, e.session.is_lockout_bound)
             if e.entity is not None and not tpm.is_da_exempt(e.entity) and self._auth_used(e):
-                da.check_locked_out(tpm, e.entity)      # Part 1 §19.8: before the value
+                # Part 1 §19.8: before the value
+                da.check_locked_out(tpm, e.entity == TPM_RH.LOCKOUT)
             if e.entity is not None and (e.session is None or e.session.kind == TPM_SE.HMAC):
                 refusal = tpm.auth_value_refusal(e.entity, role, code)
                 if refusal is not None:
@@ -279,6 +283,7 @@ class Dispatcher:
                 expected = tpm.entity_auth_value(e.entity)
                 if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
                     raise self._auth_failure(e, idx)
+                self._count_pin(e, True)
                 continue
             session = e.session
             if e.entity is None:
@@ -298,12 +303,14 @@ class Dispatcher:
                     expected = tpm.entity_auth_value(e.entity)
                     if not hmac.compare_digest(e.auth.rstrip(b"\0"), expected.rstrip(b"\0")):
                         raise self._auth_failure(e, idx)
+                    self._count_pin(e, True)
                     continue
             else:
                 e.include_auth = session.bound != bind_value(tpm, e.entity)
             key = session.session_key + (self._auth_of(e) if e.include_auth else b"")
-            if not key and not e.auth:
-                continue                       # Part 1 §19.6.5: empty key, empty HMAC
+            if not key and not e.auth:         # Part 1 §19.6.5: empty key, empty HMAC
+                self._count_pin(e, True)
+                continue
             alg = session.auth_hash
             cp_of(alg)
             extra = []
@@ -315,6 +322,7 @@ class Dispatcher:
             expected = command_hmac(session, key, cp_hashes[alg], e.nonce, e.attrs, extra)
             if not hmac.compare_digest(e.auth, expected):
                 raise self._auth_failure(e, idx)
+            self._count_pin(e, True)
         if decrypt is not None:
             idx = sessions.index(decrypt) + 1
             if len(raw) < 2:
@@ -343,13 +351,26 @@ class Dispatcher:
             return session.is_auth_value_needed or session.is_password_needed
         return session.bound != bind_value(self.tpm, e.entity)
 
+    def _count_pin(self, e, ok):
+        """End of the reference's CheckAuthSession: a PIN index whose authValue the session
+        used counts the success or failure."""
+        if e.entity is not None and self._auth_used(e):
+            self.tpm.auth_value_used(e.entity, ok)
+
     def _auth_failure(self, e, idx):
         # Part 1 §19.6.5, §19.8 (IncrementLockout): entities outside dictionary-attack
         # protection, and sessions that did not use the authValue, get BAD_AUTH; the others
-        # count a failure (or lock out lockoutAuth) and get AUTH_FAIL.
-        if self.tpm.is_da_exempt(e.entity) or not self._auth_used(e):
+        # count a failure (or lock out lockoutAuth) and get AUTH_FAIL. A session bound to a
+        # DA-protected entity always counts, one bound to lockoutAuth as lockoutAuth's.
+        self._count_pin(e, False)
+        session = e.session
+        handle = e.entity
+        if session is not None and session.is_lockout_bound:
+            handle = TPM_RH.LOCKOUT
+        if not (session is not None and session.is_da_bound) and (
+                handle is None or self.tpm.is_da_exempt(handle) or not self._auth_used(e)):
             return TpmError(TPM_RC.BAD_AUTH, session=idx)
-        return TpmError(da.register_failure(self.tpm, e.entity), session=idx)
+        return TpmError(da.register_failure(self.tpm, handle), session=idx)
 
     def _response(self, cdef, tag, ctx, outputs):
         rhandle = b""

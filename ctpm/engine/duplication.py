@@ -31,7 +31,7 @@ from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPMA_OBJECT as OA
 from ..wire.objects import SIZEOF_PRIVATE, TPM2B_SENSITIVE, TPMT_SENSITIVE
 from ..wire.structures import HASH_SIZES
 from .credential import private_key
-from .object import _sym_bits, binding_check
+from .object import _sym_alg, _sym_bits, binding_check
 from .object_checks import public_attributes_validation
 from .objects import compute_name, public_bytes
 
@@ -106,10 +106,11 @@ def duplicate(tpm, ctx, object_handle, new_parent_handle, encryption_key_in, sym
         key = encryption_key_in
         if not key:                 # the TPM chooses the key and returns it
             key = key_out = state.drbg.generate(_inner_key_bytes(symmetric_alg))
-        data = protect.inner_wrap(data, obj.name, obj.public.nameAlg, key)
+        data = protect.inner_wrap(data, obj.name, obj.public.nameAlg, key,
+                                  symmetric_alg.algorithm)
     if seed:
         data = protect.protect(data, obj.name, seed, new_parent.public.nameAlg,
-                               _sym_bits(new_parent.public))
+                               _sym_bits(new_parent.public), sym_alg=_sym_alg(new_parent.public))
     return (key_out, data, out_sym_seed)
 
 
@@ -132,7 +133,7 @@ def rewrap(tpm, ctx, old_parent_handle, new_parent_handle, in_duplicate, name, i
             raise TpmError(TPM_RC.VALUE, param=3) from None
         try:
             private = protect.unprotect(in_duplicate, name, seed, old.public.nameAlg,
-                                        _sym_bits(old.public))
+                                        _sym_bits(old.public), sym_alg=_sym_alg(old.public))
         except TpmError as e:
             raise e.located(param=1)
     else:
@@ -146,7 +147,8 @@ def rewrap(tpm, ctx, old_parent_handle, new_parent_handle, in_duplicate, name, i
                                              state.drbg.generate)
     if len(private) + _SIZE_FIELD + HASH_SIZES[new.public.nameAlg] > SIZEOF_PRIVATE:
         raise TpmError(TPM_RC.VALUE, param=1)
-    out = protect.protect(private, name, seed, new.public.nameAlg, _sym_bits(new.public))
+    out = protect.protect(private, name, seed, new.public.nameAlg, _sym_bits(new.public),
+                          sym_alg=_sym_alg(new.public))
     return (out, out_sym_seed)
 
 
@@ -158,9 +160,9 @@ def _duplicate_to_sensitive(blob, name, parent, name_alg, seed, symmetric_alg, k
     data = bytes(blob)
     if seed:
         data = protect.unprotect(data, name, seed, parent.public.nameAlg,
-                                 _sym_bits(parent.public))
+                                 _sym_bits(parent.public), sym_alg=_sym_alg(parent.public))
     if symmetric_alg.algorithm != TPM_ALG.NULL:
-        data = protect.inner_unwrap(data, name, name_alg, key)
+        data = protect.inner_unwrap(data, name, name_alg, key, symmetric_alg.algorithm)
     if len(data) < _SIZE_FIELD:
         raise TpmError(TPM_RC.INSUFFICIENT)
     if int.from_bytes(data[:2], "big") + _SIZE_FIELD != len(data):
@@ -266,5 +268,6 @@ def import_(tpm, ctx, parent_handle, encryption_key, object_public, duplicate_bl
     sensitive = _padded_auth(sensitive, object_public.nameAlg)
     private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name,
                               parent.sensitive.seedValue, parent.public.nameAlg,
-                              _sym_bits(parent.public), iv=state.drbg.generate(16))
+                              _sym_bits(parent.public), iv=state.drbg.generate(16),
+                              sym_alg=_sym_alg(parent.public))
     return (private,)

@@ -10,7 +10,7 @@ authValue goes into the HMAC (PolicyAuthValue) or arrives as a password (PolicyP
 Implemented: PolicyRestart, PolicyGetDigest, PolicyCommandCode, PolicyAuthValue,
 PolicyPassword, PolicySecret, PolicySigned, PolicyTicket, PolicyAuthorize, PolicyLocality,
 PolicyCounterTimer, PolicyTemplate, PolicyPhysicalPresence, PolicyDuplicationSelect,
-PolicyNameHash, PolicyCpHash, PolicyPCR, PolicyOR. Not yet: PolicyNV, PolicyAuthorizeNV,
+PolicyNameHash, PolicyCpHash, PolicyPCR, PolicyOR, PolicyNV, PolicyAuthorizeNV,
 PolicyNvWritten. ctpm has no physical-presence signal, so a policy with
 PolicyPhysicalPresence never authorizes (TPM_RC_PP), as the reference without PP asserted.
 Objects, NV indices (engine/nv.py: POLICYREAD/POLICYWRITE, and NV_ChangeAuth's ADMIN role),
@@ -26,7 +26,7 @@ from ..crypto import hashes
 from ..errors import TpmError
 from ..wire.commands import BY_CODE, Auth
 from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST
-from ..wire.structures import HASH_SIZES, TPML_PCR_SELECTION
+from ..wire.structures import HASH_SIZES, MAX_DIGEST_SIZE, TPML_PCR_SELECTION
 
 _CC = struct.Struct(">I")
 TICKET_HASH = "sha256"          # the reference's CONTEXT_INTEGRITY_HASH_ALG
@@ -51,6 +51,8 @@ def reset_policy(session, now_ms: int = 0):
     session.command_locality = 0
     session.is_pp_required = False
     session.is_template_hash = False
+    session.check_nv_written = False
+    session.nv_written_state = False
 
 
 def _extend(session, *parts: bytes):
@@ -340,6 +342,73 @@ def policy_counter_timer(tpm, ctx, policy_session, operand_b, offset, operation)
     _extend(session, _CC.pack(TPM_CC.PolicyCounterTimer), arg)
 
 
+# -- policies on NV indices (Part 3 §23.9, §23.20, §23.22) ----------------------------------
+
+def _readable_index(tpm, auth_handle, nv_index):
+    """The index a real session's PolicyNV/PolicyAuthorizeNV reads: authHandle may read it,
+    it is not read locked and it has been written (NvReadAccessChecks)."""
+    from . import nv
+    index = nv.get(tpm.state, nv_index)
+    rc = nv.read_refusal(auth_handle, index)
+    if rc is not None:
+        raise TpmError(rc)
+    return index
+
+
+def policy_nv(tpm, ctx, auth_handle, nv_index, policy_session, operand_b, offset, operation):
+    """Part 3 §23.9: a comparison with the index's data at `offset` (authHandle authorized
+    reading it); the digest takes H(operandB || offset || operation) and the index's Name,
+    which is the Name it has now (written). A trial session does not look at the index."""
+    session = _session(tpm, policy_session)
+    if not _is_trial(session):
+        index = _readable_index(tpm, auth_handle, nv_index)
+        size = index.public.dataSize
+        if offset > size:
+            raise TpmError(TPM_RC.VALUE, param=2)
+        if size - offset < len(operand_b):
+            raise TpmError(TPM_RC.SIZE, param=1)
+        if not _check_condition(operation, index.data[offset:offset + len(operand_b)],
+                                operand_b):
+            raise TpmError(TPM_RC.POLICY)
+    arg = hashes.digest(session.auth_hash, operand_b + struct.pack(">HH", offset, operation))
+    _extend(session, _CC.pack(TPM_CC.PolicyNV), arg, tpm.entity_name(nv_index))
+
+
+def policy_authorize_nv(tpm, ctx, auth_handle, nv_index, policy_session):
+    """Part 3 §23.22: the policy so far is the one the index holds (a TPMT_HA of the
+    session's hash algorithm), so whoever may write the index decides the policy; the digest
+    starts over as H(0...0 || TPM_CC_PolicyAuthorizeNV || nvIndex Name)."""
+    session = _session(tpm, policy_session)
+    if not _is_trial(session):
+        index = _readable_index(tpm, auth_handle, nv_index)
+        data = index.data[:2 + MAX_DIGEST_SIZE]     # MIN(dataSize, sizeof(TPMT_HA))
+        # TPMT_HA_Unmarshal, its errors as they are
+        if len(data) < 2:
+            raise TpmError(TPM_RC.INSUFFICIENT)
+        alg = struct.unpack_from(">H", data)[0]
+        if alg not in HASH_SIZES:
+            raise TpmError(TPM_RC.HASH)
+        if len(data) < 2 + HASH_SIZES[alg]:
+            raise TpmError(TPM_RC.INSUFFICIENT)
+        if alg != session.auth_hash:
+            raise TpmError(TPM_RC.HASH)
+        if not hmac.compare_digest(data[2:2 + HASH_SIZES[alg]], session.policy_digest):
+            raise TpmError(TPM_RC.VALUE)
+    session.policy_digest = b"\0" * session.digest_size
+    _context_update(session, TPM_CC.PolicyAuthorizeNV, tpm.entity_name(nv_index), None, b"", 0)
+
+
+def policy_nv_written(tpm, ctx, policy_session, written_set):
+    """Part 3 §23.20: the authorized entity must be an NV index whose TPMA_NV_WRITTEN is
+    `written_set` (checked when the session is used); a contrary second assertion fails."""
+    session = _session(tpm, policy_session)
+    if session.check_nv_written and session.nv_written_state != bool(written_set):
+        raise TpmError(TPM_RC.VALUE, param=1)
+    session.check_nv_written = True
+    session.nv_written_state = bool(written_set)
+    _extend(session, _CC.pack(TPM_CC.PolicyNvWritten), bytes((written_set,)))
+
+
 def policy_template(tpm, ctx, policy_session, template_hash):
     """Part 3 §23.23: Create, CreatePrimary or CreateLoaded with a template (inPublic) of
     this digest."""
@@ -405,35 +474,13 @@ def policy_cp_hash(tpm, ctx, policy_session, cp_hash_a):
     session.is_cp_hash = True
 
 
-def _filter_pcrs(state, selection):
-    """FilterPcr: bits of banks not allocated (and of PCRs not implemented) cleared."""
-    out = []
-    for sel in selection:
-        bank = state.pcrs.get(sel.hash)
-        bits = bytes(sel.pcrSelect) if bank is not None else bytes(len(sel.pcrSelect))
-        out.append(Container(hash=sel.hash, pcrSelect=bits))
-    return out
-
-
-def current_pcr_digest(state, alg, selection) -> bytes:
-    """PCRComputeCurrentDigest: H_alg of the selected PCR values, bank by bank."""
-    h = hashes.new(alg)
-    for sel in selection:
-        bank = state.pcrs.get(sel.hash)
-        if bank is None:
-            continue
-        for i in range(min(len(sel.pcrSelect) * 8, len(bank))):
-            if sel.pcrSelect[i // 8] & (1 << (i % 8)):
-                h.update(bank[i])
-    return h.digest()
-
-
 def policy_pcr(tpm, ctx, policy_session, pcr_digest, pcrs):
     """Part 3 §23.7: the selected PCRs have (and keep) the values they have now."""
     session = _session(tpm, policy_session)
     state = tpm.state
-    pcrs = _filter_pcrs(state, pcrs)
-    digest = current_pcr_digest(state, session.auth_hash, pcrs)
+    from .pcr import filter_selection       # pcr -> state -> sessions -> ea: import here
+    pcrs, values = filter_selection(state, pcrs)
+    digest = hashes.digest(session.auth_hash, b"".join(values))
     if not _is_trial(session):
         if session.pcr_counter != 0 and session.pcr_counter != state.pcr_counter:
             raise TpmError(TPM_RC.PCR_CHANGED)
@@ -552,4 +599,9 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
         else:
             ok = session.cp_hash == hashes.digest(session.auth_hash, b"".join(names))
         if not ok:
+            raise TpmError(TPM_RC.POLICY_FAIL)
+    if session.check_nv_written:        # PolicyNvWritten: only an index, written or not
+        from . import nv
+        index = nv.get(tpm.state, entity) if entity >> 24 == TPM_HT.NV_INDEX else None
+        if index is None or bool(index.attributes & nv.A.WRITTEN) != session.nv_written_state:
             raise TpmError(TPM_RC.POLICY_FAIL)

@@ -17,8 +17,9 @@ from ..wire.constants import TPM_ALG, TPM_ECC_CURVE
 
 _KDF_HASH = {TPM_ECC_CURVE.NIST_P256: TPM_ALG.SHA256,
              TPM_ECC_CURVE.NIST_P384: TPM_ALG.SHA384,
-             TPM_ECC_CURVE.NIST_P521: TPM_ALG.SHA512}
-_COFACTOR = 1                           # every NIST prime curve, and BN_P256
+             TPM_ECC_CURVE.NIST_P521: TPM_ALG.SHA512,
+             TPM_ECC_CURVE.SM2_P256: TPM_ALG.SM3_256}
+_COFACTOR = 1                           # every NIST prime curve, BN_P256 and SM2_P256
 # BN_P256 has no default KDF (the reference's curve table: TPM_ALG_NULL)
 
 

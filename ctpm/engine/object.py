@@ -17,10 +17,18 @@ from .objects import (Object, compute_name, free_object_handle, hierarchy_qualif
 PRIMARY_LABEL = b"Primary Object Creation"
 
 
-def _sym_bits(parent_public) -> int:
+def _sym_def(parent_public):
     p = parent_public.parameters
-    sym = p.sym if parent_public.type == TPM_ALG.SYMCIPHER else p.symmetric
-    return sym.keyBits
+    return p.sym if parent_public.type == TPM_ALG.SYMCIPHER else p.symmetric
+
+
+def _sym_bits(parent_public) -> int:
+    return _sym_def(parent_public).keyBits
+
+
+def _sym_alg(parent_public):
+    """The parent's symmetric cipher (AES or SM4) that protects its children."""
+    return _sym_def(parent_public).algorithm
 
 
 def _parent(tpm, handle):
@@ -103,7 +111,7 @@ def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, crea
     ticket = create.creation_ticket(tpm, parent.hierarchy, name, digest)
     private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name, parent.sensitive.seedValue,
                               parent.public.nameAlg, _sym_bits(parent.public),
-                              iv=state.drbg.generate(16))
+                              iv=state.drbg.generate(16), sym_alg=_sym_alg(parent.public))
     return (private, public, data, digest, ticket)
 
 
@@ -120,7 +128,8 @@ def load(tpm, ctx, parent_handle, in_private, in_public):
     name = compute_name(in_public.nameAlg, raw)
     try:
         blob = protect.unprotect(in_private, name, parent.sensitive.seedValue,
-                                 parent.public.nameAlg, _sym_bits(parent.public), with_iv=True)
+                                 parent.public.nameAlg, _sym_bits(parent.public), with_iv=True,
+                                 sym_alg=_sym_alg(parent.public))
     except TpmError as e:           # INTEGRITY, or the outer wrap itself is malformed
         raise e.located(param=1)
     try:
@@ -197,7 +206,8 @@ def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):
     sensitive = Container(obj.sensitive, authValue=new_auth)
     private = protect.protect(TPM2B_SENSITIVE.build(sensitive), obj.name,
                               parent.sensitive.seedValue, parent.public.nameAlg,
-                              _sym_bits(parent.public), iv=state.drbg.generate(16))
+                              _sym_bits(parent.public), iv=state.drbg.generate(16),
+                              sym_alg=_sym_alg(parent.public))
     return (private,)
 
 
@@ -266,7 +276,8 @@ def create_loaded(tpm, ctx, parent_handle, in_sensitive, in_public):
     if parent is not None and not derivation:
         private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name,
                                   parent.sensitive.seedValue, parent.public.nameAlg,
-                                  _sym_bits(parent.public), iv=state.drbg.generate(16))
+                                  _sym_bits(parent.public), iv=state.drbg.generate(16),
+                                  sym_alg=_sym_alg(parent.public))
     state.objects[handle] = Object(public=public, public_bytes=raw, sensitive=sensitive,
                                    hierarchy=hierarchy, name=name,
                                    qualified_name=qualified_name(parent_qn, name,

@@ -3,9 +3,10 @@ from construct import Container
 
 from ..errors import TpmError
 from ..wire.constants import TPM_RC, TPM_RH
-from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
-from ..crypto.hashes import HASH_NAMES, digest
-from .state import PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP
+from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR, PCR_HASHES
+from ..crypto.hashes import digest
+from .state import (ALL_PCRS, PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT,
+                    PCR_POLICY_GROUP, pcr_allocation)
 
 MAX_PCR_READ = 8   # TPML_DIGEST holds at most 8 digests
 
@@ -23,15 +24,17 @@ def _changed(state, pcr):
 
 
 def extend(state, pcr, alg, value):
-    """Extend one bank; like the reference TPM, each bank extended counts as one change."""
+    """Extend one bank (if the PCR is allocated in it); like the reference TPM, each bank
+    extended counts as one change."""
     bank = state.pcrs.get(alg)
-    if bank is not None:
+    if bank is not None and bank[pcr] is not None:
         bank[pcr] = digest(alg, bank[pcr] + value)
         _changed(state, pcr)
 
 
 def pcr_extend(tpm, ctx, pcr, digests):
-    """Part 3 §22.4: extend each given bank; banks not allocated are ignored."""
+    """Part 3 §22.4: extend each given bank; banks (or PCRs of a bank) not allocated are
+    ignored."""
     if pcr == TPM_RH.NULL:
         return
     _check_extend(tpm, ctx, pcr)
@@ -46,7 +49,7 @@ def pcr_event(tpm, ctx, pcr, event_data):
         _check_extend(tpm, ctx, pcr)
     state = tpm.state
     out = []
-    for alg in HASH_NAMES:
+    for alg in PCR_HASHES:      # every hash that can be a bank (not SM3_256)
         d = digest(alg, event_data)
         out.append(Container(hashAlg=alg, digest=d))
         if pcr != TPM_RH.NULL:
@@ -68,7 +71,7 @@ def pcr_read(tpm, ctx, selection):
             byte, bit = divmod(pcr, 8)
             if not bits[byte] & (1 << bit):
                 continue
-            if bank is None or pcr >= IMPLEMENTATION_PCR or full:
+            if bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None or full:
                 bits[byte] &= ~(1 << bit)
                 continue
             if len(values) == MAX_PCR_READ:
@@ -92,7 +95,7 @@ def filter_selection(state, selection):
             byte, bit = divmod(pcr, 8)
             if not bits[byte] & (1 << bit):
                 continue
-            if bank is None or pcr >= IMPLEMENTATION_PCR:
+            if bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None:
                 bits[byte] &= ~(1 << bit)
             else:
                 values.append(bank[pcr])
@@ -109,44 +112,40 @@ def pcr_reset(tpm, ctx, pcr):
         tpm.state.clear_orderly()
     state = tpm.state
     for alg, bank in state.pcrs.items():
-        bank[pcr] = b"\0" * HASH_SIZES[alg]
+        if bank[pcr] is not None:
+            bank[pcr] = b"\0" * HASH_SIZES[alg]
     _changed(state, pcr)
 
 
 # -- Part 3 §22.3, §22.7, §22.9: PCR administration -------------------------------------------
 
-def _selected(sel):
-    bits = bytes(sel.pcrSelect)
-    return [i for i in range(len(bits) * 8) if bits[i // 8] & (1 << (i % 8))]
-
-
 def pcr_allocate(tpm, ctx, auth_handle, allocation):
     """Part 3 §22.3 (the reference's PCRAllocate): banks not named keep their allocation,
-    a bank named twice takes the last (a second
-    PCR_Allocate replaces the first); some bank must hold the H-CRTM PCR 0 and the D-RTM
+    a bank named twice takes the last (a second PCR_Allocate replaces the first), and a
+    bank may hold only some of its PCRs; some bank must hold the H-CRTM PCR 0 and the D-RTM
     PCR 17 (TPM_RC_PCR). The new allocation is kept in NV and used from the next TPM Reset;
-    until then Shutdown(STATE) is refused (g_pcrReConfig).
-
-    ctpm allocates whole banks only: a bank given some but not all of its 24 PCRs makes
-    allocationSuccess NO (nothing changes), as Part 3 lets a TPM refuse an allocation."""
+    until then Shutdown(STATE) is refused (g_pcrReConfig). A hash without a bank (SM3_256)
+    can only be given no PCRs, else allocationSuccess is NO and nothing changes."""
     if not tpm.nv_available:
         raise TpmError(TPM_RC.NV_UNAVAILABLE)
     state = tpm.state
-    current = state.nv["pcr_allocated"]     # as the reference: from the allocation in use
-    new = {alg: list(range(IMPLEMENTATION_PCR)) if alg in current else []
-           for alg in HASH_SIZES}
+    # as the reference: from the allocation in use (not one still pending)
+    new = dict.fromkeys(PCR_HASHES, 0)
+    new.update(pcr_allocation(state.nv["pcr_allocated"]))
     for sel in allocation:
-        new[int(sel.hash)] = _selected(sel)
-    size_needed = sum(HASH_SIZES[alg] * len(pcrs) for alg, pcrs in new.items())
-    if not any(0 in p for p in new.values()) or not any(17 in p for p in new.values()):
+        new[int(sel.hash)] = int.from_bytes(bytes(sel.pcrSelect), "little")
+    size_needed = sum(HASH_SIZES[alg] * bin(bits).count("1") for alg, bits in new.items())
+    if not any(bits & 1 for bits in new.values()) or not any(bits >> 17 & 1
+                                                             for bits in new.values()):
         raise TpmError(TPM_RC.PCR)
-    size_available = IMPLEMENTATION_PCR * sum(HASH_SIZES.values())
-    whole = all(p == [] or p == list(range(IMPLEMENTATION_PCR)) for p in new.values())
-    if whole:
-        state.nv["pcr_pending"] = [alg for alg in HASH_SIZES if new[alg]]
+    size_available = IMPLEMENTATION_PCR * sum(HASH_SIZES[alg] for alg in PCR_HASHES)
+    success = all(alg in PCR_HASHES or not bits for alg, bits in new.items())
+    if success:
+        state.nv["pcr_pending"] = [[int(alg), new[alg] & ALL_PCRS] for alg in PCR_HASHES
+                                   if new[alg] & ALL_PCRS]
         state.pcr_reconfig = True
         state.dirty = True
-    return (int(whole), IMPLEMENTATION_PCR, size_needed, size_available)
+    return (int(success), IMPLEMENTATION_PCR, size_needed, size_available)
 
 
 def pcr_set_auth_policy(tpm, ctx, auth_handle, auth_policy, hash_alg, pcr_num):

@@ -11,6 +11,7 @@ from construct import Container
 from ..crypto import hashes
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
+from ..wire.structures import PCR_HASHES
 from . import keyuse
 from .hash import _GENERATED, hashcheck_ticket, null_ticket
 from .objects import free_object_handle
@@ -69,7 +70,8 @@ def _sequence(tpm, handle, *kinds):
 def hash_sequence_start(tpm, ctx, auth, hash_alg):
     """Part 3 §17.3: a hash sequence, or with TPM_ALG_NULL an event sequence."""
     if hash_alg == TPM_ALG.NULL:
-        return (_start(tpm, "event", auth, {a: hashes.new(a) for a in hashes.HASH_NAMES}),)
+        # every hash that can be a PCR bank, as PCR_Event (not SM3_256)
+        return (_start(tpm, "event", auth, {a: hashes.new(a) for a in PCR_HASHES}),)
     return (_start(tpm, "hash", auth, {hash_alg: hashes.new(hash_alg)}),)
 
 

@@ -1,21 +1,21 @@
 """Authorization sessions: Part 3 §11.1 TPM2_StartAuthSession and the session arithmetic of
 Part 1 §19 (HMACs, nonces, parameter encryption) that the dispatcher applies to a command.
 
-Implemented: HMAC sessions, unbound or bound, unsalted; parameter encryption with AES-CFB
-and XOR in both directions; policy and trial sessions as objects (their policy commands
-are in engine/ea.py); salted sessions; audit sessions (engine/audit.py).
+Implemented: HMAC sessions, unbound or bound, unsalted; parameter encryption with AES-CFB,
+SM4-CFB and XOR in both directions; policy and trial sessions as objects (their policy
+commands are in engine/ea.py); salted sessions; audit sessions (engine/audit.py).
 """
 import hmac
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher
 
 try:    # CFB left the main modes module (cryptography >= 47); the TPM still needs it
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
 except ImportError:     # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
-from ..crypto import hashes, secret
+from ..crypto import hashes, secret, symcipher
 from ..crypto.kdf import kdfa
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPMA_OBJECT
@@ -48,6 +48,12 @@ class Session:
     command_locality: int = 0     # PolicyLocality: TPMA_LOCALITY the command must come from
     is_pp_required: bool = False  # PolicyPhysicalPresence
     is_template_hash: bool = False    # cp_hash holds a PolicyTemplate templateHash
+    check_nv_written: bool = False    # PolicyNvWritten: the index's TPMA_NV_WRITTEN ...
+    nv_written_state: bool = False    # ... must be this
+    # bound to a DA-protected entity (to lockoutAuth): every use checks the lockout, and a
+    # failed HMAC counts (SessionProcess.c's isDaBound / isLockoutBound); kept by PolicyRestart
+    is_da_bound: bool = False
+    is_lockout_bound: bool = False
     # session audit (engine/audit.py; the reference's isAudit and u2.auditDigest)
     is_audit: bool = False
     audit_digest: bytes = b""
@@ -92,7 +98,9 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
         session_key=session_key, nonce_tpm=nonce_tpm,
         bound=bind_value(tpm, bind) if bind != TPM_RH.NULL and session_type == TPM_SE.HMAC
         else None,
-        policy_digest=b"\0" * size, start_time=state.time())
+        policy_digest=b"\0" * size, start_time=state.time(),
+        is_da_bound=bind != TPM_RH.NULL and not tpm.is_da_exempt(bind),
+        is_lockout_bound=bind == TPM_RH.LOCKOUT)
     return (handle, nonce_tpm)
 
 
@@ -149,7 +157,7 @@ def crypt_parameter(session, key: bytes, nonce_newer: bytes, nonce_older: bytes,
         mask = kdfa(session.auth_hash, key, b"XOR", nonce_newer, nonce_older, len(data) * 8)
         return bytes(a ^ b for a, b in zip(data, mask))
     material = kdfa(session.auth_hash, key, b"CFB", nonce_newer, nonce_older, bits + 128)
-    cipher = Cipher(algorithms.AES(material[:bits // 8]), CFB(material[bits // 8:]))
+    cipher = Cipher(symcipher.algorithm(alg, material[:bits // 8]), CFB(material[bits // 8:]))
     op = cipher.encryptor() if encrypt else cipher.decryptor()
     return op.update(data) + op.finalize()
 

@@ -3,9 +3,10 @@
 `select_sign_scheme`, `sign_digest` and `validate_signature` are the reference's
 CryptSelectSignScheme, CryptSign and CryptValidateSignature, for the attestation commands
 to share. Schemes: RSASSA (PKCS #1 v1.5), RSAPSS (salt = the hash length, or what fits),
-ECDSA, ECSCHNORR (the reference's TpmEcc_SignEcSchnorr), ECDAA (engine/ecdaa.py; signing
-only - the reference's CryptValidateSignature refuses it with TPM_RC_SCHEME, so does this),
-HMAC with keyed-hash keys. ECDSA on BN_P256 (not in OpenSSL) is computed here in Python.
+ECDSA, ECSCHNORR (the reference's TpmEcc_SignEcSchnorr), SM2 (crypto/sm2.py), ECDAA
+(engine/ecdaa.py; signing only - the reference's CryptValidateSignature refuses it with
+TPM_RC_SCHEME, so does this), HMAC with keyed-hash keys. ECDSA on BN_P256 and SM2_P256 (not
+in OpenSSL) is computed here in Python.
 """
 import hmac
 import struct
@@ -15,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes as chashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
-from ..crypto import ecmath, keys, rsapad
+from ..crypto import ecmath, keys, rsapad, sm2
 from ..crypto.hashes import HASH_NAMES, digest as hash_digest
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
@@ -24,10 +25,11 @@ from . import ecdaa, keyuse
 from .hash import TICKET_HASH, hashcheck_ticket, null_ticket
 
 _CHASH = {TPM_ALG.SHA1: chashes.SHA1, TPM_ALG.SHA256: chashes.SHA256,
-          TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512}
+          TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512,
+          TPM_ALG.SM3_256: chashes.SM3}
 _SIGN_SCHEMES = {
     TPM_ALG.RSA: frozenset((TPM_ALG.RSASSA, TPM_ALG.RSAPSS)),
-    TPM_ALG.ECC: frozenset((TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA)),
+    TPM_ALG.ECC: frozenset((TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA, TPM_ALG.SM2)),
     TPM_ALG.KEYEDHASH: frozenset((TPM_ALG.HMAC,)),
 }
 # ECDSA through OpenSSL takes a digest of a hash's size: the reduced digest e is handed over
@@ -124,6 +126,19 @@ def _sign_ecdsa_soft(tpm, obj, c: ecmath.Curve, digest: bytes):
             return r, s
 
 
+def _sign_sm2(tpm, obj, c: ecmath.Curve, digest: bytes):
+    """SM2 (TpmEcc_SignEcSm2): a new nonce k until (r, s) is acceptable."""
+    d = keyuse.ecc_scalar(obj)
+    if (d + 1) % c.n == 0:              # (1 + d) has no inverse: no SM2 signature exists
+        raise TpmError(TPM_RC.NO_RESULT)
+    stream = keys.EntropyStream(tpm.state.drbg.generate)
+    while True:
+        k = keys.ecc_private_from_stream(stream, obj.public.parameters.curveID)
+        rs = sm2.sign_with(c, d, digest, k)
+        if rs is not None:
+            return rs
+
+
 def _verify_ecdsa_soft(c: ecmath.Curve, q, r: int, s: int, digest: bytes) -> bool:
     w = pow(s, -1, c.n)
     e = _ecdsa_e(c, digest)
@@ -139,6 +154,10 @@ def sign_digest(tpm, obj, scheme, digest: bytes):
     if t == TPM_ALG.RSA:
         _n, _e, k = keyuse.rsa_modulus(obj)
         key = keyuse.rsa_private_key(obj)
+        if sig_alg == TPM_ALG.RSASSA and alg == TPM_ALG.SM3_256:
+            # the registry's DigestInfo, not OpenSSL's (rsapad.DER_PREFIX)
+            sig = keyuse.rsa_private(obj).op(rsapad.rsassa_encode(alg, digest, k))
+            return Container(sigAlg=sig_alg, signature=Container(hash=alg, sig=sig))
         if sig_alg == TPM_ALG.RSASSA:
             rsapad.rsassa_encode(alg, digest, k)     # the reference's size checks
             pad = padding.PKCS1v15()
@@ -158,6 +177,8 @@ def sign_digest(tpm, obj, scheme, digest: bytes):
         elif sig_alg == TPM_ALG.ECDSA:
             data, algorithm = _ecdsa_prehashed(c, digest)
             r, s = utils.decode_dss_signature(keyuse.ecc_private_key(obj).sign(data, algorithm))
+        elif sig_alg == TPM_ALG.SM2:
+            r, s = _sign_sm2(tpm, obj, c, digest)
         else:
             r, s = _sign_ecschnorr(tpm, obj, alg, digest)
         return Container(sigAlg=sig_alg, signature=Container(
@@ -189,7 +210,7 @@ def _verify_rsa(obj, digest, signature):
 
 
 def _verify_ecc(obj, digest, signature):
-    if signature.sigAlg not in (TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR):
+    if signature.sigAlg not in (TPM_ALG.ECDSA, TPM_ALG.ECSCHNORR, TPM_ALG.SM2):
         raise TpmError(TPM_RC.SCHEME)
     c = keyuse.ecc_curve(obj)
     sig = signature.signature
@@ -201,6 +222,10 @@ def _verify_ecc(obj, digest, signature):
         public = keyuse.ecc_public_key(obj)
     except ValueError:
         raise TpmError(TPM_RC.SIGNATURE) from None
+    if signature.sigAlg == TPM_ALG.SM2:
+        if not sm2.verify(c, keyuse.ecc_point(obj), digest, r, s):
+            raise TpmError(TPM_RC.SIGNATURE)
+        return
     if signature.sigAlg == TPM_ALG.ECDSA and c.cls is None:
         if not _verify_ecdsa_soft(c, keyuse.ecc_point(obj), r, s, digest):
             raise TpmError(TPM_RC.SIGNATURE)

@@ -40,6 +40,19 @@ PCR_NO_INCREMENT = frozenset((16, 21, 22, 23))
 # PCRBelongsPolicyGroup / PCRBelongsAuthGroup, both PCR 20-22, group index 0).
 PCR_POLICY_GROUP = frozenset((20, 21, 22))
 PCR_AUTH_GROUP = frozenset((20, 21, 22))
+ALL_PCRS = (1 << IMPLEMENTATION_PCR) - 1
+
+
+def pcr_allocation(entries) -> dict:
+    """{hash algorithm: bitmap of its allocated PCRs} from the NV image's pcr_allocated or
+    pcr_pending: algorithms (whole banks, as manufactured) or [algorithm, bitmap] pairs
+    (PCR_Allocate may leave a bank only some PCRs). Banks without a PCR are left out."""
+    out = {}
+    for entry in entries:
+        alg, bits = (entry, ALL_PCRS) if isinstance(entry, int) else entry
+        if bits:
+            out[int(alg)] = int(bits)
+    return out
 
 
 def _h(b):
@@ -165,6 +178,7 @@ class TpmState:
         self.exclusive_audit_session = None   # the reference's g_exclusiveAuditSession
         self.command_audit_digest = b""       # gr.commandAuditDigest (engine/audit.py)
         self.objects = {}             # transient objects: handle -> objects.Object
+        self.nv_ram = {}              # orderly NV indices (engine/nv_ram.py), from Startup
         if self.fixed_seed is not None:
             self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
                                  self.nv["reset_count"].to_bytes(4, "big"))
@@ -282,7 +296,7 @@ class TpmState:
                 "contexts": json.loads(json.dumps(self.contexts)),
                 "locality3": self.startup_locality3,
                 "command_audit_digest": _h(self.command_audit_digest or b""),
-                "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] else None
+                "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] and v is not None else None
                                     for i, v in enumerate(bank)]
                          for alg, bank in self.pcrs.items()},
             }
@@ -319,10 +333,14 @@ class TpmState:
             if not PCR_ATTRIBUTES[i][0] or saved is None:
                 if i not in PCR_NO_INCREMENT:
                     self.pcr_counter = (self.pcr_counter + 1) & 0xFFFFFFFF
-        for alg in self.nv["pcr_allocated"]:
+        # a bank lists all PCRs; those not allocated in it are None
+        for alg, bits in pcr_allocation(self.nv["pcr_allocated"]).items():
             size = HASH_SIZES[alg]
             bank = []
             for i, (_save, reset_loc, _ext) in enumerate(PCR_ATTRIBUTES):
+                if not bits >> i & 1:
+                    bank.append(None)
+                    continue
                 if restored(alg, i):
                     bank.append(_b(saved[str(alg)][i]))
                     continue
@@ -344,14 +362,18 @@ class TpmState:
             h.update(data)
 
     def drtm_hash_end(self):
-        """PCR 17 := Extend(0...0, H(data)) in every bank; the TPM is now 'established'."""
+        """PCR 17 := Extend(0...0, H(data)) in every bank (where allocated); the TPM is now
+        'established'."""
         if self.drtm is None:
             return
         for alg, h in self.drtm.items():
             size = HASH_SIZES[alg]
-            self.pcrs[alg][17] = hashes.digest(alg, b"\0" * size + h.digest())
+            bank = self.pcrs[alg]
+            if bank[17] is not None:
+                bank[17] = hashes.digest(alg, b"\0" * size + h.digest())
             for i in range(18, 23):
-                self.pcrs[alg][i] = b"\0" * size
+                if bank[i] is not None:
+                    bank[i] = b"\0" * size
         self.drtm = None
         self.established = True
         self.dirty = True

@@ -1,6 +1,6 @@
 """Part 3 §15: symmetric commands (EncryptDecrypt, EncryptDecrypt2, HMAC).
 
-AES in CFB, CBC, CTR, OFB and ECB with a SYMCIPHER key. There is no padding: CBC and ECB
+AES or SM4 in CFB, CBC, CTR, OFB and ECB with a SYMCIPHER key. There is no padding: CBC and ECB
 take whole blocks only. ivOut is what continues the chain in a next call (the reference's
 CryptSymmetricEncrypt/Decrypt): the last cipher block for CBC and CFB (a partial last CFB
 block padded with zeros), the next counter for CTR, the last key-stream block for OFB, and
@@ -8,13 +8,14 @@ for ECB the (empty) ivIn.
 """
 import hmac
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 try:    # cryptography >= 43 moved CFB and OFB to "decrepit"
     from cryptography.hazmat.decrepit.ciphers.modes import CFB, OFB
 except ImportError:   # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB, OFB
 
+from ..crypto import symcipher
 from ..crypto.hashes import HASH_NAMES
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
@@ -27,11 +28,12 @@ def _run(cipher, data: bytes) -> bytes:
     return cipher.update(data) + cipher.finalize()
 
 
-def aes(key: bytes, mode, iv: bytes, data: bytes, decrypt: bool):
-    """(outData, ivOut) of AES in a TPM mode; `data` already checked for the mode."""
+def aes(key: bytes, mode, iv: bytes, data: bytes, decrypt: bool, cipher=TPM_ALG.AES):
+    """(outData, ivOut) of AES (or `cipher`, SM4) in a TPM mode; `data` already checked for
+    the mode."""
     if not data:
         return b"", iv
-    alg = algorithms.AES(key)
+    alg = symcipher.algorithm(cipher, key)
     if mode == TPM_ALG.ECB:
         c = Cipher(alg, modes.ECB())
         return _run(c.decryptor() if decrypt else c.encryptor(), data), iv
@@ -82,7 +84,7 @@ def _encrypt_decrypt(tpm, key_handle, decrypt, mode, iv_in, in_data, pnum):
         raise TpmError(TPM_RC.SIZE, param=pnum["ivIn"])
     if key_mode in (TPM_ALG.CBC, TPM_ALG.ECB) and len(in_data) % BLOCK:
         raise TpmError(TPM_RC.SIZE, param=pnum["inData"])
-    return aes(obj.sensitive.sensitive, key_mode, iv_in, in_data, bool(decrypt))
+    return aes(obj.sensitive.sensitive, key_mode, iv_in, in_data, bool(decrypt), sym.algorithm)
 
 
 _ED1 = {"decrypt": 1, "mode": 2, "ivIn": 3, "inData": 4}

@@ -203,6 +203,12 @@ class Tpm:
             return TPM_RC.AUTH_UNAVAILABLE
         return None
 
+    def auth_value_used(self, handle: int, ok: bool):
+        """An authorization that used this entity's authValue succeeded or failed: a PIN
+        pass or PIN fail index counts it (Part 1 §37.2.5)."""
+        if handle >> 24 == TPM_HT.NV_INDEX:
+            nv.count_pin_use(self.state, handle, ok)
+
     def is_da_exempt(self, handle: int) -> bool:
         """Objects with noDA, PCRs and every permanent handle but TPM_RH_LOCKOUT are outside
         dictionary-attack protection."""

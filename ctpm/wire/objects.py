@@ -92,9 +92,9 @@ SAVED_TRANSIENT = frozenset((0x80000000, 0x80000001, 0x80000002))
 TPMI_DH_SAVED = Int(4, lambda v: (v in SAVED_TRANSIENT
                                   or v >> 24 in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION)),
                     TPM_RC.VALUE)
-# TPMI_ALG_SIG_SCHEME (no SM2, EdDSA here): else TPM_RC_SCHEME
+# TPMI_ALG_SIG_SCHEME (no EdDSA here): else TPM_RC_SCHEME
 SIG_SCHEMES = frozenset((TPM_ALG.HMAC, TPM_ALG.RSASSA, TPM_ALG.RSAPSS, TPM_ALG.ECDSA,
-                         TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA))
+                         TPM_ALG.ECSCHNORR, TPM_ALG.ECDAA, TPM_ALG.SM2))
 TPMI_ALG_SIG_SCHEME = Int(2, SIG_SCHEMES, TPM_RC.SCHEME, null=TPM_ALG.NULL)
 
 # --- Part 2 §10.7: tickets -----------------------------------------------------------------
@@ -171,6 +171,7 @@ TPMU_SIGNATURE = Switch(this.sigAlg, {                         # §11.3.3
     TPM_ALG.ECDSA: TPMS_SIGNATURE_ECC,
     TPM_ALG.ECSCHNORR: TPMS_SIGNATURE_ECC,
     TPM_ALG.ECDAA: TPMS_SIGNATURE_ECC,                         # TPMS_SIGNATURE_ECDAA
+    TPM_ALG.SM2: TPMS_SIGNATURE_ECC,                           # TPMS_SIGNATURE_SM2
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
 TPMT_SIGNATURE = Record("sigAlg" / TPMI_ALG_SIG_SCHEME,        # §11.3.4, as command parameter

@@ -294,15 +294,16 @@ def test_selftest(via, args):
     assert ok("tpm2_gettestresult", "-T", via).split() == ["status:", "success"]
 
 
-@pytest.mark.parametrize("algs", [["sha256"], ["rsa", "ecc", "aes", "hmac"], []],
-                         ids=["sha256", "several", "none"])
+@pytest.mark.parametrize("algs", [["sha256"], ["rsa", "ecc", "aes", "hmac"],
+                                  ["sm3_256", "sm4", "ecmqv"], []],
+                         ids=["sha256", "several", "sm", "none"])
 def test_incrementalselftest(via, algs):
     # ctpm tests everything before it answers: nothing remains (empty toDoList).
     assert ok("tpm2_incrementalselftest", *algs, "-T", via).split() == ["status:", "complete"]
 
 
 # Part 3 §10.3: an algorithm the TPM does not implement is TPM_RC_VALUE (0x1C4), as swtpm.
-@pytest.mark.parametrize("alg", ["sm4", "camellia"])
+@pytest.mark.parametrize("alg", ["cmac", "camellia"])
 def test_incrementalselftest_of_an_unimplemented_algorithm(daemon, alg):
     listed = yaml_blocks(ok("tpm2_getcap", "-T", daemon.tcti(), "algorithms"))
     assert alg not in listed
@@ -463,9 +464,12 @@ def check_algorithms(text):
     assert algs["hmac"]["hash"] == algs["hmac"]["signing"] == "1"
     for mode in ("cfb", "cbc", "ctr", "ofb", "ecb"):
         assert algs[mode]["symmetric"] == algs[mode]["encrypting"] == "1", mode
-    # Not implemented, so not claimed (TestParms refuses them too):
     assert algs["ecdaa"]["asymmetric"] == algs["ecdaa"]["signing"] == "1"
-    for name in ("tdes", "camellia", "sm4", "sm3_256", "sm2"):
+    assert algs["sm3_256"]["hash"] == algs["sm4"]["symmetric"] == "1"
+    assert algs["sm2"]["signing"] == "1" and algs["sm2"]["method"] == "0"   # no key exchange
+    assert algs["ecmqv"]["asymmetric"] == algs["ecmqv"]["method"] == "1"
+    # Not implemented, so not claimed (TestParms refuses them too):
+    for name in ("tdes", "camellia", "cmac"):
         assert name not in algs, name
     values = [int(a["value"], 16) for a in algs.values()]
     assert values == sorted(values) and len(set(values)) == len(values)
@@ -518,12 +522,13 @@ def check_properties_variable(text):
     assert permanent["ownerAuthSet"] == permanent["inLockout"] == "0"
     assert p["TPM2_PT_HR_LOADED"] == p["TPM2_PT_HR_ACTIVE"] == "0x0"
     assert p["TPM2_PT_HR_NV_INDEX"] == p["TPM2_PT_HR_PERSISTENT"] == "0x0"
-    assert p["TPM2_PT_LOADED_CURVES"] == "0x4"        # as many as `ecc-curves` lists
+    assert p["TPM2_PT_LOADED_CURVES"] == "0x5"        # as many as `ecc-curves` lists
 
 
 def check_ecc_curves(text):
     assert yaml_blocks(text) == {"TPM2_ECC_NIST_P256": "0x3", "TPM2_ECC_NIST_P384": "0x4",
-                                 "TPM2_ECC_NIST_P521": "0x5", "TPM2_ECC_BN_P256": "0x10"}
+                                 "TPM2_ECC_NIST_P521": "0x5", "TPM2_ECC_BN_P256": "0x10",
+                                 "TPM2_ECC_SM2_P256": "0x20"}
 
 
 def check_empty(text):
@@ -690,16 +695,14 @@ ACCEPTED = ["rsa", "rsa1024", "rsa2048", "rsa3072", "rsa4096", "ecc", "ecc256", 
             "ecc521", "aes", "aes128cfb", "aes192cbc", "aes256ctr", "aes128ofb", "aes128ecb",
             "hmac", "keyedhash", "xor", "rsa2048:rsassa-sha256", "rsa2048:rsapss",
             "rsa2048:oaep-sha1", "rsa3072:rsaes", "ecc256:ecdsa-sha384", "ecc384:ecdh",
-            "ecc256:ecschnorr", "ecc256:ecdaa", "rsa2048:null:aes128cfb", "ecc:null:aes256cfb"]
+            "ecc256:ecschnorr", "ecc256:ecdaa", "rsa2048:null:aes128cfb", "ecc:null:aes256cfb",
+            "ecc_sm2", "sm4", "ecc256:sm2"]
 
 REFUSED = {
     # refused by the TPM (the tool maps the response code to a message)
     "ecc192": "Specified elliptic curve is unsupported",
     "ecc224": "Specified elliptic curve is unsupported",
-    "ecc_sm2": "Specified elliptic curve is unsupported",
     "camellia128cfb": "Specified symmetric algorithm or key length is unsupported",
-    "sm4": "Specified symmetric algorithm or key length is unsupported",
-    "ecc256:sm2": "Specified signing scheme is unsupported",
     # refused by tpm2_testparms itself before any command is sent
     "rsa768": "Invalid or unsupported by the tool : rsa768",
     "aes512": "Invalid or unsupported by the tool : aes512",

@@ -183,8 +183,8 @@ SEQUENCE = [
        "rsa2048:rsassa-sha256", "rsa2048:rsapss-sha384", "rsa2048:oaep", "rsa3072:rsaes",
        "ecc256:ecdsa-sha256", "ecc384:ecdh-sha384", "ecc256:ecschnorr",
        "rsa2048:null:aes128cfb", "ecc:null:aes256cfb",
-       # refused by both TPMs (sm4 is implemented by neither) or by the tool
-       "sm4", "sm4128cfb", "rsa768", "aes512", "ecc256:rsassa", "rsa2048:ecdsa", "foo")],
+       # refused by both TPMs or by the tool (sm4: ctpm only, test_algorithms_... below)
+       "rsa768", "aes512", "ecc256:rsassa", "rsa2048:ecdsa", "foo")],
     (["tpm2_getrandom", "--hex", "65"], {}),       # bounded by the TPM's TPM2_PT_MAX_DIGEST
     (["tpm2_stirrandom"], {"input": b"entropy"}),
     (["tpm2_stirrandom"], {"input": b"x" * 129}),  # TPM_RC_SIZE
@@ -343,10 +343,19 @@ def test_fixed_property_as_swtpm(getcap, prop):
     assert ours[prop] == theirs[prop]
 
 
+# libtpms 0.9 has neither SM3_256 nor SM4; its SM2 is also a key exchange (method), ctpm's
+# only a signature
+ONLY_CTPM = {"sm3_256", "sm4"}
+
+
 def test_algorithms_have_the_attributes_swtpm_gives_them(getcap):
     ours = blocks(getcap["algorithms"]["ctpm"])
     theirs = blocks(getcap["algorithms"]["swtpm"])
-    assert {alg: ours[alg] for alg in ours} == {alg: theirs.get(alg) for alg in ours}
+    assert set(ours) - set(theirs) == ONLY_CTPM
+    assert [a for a in theirs["sm2"] if not a.startswith("method")] \
+        == [a for a in ours["sm2"] if not a.startswith("method")]
+    same = set(ours) - ONLY_CTPM - {"sm2"}
+    assert {alg: ours[alg] for alg in same} == {alg: theirs.get(alg) for alg in same}
 
 
 # -- known differences: short sequences that should agree and do not yet ----------------------
@@ -362,8 +371,8 @@ KNOWN = {
          (["tpm2_hash", "-g", "sha1", "-C", "o", "--hex"], {"input": b"x" * 3000})],
         id="hash-sequence"),
     "incrementalselftest-unimplemented": pytest.param(
-        [(["tpm2_incrementalselftest", "sm4"], {}),
-         (["tpm2_incrementalselftest", "sm3_256"], {})],
+        [(["tpm2_incrementalselftest", "sha3_256"], {}),
+         (["tpm2_incrementalselftest", "sha3_384"], {})],
         id="incrementalselftest-unimplemented"),
 }
 
