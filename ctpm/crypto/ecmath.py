@@ -210,14 +210,19 @@ def mul_base(c: Curve, k: int):
     return pub.x, pub.y
 
 
-def _ecdh_x(c: Curve, k: int, peer) -> int:
-    return int.from_bytes(ec.derive_private_key(k, c.cls()).exchange(ec.ECDH(), peer), "big")
+def _ecdh_x(c: Curve, k: int, peer, key=None) -> int:
+    if key is None:
+        key = ec.derive_private_key(k, c.cls())
+    return int.from_bytes(key.exchange(ec.ECDH(), peer), "big")
 
 
-def mul(c: Curve, k: int, q, peer=None):
+def mul(c: Curve, k: int, q, peer=None, key=None):
     """[k]Q for 1 <= k < n and Q on the curve, both coordinates.
 
-    `peer` may pass Q as a `cryptography` public key already made (it validates Q).
+    `peer` may pass Q as a `cryptography` public key already made (it validates Q), `key`
+    k as a `cryptography` private key already made (the caller vouches it is k). OpenSSL
+    gives the x of [k]Q and of [k+1]Q; y is the square root that puts Q on the chord
+    between them (p = 3 mod 4 on these curves).
     """
     if c.cls is None:
         return _py_mul(c, k, q)
@@ -232,14 +237,16 @@ def mul(c: Curve, k: int, q, peer=None):
         return qx, (-qy) % p
     if peer is None:
         peer = ec.EllipticCurvePublicNumbers(qx, qy, c.cls()).public_key()
-    x1 = _ecdh_x(c, k, peer)
+    x1 = _ecdh_x(c, k, peer, key)
     x2 = _ecdh_x(c, k + 1, peer)
-    y = pow((x1 * x1 * x1 + c.a * x1 + c.b) % p, (p + 1) // 4, p)
+    mp = gmpy2.mpz(p)
+    y = int(gmpy2.powmod((x1 * x1 * x1 + c.a * x1 + c.b) % p, (p + 1) // 4, mp))
     # k is not +-1, so x1 != qx: the chord through (x1, y) and Q is well defined.
-    lam = (y - qy) * pow(x1 - qx, -1, p) % p
+    lam = (y - qy) * int(gmpy2.invert((x1 - qx) % p, mp)) % p
     if (lam * lam - x1 - qx) % p != x2:
         y = p - y
     return x1, y
+
 
 
 def mul_add(c: Curve, u1: int, u2: int, q):

@@ -140,7 +140,8 @@ def ecdh_zgen(tpm, ctx, key_handle, in_point):
     d = keyuse.ecc_scalar(obj)
     if not 0 < d < c.n:
         raise TpmError(TPM_RC.NO_RESULT)
-    return (_point(c, ecmath.mul(c, d, p)),)
+    key = keyuse.ecc_private_key(obj) if c.cls is not None else None
+    return (_point(c, ecmath.mul(c, d, p, key=key)),)
 
 
 def _in_point(p):

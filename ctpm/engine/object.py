@@ -58,8 +58,7 @@ def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, c
     state = tpm.state
     handle = free_object_handle(state)
     in_sensitive = _checked(None, in_public, in_sensitive)
-    public, sensitive, key = primary_material(state, hierarchy, in_public, in_sensitive)
-    raw = public_bytes(public)
+    public, raw, sensitive, key = primary_material(state, hierarchy, in_public, in_sensitive)
     name = compute_name(public.nameAlg, raw)
     hq = hierarchy_qualified_name(hierarchy)
     data, digest = create.creation_data(tpm, ctx, public.nameAlg, TPM_ALG.NULL, hq, hq,
@@ -69,7 +68,7 @@ def create_primary(tpm, ctx, hierarchy, in_sensitive, in_public, outside_info, c
                                    hierarchy=hierarchy, name=name,
                                    qualified_name=qualified_name(hq, name, public.nameAlg),
                                    primary=True, key=key)
-    return (handle, public, data, digest, ticket, name)
+    return (handle, raw, data, digest, ticket, name)
 
 
 PRIMARY_CACHE_SIZE = 16
@@ -88,12 +87,14 @@ def primary_material(state, hierarchy, template, in_sensitive):
     if cached is None:
         stream = keys.KdfDrbg(template.nameAlg, seed, PRIMARY_LABEL,
                               template_name + in_sensitive.data)
-        cached = create.generate(template, Container(in_sensitive, userAuth=b""), stream)
+        public, sensitive, key = create.generate(template, Container(in_sensitive, userAuth=b""),
+                                                 stream)
+        cached = public, public_bytes(public), sensitive, key
     state.primary_cache[cache_key] = cached            # most recently used last
     while len(state.primary_cache) > PRIMARY_CACHE_SIZE:
         del state.primary_cache[next(iter(state.primary_cache))]
-    public, sensitive, key = cached
-    return public, Container(sensitive, authValue=in_sensitive.userAuth), key
+    public, raw, sensitive, key = cached
+    return public, raw, Container(sensitive, authValue=in_sensitive.userAuth), key
 
 
 def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, creation_pcr):
@@ -112,7 +113,7 @@ def create_(tpm, ctx, parent_handle, in_sensitive, in_public, outside_info, crea
     private = protect.protect(TPM2B_SENSITIVE.build(sensitive), name, parent.sensitive.seedValue,
                               parent.public.nameAlg, _sym_bits(parent.public),
                               iv=state.drbg.generate(16), sym_alg=_sym_alg(parent.public))
-    return (private, public, data, digest, ticket)
+    return (private, raw, data, digest, ticket)
 
 
 def load(tpm, ctx, parent_handle, in_private, in_public):
@@ -173,7 +174,7 @@ def read_public(tpm, ctx, object_handle):
     obj = tpm.state.object(object_handle)
     if obj.public.type == TPM_ALG.NULL:
         raise TpmError(TPM_RC.SEQUENCE, handle=1)
-    return (obj.public, obj.name, obj.qualified_name)
+    return (obj.public_bytes, obj.name, obj.qualified_name)
 
 
 def unseal(tpm, ctx, item_handle):
@@ -261,12 +262,13 @@ def create_loaded(tpm, ctx, parent_handle, in_sensitive, in_public):
             raise e.located(param=2)
         in_sensitive = Container(in_sensitive, userAuth=auth)
     if parent is None:
-        public, sensitive, key = primary_material(state, parent_handle, template, in_sensitive)
+        public, raw, sensitive, key = primary_material(state, parent_handle, template,
+                                                       in_sensitive)
     else:
         if not derivation:
             stream = keys.EntropyStream(state.drbg.generate)
         public, sensitive, key = create.generate(template, in_sensitive, stream)
-    raw = public_bytes(public)
+        raw = public_bytes(public)
     name = compute_name(public.nameAlg, raw)
     if parent is None:
         hierarchy, parent_qn = parent_handle, hierarchy_qualified_name(parent_handle)
@@ -283,7 +285,7 @@ def create_loaded(tpm, ctx, parent_handle, in_sensitive, in_public):
                                    qualified_name=qualified_name(parent_qn, name,
                                                                  public.nameAlg),
                                    primary=parent is None, key=key)
-    return (handle, private, public, name)
+    return (handle, private, raw, name)
 
 
 def _empty_unique(object_type):

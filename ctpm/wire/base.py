@@ -138,7 +138,8 @@ class Sized(Construct):
         if obj is None:
             stream.write(b"\0\0")
             return obj
-        data = self.subcon.build(obj)
+        # bytes are the structure already marshaled (an object's public area is kept so)
+        data = bytes(obj) if isinstance(obj, (bytes, bytearray)) else self.subcon.build(obj)
         stream.write(_U16.pack(len(data)) + data)
         return obj
 
