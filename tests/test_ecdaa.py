@@ -539,3 +539,56 @@ def test_differential_ec_ephemeral_zgen_2phase(swtpm, curve):
     ours, theirs = pair.run(zgen2(h3, qs, qe, ECDH, 1))
     assert rc(ours) == rc(theirs) == 0
     assert response_params(ours)[:70] == response_params(theirs)[:70]
+
+
+@needs_swtpm
+@pytest.mark.swtpm
+def test_commitments_survive_shutdown_state(swtpm, tmp_path):
+    """The commit counter, array and nonce are state-reset data: a commitment made before
+    Shutdown(STATE) still signs after Resume or a TPM Restart - also when the daemon is
+    restarted on its state directory in between - and the counter goes on; after a TPM
+    Reset the count is refused. The same answers from swtpm."""
+    from ctpm.engine.tpm import Tpm
+    from ctpm.platform import Platform
+    from ctpm.state.store import DirStore
+
+    def restarted():
+        return Tpm.manufacture(Platform(DirStore(tmp_path)), seed=b"ecdaa-restart")
+
+    pair = Pair(swtpm)
+    pair.ctpm = startup(restarted())
+    curve = P256
+    d = secrets.randbelow(curve.n - 1) + 1
+    sens, pub = material(curve, d, u16(ECDAA) + u16(SHA256) + u16(0))
+    digest = hashlib.sha256(b"kept commitment").digest()
+    transient = 0x80000000
+
+    def cycle(shutdown_type, startup_type):
+        pair.same_rc(cmd(0x145, u16(shutdown_type)), "Shutdown")
+        pair.ctpm.power_off()
+        pair.ctpm = restarted()                       # a new process on the same state
+        pair.peer.ctrl(2, struct.pack(">I", 0))       # CMD_INIT
+        if pair.peer.sock is not None:
+            pair.peer.sock.close()
+            pair.peer.sock = None
+        pair.same_rc(cmd(0x144, u16(startup_type)), "Startup")
+
+    counts = []
+    for shutdown_type, startup_type, signs in ((1, 1, True), (1, 0, True), (0, 0, False)):
+        h = handle_of(pair.same(load_external(sens, pub), "LoadExternal"))
+        assert h == transient
+        ours, theirs = pair.run(commit(h, b"\0\0\0\0", b"", b""))
+        assert rc(ours) == rc(theirs) == 0
+        count = struct.unpack(">H", response_params(ours)[-2:])[0]
+        assert count == struct.unpack(">H", response_params(theirs)[-2:])[0]
+        counts.append(count)
+        if shutdown_type == 1:        # objects do not survive Shutdown(STATE)+Startup(CLEAR)
+            pair.same_rc(cmd(0x165, u32(h)), "FlushContext")
+        cycle(shutdown_type, startup_type)
+        if startup_type == 1:
+            pair.same_rc(cmd(0x165, u32(h)), "FlushContext after Resume")
+        h = handle_of(pair.same(load_external(sens, pub), "LoadExternal again"))
+        ours, theirs = pair.same_rc(ecdaa_sign(h, digest, count), "sign with the old count")
+        assert (rc(ours) == 0) == signs, hex(rc(ours))
+        pair.same_rc(cmd(0x165, u32(h)), "FlushContext")
+    assert counts == [0, 1, 2]

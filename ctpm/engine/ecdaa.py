@@ -60,6 +60,24 @@ def commit_state(tpm) -> _CommitState:
     return cs
 
 
+def saved(state):
+    """The commit values for Shutdown(STATE) (they belong to gr, the state-reset data that a
+    TPM Restart and a Resume keep), or None if nothing was committed this cycle."""
+    cs = getattr(state, "ecdaa_commit", None)
+    if cs is None:
+        return None
+    return [cs.reset_count, cs.nonce.hex(), cs.counter, cs.array]
+
+
+def restore(state, data):
+    """Startup after Shutdown(STATE): the commit values as they were saved."""
+    if data is None:
+        state.ecdaa_commit = None
+        return
+    cs = state.ecdaa_commit = _CommitState(data[0], bytes.fromhex(data[1]))
+    cs.counter, cs.array = data[2], data[3]
+
+
 def generate_r(tpm, curve_id, name: bytes = b"", count=None):
     """CryptGenerateR: r for a new commitment (count None) or for the commitment `count`;
     None if the count is not committed (or too old)."""
@@ -192,5 +210,5 @@ def sign_ecdaa(tpm, obj, scheme, digest: bytes):
     return nonce_k, s.to_bytes((c.n.bit_length() + 7) // 8, "big")
 
 
-__all__ = ["COMMIT_ARRAY_BITS", "commit_state", "generate_r", "commit", "end_commit",
+__all__ = ["COMMIT_ARRAY_BITS", "commit_state", "saved", "restore", "generate_r", "commit", "end_commit",
            "commit_", "sign_ecdaa"]

@@ -12,7 +12,7 @@ from ..errors import TpmError
 from ..state.store import StoreError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ..wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
-from . import da
+from . import da, ecdaa
 from .context import max_active_sessions, new_bookkeeping
 from .drbg import HmacDrbg
 from .persistent import from_nv
@@ -260,6 +260,7 @@ class TpmState:
             self.contexts = json.loads(json.dumps(saved.get("contexts") or new_bookkeeping()))
             self.contexts["clear_count"] += kind == "restart"
             self.command_audit_digest = _b(saved.get("command_audit_digest", ""))
+            ecdaa.restore(self, saved.get("ecdaa_commit"))
         self._init_pcrs(locality, saved["pcrs"] if kind == "resume" else None)
         # platformAuth is state-clear data: kept by Resume only (Part 1 §13.3)
         self.platform_auth = _b(saved.get("platform_auth", "")) if kind == "resume" else b""
@@ -296,6 +297,7 @@ class TpmState:
                 "contexts": json.loads(json.dumps(self.contexts)),
                 "locality3": self.startup_locality3,
                 "command_audit_digest": _h(self.command_audit_digest or b""),
+                "ecdaa_commit": ecdaa.saved(self),
                 "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] and v is not None else None
                                     for i, v in enumerate(bank)]
                          for alg, bank in self.pcrs.items()},
