@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.tpmcmd import SHUTDOWN_CLEAR, STARTUP_CLEAR, cmd, rc
+
 SWTPM = shutil.which("swtpm")
 needs_swtpm = pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
 
@@ -101,6 +103,14 @@ class Swtpm:
             if locality:
                 self.ctrl(5, b"\0")
 
+    def init(self):
+        """CMD_INIT on the control channel: _TPM_Init (a power cycle); the data connection
+        is opened again for the next command."""
+        self.ctrl(2, struct.pack(">I", 0))
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
     def ctrl(self, code: int, body: bytes = b"") -> bytes:
         with self._open(self.ctrl_path) as c:
             c.sendall(struct.pack(">I", code) + body)
@@ -115,3 +125,60 @@ class Swtpm:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+RETRY = 0x922       # TPM_RC_RETRY: libtpms asks for it (DA flag written, RSA key prepared)
+
+
+class Pair:
+    """ctpm (in process, started) and swtpm (after an orderly TPM Reset), fed the same
+    commands. swtpm's TPM_RC_RETRY is answered by sending the command again, as a TSS does.
+
+    The orderly shutdown before the reset matters: a TPM Reset without one counts as a
+    failed authorization once DA was used (Part 1 §19.8.6), and a few lock swtpm out."""
+
+    def __init__(self, peer, ctpm=None):
+        from ctpm.testing import manufacture_test_tpm, startup
+
+        self.ctpm = ctpm if ctpm is not None else startup(manufacture_test_tpm())
+        self.peer = peer
+        selftest = cmd(0x143, b"\x01")
+        peer.execute(SHUTDOWN_CLEAR)
+        peer.init()
+        for c in (STARTUP_CLEAR, selftest):
+            peer.execute(c)
+        self.ctpm.execute(selftest)
+
+    def execute_peer(self, command):
+        while True:
+            rsp = self.peer.execute(command)
+            if rc(rsp) != RETRY:
+                return rsp
+
+    def run(self, command):
+        """(ctpm's response, swtpm's response)."""
+        return self.ctpm.execute(command), self.execute_peer(command)
+
+    def same(self, command, what=""):
+        """Both answer with the same bytes; ctpm's response."""
+        ours, theirs = self.run(command)
+        assert (hex(rc(ours)), ours) == (hex(rc(theirs)), theirs), what
+        return ours
+
+    def same_rc(self, command, what=""):
+        """Both answer with the same TPM_RC; both responses."""
+        ours, theirs = self.run(command)
+        assert hex(rc(ours)) == hex(rc(theirs)), what
+        return ours, theirs
+
+    def handles(self, command, what=""):
+        """A command that must succeed in both and return a handle: (ctpm's, swtpm's)."""
+        ours, theirs = self.same_rc(command, what)
+        assert rc(ours) == 0, (hex(rc(ours)), what)
+        return struct.unpack(">I", ours[10:14])[0], struct.unpack(">I", theirs[10:14])[0]
+
+    def deviates(self, command, what, ours_rc, theirs_rc):
+        """A known difference: ctpm answers what the reference TPM does, swtpm not."""
+        ours, theirs = self.run(command)
+        assert (hex(rc(ours)), hex(rc(theirs))) == (hex(ours_rc), hex(theirs_rc)), what
+        return ours

@@ -10,8 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization as se
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ctpm.testing import manufacture_test_tpm, startup
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Pair, Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, params, pcr_select, pw_session, rc, u16, u32
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
@@ -29,7 +28,6 @@ CC = {"Certify": 0x148, "CertifyCreation": 0x14A, "Quote": 0x158,
       "NV_Certify": 0x184, "LoadExternal": 0x167, "StartAuthSession": 0x176,
       "PCR_Extend": 0x182, "NV_DefineSpace": 0x12A, "NV_Write": 0x137}
 RC_KEY, RC_SCHEME, RC_TICKET, RC_TYPE, RC_VALUE = 0x1C, 0x12, 0x20, 0x0A, 0x04
-RETRY = 0x922
 NV_INDEX = 0x01500100
 PW = pw_session()
 
@@ -61,40 +59,11 @@ def external(key, attrs, scheme_alg=RSASSA) -> bytes:
     return sensitive + public.marshal() + u32(RH_NULL)
 
 
-class Pair:
-    """ctpm (in process) and a fresh swtpm, fed the same commands."""
-
-    def __init__(self):
-        self.ctpm = startup(manufacture_test_tpm())
-        self.peer = Swtpm()
-        self.peer.execute(cmd(0x144, u16(0)))
-
-    def run(self, command):
-        ours = self.ctpm.execute(command)
-        theirs = self.peer.execute(command)
-        while rc(theirs) == RETRY:
-            theirs = self.peer.execute(command)
-        return ours, theirs
-
-    def same(self, command):
-        ours, theirs = self.run(command)
-        assert rc(ours) == rc(theirs), (hex(rc(ours)), hex(rc(theirs)))
-        return ours, theirs
-
-    def handle(self, command) -> int:
-        ours, theirs = self.same(command)
-        assert rc(ours) == 0, hex(rc(ours))
-        return struct.unpack(">I", ours[10:14])[0], struct.unpack(">I", theirs[10:14])[0]
-
-    def close(self):
-        self.peer.close()
-
-
 @pytest.fixture(scope="module")
 def pair():
-    p = Pair()
-    yield p
-    p.close()
+    peer = Swtpm()
+    yield Pair(peer)
+    peer.close()
 
 
 def attest_and_signature(rsp):
@@ -131,7 +100,7 @@ def verify_rsassa(attest: bytes, signature):
 
 
 def same_attest(pair, command, signed=True):
-    ours, theirs = pair.same(command)
+    ours, theirs = pair.same_rc(command)
     assert rc(ours) == 0, hex(rc(ours))
     (a1, s1), (a2, s2) = attest_and_signature(ours), attest_and_signature(theirs)
     assert comparable(a1) == comparable(a2)
@@ -150,12 +119,12 @@ def sig_scheme(alg=NULL, hash_alg=SHA256):
 @pytest.fixture(scope="module")
 def keys(pair):
     sign_attrs = TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH
-    signer = pair.handle(cmd(CC["LoadExternal"], external(SIGNER_KEY, sign_attrs)))
-    decrypt_only = pair.handle(cmd(CC["LoadExternal"], external(
+    signer = pair.handles(cmd(CC["LoadExternal"], external(SIGNER_KEY, sign_attrs)))
+    decrypt_only = pair.handles(cmd(CC["LoadExternal"], external(
         rsa.generate_private_key(65537, 2048), TPMA_OBJECT.DECRYPT | TPMA_OBJECT.USERWITHAUTH,
         NULL)))
     for pcr in (7, 16):
-        pair.same(cmd(CC["PCR_Extend"], u32(1) + u16(SHA256) + bytes([pcr]) * 32,
+        pair.same_rc(cmd(CC["PCR_Extend"], u32(1) + u16(SHA256) + bytes([pcr]) * 32,
                       handles=[pcr], sessions=[PW]))
     return signer, decrypt_only
 
@@ -188,14 +157,14 @@ def test_quote(pair, keys):
     same_attest(pair, cmd(CC["Quote"], b2(b"") + sig_scheme(RSASSA, SHA256)
                           + pcr_select((SHA1, [0, 1, 2, 3])), handles=[signer], sessions=[PW]))
     # no signer: no hash for the PCR digest (TPM_RC_SCHEME, inScheme)
-    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
+    ours, _ = pair.same_rc(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
                             handles=[RH_NULL], sessions=[PW]))
     assert rc(ours) == fmt1(RC_SCHEME, param=2)
     # a scheme the key does not have; a key that cannot sign
-    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme(RSAPSS) + selection,
+    ours, _ = pair.same_rc(cmd(CC["Quote"], b2(b"") + sig_scheme(RSAPSS) + selection,
                             handles=[signer], sessions=[PW]))
     assert rc(ours) == fmt1(RC_SCHEME, param=2)
-    ours, _ = pair.same(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
+    ours, _ = pair.same_rc(cmd(CC["Quote"], b2(b"") + sig_scheme() + selection,
                             handles=[keys[1][0]], sessions=[PW]))
     assert rc(ours) == fmt1(RC_KEY, handle=1)
 
@@ -224,10 +193,10 @@ def test_certify(pair, keys):
     assert TPMS_ATTEST.unmarshal(a)[0].attested.certify.name.name  # non-empty Name
     same_attest(pair, cmd(CC["Certify"], b2(b"") + sig_scheme(),
                           handles=[signer, RH_NULL], sessions=[PW, PW]), signed=False)
-    ours, _ = pair.same(cmd(CC["Certify"], b2(b"") + sig_scheme(RSAPSS),
+    ours, _ = pair.same_rc(cmd(CC["Certify"], b2(b"") + sig_scheme(RSAPSS),
                             handles=[signer, signer], sessions=[PW, PW]))
     assert rc(ours) == fmt1(RC_SCHEME, param=2)
-    ours, _ = pair.same(cmd(CC["Certify"], b2(b"") + sig_scheme(),
+    ours, _ = pair.same_rc(cmd(CC["Certify"], b2(b"") + sig_scheme(),
                             handles=[signer, keys[1][0]], sessions=[PW, PW]))
     assert rc(ours) == fmt1(RC_KEY, handle=2)
 
@@ -236,7 +205,7 @@ def test_certify_creation_needs_the_ticket(pair, keys):
     signer = keys[0][0]
     for ticket in (u16(0x8021) + u32(RH_NULL) + b2(b""),
                    u16(0x8021) + u32(RH_OWNER) + b2(bytes(64))):
-        ours, _ = pair.same(cmd(CC["CertifyCreation"],
+        ours, _ = pair.same_rc(cmd(CC["CertifyCreation"],
                                 b2(b"") + b2(bytes(32)) + sig_scheme() + ticket,
                                 handles=[signer, signer], sessions=[PW]))
         assert rc(ours) == fmt1(RC_TICKET, param=4)
@@ -249,7 +218,7 @@ def test_get_time_and_command_audit(pair, keys):
                                   handles=[RH_ENDORSEMENT, RH_NULL], sessions=[PW, PW]),
                         signed=False)
         assert TPMS_ATTEST.unmarshal(a)[0].qualifiedSigner.name == u32(RH_NULL)
-        ours, _ = pair.same(cmd(CC[code], b2(b"x") + sig_scheme(),
+        ours, _ = pair.same_rc(cmd(CC[code], b2(b"x") + sig_scheme(),
                                 handles=[RH_OWNER, signer], sessions=[PW, PW]))
         assert rc(ours) == fmt1(RC_VALUE, handle=1)
     a = same_attest(pair, cmd(CC["GetCommandAuditDigest"], b2(b"") + sig_scheme(),
@@ -263,29 +232,29 @@ def test_session_audit_digest_refusals(pair, keys):
     for kind in (0x00, 0x01):           # HMAC, POLICY
         start = cmd(CC["StartAuthSession"], u32(RH_NULL) + u32(RH_NULL) + b2(b"\x11" * 16)
                     + b2(b"") + bytes([kind]) + u16(NULL) + u16(SHA256))
-        session = pair.handle(start)
+        session = pair.handles(start)
         assert session[0] == session[1]
-        ours, _ = pair.same(cmd(CC["GetSessionAuditDigest"], b2(b"") + sig_scheme(),
+        ours, _ = pair.same_rc(cmd(CC["GetSessionAuditDigest"], b2(b"") + sig_scheme(),
                                 handles=[RH_ENDORSEMENT, signer, session[0]],
                                 sessions=[PW, PW]))
         assert rc(ours) == (fmt1(RC_TYPE, handle=3) if kind == 0 else fmt1(RC_VALUE, handle=3))
-        pair.same(cmd(0x165, u32(session[0])))
+        pair.same_rc(cmd(0x165, u32(session[0])))
 
 
 def test_nv_certify(pair, keys):
     signer = keys[0][0]
     attrs = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE
     public = u32(NV_INDEX) + u16(SHA256) + u32(attrs) + b2(b"") + u16(100)
-    pair.same(cmd(CC["NV_DefineSpace"], b2(b"") + b2(public), handles=[RH_OWNER],
+    pair.same_rc(cmd(CC["NV_DefineSpace"], b2(b"") + b2(public), handles=[RH_OWNER],
                   sessions=[PW]))
 
     def certify(size, offset, auth=RH_OWNER, sign=signer, scheme=sig_scheme()):
         return cmd(CC["NV_Certify"], b2(b"qd") + scheme + u16(size) + u16(offset),
                    handles=[sign, auth, NV_INDEX], sessions=[PW, PW])
 
-    ours, _ = pair.same(certify(4, 0))
+    ours, _ = pair.same_rc(certify(4, 0))
     assert rc(ours) == 0x14A                       # TPM_RC_NV_UNINITIALIZED
-    pair.same(cmd(CC["NV_Write"], b2(bytes(range(100))) + u16(0),
+    pair.same_rc(cmd(CC["NV_Write"], b2(bytes(range(100))) + u16(0),
                   handles=[RH_OWNER, NV_INDEX], sessions=[PW]))
     a = same_attest(pair, certify(20, 10))
     assert a.endswith(u16(10) + b2(bytes(range(10, 30))))
@@ -295,11 +264,11 @@ def test_nv_certify(pair, keys):
     a = same_attest(pair, certify(0, 0))
     assert a.endswith(b2(hashlib.sha256(bytes(range(100))).digest()))
     for size, offset, want in ((1, 100, 0x146), (90, 20, 0x146)):   # TPM_RC_NV_RANGE
-        ours, _ = pair.same(certify(size, offset))
+        ours, _ = pair.same_rc(certify(size, offset))
         assert rc(ours) == want
-    ours, _ = pair.same(certify(4, 0, auth=RH_PLATFORM))
+    ours, _ = pair.same_rc(certify(4, 0, auth=RH_PLATFORM))
     assert rc(ours) == 0x149                       # TPM_RC_NV_AUTHORIZATION
-    ours, _ = pair.same(certify(4, 0, scheme=sig_scheme(RSAPSS)))
+    ours, _ = pair.same_rc(certify(4, 0, scheme=sig_scheme(RSAPSS)))
     assert rc(ours) == fmt1(RC_SCHEME, param=2)
 
 
@@ -323,14 +292,14 @@ def test_certify_x509(pair, keys):
     is deterministic) signature; the same answer to every malformed partial certificate."""
     from tests.x509util import SIGNING_USAGE, partial_certificate, tlv
     signer = keys[0][0]
-    subject = pair.handle(cmd(CC["LoadExternal"], external(
+    subject = pair.handles(cmd(CC["LoadExternal"], external(
         SUBJECT_KEY, TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH)))[0]
     good = partial_certificate(SIGNING_USAGE)
-    ours, theirs = pair.same(certify_x509(subject, signer, good))
+    ours, theirs = pair.same_rc(certify_x509(subject, signer, good))
     assert rc(ours) == 0 and params(ours) == params(theirs)
     # the caller names the signature algorithm (four SEQUENCEs)
     sha256_rsa = tlv(0x30, bytes.fromhex("06092a864886f70d01010b0500"))
-    ours, theirs = pair.same(certify_x509(
+    ours, theirs = pair.same_rc(certify_x509(
         subject, signer, partial_certificate(SIGNING_USAGE, with_signature_alg=sha256_rsa)))
     assert rc(ours) == 0 and params(ours) == params(theirs)
     seqs_and_ext = good[2 + (good[1] & 0x7F if good[1] & 0x80 else 0):]
@@ -350,7 +319,7 @@ def test_certify_x509(pair, keys):
         (partial_certificate(SIGNING_USAGE, [right_tpma]), b"", 0),
     ]
     for partial, reserved, want in cases:
-        ours, _ = pair.same(certify_x509(subject, signer, partial, reserved))
+        ours, _ = pair.same_rc(certify_x509(subject, signer, partial, reserved))
         if want is not None:
             assert rc(ours) == want, (hex(rc(ours)), partial.hex())
     # keyUsage bits past decipherOnly: TPM_RC_RESERVED_BITS in the current reference;
@@ -369,14 +338,14 @@ def test_certify_x509(pair, keys):
     # a scheme X.509 has no identifier for, with no algorithm given: TPM_RC_SCHEME (sign key)
     # (libtpms holds three objects: the subject makes room for an ECC key, which
     # certifies itself)
-    pair.same(cmd(0x165, u32(subject)))
-    ecc = pair.handle(cmd(CC["LoadExternal"], external_ecc()))[0]
+    pair.same_rc(cmd(0x165, u32(subject)))
+    ecc = pair.handles(cmd(CC["LoadExternal"], external_ecc()))[0]
     ours, theirs = pair.run(certify_x509(ecc, ecc, good, scheme=u16(0x1C) + u16(SHA256)))
     assert rc(ours) == fmt1(RC_SCHEME, handle=2) and rc(theirs) == swap[rc(ours)]
     # no signing key at all (the reference has no answer; swtpm is not asked)
     r = pair.ctpm.execute(certify_x509(ecc, RH_NULL, good))
     assert rc(r) == fmt1(RC_KEY, handle=2)
-    pair.same(cmd(0x165, u32(ecc)))
+    pair.same_rc(cmd(0x165, u32(ecc)))
 
 
 def external_ecc() -> bytes:

@@ -30,7 +30,7 @@ except ImportError:     # pragma: no cover - older cryptography
 
 from ctpm.testing import manufacture_test_tpm, startup, with_esapi
 from tests import weierstrass
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Pair, Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, params, pw_session, rc, u16, u32
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
@@ -930,42 +930,6 @@ def swtpm():
     peer = Swtpm()
     yield peer
     peer.close()
-
-
-class Pair:
-    """ctpm (in process) and swtpm, fed the same commands."""
-
-    def __init__(self, peer):
-        self.ctpm = startup(manufacture_test_tpm())
-        self.peer = peer
-        # an orderly shutdown first: a TPM Reset without one counts as a failed
-        # authorization (Part 1 §19.8.6), and a few of them lock swtpm out
-        self.peer.execute(SHUTDOWN)
-        self.peer.ctrl(2, struct.pack(">I", 0))       # CMD_INIT: a TPM Reset
-        if self.peer.sock is not None:
-            self.peer.sock.close()
-            self.peer.sock = None
-        for c in (STARTUP, SELFTEST):
-            self.peer.execute(c)
-        self.ctpm.execute(SELFTEST)
-
-    def run(self, command):
-        ours = self.ctpm.execute(command)
-        theirs = self.peer.execute(command)
-        while rc(theirs) == RETRY:
-            theirs = self.peer.execute(command)
-        return ours, theirs
-
-    def same(self, command, what=""):
-        ours, theirs = self.run(command)
-        assert (hex(rc(ours)), ours) == (hex(rc(theirs)), theirs), what
-        return ours
-
-    def deviates(self, command, what, ours_rc, theirs_rc):
-        """A known difference: ctpm answers what the reference TPM does, swtpm not."""
-        ours, theirs = self.run(command)
-        assert (hex(rc(ours)), hex(rc(theirs))) == (hex(ours_rc), hex(theirs_rc)), what
-        return ours
 
 
 # libtpms 0.9 answers TPM_RC_FAILURE where its OpenSSL-based RSA code fails; the reference

@@ -14,9 +14,9 @@ import struct
 import pytest
 
 from ctpm.testing import manufacture_test_tpm, startup, with_esapi
-from tests.peers import Swtpm, needs_swtpm
-from tests.test_ecdaa import (BN, P256, Pair, ec_ephemeral, handle_of, load_external,
-                              material, parse_points, point_bytes, response_params, zgen2)
+from tests.peers import Pair, Swtpm, needs_swtpm
+from tests.test_ecdaa import (BN, P256, ec_ephemeral, handle_of, load_external, material,
+                              parse_points, point_bytes, response_params, zgen2)
 from tests.test_sm import SM2
 from tests.tpmcmd import b2, cmd, params, pw_session, rc, u16, u32
 

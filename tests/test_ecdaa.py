@@ -18,9 +18,9 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ctpm.testing import manufacture_test_tpm, startup, with_esapi
+from ctpm.testing import startup, with_esapi
 from tests import weierstrass
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Pair, Swtpm, needs_swtpm
 from tests.tpmcmd import b2, cmd, pw_session, rc, u16, u32
 
 tpm2_pytss = pytest.importorskip("tpm2_pytss")
@@ -33,7 +33,7 @@ from tpm2_pytss.types import (TPM2B_ECC_POINT, TPM2B_PUBLIC, TPMS_ECC_POINT,  # 
 # -- elliptic-curve checks outside ctpm (tests/weierstrass.py) ------------------------------
 
 class Curve(weierstrass.Curve):
-    """Adds what ECDAA and ECDSA checks need."""
+    """Adds what the ECDAA checks need."""
 
     def random_point_from(self, name_hash):
         """(s2, P2): P2.x = H(s2) mod p (Commit's rule), y the square root (p = 3 mod 4)."""
@@ -44,17 +44,6 @@ class Curve(weierstrass.Curve):
             y = pow(rhs, (self.p + 1) // 4, self.p)
             if y * y % self.p == rhs:
                 return s2, (x, y)
-
-    def ecdsa_verify(self, q, digest, r, s):
-        n = self.n
-        e = int.from_bytes(digest[:(n.bit_length() + 7) // 8], "big")
-        if e.bit_length() > n.bit_length():
-            e >>= e.bit_length() - n.bit_length()
-        if not (0 < r < n and 0 < s < n):
-            return False
-        w = pow(s, -1, n)
-        pt = self.add(self.mul(e * w % n, self.g), self.mul(r * w % n, q))
-        return pt is not None and pt[0] % n == r
 
 
 # BN_P256 (ISO/IEC 15946-5; y^2 = x^3 + 3, G = (1, 2))
@@ -287,44 +276,6 @@ def swtpm():
     peer.close()
 
 
-class Pair:
-    """ctpm (in process) and swtpm after a TPM Reset, fed the same commands."""
-
-    def __init__(self, peer):
-        self.ctpm = startup(manufacture_test_tpm())
-        self.peer = peer
-        self.peer.execute(SHUTDOWN)       # orderly first, or swtpm counts a lockout failure
-        self.peer.ctrl(2, struct.pack(">I", 0))
-        if self.peer.sock is not None:
-            self.peer.sock.close()
-            self.peer.sock = None
-        for c in (STARTUP, SELFTEST):
-            self.peer.execute(c)
-        self.ctpm.execute(SELFTEST)
-
-    def run(self, command):
-        return self.ctpm.execute(command), self.execute_peer(command)
-
-    def execute_peer(self, command):
-        while True:
-            rsp = self.peer.execute(command)
-            if rc(rsp) != RETRY:
-                return rsp
-
-    def same(self, command, what=""):
-        ours, theirs = self.run(command)
-        assert (hex(rc(ours)), ours) == (hex(rc(theirs)), theirs), what
-        return ours
-
-    def execute(self, command):      # the peer, with retries (for loops over both)
-        return self.execute_peer(command)
-
-    def same_rc(self, command, what=""):
-        ours, theirs = self.run(command)
-        assert hex(rc(ours)) == hex(rc(theirs)), what
-        return ours, theirs
-
-
 def material(c, d, scheme: bytes, attrs=0x00040040):
     """LoadExternal's TPM2B_SENSITIVE and TPM2B_PUBLIC of the private scalar d."""
     x, y = c.xy(c.mul(d, c.g))
@@ -439,8 +390,9 @@ def test_differential_commit_ecdaa(swtpm, curve):
         results.append((k_pt, l_pt, e_pt, struct.unpack(">H", rest)[0]))
     assert results[0][0] == results[1][0] and results[0][3] == results[1][3] == 0
     # ECDAA signatures: each TPM's with its own r
-    for (k_pt, l_pt, e_pt, count), tpm in zip(results, (pair.ctpm, pair)):
-        rsp = tpm.execute(ecdaa_sign(h, digest, count))
+    for (k_pt, l_pt, e_pt, count), execute in zip(results, (pair.ctpm.execute,
+                                                            pair.execute_peer)):
+        rsp = execute(ecdaa_sign(h, digest, count))
         assert rc(rsp) == 0, hex(rc(rsp))
         body = response_params(rsp)
         assert struct.unpack(">HH", body[:4]) == (ECDAA, SHA256)
@@ -454,10 +406,10 @@ def test_differential_commit_ecdaa(swtpm, curve):
         r = (s - t * d) % curve.n                 # what r must have been
         assert e_pt == curve.mul(r, p1) and l_pt == curve.mul(r, p2)
         # the count is spent; VerifySignature refuses ECDAA
-        pair_rsp = tpm.execute(ecdaa_sign(h, digest, count))
+        pair_rsp = execute(ecdaa_sign(h, digest, count))
         assert rc(pair_rsp) != 0
         sig = body
-        verify = tpm.execute(cmd(0x177, b2(digest) + sig, handles=[h]))
+        verify = execute(cmd(0x177, b2(digest) + sig, handles=[h]))
         results.append((rc(pair_rsp), rc(verify)))
     assert results[2] == results[3], [hex(v) for v in results[2] + results[3]]
     # a commitment without points: E = [r]G, counters 1 in both
@@ -485,8 +437,8 @@ def test_differential_commit_ecdaa(swtpm, curve):
     pair.same_rc(commit(h2, b"\0\0\0\0", b"", b""), "not an anonymous scheme")
     pair.same_rc(ecdaa_sign(h2, digest, 1), "ECDAA with an ECDSA key")
     # the count 1 still signs (after all those failures)
-    for tpm in (pair.ctpm, pair):
-        assert rc(tpm.execute(ecdaa_sign(h, digest, 1))) == 0
+    for execute in (pair.ctpm.execute, pair.execute_peer):
+        assert rc(execute(ecdaa_sign(h, digest, 1))) == 0
 
 
 @needs_swtpm
@@ -555,8 +507,7 @@ def test_commitments_survive_shutdown_state(swtpm, tmp_path):
     def restarted():
         return Tpm.manufacture(Platform(DirStore(tmp_path)), seed=b"ecdaa-restart")
 
-    pair = Pair(swtpm)
-    pair.ctpm = startup(restarted())
+    pair = Pair(swtpm, startup(restarted()))
     curve = P256
     d = secrets.randbelow(curve.n - 1) + 1
     sens, pub = material(curve, d, u16(ECDAA) + u16(SHA256) + u16(0))
@@ -567,10 +518,7 @@ def test_commitments_survive_shutdown_state(swtpm, tmp_path):
         pair.same_rc(cmd(0x145, u16(shutdown_type)), "Shutdown")
         pair.ctpm.power_off()
         pair.ctpm = restarted()                       # a new process on the same state
-        pair.peer.ctrl(2, struct.pack(">I", 0))       # CMD_INIT
-        if pair.peer.sock is not None:
-            pair.peer.sock.close()
-            pair.peer.sock = None
+        pair.peer.init()
         pair.same_rc(cmd(0x144, u16(startup_type)), "Startup")
 
     counts = []

@@ -38,3 +38,15 @@ class Curve:
 
     def xy(self, point):
         return point[0].to_bytes(self.size, "big"), point[1].to_bytes(self.size, "big")
+
+    def ecdsa_verify(self, q, digest, r, s):
+        """ECDSA verification (SEC 1 §4.1.4), the digest cut to the order's bit length."""
+        n = self.n
+        e = int.from_bytes(digest[:(n.bit_length() + 7) // 8], "big")
+        if e.bit_length() > n.bit_length():
+            e >>= e.bit_length() - n.bit_length()
+        if not (0 < r < n and 0 < s < n):
+            return False
+        w = pow(s, -1, n)
+        pt = self.add(self.mul(e * w % n, self.g), self.mul(r * w % n, q))
+        return pt is not None and pt[0] % n == r

@@ -60,33 +60,15 @@ def pcr_event(tpm, ctx, pcr, event_data):
 def pcr_read(tpm, ctx, selection):
     """Part 3 §22.6: unallocated banks and PCRs are deselected; at most 8 values are
     returned and the output selection says which."""
-    state = tpm.state
-    values = []
-    out_sel = []
-    full = False
-    for sel in selection:
-        bank = state.pcrs.get(sel.hash)
-        bits = bytearray(sel.pcrSelect)
-        for pcr in range(len(bits) * 8):
-            byte, bit = divmod(pcr, 8)
-            if not bits[byte] & (1 << bit):
-                continue
-            if bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None or full:
-                bits[byte] &= ~(1 << bit)
-                continue
-            if len(values) == MAX_PCR_READ:
-                full = True
-                bits[byte] &= ~(1 << bit)
-                continue
-            values.append(bank[pcr])
-        out_sel.append(Container(hash=sel.hash, pcrSelect=bytes(bits)))
-    return (state.pcr_counter, out_sel, values)
+    out_sel, values = filter_selection(tpm.state, selection, MAX_PCR_READ)
+    return (tpm.state.pcr_counter, out_sel, values)
 
 
-def filter_selection(state, selection):
+def filter_selection(state, selection, limit=None):
     """The reference's FilterPcr over a TPML_PCR_SELECTION: bits of PCRs that are not
     allocated (or not implemented) are cleared, the banks keep their place. Returns the
-    filtered selection and the selected PCR values in order (TPM2_Quote's pcrDigest input)."""
+    filtered selection and the selected PCR values in order (TPM2_Quote's pcrDigest input);
+    with a `limit`, the PCRs past the first `limit` values are deselected too (PCR_Read)."""
     out_sel, values = [], []
     for sel in selection:
         bank = state.pcrs.get(sel.hash)
@@ -95,7 +77,8 @@ def filter_selection(state, selection):
             byte, bit = divmod(pcr, 8)
             if not bits[byte] & (1 << bit):
                 continue
-            if bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None:
+            if (bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None
+                    or len(values) == limit):
                 bits[byte] &= ~(1 << bit)
             else:
                 values.append(bank[pcr])
