@@ -130,6 +130,19 @@ class Swtpm:
 RETRY = 0x922       # TPM_RC_RETRY: libtpms asks for it (DA flag written, RSA key prepared)
 
 
+def retrying(execute):
+    """`execute` that sends a command again while the TPM answers TPM_RC_RETRY, as a TSS
+    does. libtpms asks for it after writing its DA-used flag (the first DA-protected
+    authorization after Startup) and when a command's first use of an algorithm ran that
+    algorithm's self-test; ctpm never does."""
+    def run(command, *args, **kwargs):
+        r = execute(command, *args, **kwargs)
+        while rc(r) == RETRY:
+            r = execute(command, *args, **kwargs)
+        return r
+    return run
+
+
 class Pair:
     """ctpm (in process, started) and swtpm (after an orderly TPM Reset), fed the same
     commands. swtpm's TPM_RC_RETRY is answered by sending the command again, as a TSS does.
@@ -150,10 +163,7 @@ class Pair:
         self.ctpm.execute(selftest)
 
     def execute_peer(self, command):
-        while True:
-            rsp = self.peer.execute(command)
-            if rc(rsp) != RETRY:
-                return rsp
+        return retrying(self.peer.execute)(command)
 
     def run(self, command):
         """(ctpm's response, swtpm's response)."""

@@ -10,7 +10,7 @@ from ctpm.engine.tpm import Tpm
 from ctpm.platform import Platform
 from ctpm.state.store import DirStore
 from ctpm.testing.process import run_daemon
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Swtpm, needs_swtpm, retrying
 from tests.tpmcmd import (SHUTDOWN_CLEAR, SHUTDOWN_STATE, STARTUP_CLEAR, STARTUP_STATE, b2, cmd, params, pw_session, rc, u16,
                           u32)
 
@@ -219,15 +219,7 @@ def test_clear_restores_the_manufacturer_values():
 
 # -- against swtpm -----------------------------------------------------------------------------
 
-def retrying(execute):
-    """libtpms answers TPM_RC_RETRY for the first DA-protected authorization after Startup
-    (USE_DA_USED: it writes the flag first); a TSS sends the command again."""
-    def run(command):
-        r = execute(command)
-        while rc(r) == 0x922:
-            r = execute(command)
-        return r
-    return run
+
 
 
 def stream(x):

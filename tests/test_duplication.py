@@ -14,7 +14,7 @@ import pytest
 from ctpm.engine import duplication
 from ctpm.testing import blocking
 from ctpm.testing.plugin import tcti_string
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Swtpm, needs_swtpm, retrying
 from tests.test_objects import (RH_ENDORSEMENT, RH_NULL, RH_OWNER, create, create_primary,
                                 flush, load, primary_public, sensitive_create, split_create,
                                 started, template)
@@ -108,16 +108,6 @@ def sealed_object(data=b"moved secret", auth=b"obj-pw", attrs=SEALED):
     sens.sensitiveArea.authValue = auth
     return sens, pub
 
-
-def retrying(execute):
-    """swtpm (libtpms) answers TPM_RC_RETRY when a command's first use of an algorithm ran
-    its self-test; a TSS sends the command again, and so does this."""
-    def run(command):
-        r = execute(command)
-        while rc(r) == 0x922:
-            r = execute(command)
-        return r
-    return run
 
 
 def flip(blob: bytes, index: int) -> bytes:

@@ -10,7 +10,7 @@ from ctpm.engine.tpm import Tpm
 from ctpm.platform import Platform
 from ctpm.state.store import DirStore, MemoryStore
 from ctpm.testing.process import run_daemon
-from tests.peers import Swtpm, needs_swtpm
+from tests.peers import Swtpm, needs_swtpm, retrying
 from tests.test_nv import (AUTHREAD, AUTHWRITE, COUNTER, GLOBALLOCK, NO_DA, ORDERLY, OWNERREAD,
                            OWNERWRITE, READ_STCLEAR, RW, WRITE_STCLEAR, WRITEDEFINE, data_of,
                            define, increment, read, read_lock, set_bits, undefine, write,
@@ -209,13 +209,7 @@ def orderly_stream(x, cycle):
 
 # -- against swtpm -----------------------------------------------------------------------------
 
-def _retrying(sw):
-    def execute(command):
-        # the reference answers TPM_RC_RETRY to the first DA-protected authorization after a
-        # startup (daUsed); ctpm goes on, so the stream resends as a TSS would
-        r = sw.execute(command)
-        return sw.execute(command) if rc(r) == RETRY else r
-    return execute
+
 
 
 def _compare(stream_fn):
@@ -232,7 +226,7 @@ def _compare(stream_fn):
         def sw_cycle():
             assert sw.ctrl(2, u32(0)) == u32(0)      # CMD_INIT: _TPM_Init
         a = stream_fn(ours.execute, our_cycle)
-        b = stream_fn(_retrying(sw), sw_cycle)
+        b = stream_fn(retrying(sw.execute), sw_cycle)
     finally:
         sw.close()
     diffs = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if x != y]
@@ -271,7 +265,7 @@ def test_orderly_indices_across_process_restarts_as_swtpm(tmp_path):
     try:
         assert rc(sw.execute(STARTUP_CLEAR)) == 0
         a = orderly_stream(lambda c: tpm[0].execute(c), our_cycle)
-        b = orderly_stream(_retrying(sw), sw.restart)
+        b = orderly_stream(retrying(sw.execute), sw.restart)
     finally:
         sw.close()
     assert [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if x != y] == []
