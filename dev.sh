@@ -11,8 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${CTPM_VENV:-.venv}
-# libtss2-dev + pkg-config + gcc: to build tpm2-pytss; tpm2-tools and swtpm: the test peers.
-APT_PACKAGES=(libtss2-dev pkg-config gcc tpm2-tools swtpm swtpm-tools)
+# libtss2-dev + pkg-config + gcc: to build tpm2-pytss; tpm2-tools and swtpm: the test peers;
+# qemu-system-x86 + busybox-static: the guest-kernel tests (QEMU's -tpmdev emulator).
+APT_PACKAGES=(libtss2-dev pkg-config gcc tpm2-tools swtpm swtpm-tools qemu-system-x86
+              busybox-static)
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 
@@ -65,11 +67,36 @@ venv() {
     fi
 }
 
+# The guest-kernel tests boot the distribution's x86-64 kernel. It is fetched once into
+# .cache/guest/vmlinuz from the kernel package (apt-get download, unpacked here, nothing
+# installed). Without network or on another architecture the tests say why they skip.
+guest_kernel() {
+    local dir=.cache/guest meta pkg
+    [ -f "$dir/vmlinuz" ] && return 0
+    [ "$(uname -m)" = x86_64 ] || return 0
+    mkdir -p "$dir"
+    for meta in linux-image-amd64 linux-image-generic; do
+        pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        [ -n "$pkg" ] && break
+    done
+    if [ -z "$pkg" ]; then log "no kernel package found for the guest tests"; return 0; fi
+    log "fetching $pkg for the guest-kernel tests"
+    if (cd "$dir" && apt-get download -qq "$pkg" >/dev/null 2>&1) \
+        && dpkg-deb --fsys-tarfile "$dir"/"$pkg"_*.deb | tar -x -O --wildcards './boot/vmlinuz-*' > "$dir/vmlinuz.part" \
+        && [ -s "$dir/vmlinuz.part" ]; then
+        mv "$dir/vmlinuz.part" "$dir/vmlinuz"
+    else
+        log "could not fetch $pkg: the guest-kernel tests will skip"
+        rm -f "$dir/vmlinuz.part"
+    fi
+    rm -f "$dir"/*.deb
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     run)   apt_deps; venv; exec "$VENV/bin/ctpm" run "$@" ;;
-    test)  apt_deps; venv; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test)  apt_deps; venv; guest_kernel; exec "$VENV/bin/python" -m pytest "$@" ;;
     bench) apt_deps; venv; exec "$VENV/bin/python" bench/bench.py "$@" ;;
     setup) apt_deps; venv ;;
     *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -47,6 +47,11 @@ CAP_SET_DATAFD = 0x1000
 # Fixed body sizes, also of the commands not implemented, so that the stream stays framed.
 BODY_SIZE = {INIT: 4, SET_LOCALITY: 1, RESET_TPMESTABLISHED: 1, GET_STATEBLOB: 12,
              SET_BUFFERSIZE: 4, GET_INFO: 16, LOCK_STORAGE: 4}
+# Requests whose one-byte body QEMU sends as its 4-byte C union (ptm_loc, ptm_reset_est):
+# swtpm reads one request per read(), so either form works there. Here the 3 padding bytes
+# are dropped when they came with the request (a control client waits for each reply, so
+# nothing else can be behind them).
+PADDED_TO_4 = {SET_LOCALITY, RESET_TPMESTABLISHED}
 NOT_IMPLEMENTED = {GET_STATEBLOB, LOCK_STORAGE}
 
 INFO_TPMSPECIFICATION, INFO_TPMATTRIBUTES = 1, 2
@@ -164,6 +169,8 @@ class SwtpmControlChannel:
                 pass
             return result(BAD_ORDINAL)
         body = await reader.read(BODY_SIZE.get(code, 0))
+        if code in PADDED_TO_4 and reader.buffered == 3:
+            reader.discard_buffered()
         handler = self.handlers.get(code)
         if handler is None:
             if code not in NOT_IMPLEMENTED:

@@ -188,6 +188,27 @@ async def test_set_locality(ctpm_server):
     assert await swtpm_ctrl(port, SET_LOCALITY, b"\x05") == BAD_LOCALITY
 
 
+async def test_qemu_sends_one_byte_bodies_as_4_byte_unions(ctpm_server):
+    """QEMU's tpm_emulator sends SET_LOCALITY and RESET_TPMESTABLISHED with the size of the
+    C union (4 bytes, the first one meaningful), on one connection it keeps for every
+    control command: the padding must not shift the next request."""
+    await start(ctpm_server)
+    port, data = ctrl_port(ctpm_server), data_port(ctpm_server)
+    client = await Swtpm.tcp(port)
+    try:
+        assert await client.ctrl(SET_LOCALITY, b"\x02\xaa\xbb\xcc") == OK
+        assert rc(await swtpm_command(data, pcr_reset(20))) == RC_SUCCESS
+        assert await client.ctrl(RESET_TPMESTABLISHED, b"\x03\0\0\0") == OK
+        assert await client.ctrl(SET_LOCALITY, b"\x00\0\0\0") == OK
+        assert rc(await swtpm_command(data, pcr_reset(20))) == RC_LOCALITY
+        assert await client.ctrl(GET_TPMESTABLISHED) == OK + bytes(4)
+        # and tpm2-tss' one-byte form still works on the same connection
+        assert await client.ctrl(SET_LOCALITY, b"\x02") == OK
+        assert rc(await swtpm_command(data, pcr_reset(20))) == RC_SUCCESS
+    finally:
+        await client.aclose()
+
+
 async def test_tpm_established(ctpm_server, ctpm_tpm):
     await start(ctpm_server)
     port = ctrl_port(ctpm_server)

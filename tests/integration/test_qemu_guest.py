@@ -1,0 +1,82 @@
+"""A Linux guest under QEMU uses ctpm as its TPM (`-tpmdev emulator`, the swtpm control
+channel with the data channel passed as a file descriptor), through the TIS and the CRB
+interface: SeaBIOS measures the boot into the TPM and writes an event log, the kernel's
+tpm_tis/tpm_crb driver binds, IMA extends PCR 10, /dev/tpm0 answers. Checked against an
+independent replay of the firmware's event log, and against the same boot with swtpm.
+"""
+import struct
+import subprocess
+
+import pytest
+
+from ctpm.testing.process import run_daemon
+from tests import guest
+from tests.peers import SWTPM
+
+pytestmark = [pytest.mark.guest,
+              pytest.mark.skipif(guest.missing() is not None, reason=str(guest.missing()))]
+
+
+def boot_with_ctpm(tmp_path, device="tpm-tis", state=None):
+    sock = tmp_path / "ctpm.sock"
+    args = ["--swtpm", f"unix:{sock}"] + (["--state", str(state)] if state else [])
+    with run_daemon(*args) as d:
+        result = guest.boot(f"{sock}.ctrl", tmp_path, device)
+        # QEMU's CMD_SHUTDOWN at exit stops the daemon, as it stops swtpm
+        d.proc.wait(10)
+        return result, d.proc.returncode
+
+
+def check(result: guest.Boot):
+    assert result.done, result.console[-3000:]
+    assert result.version == "2"
+    assert "Could not cleanly shutdown" not in result.stderr, result.stderr
+    rsp = result.getrandom
+    assert struct.unpack(">HII", rsp[:10]) == (0x8001, 28, 0) and rsp[10:12] == b"\0\x10"
+    # the firmware's log, replayed here, gives the PCRs the guest reads
+    replayed = guest.replay(result.event_log)
+    assert replayed, "empty event log"
+    for (bank, pcr), value in replayed.items():
+        assert result.pcrs[bank, pcr] == value, (bank, pcr)
+    # IMA measured the boot aggregate into PCR 10
+    assert result.pcrs["sha256", 10] != bytes(32)
+
+
+@pytest.fixture(scope="module")
+def tis_boot(tmp_path_factory):
+    return boot_with_ctpm(tmp_path_factory.mktemp("tis"))
+
+
+def test_guest_uses_ctpm_through_tis(tis_boot):
+    result, returncode = tis_boot
+    check(result)
+    assert returncode == 0
+    assert {pcr for _, pcr in guest.replay(result.event_log)} >= {0, 1, 7}
+
+
+def test_guest_uses_ctpm_through_crb(tmp_path):
+    result, returncode = boot_with_ctpm(tmp_path, "tpm-crb")
+    check(result)
+    assert returncode == 0
+
+
+@pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
+def test_same_measurements_as_swtpm(tis_boot, tmp_path):
+    """The same guest booted with swtpm: every PCR the guest reads is the same."""
+    ctrl = tmp_path / "swtpm.ctrl"
+    proc = subprocess.Popen([SWTPM, "socket", "--tpm2", "--tpmstate", f"dir={tmp_path}",
+                             "--ctrl", f"type=unixio,path={ctrl}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if ctrl.exists():
+                break
+            subprocess.run(["sleep", "0.01"])
+        theirs = guest.boot(str(ctrl), tmp_path)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert theirs.done, theirs.console[-3000:]
+    ours, _ = tis_boot
+    assert ours.pcrs == theirs.pcrs
+    assert ours.event_log == theirs.event_log
