@@ -2,13 +2,14 @@
 
 tpm2-tss' swtpm TCTI opens a connection, sends one command, reads the response and closes,
 for every command. A trio task per connection costs more than the command itself, so
-complete raw commands are answered inline (the engine is synchronous) and idle connections
-wait in one private epoll set, watched by a single task. Anything else - a partial command,
+complete raw commands are answered inline (the engine is synchronous), and the listeners and
+idle connections wait in one private epoll set, watched by a single task. Anything else - a partial command,
 the mssim-style prefix, a malformed size - goes to the ordinary per-connection handler with
 the bytes received so far, so the protocol rules live in one place (`SwtpmDataChannel`).
 """
 import errno
 import logging
+import os
 import select
 import socket
 
@@ -23,7 +24,11 @@ _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 
 
 class FastPath:
-    """Accepts on some listeners and serves their connections; see the module docstring."""
+    """Accepts on some listeners and serves their connections; see the module docstring.
+
+    The listeners and the idle connections share one epoll set watched by one task, so a
+    connection costs no trio scheduling of its own: a wakeup accepts, answers, or closes
+    whatever is ready, in one pass."""
 
     def __init__(self, host, slow_handler, nursery, what):
         self.host = host
@@ -32,29 +37,37 @@ class FastPath:
         self.what = what
         self._epoll = select.epoll()
         self._idle = {}                      # fd -> socket.socket
+        self._listeners = {}                 # fd -> socket.socket (a dup of the listener)
 
     async def serve(self, listener, task_status=trio.TASK_STATUS_IGNORED):
-        """Accept on `listener` (a trio socket) for ever."""
+        """Accept on `listener` (a trio socket) until cancelled."""
+        sock = socket.socket(listener.family, listener.type, listener.proto,
+                             fileno=os.dup(listener.fileno()))
+        sock.setblocking(False)
+        self._listeners[sock.fileno()] = sock
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
         task_status.started()
-        while True:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._listeners.pop(sock.fileno(), None)
             try:
-                conn, _ = await listener.accept()
-            except OSError as e:
-                if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                    raise
-                log.error("%s: accept failed (%s); retrying in 0.1 s", self.what, e.strerror)
-                await trio.sleep(0.1)
-                continue
-            sock = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
-            sock.setblocking(False)
-            self._advance(sock, b"")
+                self._epoll.unregister(sock.fileno())
+            except (OSError, ValueError):
+                pass                         # the watcher closed the epoll set first
+            sock.close()
 
     async def watch(self):
-        """Wake idle connections when they have data or were closed."""
+        """Accept new connections, wake idle ones when they have data or were closed."""
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
                 for fd, _events in self._epoll.poll(0):
+                    listener = self._listeners.get(fd)
+                    if listener is not None:
+                        if not self._accept(listener):
+                            await trio.sleep(0.1)   # out of descriptors or memory: later
+                        continue
                     sock = self._idle.pop(fd, None)
                     self._epoll.unregister(fd)
                     if sock is not None:
@@ -64,6 +77,23 @@ class FastPath:
                 sock.close()
             self._idle.clear()
             self._epoll.close()
+
+    def _accept(self, listener) -> bool:
+        """Accept and serve one pending connection (the epoll set is level-triggered: more
+        come at the next poll); False after a transient failure."""
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                log.error("%s: accept failed: %s", self.what, e.strerror)
+                return True
+            log.error("%s: accept failed (%s); retrying in 0.1 s", self.what, e.strerror)
+            return False
+        sock.setblocking(False)
+        self._advance(sock, b"")
+        return True
 
     def _advance(self, sock, buf):
         """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on."""
