@@ -15,8 +15,8 @@ TPM_ECC_BN_P256 (the Barreto-Naehrig curve y^2 = x^3 + 3 of the ECDAA schemes, p
 from the reference's EccConstantData.inl) is unknown to OpenSSL: its `cls` is None and its
 point multiplications run here in Python with GMP integers (Jacobian coordinates, a
 Montgomery ladder - the same sequence of operations for every scalar of a size, though the
-integer arithmetic is not constant time; about 2 ms a multiplication). That curve is for the anonymous schemes; its keys are less protected from
-timing than the NIST curves' keys.
+integer arithmetic is not constant time; about 2 ms a multiplication). That curve is for
+the anonymous schemes; its keys are less protected from timing than the NIST curves' keys.
 
 TPM_ECC_SM2_P256 (GM/T 0003.5-2012's recommended curve, a = p - 3; the reference's
 EccConstantData) is not in `cryptography` either and runs on the same Python arithmetic,

@@ -210,5 +210,5 @@ def sign_ecdaa(tpm, obj, scheme, digest: bytes):
     return nonce_k, s.to_bytes((c.n.bit_length() + 7) // 8, "big")
 
 
-__all__ = ["COMMIT_ARRAY_BITS", "commit_state", "saved", "restore", "generate_r", "commit", "end_commit",
-           "commit_", "sign_ecdaa"]
+__all__ = ["COMMIT_ARRAY_BITS", "commit_state", "saved", "restore", "generate_r", "commit",
+           "end_commit", "commit_", "sign_ecdaa"]

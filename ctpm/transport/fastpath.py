@@ -2,10 +2,11 @@
 
 tpm2-tss' swtpm TCTI opens a connection, sends one command, reads the response and closes,
 for every command. A trio task per connection costs more than the command itself, so
-complete raw commands are answered inline (the engine is synchronous), and the listeners and
-idle connections wait in one private epoll set, watched by a single task. Anything else - a partial command,
-the mssim-style prefix, a malformed size - goes to the ordinary per-connection handler with
-the bytes received so far, so the protocol rules live in one place (`SwtpmDataChannel`).
+complete raw commands are answered inline (the engine is synchronous), and the listeners
+and idle connections wait in one private epoll set, watched by a single task. Anything else
+- a partial command, the mssim-style prefix, a malformed size - goes to the ordinary
+per-connection handler with the bytes received so far, so the protocol rules live in one
+place (`SwtpmDataChannel`).
 """
 import errno
 import logging

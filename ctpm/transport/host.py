@@ -2,8 +2,9 @@
 
 All commands and platform signals go through `TpmHost`, which serializes them: the engine is
 synchronous and fast, so it runs directly in the event loop, where nothing else can run until
-it returns. (A command ever moved to a worker thread would need a lock here.) The swtpm locality is per TPM, as in
-swtpm; mssim connections carry their own locality in each command prefix.
+it returns (a command ever moved to a worker thread would need a lock here). The swtpm
+locality is per TPM, as in swtpm; mssim connections carry their own locality in each
+command prefix.
 """
 import logging
 
@@ -27,11 +28,11 @@ class TpmHost:
         self.stop_requested = trio.Event()
         self.spawn = None               # nursery.start_soon of the serving daemon
         self.data_fd_active = False     # a SET_DATAFD data channel is being served
-        self._lock = trio.Lock()
 
     async def execute(self, command: bytes, locality: int) -> bytes:
-        async with self._lock:
-            return self.tpm.execute(command, locality)
+        # no await inside: nothing can interleave, and no lock (whose acquire is a trio
+        # scheduling point) is needed
+        return self.tpm.execute(command, locality)
 
     async def signal(self, fn, *args):
         """Run a platform signal (a `Tpm` method) in turn with the commands.
