@@ -205,7 +205,9 @@ def _nv_available(tpm):
         raise TpmError(TPM_RC.NV_UNAVAILABLE)
 
 
-def _read_checks(auth_handle, index):
+def read_refusal(auth_handle, index):
+    """NvReadAccessChecks (also for NV_Certify and the NV policies): the TPM_RC that refuses
+    reading the index with this authorization handle, or None."""
     a = index.attributes
     if a & A.READLOCKED:
         return TPM_RC.NV_LOCKED
@@ -220,12 +222,6 @@ def _read_checks(auth_handle, index):
     if not a & A.WRITTEN:
         return TPM_RC.NV_UNINITIALIZED
     return None
-
-
-def read_refusal(auth_handle, index):
-    """NvReadAccessChecks for commands outside this module (NV_Certify): the TPM_RC that
-    refuses the read, or None."""
-    return _read_checks(auth_handle, index)
 
 
 def _write_checks(auth_handle, index):
@@ -463,7 +459,7 @@ def nv_global_write_lock(tpm, ctx, auth_handle):
 def nv_read(tpm, ctx, auth_handle, nv_index, size, offset):
     """Part 3 §31.13."""
     index = get(tpm.state, nv_index)
-    _raise(_read_checks(auth_handle, index))
+    _raise(read_refusal(auth_handle, index))
     if size > MAX_NV_BUFFER_SIZE:
         raise TpmError(TPM_RC.VALUE, param=1)
     if offset > index.public.dataSize:
@@ -477,7 +473,7 @@ def nv_read_lock(tpm, ctx, auth_handle, nv_index):
     """Part 3 §31.14."""
     state = tpm.state
     index = get(state, nv_index)
-    rc = _read_checks(auth_handle, index)
+    rc = read_refusal(auth_handle, index)
     if rc == TPM_RC.NV_AUTHORIZATION:
         raise TpmError(rc)
     if rc == TPM_RC.NV_LOCKED:
