@@ -358,3 +358,27 @@ def external_ecc() -> bytes:
     public = TPM2B_PUBLIC.from_pem(pub_pem, objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
                                    | TPMA_OBJECT.USERWITHAUTH)
     return sensitive + public.marshal() + u32(RH_NULL)
+
+
+def test_anonymous_ecdaa_quote(pair):
+    """An ECDAA quote (after Commit) names no signer and carries no extraData: the
+    qualifying data goes into the signed digest instead. Both TPMs agree on all of it."""
+    from tests.test_ecdaa import ECDAA, P256, commit, handle_of, load_external, material
+    d = 0x1234567890ABCDEF
+    sens, pub = material(P256, d, u16(ECDAA) + u16(SHA256) + u16(0))
+    h = handle_of(pair.same(load_external(sens, pub), "LoadExternal ECDAA"))
+    ours, theirs = pair.same_rc(commit(h, b"\0\0\0\0", b"", b""))
+    assert rc(ours) == 0
+    scheme = u16(ECDAA) + u16(SHA256) + u16(0)          # commit count 0
+    quote = cmd(CC["Quote"], b2(b"nonce") + scheme + pcr_select((SHA256, [0])),
+                handles=[h], sessions=[PW])
+    ours, theirs = pair.same_rc(quote)
+    assert rc(ours) == 0
+    a1, a2 = attest_and_signature(ours)[0], attest_and_signature(theirs)[0]
+    assert comparable(a1) == comparable(a2)
+    magic, kind, signer, extra, _ = comparable(a1)
+    assert (kind, signer, extra) == (0x8018, b"", b"")
+    # the count is spent
+    ours, _ = pair.same_rc(quote)
+    assert rc(ours) != 0
+    pair.same(cmd(0x165, u32(h)))

@@ -10,6 +10,8 @@ storage keys cannot be linked by those counters. The digest signed is H(TPMS_ATT
 H(qualifyingData || H(TPMS_ATTEST)) for an anonymous scheme, which keeps extraData out of the
 structure. CertifyX509 lives in engine/x509.py.
 """
+import hmac
+
 from construct import Container
 
 from ..crypto import hashes
@@ -20,6 +22,7 @@ from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
 from ..wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
 from . import audit, keyuse, nv, pcr
 from .audit import DEFAULT_AUDIT_HASH
+from .clock import clock_info
 from .create import creation_ticket
 from .signature import select_sign_scheme, sign_digest
 
@@ -52,11 +55,6 @@ def _anonymous(scheme) -> bool:
 def firmware_version(tpm) -> int:
     major, minor = tpm.config.firmware_version
     return (major << 32) | minor
-
-
-def clock_info(state):
-    return Container(clock=state.clock(), resetCount=state.nv["reset_count"],
-                     restartCount=state.restart_count, safe=int(state.safe))
 
 
 def header(tpm, obj, scheme, qualifying_data: bytes, kind: int):
@@ -125,7 +123,7 @@ def certify_creation(tpm, ctx, sign_handle, object_handle, qualifying_data, crea
     certified = tpm.state.object(object_handle)
     expected = creation_ticket(tpm, creation_ticket_in.hierarchy, certified.name,
                                bytes(creation_hash))
-    if expected.digest != bytes(creation_ticket_in.digest):
+    if not hmac.compare_digest(expected.digest, bytes(creation_ticket_in.digest)):
         raise TpmError(TPM_RC.TICKET, param=4)
     return _attest(tpm, obj, scheme, qualifying_data, TPM_ST.ATTEST_CREATION,
                    Container(objectName=certified.name, creationHash=creation_hash))

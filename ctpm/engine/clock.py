@@ -7,12 +7,15 @@ from ..wire.constants import TPM_RC
 MAX_CLOCK = 0xFFFF000000000000
 
 
+def clock_info(state):
+    """TPMS_CLOCK_INFO now (TimeFillInfo): Clock, the reset and restart counts, safe."""
+    return Container(clock=state.clock(), resetCount=state.nv["reset_count"],
+                     restartCount=state.restart_count, safe=int(state.safe))
+
+
 def read_clock(tpm, ctx):
     """Part 3 §29.1: time since _TPM_Init, and the lifetime clock with its counters."""
-    s = tpm.state
-    return (Container(time=s.time(), clockInfo=Container(
-        clock=s.clock(), resetCount=s.nv["reset_count"], restartCount=s.restart_count,
-        safe=int(s.safe))),)
+    return (Container(time=tpm.state.time(), clockInfo=clock_info(tpm.state)),)
 
 
 def clock_set(tpm, ctx, auth, new_time):
