@@ -173,7 +173,8 @@ def _encode_fields(kind: bytes, values: dict) -> bytes:
     return b"".join(out)
 
 
-def _decode_fields(payload: bytes) -> tuple:
+def decode_fields(payload: bytes) -> tuple:
+    """(kind byte, {field: value}) of a payload `encode_object`/`encode_session` made."""
     kind, i, values = payload[:1], 1, {}
     while i < len(payload):
         n = payload[i]
@@ -378,7 +379,7 @@ def context_load(tpm, ctx, context):
     state = tpm.state
     payload = _open(state, context)
     try:
-        kind, values = _decode_fields(payload)
+        kind, values = decode_fields(payload)
     except (ValueError, IndexError, struct.error):
         log.error("a context with valid integrity does not decode")
         raise TpmError(TPM_RC.FAILURE) from None

@@ -144,14 +144,19 @@ class TpmState:
         if not (self.dirty or force):
             return
         self.dirty = False
-        self.nv["clock"] = self._clock_stored = self.clock()
-        self.nv["established"] = self.established
-        body = json.dumps(self.nv, sort_keys=True)
-        blob = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(),
-                           "body": body}).encode()
+        blob = self.image()
+        self._clock_stored = self.nv["clock"]
         if blob != self._stored_blob:
             self.platform.store.save(blob)
             self._stored_blob = blob
+
+    def image(self) -> bytes:
+        """The NV image as the store keeps it (checksummed JSON), with the clock of now."""
+        self.nv["clock"] = self.clock()
+        self.nv["established"] = self.established
+        body = json.dumps(self.nv, sort_keys=True)
+        return json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(),
+                           "body": body}).encode()
 
     # -- power and initialization ------------------------------------------------------------
 

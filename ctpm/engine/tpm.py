@@ -11,7 +11,7 @@ from ..wire.commands import Auth
 from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
-from . import nv
+from . import migration, nv
 from .hierarchy import hierarchy_auth
 from .state import PCR_AUTH_GROUP, PCR_POLICY_GROUP, TpmState
 
@@ -39,6 +39,7 @@ class Tpm:
         self.powered = False
         self.nv_available = True
         self.cancelled = False
+        self._blobs = {}                 # state blobs waiting for the next power-on
         self.power_on()
 
     @classmethod
@@ -60,10 +61,29 @@ class Tpm:
     # -- platform signals (mssim platform port, swtpm control channel) -------------------
 
     def power_on(self):
-        """Power on if off; runs _TPM_Init. A no-op while powered (as the reference simulator)."""
-        if not self.powered:
-            self.powered = True
-            self.tpm_init()
+        """Power on if off; runs _TPM_Init. A no-op while powered (as the reference simulator).
+        State blobs set while off (`set_state_blob`) become the TPM's state here; a
+        `migration.MigrationError` says why they could not."""
+        if self.powered:
+            return
+        if self._blobs:
+            blobs, self._blobs = self._blobs, {}
+            migration.restore(self, blobs.get(migration.PERMANENT), blobs.get(migration.VOLATILE))
+            return
+        self.powered = True
+        self.tpm_init()
+
+    def get_state_blob(self, kind: int) -> bytes:
+        """swtpm GET_STATEBLOB: see engine/migration.py."""
+        return migration.get_blob(self, kind)
+
+    def set_state_blob(self, kind: int, data: bytes):
+        """swtpm SET_STATEBLOB: only while powered off (stopped); used at the next power-on."""
+        if self.powered:
+            raise migration.MigrationError("state blobs can only be set while the TPM is stopped")
+        if kind not in migration.TYPES:
+            raise migration.MigrationError(f"unknown state blob type {kind}")
+        self._blobs[kind] = bytes(data)
 
     def power_off(self):
         self.powered = False

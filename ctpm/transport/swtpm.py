@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 
+from ..engine.migration import MigrationError
 from ..state.store import StoreError
 from .datafd import FdCollectingStream, serve_data_fd, stream_socket
 from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
@@ -36,10 +37,12 @@ STOP, GET_CONFIG, SET_DATAFD, SET_BUFFERSIZE, GET_INFO, LOCK_STORAGE = (
 SUCCESS, BAD_PARAMETER, FAIL, BAD_ORDINAL = 0x00, 0x03, 0x09, 0x0a
 IOERROR, BAD_LOCALITY = 0x1f, 0x3d
 
-# Capability bits of the commands implemented here, and only those: no state blobs or
-# LOCK_STORAGE yet; SET_DATAFD on unix control sockets only (descriptors cannot cross TCP).
+# Capability bits of the commands implemented here, and only those: no LOCK_STORAGE (ctpm
+# does not lock its state directory); SET_DATAFD on unix control sockets only (descriptors
+# cannot cross TCP).
 CAPS = (0x0001 | 0x0002 | 0x0004 | 0x0008      # INIT SHUTDOWN GET_TPMESTABLISHED SET_LOCALITY
         | 0x0010 | 0x0020 | 0x0040 | 0x0080    # HASHING CANCEL STORE_VOLATILE RESET_EST
+        | 0x0100 | 0x0200                      # GET_STATEBLOB SET_STATEBLOB
         | 0x0400 | 0x0800                      # STOP GET_CONFIG
         | 0x2000 | 0x4000 | 0x8000)            # SET_BUFFERSIZE GET_INFO SEND_COMMAND_HEADER
 CAP_SET_DATAFD = 0x1000
@@ -52,7 +55,9 @@ BODY_SIZE = {INIT: 4, SET_LOCALITY: 1, RESET_TPMESTABLISHED: 1, GET_STATEBLOB: 1
 # are dropped when they came with the request (a control client waits for each reply, so
 # nothing else can be behind them).
 PADDED_TO_4 = {SET_LOCALITY, RESET_TPMESTABLISHED}
-NOT_IMPLEMENTED = {GET_STATEBLOB, LOCK_STORAGE}
+NOT_IMPLEMENTED = {LOCK_STORAGE}
+MAX_STATE_BLOB = 512 * 1024         # as swtpm: a larger SET_STATEBLOB is refused
+STATE_FLAG_ENCRYPTED = 2
 
 INFO_TPMSPECIFICATION, INFO_TPMATTRIBUTES = 1, 2
 
@@ -128,11 +133,11 @@ class SwtpmControlChannel:
             CANCEL_TPM_CMD: self._cancel, STORE_VOLATILE: self._store_volatile,
             RESET_TPMESTABLISHED: self._reset_established, STOP: self._stop,
             GET_CONFIG: self._get_config, SET_BUFFERSIZE: self._set_buffersize,
-            GET_INFO: self._get_info,
+            GET_INFO: self._get_info, GET_STATEBLOB: self._get_stateblob,
         }
         # Commands refused while the TPM is stopped (as swtpm: BAD_ORDINAL).
         self.need_running = {GET_TPMESTABLISHED, RESET_TPMESTABLISHED, HASH_START, HASH_DATA,
-                             HASH_END, CANCEL_TPM_CMD, STORE_VOLATILE}
+                             HASH_END, CANCEL_TPM_CMD, STORE_VOLATILE, GET_STATEBLOB}
 
     async def __call__(self, stream):
         if self.unix:
@@ -163,11 +168,8 @@ class SwtpmControlChannel:
             return await self._hash_data(reader)
         if code == SET_DATAFD:
             return self._set_datafd(stream)
-        if code == SET_STATEBLOB:       # not implemented, but consume it to stay framed
-            _flags, _type, length = struct.unpack(">III", await reader.read(12))
-            async for _ in reader.read_chunks(length):
-                pass
-            return result(BAD_ORDINAL)
+        if code == SET_STATEBLOB:
+            return await self._set_stateblob(reader)
         body = await reader.read(BODY_SIZE.get(code, 0))
         if code in PADDED_TO_4 and reader.buffered == 3:
             reader.discard_buffered()
@@ -207,7 +209,11 @@ class SwtpmControlChannel:
 
     async def _init(self, body):
         # flags (DELETE_VOLATILE) need no action: no volatile state file is kept.
-        await self.host.signal(self._power_cycle)
+        try:
+            await self.host.signal(self._power_cycle)
+        except (MigrationError, StoreError) as e:
+            log.error("INIT with the state blobs set: %s", e)
+            return result(FAIL)
         return result(SUCCESS)
 
     def _power_cycle(self):
@@ -264,6 +270,36 @@ class SwtpmControlChannel:
         except (StoreError, OSError) as e:
             log.error("STORE_VOLATILE: %s", e)
             return result(IOERROR)
+        return result(SUCCESS)
+
+    async def _get_stateblob(self, body):
+        """A state blob (engine/migration.py) from `offset` on, in this one reply."""
+        _flags, kind, offset = struct.unpack(">III", body)
+        try:
+            blob = self.host.tpm.get_state_blob(kind)
+        except MigrationError as e:
+            log.error("GET_STATEBLOB: %s", e)
+            return result(FAIL)
+        part = blob[offset:]
+        return result(SUCCESS, 0, len(part), len(part)) + part
+
+    async def _set_stateblob(self, reader) -> bytes:
+        """A state blob for the next INIT (the TPM must be stopped); always consumed."""
+        flags, kind, length = struct.unpack(">III", await reader.read(12))
+        if length > MAX_STATE_BLOB:
+            reader.discard_buffered()
+            return result(FAIL)
+        blob = b"".join([part async for part in reader.read_chunks(length)])
+        if self.host.tpm.powered:
+            return result(BAD_ORDINAL)
+        if flags & STATE_FLAG_ENCRYPTED:
+            log.error("SET_STATEBLOB: encrypted blobs are not supported")
+            return result(FAIL)
+        try:
+            self.host.tpm.set_state_blob(kind, blob)
+        except MigrationError as e:
+            log.error("SET_STATEBLOB: %s", e)
+            return result(FAIL)
         return result(SUCCESS)
 
     async def _get_config(self, body):
