@@ -8,14 +8,24 @@ console, then powers off. QEMU runs with TCG by default (the same on every machi
 6 s per boot on 2 cores); CTPM_QEMU_ACCEL=kvm uses KVM where it works.
 """
 import glob
+import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 QEMU = shutil.which("qemu-system-x86_64")
 REPO = Path(__file__).resolve().parents[1]
+
+# TPM2_PCR_Extend(PCR 16, SHA-256 digest 0x44 * 32) with an empty password, as octal escapes
+# for the guest's printf
+_EXTEND = (bytes.fromhex("800200000041000001820000001000000009400000090000000000000000010"
+                         "00b") + b"\x44" * 32)
+EXTEND_16 = "".join(f"\\{b:03o}" for b in _EXTEND)
+EXTENDED_16 = __import__("hashlib").sha256(bytes(32) + b"\x44" * 32).digest()
 
 INIT = r"""#!/bin/sh
 /bin/busybox mkdir -p /usr/bin /usr/sbin /sbin /tmp
@@ -34,12 +44,24 @@ done
 log=/sys/kernel/security/tpm0/binary_bios_measurements
 [ -r $log ] && hexdump -v -e '32/1 "%02x" "\n"' $log | sed 's/^/GUEST log /'
 printf '\200\001\000\000\000\014\000\000\001\173\000\020' > /tmp/getrandom
+@PAUSE@
 exec 3<>/dev/tpm0
 cat /tmp/getrandom >&3
 echo "GUEST getrandom $(dd bs=4096 count=1 <&3 2>/dev/null | hexdump -v -e '/1 "%02x"')"
 exec 3>&-
 echo "GUEST done"
 poweroff -f
+"""
+# for a live migration: extend PCR 16, say "ready", wait, read it again on the other side
+PAUSE = r"""printf '@EXTEND@' > /tmp/extend
+exec 3<>/dev/tpm0
+cat /tmp/extend >&3
+dd bs=4096 count=1 <&3 >/dev/null 2>&1
+exec 3>&-
+echo "GUEST ready"
+sleep @SECONDS@
+echo "GUEST after sha256 16 $(cat $t/pcr-sha256/16 2>&1)"
+echo "GUEST after sha256 10 $(cat $t/pcr-sha256/10 2>&1)"
 """
 
 
@@ -96,12 +118,17 @@ def _cpio(entries) -> bytes:
     return bytes(out)
 
 
-def initramfs(path: Path):
+def initramfs(path: Path, pause: float = 0):
+    """The initramfs; with `pause`, /init extends PCR 16 and waits that many seconds after
+    its first readings (the window for a live migration), then reads PCRs 16 and 10 again."""
     with open(busybox(), "rb") as f:
         bb = f.read()
+    middle = PAUSE.replace("@EXTEND@", EXTEND_16).replace("@SECONDS@", f"{pause:g}") \
+        if pause else ""
+    init = INIT.replace("@PAUSE@", middle)
     entries = [(d, 0o40755, b"") for d in ("bin", "dev", "proc", "sys")]
     entries += [("bin/busybox", 0o100755, bb), ("bin/sh", 0o120777, b"busybox"),
-                ("init", 0o100755, INIT.encode())]
+                ("init", 0o100755, init.encode())]
     path.write_bytes(_cpio(entries))
 
 
@@ -112,6 +139,7 @@ class Boot:
         self.console, self.stderr, self.returncode = console, stderr, returncode
         self.version = None
         self.pcrs = {}
+        self.after = {}                 # read again after a pause (a live migration)
         log = []
         self.getrandom = None
         self.done = False
@@ -124,6 +152,8 @@ class Boot:
                 self.version = parts[1].split("=", 1)[1]
             elif parts[1] == "pcr" and len(parts) == 5:
                 self.pcrs[parts[2], int(parts[3])] = bytes.fromhex(parts[4])
+            elif parts[1] == "after" and len(parts) == 5:
+                self.after[parts[2], int(parts[3])] = bytes.fromhex(parts[4])
             elif parts[1] == "log" and len(parts) == 3:
                 log.append(parts[2])
             elif parts[1] == "getrandom" and len(parts) == 3:
@@ -133,23 +163,95 @@ class Boot:
         self.event_log = bytes.fromhex("".join(log))
 
 
-def boot(ctrl_socket: str, tmp: Path, device: str = "tpm-tis", timeout: float = 180) -> Boot:
-    """Boot the guest with its TPM on the emulator control socket `ctrl_socket`."""
-    initrd = tmp / "initrd.cpio"
-    if not initrd.exists():
-        initramfs(initrd)
+def _qemu(ctrl_socket: str, initrd: Path, device: str, *extra) -> list:
     accel = os.environ.get("CTPM_QEMU_ACCEL", "tcg")
     argv = [QEMU, "-machine", f"q35,accel={accel}", "-m", "256", "-nographic",
             "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", kernel(), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 loglevel=3",
             "-chardev", f"socket,id=chrtpm,path={ctrl_socket}",
-            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", f"{device},tpmdev=tpm0"]
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", f"{device},tpmdev=tpm0",
+            *extra]
     if accel == "tcg":
         argv[3:3] = ["-cpu", "max"]
-    r = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return argv
+
+
+def boot(ctrl_socket: str, tmp: Path, device: str = "tpm-tis", timeout: float = 180) -> Boot:
+    """Boot the guest with its TPM on the emulator control socket `ctrl_socket`."""
+    initrd = tmp / "initrd.cpio"
+    if not initrd.exists():
+        initramfs(initrd)
+    r = subprocess.run(_qemu(ctrl_socket, initrd, device), capture_output=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
     return Boot(r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"),
                 r.returncode)
+
+
+def _qmp(path: Path, *commands) -> list:
+    """QEMU's machine protocol: the replies ("return" or "error") to `commands`."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        f = s.makefile("rw")
+        f.readline()                                        # the greeting
+        replies = []
+        for c in ({"execute": "qmp_capabilities"}, *commands):
+            f.write(json.dumps(c) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:   # (events come in between)
+                    replies.append(reply)
+                    break
+        return replies[1:]
+
+
+def boot_and_migrate(source_ctrl: str, dest_ctrl: str, tmp: Path, pause: float = 4,
+                     timeout: float = 180) -> tuple:
+    """Boot the guest on `source_ctrl`'s TPM; when it is ready, live-migrate it (through a
+    file) to a second QEMU whose TPM is `dest_ctrl`'s, where it finishes. Returns the two
+    consoles as `Boot`s and the migration status."""
+    initrd = tmp / "initrd-pause.cpio"
+    initramfs(initrd, pause)
+    image = tmp / "vm.migration"
+    source = subprocess.Popen(_qemu(source_ctrl, initrd, "tpm-tis", "-qmp",
+                                    f"unix:{tmp}/source.qmp,server=on,wait=off"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL)
+    console = []
+    status = None
+    try:
+        for raw in source.stdout:
+            console.append(raw.decode(errors="replace"))
+            if "GUEST ready" in console[-1]:
+                break
+        else:
+            raise RuntimeError("the guest never became ready: " + "".join(console)[-2000:])
+        _qmp(tmp / "source.qmp",
+             {"execute": "migrate", "arguments": {"uri": f"exec:cat > {image}"}})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = _qmp(tmp / "source.qmp",
+                          {"execute": "query-migrate"})[0]["return"].get("status")
+            if status in ("completed", "failed"):
+                break
+            time.sleep(0.05)
+        _qmp(tmp / "source.qmp", {"execute": "quit"})
+        source.wait(30)
+    finally:
+        if source.poll() is None:
+            source.kill()
+            source.wait()
+    first = Boot("".join(console), source.stderr.read().decode(errors="replace"),
+                 source.returncode)
+    source.stdout.close()
+    source.stderr.close()
+    r = subprocess.run(_qemu(dest_ctrl, initrd, "tpm-tis", "-incoming", f"exec:cat {image}"),
+                       capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    second = Boot(r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"),
+                  r.returncode)
+    return first, second, status
 
 
 # -- the firmware's event log (TCG PC Client Platform Firmware Profile, crypto-agile) -----

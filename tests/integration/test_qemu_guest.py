@@ -80,3 +80,22 @@ def test_same_measurements_as_swtpm(tis_boot, tmp_path):
     ours, _ = tis_boot
     assert ours.pcrs == theirs.pcrs
     assert ours.event_log == theirs.event_log
+
+
+def test_live_migration(tmp_path):
+    """QEMU migrates a running guest to a second QEMU with a second ctpm (its own state
+    directory): the guest's TPM goes on there - PCR 16, extended before the migration, reads
+    the same after it, and /dev/tpm0 keeps answering."""
+    a, b = tmp_path / "a.sock", tmp_path / "b.sock"
+    with run_daemon("--swtpm", f"unix:{a}", "--state", str(tmp_path / "a")) as da, \
+            run_daemon("--swtpm", f"unix:{b}", "--state", str(tmp_path / "b")) as db:
+        first, second, status = guest.boot_and_migrate(f"{a}.ctrl", f"{b}.ctrl", tmp_path)
+        db.proc.wait(10)
+        da.proc.wait(10)
+    assert status == "completed", first.stderr
+    assert second.done, second.console[-3000:] + second.stderr
+    assert second.after["sha256", 16] == guest.EXTENDED_16
+    assert second.after["sha256", 10] == first.pcrs["sha256", 10]
+    rsp = second.getrandom
+    assert struct.unpack(">HII", rsp[:10]) == (0x8001, 28, 0)
+    assert "Could not cleanly shutdown" not in second.stderr
