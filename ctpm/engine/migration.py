@@ -91,7 +91,7 @@ def restore(tpm, permanent: bytes | None, volatile: bytes | None):
     source was, without one it is powered on afresh (Startup needed)."""
     platform, config = tpm.platform, tpm.config
     if permanent is not None:
-        nv = TpmState._decode(permanent, "the PERMANENT state blob")
+        nv = TpmState.decode_image(permanent, "the PERMANENT state blob")
         fixed = _b(nv["fixed_seed"]) if nv.get("fixed_seed") else None
         state = TpmState(platform, config, nv, fixed_seed=fixed)
     else:

@@ -93,7 +93,7 @@ class TpmState:
             state = cls(platform, config, cls._manufacture(platform, config, seed), fixed_seed=seed)
             state.commit(force=True)
             return state
-        nv = cls._decode(blob, platform.store.describe())
+        nv = cls.decode_image(blob, platform.store.describe())
         fixed = _b(nv["fixed_seed"]) if nv.get("fixed_seed") else None
         state = cls(platform, config, nv, fixed_seed=fixed)
         state._stored_blob = blob
@@ -126,7 +126,8 @@ class TpmState:
         }
 
     @staticmethod
-    def _decode(blob, where):
+    def decode_image(blob, where):
+        """The NV dict of an image `image()` made; StoreError (naming `where`) if damaged."""
         try:
             outer = json.loads(blob)
             body = outer["body"]
