@@ -12,9 +12,10 @@ cd "$(dirname "$0")"
 
 VENV=${CTPM_VENV:-.venv}
 # libtss2-dev + pkg-config + gcc: to build tpm2-pytss; tpm2-tools and swtpm: the test peers;
-# qemu-system-x86 + busybox-static: the guest-kernel tests (QEMU's -tpmdev emulator).
+# qemu-system-x86 + busybox-static: the guest-kernel tests (QEMU's -tpmdev emulator);
+# tpm2-abrmd + its TCTI: the resource-manager test.
 APT_PACKAGES=(libtss2-dev pkg-config gcc tpm2-tools swtpm swtpm-tools qemu-system-x86
-              busybox-static)
+              busybox-static tpm2-abrmd libtss2-tcti-tabrmd0)
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 
