@@ -382,3 +382,51 @@ def test_anonymous_ecdaa_quote(pair):
     ours, _ = pair.same_rc(quote)
     assert rc(ours) != 0
     pair.same(cmd(0x165, u32(h)))
+
+
+def test_malformed_attestation_commands_get_a_response_code(caplog):
+    """Mutated Quote, Certify, GetTime, NV_Certify and CertifyX509 commands (the last with its
+    DER partial certificate) never reach the engine's internal-error path."""
+    import random
+
+    from ctpm.engine.tpm import Tpm
+    from tests.x509util import SIGNING_USAGE, partial_certificate
+    tpm = Tpm.manufacture(seed=b"fuzz-attest")
+    tpm.execute(cmd(0x144, u16(0)))
+    key = struct.unpack(">I", tpm.execute(cmd(CC["LoadExternal"], external(
+        SIGNER_KEY, TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH)))[10:14])[0]
+    public = u32(NV_INDEX) + u16(SHA256) + u32(0x00060006) + b2(b"") + u16(32)
+    tpm.execute(cmd(CC["NV_DefineSpace"], b2(b"") + b2(public), handles=[RH_OWNER],
+                    sessions=[PW]))
+    tpm.execute(cmd(CC["NV_Write"], b2(bytes(32)) + u16(0), handles=[RH_OWNER, NV_INDEX],
+                    sessions=[PW]))
+    seeds = [cmd(CC["Quote"], b2(b"n") + sig_scheme() + pcr_select((SHA256, [0, 7])),
+                 handles=[key], sessions=[PW]),
+             cmd(CC["Certify"], b2(b"q") + sig_scheme(), handles=[key, key], sessions=[PW, PW]),
+             cmd(CC["GetTime"], b2(b"") + sig_scheme(), handles=[RH_ENDORSEMENT, key],
+                 sessions=[PW, PW]),
+             cmd(CC["NV_Certify"], b2(b"") + sig_scheme() + u16(8) + u16(4),
+                 handles=[key, RH_OWNER, NV_INDEX], sessions=[PW, PW]),
+             certify_x509(key, key, partial_certificate(SIGNING_USAGE))]
+    for seed in seeds:
+        assert rc(tpm.execute(seed)) == 0, hex(rc(tpm.execute(seed)))
+    rng = random.Random(11)
+    with caplog.at_level("ERROR", logger="ctpm.engine"):
+        for _ in range(3000):
+            c = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 3)):
+                pos = rng.randrange(14, len(c))
+                op = rng.random()
+                if op < 0.6:
+                    c[pos] = rng.randrange(256)
+                elif op < 0.8:
+                    del c[pos]
+                else:
+                    c.insert(pos, rng.randrange(256))
+            c[2:6] = struct.pack(">I", len(c))
+            r = tpm.execute(bytes(c))
+            assert len(r) >= 10 and struct.unpack(">I", r[2:6])[0] == len(r)
+            assert rc(r) != 0x101, bytes(c).hex()              # TPM_RC_FAILURE
+            for h in [h for h in tpm.state.objects if h != key]:
+                del tpm.state.objects[h]
+    assert not [r for r in caplog.records if r.name == "ctpm.engine"], caplog.text[:2000]
