@@ -25,13 +25,14 @@ import io
 
 from construct import Container
 
-from ..crypto import keys, protect, secret
+from ..crypto import protect, secret
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPMA_OBJECT as OA
 from ..wire.objects import SIZEOF_PRIVATE, TPM2B_SENSITIVE, TPMT_SENSITIVE
 from ..wire.structures import HASH_SIZES
 from .credential import private_key
-from .object import _sym_alg, _sym_bits, binding_check
+from .external import validate_keys
+from .object import _sym_alg, _sym_bits
 from .object_checks import public_attributes_validation
 from .objects import compute_name, public_bytes
 
@@ -176,53 +177,15 @@ def _duplicate_to_sensitive(blob, name, parent, name_alg, seed, symmetric_alg, k
 
 def _validate_keys(public, sensitive):
     """ObjectLoad's checks on an object imported under a fixedTPM parent (the reference then
-    skips them at TPM2_Load): the sensitive area against the public area, parameter 3
-    (duplicate) or 2 (objectPublic), in CryptValidateKeys' order."""
-    size = HASH_SIZES[public.nameAlg]
-    if len(sensitive.seedValue) > size:
+    skips them at TPM2_Load): the seed's size, the public attributes, then CryptValidateKeys,
+    with parameter 3 (duplicate) or 2 (objectPublic)."""
+    if len(sensitive.seedValue) > HASH_SIZES[public.nameAlg]:
         raise TpmError(TPM_RC.KEY_SIZE, param=3)
     try:
         public_attributes_validation(None, public)
     except TpmError as e:
         raise e.located(param=2)
-    if public.type != sensitive.sensitiveType:
-        raise TpmError(TPM_RC.TYPE, param=3)
-    if len(sensitive.authValue) > size:
-        raise TpmError(TPM_RC.SIZE, param=3)
-    p, unique, value = public.parameters, public.unique, bytes(sensitive.sensitive)
-    if public.type == TPM_ALG.RSA:
-        n_bytes = p.keyBits // 8
-        if len(unique) != n_bytes or unique[0] < 0x80:
-            raise TpmError(TPM_RC.KEY, param=2)
-        if p.exponent != 0 and p.exponent < 7:
-            raise TpmError(TPM_RC.VALUE, param=2)
-        if 2 * len(value) != n_bytes or value[0] < 0x80:
-            raise TpmError(TPM_RC.KEY_SIZE, param=3)
-    elif public.type == TPM_ALG.ECC:
-        d = int.from_bytes(value, "big")
-        if not 0 < d < keys.ECC_CURVES[p.curveID].order:
-            raise TpmError(TPM_RC.KEY_SIZE)
-    elif public.type == TPM_ALG.SYMCIPHER:
-        if len(value) * 8 != p.sym.keyBits:
-            raise TpmError(TPM_RC.KEY_SIZE, param=3)
-        if len(sensitive.seedValue) != size:
-            raise TpmError(TPM_RC.KEY_SIZE, param=3)
-    else:
-        scheme = p.scheme
-        if scheme.scheme in (TPM_ALG.XOR, TPM_ALG.HMAC):
-            limit = 128 if HASH_SIZES[scheme.details.hashAlg] >= 48 else 64   # block size
-        else:
-            limit = 128
-        if len(value) > limit:
-            raise TpmError(TPM_RC.KEY_SIZE, param=3)
-        if len(sensitive.seedValue) != size:
-            raise TpmError(TPM_RC.KEY_SIZE, param=3)
-    key = binding_check(public, sensitive)
-    a = public.objectAttributes
-    if a & OA.RESTRICTED and a & OA.DECRYPT:
-        if not size // 2 <= len(sensitive.seedValue) <= size:
-            raise TpmError(TPM_RC.SIZE, param=3)
-    return key
+    return validate_keys(public, sensitive, public_param=2, sensitive_param=3)
 
 
 def import_(tpm, ctx, parent_handle, encryption_key, object_public, duplicate_blob,

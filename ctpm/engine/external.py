@@ -20,30 +20,32 @@ def _hmac_block_size(alg) -> int:
     return 128 if alg in (TPM_ALG.SHA384, TPM_ALG.SHA512) else 64
 
 
-def validate_keys(public, sensitive):
+def validate_keys(public, sensitive, public_param=_IN_PUBLIC, sensitive_param=_IN_PRIVATE):
     """CryptValidateKeys: the public key is usable, the sensitive area fits it and, with a
-    nameAlg, belongs to it. Returns the `cryptography` private key, or None."""
+    nameAlg, belongs to it. Returns the `cryptography` private key, or None. The codes name
+    the public and sensitive areas' parameters (LoadExternal's by default; Import passes its
+    own, as the reference's ObjectLoad takes them)."""
     name_alg = public.nameAlg
     digest_size = HASH_SIZES.get(name_alg, 0)
     p = public.parameters
     key = None
     if sensitive is not None:
         if sensitive.sensitiveType != public.type:
-            raise TpmError(TPM_RC.TYPE, param=_IN_PRIVATE)
+            raise TpmError(TPM_RC.TYPE, param=sensitive_param)
         if digest_size and len(sensitive.authValue) > digest_size:
-            raise TpmError(TPM_RC.SIZE, param=_IN_PRIVATE)
+            raise TpmError(TPM_RC.SIZE, param=sensitive_param)
     t = public.type
     if t == TPM_ALG.RSA:
         size = p.keyBits // 8
         n = public.unique
         if len(n) != size or n[0] < 0x80:
-            raise TpmError(TPM_RC.KEY, param=_IN_PUBLIC)
+            raise TpmError(TPM_RC.KEY, param=public_param)
         if p.exponent and p.exponent < 7:
-            raise TpmError(TPM_RC.VALUE, param=_IN_PUBLIC)
+            raise TpmError(TPM_RC.VALUE, param=public_param)
         if sensitive is not None:
             prime = sensitive.sensitive
             if len(prime) * 2 != size or prime[0] < 0x80:
-                raise TpmError(TPM_RC.KEY_SIZE, param=_IN_PRIVATE)
+                raise TpmError(TPM_RC.KEY_SIZE, param=sensitive_param)
             try:     # CryptRsaLoadPrivateExponent
                 numbers = keys.rsa_private_from_prime(int.from_bytes(n, "big"),
                                                       p.exponent or 65537,
@@ -56,10 +58,10 @@ def validate_keys(public, sensitive):
         u = public.unique
         if sensitive is None:
             if len(u.x) != c.size or len(u.y) != c.size:
-                raise TpmError(TPM_RC.KEY, param=_IN_PUBLIC)
+                raise TpmError(TPM_RC.KEY, param=public_param)
             if name_alg != TPM_ALG.NULL and not ecmath.on_curve(
                     c, int.from_bytes(u.x, "big"), int.from_bytes(u.y, "big")):
-                raise TpmError(TPM_RC.ECC_POINT, param=_IN_PUBLIC)
+                raise TpmError(TPM_RC.ECC_POINT, param=public_param)
         else:
             d = int.from_bytes(sensitive.sensitive, "big")
             if not 0 < d < c.n:
@@ -72,12 +74,12 @@ def validate_keys(public, sensitive):
     else:       # SYMCIPHER, KEYEDHASH
         if sensitive is None:
             if len(public.unique) != digest_size:
-                raise TpmError(TPM_RC.KEY, param=_IN_PUBLIC)
+                raise TpmError(TPM_RC.KEY, param=public_param)
         else:
             secret = sensitive.sensitive
             if t == TPM_ALG.SYMCIPHER:
                 if len(secret) != p.sym.keyBits // 8:
-                    raise TpmError(TPM_RC.KEY_SIZE, param=_IN_PRIVATE)
+                    raise TpmError(TPM_RC.KEY_SIZE, param=sensitive_param)
             else:
                 scheme = p.scheme
                 if scheme.scheme == TPM_ALG.NULL:
@@ -85,17 +87,17 @@ def validate_keys(public, sensitive):
                 else:
                     limit = _hmac_block_size(scheme.details.hashAlg)
                 if len(secret) > limit:
-                    raise TpmError(TPM_RC.KEY_SIZE, param=_IN_PRIVATE)
+                    raise TpmError(TPM_RC.KEY_SIZE, param=sensitive_param)
             if name_alg != TPM_ALG.NULL:
                 if len(sensitive.seedValue) != digest_size:
-                    raise TpmError(TPM_RC.KEY_SIZE, param=_IN_PRIVATE)
+                    raise TpmError(TPM_RC.KEY_SIZE, param=sensitive_param)
                 if hashes.digest(name_alg, sensitive.seedValue + secret) != public.unique:
                     raise TpmError(TPM_RC.BINDING)
     a = public.objectAttributes
     if (a & OA.RESTRICTED and a & OA.DECRYPT and sensitive is not None
             and name_alg != TPM_ALG.NULL):
         if not digest_size // 2 <= len(sensitive.seedValue) <= digest_size:
-            raise TpmError(TPM_RC.SIZE, param=_IN_PRIVATE)
+            raise TpmError(TPM_RC.SIZE, param=sensitive_param)
     return key
 
 
