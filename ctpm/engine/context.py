@@ -44,11 +44,7 @@ from dataclasses import MISSING, fields
 from construct import Container
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-try:    # CFB left the main modes module (cryptography >= 47)
-    from cryptography.hazmat.decrepit.ciphers.modes import CFB
-except ImportError:     # pragma: no cover - older cryptography
-    from cryptography.hazmat.primitives.ciphers.modes import CFB
-
+from ..crypto import symcipher
 from ..crypto.kdf import kdfa
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPMA_OBJECT
@@ -280,7 +276,7 @@ def _cipher(state, hierarchy: int, sequence: int, handle: int):
     material = kdfa(CONTEXT_HASH, state.proof(hierarchy), b"CONTEXT", _U64.pack(sequence),
                     _U32.pack(handle), bits)
     key = material[:CONTEXT_SYM_BITS // 8]
-    return Cipher(algorithms.AES(key), CFB(material[CONTEXT_SYM_BITS // 8:]))
+    return Cipher(algorithms.AES(key), symcipher.CFB(material[CONTEXT_SYM_BITS // 8:]))
 
 
 def _integrity(state, hierarchy: int, sequence: int, handle: int, encrypted: bytes) -> bytes:

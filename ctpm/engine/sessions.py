@@ -8,13 +8,6 @@ commands are in engine/ea.py); salted sessions; audit sessions (engine/audit.py)
 import hmac
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher
-
-try:    # CFB left the main modes module (cryptography >= 47); the TPM still needs it
-    from cryptography.hazmat.decrepit.ciphers.modes import CFB
-except ImportError:     # pragma: no cover - older cryptography
-    from cryptography.hazmat.primitives.ciphers.modes import CFB
-
 from ..crypto import hashes, secret, symcipher
 from ..crypto.kdf import kdfa
 from ..errors import TpmError
@@ -157,9 +150,7 @@ def crypt_parameter(session, key: bytes, nonce_newer: bytes, nonce_older: bytes,
         mask = kdfa(session.auth_hash, key, b"XOR", nonce_newer, nonce_older, len(data) * 8)
         return bytes(a ^ b for a, b in zip(data, mask))
     material = kdfa(session.auth_hash, key, b"CFB", nonce_newer, nonce_older, bits + 128)
-    cipher = Cipher(symcipher.algorithm(alg, material[:bits // 8]), CFB(material[bits // 8:]))
-    op = cipher.encryptor() if encrypt else cipher.decryptor()
-    return op.update(data) + op.finalize()
+    return symcipher.cfb(alg, material[:bits // 8], material[bits // 8:], data, encrypt)
 
 
 def is_session_handle(handle: int) -> bool:
