@@ -291,3 +291,43 @@ async def test_nv_certify(ctpm_server):
     assert whole.endswith(struct.pack(">H", len(name)) + name + struct.pack(">H", 32)
                           + hashlib.sha256(bytes(range(64))).digest())
     assert past_rc == TPM2_RC.NV_RANGE
+
+
+async def test_attestation_in_encrypted_sessions(ctpm_server):
+    """ESAPI the way applications use it: a salted HMAC session (salt encrypted to an EK-like
+    key) with AES-CFB parameter encryption both ways authorizes the signer; ESAPI checks every
+    response HMAC and decrypts the TPMS_ATTEST, which still verifies outside the TPM."""
+    from tpm2_pytss.types import TPMT_SYM_DEF
+
+    def scenario(esapi):
+        salt_key, _ = create_primary(esapi, "rsa2048:null:aes128cfb",
+                                     attrs=(TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT
+                                            | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+                                            | TPMA_OBJECT.SENSITIVEDATAORIGIN
+                                            | TPMA_OBJECT.USERWITHAUTH),
+                                     hierarchy=ESYS_TR.ENDORSEMENT)
+        ak, ak_public = create_primary(esapi, "ecc256:ecdsa-sha256:null")
+        sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
+        sym.keyBits.aes = 128
+        sym.mode.aes = TPM2_ALG.CFB
+        session = esapi.start_auth_session(salt_key, ESYS_TR.NONE, TPM2_SE.HMAC, sym,
+                                           TPM2_ALG.SHA256)
+        esapi.trsess_set_attributes(session, TPMA_SESSION.CONTINUESESSION
+                                    | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT)
+        quoted, quote_sig = esapi.quote(ak, TPML_PCR_SELECTION.parse("sha256:0,7"),
+                                        TPM2B_DATA(b"secret nonce"), NULL_SCHEME,
+                                        session1=session)
+        certified, certify_sig = esapi.certify(ak, ak, TPM2B_DATA(b"q"), NULL_SCHEME,
+                                               session1=session, session2=ESYS_TR.PASSWORD)
+        values = pcr_values(esapi, "sha256:0,7")
+        esapi.flush_context(session)
+        return ak_public, bytes(quoted), quote_sig, bytes(certified), certify_sig, values
+
+    ak_public, quoted, quote_sig, certified, certify_sig, values = \
+        await with_esapi(ctpm_server, scenario)
+    verify(ak_public, quoted, quote_sig)
+    verify(ak_public, certified, certify_sig)
+    info = parse(quoted)
+    assert bytes(info.extraData) == b"secret nonce"
+    assert bytes(info.attested.quote.pcrDigest) == hashlib.sha256(values).digest()
+    assert parse(certified).type == TPM2_ST.ATTEST_CERTIFY
