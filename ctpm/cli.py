@@ -31,12 +31,17 @@ def _parser():
     run.add_argument("--log-level", metavar="LEVEL", help="|".join(LOG_LEVELS))
     run.add_argument("--allow-remote", action="store_true",
                      help="allow listening on non-loopback addresses")
+    from .snp import verify_cli
+    verify_cli.add_parser(commands)
     return parser
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "verify-report":
+        from .snp import verify_cli
+        return verify_cli.run(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2

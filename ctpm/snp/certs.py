@@ -72,6 +72,13 @@ def load_certs(data: bytes) -> list[x509.Certificate]:
             raise SnpError("certificate", f"not an X.509 certificate: {e}") from None
 
 
+def serial_number(cert: x509.Certificate) -> int:
+    """The serial, read without cryptography's warning about VEKs' (non-RFC 5280) serial 0."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*serial number.*")
+        return cert.serial_number
+
+
 def common_name(name: x509.Name) -> str:
     cns = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else ""
@@ -359,9 +366,10 @@ def check_crl(crl: x509.CertificateRevocationList, ark: x509.Certificate, certs,
     for cert in certs:      # the ARK's CRL lists what the ARK issued (ASKs, ASVKs)
         if cert.issuer != crl.issuer:
             continue
-        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        serial = serial_number(cert)
+        revoked = crl.get_revoked_certificate_by_serial_number(serial)
         if revoked is not None:
-            raise SnpError("crl", f"{common_name(cert.subject)} (serial {cert.serial_number:#x})"
+            raise SnpError("crl", f"{common_name(cert.subject)} (serial {serial:#x})"
                                   f" is revoked since {revoked.revocation_date_utc:%Y-%m-%d}")
 
 
