@@ -9,6 +9,7 @@ passes it in `Trust(extra_arks=...)`, and the result says which root it was.
 `Verifier` caches the chain checks per (ARK, ASK/ASVK, VEK, CRLs), so that a verifier service
 checking many reports from one machine pays for one ECDSA P-384 verification per report.
 """
+import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -193,6 +194,18 @@ class Verifier:
         self._chains: OrderedDict = OrderedDict()     # key -> _Chain whose signatures verified
         self._veks: OrderedDict = OrderedDict()       # VEK DER -> C.Vek
         self._builtin: dict = {}                      # Product -> (AmdRoots, DERs)
+        self._loaded: OrderedDict = OrderedDict()     # bytes -> [(cert, DER, role)]
+
+    def _load(self, item) -> list:
+        """Certificates given as bytes (PEM/DER) or objects, with their DER and role."""
+        if not isinstance(item, (bytes, bytearray)):
+            return [(item, C.der(item), C.cert_role(item)[0])]
+        blob = bytes(item)
+        found = self._loaded.get(blob)
+        if found is None:
+            found = [(c, C.der(c), C.cert_role(c)[0]) for c in C.load_certs(blob)]
+            self._remember(self._loaded, blob, found)
+        return found
 
     def _roots(self, prod):
         found = self._builtin.get(prod)
@@ -270,7 +283,7 @@ class Verifier:
 
         self._check_policy(rpt, policy, prod, reported)
         return Verified(report=rpt, product=prod, root=chain.root, signing_key=kind,
-                        vek_sha256=C.fingerprint(vek.cert), reported_tcb=reported,
+                        vek_sha256=hashlib.sha256(vek.der).hexdigest(), reported_tcb=reported,
                         current_tcb=rpt.tcb("current", prod),
                         committed_tcb=rpt.tcb("committed", prod),
                         launch_tcb=rpt.tcb("launch", prod), chip_id_masked=masked)
@@ -319,18 +332,17 @@ class Verifier:
     def _chain(self, prod, vek, given, table) -> _Chain:
         certs = []
         for item in given:
-            certs.extend(C.load_certs(item) if isinstance(item, (bytes, bytearray)) else [item])
+            certs.extend(self._load(item))
         for name in ("ask", "ark"):
             if name in table:
-                certs.extend(C.load_certs(table[name]))
-        arks = [c for c in certs if C.cert_role(c)[0] == "ark"]
+                certs.extend(self._load(table[name]))
+        arks = [(c, d) for c, d, role in certs if role == "ark"]
         want = "ask" if vek.kind == "vcek" else "asvk"
-        inters = [c for c in certs if C.cert_role(c)[0] == want]
+        inters = [(c, d) for c, d, role in certs if role == want]
         builtin, builtin_der = self._roots(prod)
-        ark = arks[0] if arks else builtin.ark
-        inter = inters[0] if inters else getattr(builtin, want)
-        key = (C.der(ark) if arks else builtin_der["ark"],
-               C.der(inter) if inters else builtin_der[want], vek.der)
+        ark, ark_der = arks[0] if arks else (builtin.ark, builtin_der["ark"])
+        inter, inter_der = inters[0] if inters else (getattr(builtin, want), builtin_der[want])
+        key = (ark_der, inter_der, vek.der)         # whole DERs: their signatures too
         cached = self._chains.get(key)
         if cached is not None:
             self._chains.move_to_end(key)
