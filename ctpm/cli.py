@@ -9,6 +9,7 @@ only on the path that needs them.
 """
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -31,25 +32,41 @@ def _parser():
     run.add_argument("--log-level", metavar="LEVEL", help="|".join(LOG_LEVELS))
     run.add_argument("--allow-remote", action="store_true",
                      help="allow listening on non-loopback addresses")
+    run.add_argument("--resource-manager", action="store_true",
+                     help="per-connection handles on mssim, as /dev/tpmrm0")
+    run.add_argument("--host", metavar="unix:PATH",
+                     help="warm path: a running `ctpm host` serves the TPM on sockets this "
+                          "process binds (default $CTPM_HOST when set)")
+    run.add_argument("--name", help=argparse.SUPPRESS)     # instance name in a warm host
+    from .host.cli import register
+    register(commands)
     return parser
 
 
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return args.handler(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
-                      log_level=args.log_level, allow_remote=args.allow_remote)
+                      log_level=args.log_level, allow_remote=args.allow_remote,
+                      resource_manager=args.resource_manager)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
+    warm = args.host or os.environ.get("CTPM_HOST")
+    if warm:
+        from .host.warm import run_warm
+        return run_warm(config, args, warm[5:] if warm.startswith("unix:") else warm)
     return run(config)
 
 
 def run(config) -> int:
+    sys.setswitchinterval(0.0005)       # see ctpm/host/server.py SWITCH_INTERVAL
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
     import trio

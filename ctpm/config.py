@@ -49,6 +49,7 @@ class Config:
     max_persistent: int = 64        # persistent objects (EvictControl)
     max_nv_indices: int = 64        # NV indices (NV_DefineSpace)
     nv_space: int = 32768           # bytes of NV index data in all
+    resource_manager: bool = False  # per-connection handles on mssim (as /dev/tpmrm0)
     log_level: str = "warning"
 
 
@@ -61,7 +62,8 @@ SCHEMA = {
     "state": {"dir": "state_dir"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
-            "max_nv_indices": "max_nv_indices", "nv_space": "nv_space"},
+            "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
+            "resource_manager": "resource_manager"},
     "log": {"level": "log_level"},
 }
 
@@ -149,7 +151,7 @@ def read_toml(path) -> dict:
 
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
-         allow_remote=False) -> Config:
+         allow_remote=False, resource_manager=False) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
@@ -159,6 +161,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
             raw[name] = (value, where)
     if allow_remote:
         raw["allow_remote"] = (True, "--allow-remote")
+    if resource_manager:
+        raw["resource_manager"] = (True, "--resource-manager")
 
     values = {}
     if "mssim" in raw or "swtpm" in raw:     # the default mssim only without any listener
@@ -185,7 +189,7 @@ def _validate(name, value, where):
             value = [value]
         _check_type(value, list, where)
         return tuple(parse_address(v, where, unix_ok=name == "swtpm") for v in value)
-    if name == "allow_remote":
+    if name in ("allow_remote", "resource_manager"):
         return _check_type(value, bool, where)
     if name == "stall_timeout":
         value = _check_type(value, (int, float), where)

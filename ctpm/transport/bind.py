@@ -92,10 +92,10 @@ def bind_all(config) -> Bindings:
         for kind in ("mssim", "swtpm"):
             for address in getattr(config, kind):
                 if address.is_unix:
-                    first = [_bind_unix(address.path)]
+                    first = [bind_unix(address.path)]
                     unix_paths.append(address.path)
                     opened.extend(first)
-                    second = [_bind_unix(address.path + ".ctrl")]
+                    second = [bind_unix(address.path + ".ctrl")]
                     unix_paths.append(address.path + ".ctrl")
                     opened.extend(second)
                     bound.append(Bound(kind, path=address.path))
@@ -187,7 +187,7 @@ def _bind_tcp(address, port, what=""):
         raise StartupError(f"cannot listen on {what}{address}: {e.strerror or e}") from None
 
 
-def _bind_unix(path):
+def bind_unix(path):
     """A listening unix socket at `path` (owner-only); a stale socket file is replaced."""
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):

@@ -61,7 +61,7 @@ class TpmHost:
 
     def request_stop(self, why: str):
         """mssim STOP, swtpm SHUTDOWN: this instance stops cleanly (and saves NV)."""
-        log.info("stop requested: %s", why)
+        log.info("stop requested%s: %s", f" for {self.name}" if self.name else "", why)
         self.stop_reason = why
         self.stop_requested.set()
 
