@@ -424,6 +424,11 @@ async def main(directory, control_path):
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as stops:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
+            try:
+                print(f"ctpm host: ready control={control_path} "
+                      f"instances={len(host.instances)}", flush=True)
+            except OSError:
+                pass
             async for signum in stops:
                 log.info("stopping on %s", signal.Signals(signum).name)
                 await host.stop_all()
