@@ -8,7 +8,6 @@ Start-up time matters (harnesses give a TPM about a second), so the heavy import
 only on the path that needs them.
 """
 import argparse
-import logging
 import os
 import sys
 
@@ -38,16 +37,18 @@ def _parser():
                      help="warm path: a running `ctpm host` serves the TPM on sockets this "
                           "process binds (default $CTPM_HOST when set)")
     run.add_argument("--name", help=argparse.SUPPRESS)     # instance name in a warm host
-    from .host.cli import register
-    register(commands)
+    commands.add_parser("host", help="serve many TPM instances in one process "
+                                     "(ctpm host --help)", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["host"]:            # its own parser, built only when used
+        from .host.cli import main as host_main
+        return host_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "handler"):
-        return args.handler(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
 
 
 def run(config) -> int:
+    import logging
+
     sys.setswitchinterval(0.0005)       # see ctpm/host/server.py SWITCH_INTERVAL
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
@@ -97,6 +100,7 @@ def _leaf(error, types):
 
 
 async def _run(config):
+    import logging
     import signal
 
     import trio

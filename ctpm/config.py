@@ -4,9 +4,7 @@ Everything is checked here, before anything starts, so that a mistake is reporte
 naming the key (`[listen] mssim: 'abc' is not HOST:PORT`) instead of a traceback later.
 Defaults live in `Config` and are documented, identically, in conf/ctpm.toml.
 """
-import ipaddress
 import os
-import socket
 from dataclasses import dataclass
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -99,6 +97,7 @@ def parse_address(text, where: str, *, unix_ok: bool) -> Address:
 
 
 def _is_ip(text: str, version: int | None = None) -> bool:
+    import ipaddress    # here, not at the top: `ctpm run` start-up time
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -107,8 +106,10 @@ def _is_ip(text: str, version: int | None = None) -> bool:
 
 
 def _is_loopback(host: str, where: str) -> bool:
-    if host == "localhost":
+    if host in ("localhost", "127.0.0.1", "::1"):
         return True
+    import ipaddress
+    import socket
     if _is_ip(host):
         return ipaddress.ip_address(host).is_loopback
     try:

@@ -14,8 +14,11 @@ import sys
 from ..config import LOG_LEVELS
 
 
-def register(commands):
-    host = commands.add_parser("host", help="serve many TPM instances in one process")
+def parser():
+    import argparse
+
+    host = argparse.ArgumentParser(prog="ctpm host",
+                                   description="Serve many TPM instances in one process.")
     sub = host.add_subparsers(dest="host_command", metavar="ACTION")
     serve = sub.add_parser("serve", help="run the host (until SIGINT/SIGTERM)")
     serve.add_argument("--dir", metavar="DIR",
@@ -39,12 +42,13 @@ def register(commands):
             parser.add_argument("--control", metavar="PATH",
                                 help="the host's control socket (default $CTPM_HOST or "
                                      "/run/ctpm/host.sock)")
-    host.set_defaults(handler=main)
+    return host
 
 
-def main(args) -> int:
+def main(argv) -> int:
     from . import control
 
+    args = parser().parse_args(argv)
     path = control.control_path(args.control)
     if args.host_command == "serve":
         return _serve(args, path)

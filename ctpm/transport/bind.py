@@ -5,7 +5,6 @@ Each protocol has two channels on adjacent ports (mssim: command P, platform P+1
 data P, control P+1) or, for a swtpm unix socket, data on PATH and control on PATH.ctrl.
 """
 import os
-import random
 import socket
 import stat
 from dataclasses import dataclass
@@ -152,6 +151,7 @@ def _pair_candidates():
     except (OSError, ValueError, IndexError):
         pass
     if low > 10002:
+        import random
         for _ in range(PORT_PAIR_ATTEMPTS):
             yield random.randrange(10000, low - 1)
     for _ in range(PORT_PAIR_ATTEMPTS):
