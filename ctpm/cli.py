@@ -8,7 +8,7 @@ Start-up time matters (harnesses give a TPM about a second), so the heavy import
 only on the path that needs them.
 """
 import argparse
-import logging
+import os
 import sys
 
 from . import __version__
@@ -31,12 +31,24 @@ def _parser():
     run.add_argument("--log-level", metavar="LEVEL", help="|".join(LOG_LEVELS))
     run.add_argument("--allow-remote", action="store_true",
                      help="allow listening on non-loopback addresses")
+    run.add_argument("--resource-manager", action="store_true",
+                     help="per-connection handles on mssim, as /dev/tpmrm0")
+    run.add_argument("--host", metavar="unix:PATH",
+                     help="warm path: a running `ctpm host` serves the TPM on sockets this "
+                          "process binds (default $CTPM_HOST when set)")
+    run.add_argument("--name", help=argparse.SUPPRESS)     # instance name in a warm host
+    commands.add_parser("host", help="serve many TPM instances in one process "
+                                     "(ctpm host --help)", add_help=False)
     from .snp import verify_cli
     verify_cli.add_parser(commands)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["host"]:            # its own parser, built only when used
+        from .host.cli import main as host_main
+        return host_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "verify-report":
@@ -47,14 +59,22 @@ def main(argv=None) -> int:
         return 2
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
-                      log_level=args.log_level, allow_remote=args.allow_remote)
+                      log_level=args.log_level, allow_remote=args.allow_remote,
+                      resource_manager=args.resource_manager)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
+    warm = args.host or os.environ.get("CTPM_HOST")
+    if warm:
+        from .host.warm import run_warm
+        return run_warm(config, args, warm[5:] if warm.startswith("unix:") else warm)
     return run(config)
 
 
 def run(config) -> int:
+    import logging
+
+    sys.setswitchinterval(0.0005)       # see ctpm/host/server.py SWITCH_INTERVAL
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
     import trio
@@ -85,6 +105,7 @@ def _leaf(error, types):
 
 
 async def _run(config):
+    import logging
     import signal
 
     import trio

@@ -4,9 +4,7 @@ Everything is checked here, before anything starts, so that a mistake is reporte
 naming the key (`[listen] mssim: 'abc' is not HOST:PORT`) instead of a traceback later.
 Defaults live in `Config` and are documented, identically, in conf/ctpm.toml.
 """
-import ipaddress
 import os
-import socket
 from dataclasses import dataclass
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -49,6 +47,7 @@ class Config:
     max_persistent: int = 64        # persistent objects (EvictControl)
     max_nv_indices: int = 64        # NV indices (NV_DefineSpace)
     nv_space: int = 32768           # bytes of NV index data in all
+    resource_manager: bool = False  # per-connection handles on mssim (as /dev/tpmrm0)
     log_level: str = "warning"
 
 
@@ -61,7 +60,8 @@ SCHEMA = {
     "state": {"dir": "state_dir"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
-            "max_nv_indices": "max_nv_indices", "nv_space": "nv_space"},
+            "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
+            "resource_manager": "resource_manager"},
     "log": {"level": "log_level"},
 }
 
@@ -97,6 +97,7 @@ def parse_address(text, where: str, *, unix_ok: bool) -> Address:
 
 
 def _is_ip(text: str, version: int | None = None) -> bool:
+    import ipaddress    # here, not at the top: `ctpm run` start-up time
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -105,8 +106,10 @@ def _is_ip(text: str, version: int | None = None) -> bool:
 
 
 def _is_loopback(host: str, where: str) -> bool:
-    if host == "localhost":
+    if host in ("localhost", "127.0.0.1", "::1"):
         return True
+    import ipaddress
+    import socket
     if _is_ip(host):
         return ipaddress.ip_address(host).is_loopback
     try:
@@ -149,7 +152,7 @@ def read_toml(path) -> dict:
 
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
-         allow_remote=False) -> Config:
+         allow_remote=False, resource_manager=False) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
@@ -159,6 +162,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
             raw[name] = (value, where)
     if allow_remote:
         raw["allow_remote"] = (True, "--allow-remote")
+    if resource_manager:
+        raw["resource_manager"] = (True, "--resource-manager")
 
     values = {}
     if "mssim" in raw or "swtpm" in raw:     # the default mssim only without any listener
@@ -185,7 +190,7 @@ def _validate(name, value, where):
             value = [value]
         _check_type(value, list, where)
         return tuple(parse_address(v, where, unix_ok=name == "swtpm") for v in value)
-    if name == "allow_remote":
+    if name in ("allow_remote", "resource_manager"):
         return _check_type(value, bool, where)
     if name == "stall_timeout":
         value = _check_type(value, (int, float), where)

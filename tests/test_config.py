@@ -127,10 +127,10 @@ def test_unix_paths_are_made_absolute(tmp_path, monkeypatch):
 
 
 def test_limits_reach_the_engine(tmp_path):
-    from ctpm.daemon import build_tpm
+    from ctpm.daemon import build_backend
     config = load(write(tmp_path, "[tpm]\nmax_objects = 5\nmax_sessions = 7\nmax_persistent = 9\n"
                                   "max_nv_indices = 11\nnv_space = 4096\n"))
-    engine = build_tpm(config).config
+    engine = build_backend(config).tpm.config
     assert (engine.max_objects, engine.max_sessions, engine.max_persistent,
             engine.max_nv_indices, engine.nv_space) == (5, 7, 9, 11, 4096)
     with pytest.raises(ConfigError, match="nv_space"):

@@ -143,3 +143,34 @@ def run_daemon(*args, timeout: float = 10.0, free_ports: bool = True):
         daemon.stop()
         daemon.proc.stdout.close()
         daemon._stderr.close()
+
+
+@contextlib.contextmanager
+def run_host(control_path, *args, timeout: float = 20.0):
+    """Context manager: a `ctpm host serve --control CONTROL_PATH ARGS` process, ready (its
+    ready line read); stopped with SIGTERM on exit. Yields the Popen."""
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command("host", "serve", "--control", str(control_path), *args),
+                            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                            env=environment())
+    try:
+        try:
+            _read_line(proc, timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            stderr.seek(0)
+            raise RuntimeError("ctpm host did not become ready: "
+                               + stderr.read().decode(errors="replace").strip()) from None
+        proc.stderr_file = stderr
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+        stderr.close()

@@ -115,8 +115,13 @@ class FastPath:
                     size = HEADER.unpack_from(buf)[1]
                     if size < HEADER_SIZE or size > self.host.max_command_size or len(buf) < size:
                         break
-                    response = self.host.tpm.execute(bytes(buf[:size]), self.host.swtpm_locality)
+                    response = self.host.execute_inline(bytes(buf[:size]),
+                                                        self.host.swtpm_locality)
+                    if response is None:                # the backend is busy: wait in a task
+                        return self._slow(sock, buf)
                     buf = buf[size:]
+                    if self.host.backend.write_pending:  # NV first, then the response
+                        return self._slow(sock, buf, response, flush=True)
                     sent = sock.send(response)
                     if sent != len(response):
                         return self._slow(sock, buf, response[sent:])
@@ -135,13 +140,15 @@ class FastPath:
             log.exception("%s: connection failed", self.what)
             sock.close()
 
-    def _slow(self, sock, buf, pending=b""):
+    def _slow(self, sock, buf, pending=b"", flush=False):
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending)
+        self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending, flush)
 
-    async def _run_slow(self, stream, buf, pending):
+    async def _run_slow(self, stream, buf, pending, flush):
         from .host import serve_connection
         try:
+            if flush:
+                await self.host.backend.flush()
             if pending:
                 await stream.send_all(pending)
             await serve_connection(lambda s: self.slow_handler(s, initial=buf), stream, self.what)

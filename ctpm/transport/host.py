@@ -1,56 +1,84 @@
-"""The one TPM that every listener of a daemon shares, and what the listeners share about it.
+"""What every listener of one TPM instance shares: its backend and the transport state
+around it.
 
-All commands and platform signals go through `TpmHost`, which serializes them: the engine is
-synchronous and fast, so it runs directly in the event loop, where nothing else can run until
-it returns (a command ever moved to a worker thread would need a lock here). The swtpm
-locality is per TPM, as in swtpm; mssim connections carry their own locality in each
-command prefix.
+Transports talk to the TPM only through `TpmHost`, and `TpmHost` only through the instance's
+`ctpm.backend.Backend` (which serializes the instance's commands and keeps slow ones off the
+event loop). The swtpm locality is per TPM, as in swtpm; mssim connections carry their own
+locality in each command prefix. `client()` gives a connection its own view of the TPM: the
+host itself, or a resource-manager client (`--resource-manager`) with its own handles.
 """
 import logging
 
 import trio
 
-from ..errors import TpmError
+from ..backend import Counters
 from .framing import DEFAULT_MAX_COMMAND_SIZE
 
 log = logging.getLogger("ctpm.transport")
 
 
 class TpmHost:
-    """A `Tpm` plus the daemon-wide state of the transports around it."""
+    """A backend plus the instance-wide state of the transports around it."""
 
-    def __init__(self, tpm, *, max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
-                 stall_timeout: float = 5.0):
-        self.tpm = tpm
+    def __init__(self, backend, *, max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
+                 stall_timeout: float = 5.0, name: str | None = None,
+                 resource_manager: bool = False):
+        self.backend = backend
+        self.name = name
         self.max_command_size = max_command_size
         self.stall_timeout = stall_timeout
         self.swtpm_locality = 0
         self.stop_requested = trio.Event()
+        self.stop_reason = None
         self.spawn = None               # nursery.start_soon of the serving daemon
         self.data_fd_active = False     # a SET_DATAFD data channel is being served
+        self.counters = Counters()
+        self.resource_manager = None
+        if resource_manager:
+            from .resmgr import ResourceManager
+            self.resource_manager = ResourceManager(self)
 
     async def execute(self, command: bytes, locality: int) -> bytes:
-        # no await inside: nothing can interleave, and no lock (whose acquire is a trio
-        # scheduling point) is needed
-        return self.tpm.execute(command, locality)
+        response = await self.backend.execute(command, locality)
+        self.counters.count(response)
+        return response
 
-    async def signal(self, fn, *args):
-        """Run a platform signal (a `Tpm` method) in turn with the commands.
+    def execute_inline(self, command: bytes, locality: int) -> bytes | None:
+        response = self.backend.execute_inline(command, locality)
+        if response is not None:
+            self.counters.count(response)
+        return response
 
-        Returns the `TpmError` the engine refused it with, or None: the mssim protocol has no
-        way to report it, the swtpm control channel turns it into a result code.
-        """
-        try:
-            fn(*args)
-        except TpmError as e:
-            log.debug("%s refused: %s", getattr(fn, "__name__", fn), e)
-            return e
-        return None
+    async def signal(self, signal, *args):
+        """A platform signal in turn with the commands; None or the refusal (see backend)."""
+        return await self.backend.signal(signal, *args)
+
+    def client(self):
+        """The view of the TPM one connection gets (`execute`, `close`)."""
+        if self.resource_manager is not None:
+            return self.resource_manager.client()
+        return _Shared(self)
 
     def request_stop(self, why: str):
-        """mssim STOP, swtpm SHUTDOWN: the daemon stops cleanly (and saves NV)."""
-        log.info("stop requested: %s", why)
+        """mssim STOP, swtpm SHUTDOWN: this instance stops cleanly (and saves NV)."""
+        log.info("stop requested%s: %s", f" for {self.name}" if self.name else "", why)
+        self.stop_reason = why
         self.stop_requested.set()
+
+
+class _Shared:
+    """A connection without a resource manager: the TPM as it is, shared by all."""
+
+    __slots__ = ("host",)
+
+    def __init__(self, host):
+        self.host = host
+
+    async def execute(self, command: bytes, locality: int) -> bytes:
+        return await self.host.execute(command, locality)
+
+    async def close(self):
+        pass
 
 
 async def serve_connection(handler, stream, what: str):

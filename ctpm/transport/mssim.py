@@ -10,6 +10,7 @@ command port (tag 0x8001/0x8002, as a swtpm-style client would send) is answered
 import logging
 import struct
 
+from ..backend import Signal
 from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
                       check_command, looks_like_tpm_command, read_raw_command, send_quietly)
 
@@ -48,28 +49,31 @@ class MssimCommandPort:
 
     async def __call__(self, stream):
         reader = MessageReader(stream, self.host.stall_timeout)
+        client = self.host.client()
         try:
             while await reader.begin():
-                if not await self._one(reader, stream):
+                if not await self._one(reader, stream, client):
                     return
         except Truncated as e:
             log.debug("command port: %s", e)
+        finally:
+            await client.close()
 
-    async def _one(self, reader, stream) -> bool:
+    async def _one(self, reader, stream, client) -> bool:
         first = await reader.read(4)
         if looks_like_tpm_command(first):
-            return await self._raw(reader, stream, first)
+            return await self._raw(reader, stream, first, client)
         code = U32.unpack(first)[0]
         if code == SEND_COMMAND:
-            return await self._send_command(reader, stream)
+            return await self._send_command(reader, stream, client)
         if code == HASH_START:
-            await self.host.signal(self.host.tpm.hash_start)
+            await self.host.signal(Signal.HASH_START)
         elif code == HASH_DATA:
             size = await reader.read_u32()
             async for part in reader.read_chunks(size):
-                await self.host.signal(self.host.tpm.hash_data, part)
+                await self.host.signal(Signal.HASH_DATA, part)
         elif code == HASH_END:
-            await self.host.signal(self.host.tpm.hash_end)
+            await self.host.signal(Signal.HASH_END)
         elif code == REMOTE_HANDSHAKE:
             if await reader.read_u32() == 0:    # the simulator refuses client version 0
                 return False
@@ -88,7 +92,7 @@ class MssimCommandPort:
         await stream.send_all(ACK)
         return True
 
-    async def _send_command(self, reader, stream) -> bool:
+    async def _send_command(self, reader, stream, client) -> bool:
         try:
             locality, size = _PREFIX_REST.unpack(await reader.read(5))
             if size > self.host.max_command_size:
@@ -100,11 +104,11 @@ class MssimCommandPort:
             await send_quietly(stream, frame_response(COMMAND_SIZE_ERROR))
             raise
         error = check_command(command, self.host.max_command_size)
-        response = error or await self.host.execute(command, locality)
+        response = error or await client.execute(command, locality)
         await stream.send_all(frame_response(response))
         return True
 
-    async def _raw(self, reader, stream, first: bytes) -> bool:
+    async def _raw(self, reader, stream, first: bytes, client) -> bool:
         try:
             header = first + await reader.read(HEADER_SIZE - 4)
             command, error = await read_raw_command(reader, header, self.host.max_command_size)
@@ -114,7 +118,7 @@ class MssimCommandPort:
         if error:
             await stream.send_all(error)
             return False
-        await stream.send_all(await self.host.execute(command, 0))
+        await stream.send_all(await client.execute(command, 0))
         return True
 
 
@@ -123,11 +127,10 @@ class MssimPlatformPort:
 
     def __init__(self, host):
         self.host = host
-        tpm = host.tpm
         self.signals = {
-            POWER_ON: tpm.power_on, POWER_OFF: tpm.power_off,
-            RESET: tpm.reset, NV_ON: tpm.nv_on, NV_OFF: tpm.nv_off,
-            CANCEL_ON: tpm.cancel_on, CANCEL_OFF: tpm.cancel_off,
+            POWER_ON: Signal.POWER_ON, POWER_OFF: Signal.POWER_OFF, RESET: Signal.RESET,
+            NV_ON: Signal.NV_ON, NV_OFF: Signal.NV_OFF,
+            CANCEL_ON: Signal.CANCEL_ON, CANCEL_OFF: Signal.CANCEL_OFF,
         }
         # Accepted and acknowledged; nothing in the engine depends on them:
         # physical presence is not modelled, RESTART (a clock discontinuity in the

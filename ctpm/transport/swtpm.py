@@ -15,8 +15,7 @@ import logging
 import os
 import struct
 
-from ..engine.migration import MigrationError
-from ..state.store import StoreError
+from ..backend import Signal
 from .datafd import FdCollectingStream, serve_data_fd, stream_socket
 from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
                       check_command, read_raw_command, send_quietly)
@@ -180,12 +179,12 @@ class SwtpmControlChannel:
                 log.info("control channel: unknown command %#x", code)
                 reader.discard_buffered()
             return result(BAD_ORDINAL)
-        if code in self.need_running and not self.host.tpm.powered:
+        if code in self.need_running and not self.host.backend.powered:
             return result(BAD_ORDINAL)
         return await handler(body)
 
-    async def _signal(self, fn, *args) -> bytes:
-        error = await self.host.signal(fn, *args)
+    async def _signal(self, signal, *args) -> bytes:
+        error = await self.host.signal(signal, *args)
         return result(FAIL if error else SUCCESS)
 
     async def _get_capability(self, body):
@@ -209,29 +208,22 @@ class SwtpmControlChannel:
 
     async def _init(self, body):
         # flags (DELETE_VOLATILE) need no action: no volatile state file is kept.
-        try:
-            await self.host.signal(self._power_cycle)
-        except (MigrationError, StoreError) as e:
-            log.error("INIT with the state blobs set: %s", e)
+        # restart the TPM from its NV state (or the state blobs set); Startup is next
+        error = await self.host.signal(Signal.INIT)
+        if error is not None:
+            log.error("INIT: %s", error)
             return result(FAIL)
         return result(SUCCESS)
-
-    def _power_cycle(self):
-        """swtpm INIT: restart the TPM from its NV state; TPM2_Startup is needed next."""
-        tpm = self.host.tpm
-        if tpm.powered:
-            tpm.power_off()
-        tpm.power_on()
 
     async def _shutdown(self, body):
         return result(SUCCESS)          # the caller stops the daemon after replying
 
     async def _stop(self, body):
-        await self.host.signal(self.host.tpm.power_off)
+        await self.host.signal(Signal.POWER_OFF)
         return result(SUCCESS)
 
     async def _get_established(self, body):
-        return result(SUCCESS) + bytes([int(self.host.tpm.established), 0, 0, 0])
+        return result(SUCCESS) + bytes([int(self.host.backend.established), 0, 0, 0])
 
     async def _set_locality(self, body):
         if body[0] > 4:
@@ -240,25 +232,25 @@ class SwtpmControlChannel:
         return result(SUCCESS)
 
     async def _reset_established(self, body):
-        error = await self.host.signal(self.host.tpm.reset_established, body[0])
+        error = await self.host.signal(Signal.RESET_ESTABLISHED, body[0])
         return result(BAD_LOCALITY if error else SUCCESS)
 
     async def _hash_start(self, body):
-        return await self._signal(self.host.tpm.hash_start)
+        return await self._signal(Signal.HASH_START)
 
     async def _hash_data(self, reader) -> bytes:
         length = await reader.read_u32()
-        running = self.host.tpm.powered
+        running = self.host.backend.powered
         error = None
         async for part in reader.read_chunks(length):   # always consumed: stay framed
             if running and error is None:
-                error = await self.host.signal(self.host.tpm.hash_data, part)
+                error = await self.host.signal(Signal.HASH_DATA, part)
         if not running:
             return result(BAD_ORDINAL)
         return result(FAIL if error else SUCCESS)
 
     async def _hash_end(self, body):
-        return await self._signal(self.host.tpm.hash_end)
+        return await self._signal(Signal.HASH_END)
 
     async def _cancel(self, body):
         # Commands run to completion before the next request is read: nothing to cancel.
@@ -266,8 +258,8 @@ class SwtpmControlChannel:
 
     async def _store_volatile(self, body):
         try:
-            await self.host.signal(self.host.tpm.save_state)
-        except (StoreError, OSError) as e:
+            await self.host.backend.save()
+        except Exception as e:      # StoreError, OSError: the state directory failed
             log.error("STORE_VOLATILE: %s", e)
             return result(IOERROR)
         return result(SUCCESS)
@@ -276,8 +268,8 @@ class SwtpmControlChannel:
         """A state blob (engine/migration.py) from `offset` on, in this one reply."""
         _flags, kind, offset = struct.unpack(">III", body)
         try:
-            blob = self.host.tpm.get_state_blob(kind)
-        except MigrationError as e:
+            blob = await self.host.backend.get_state_blob(kind)
+        except Exception as e:      # MigrationError: e.g. a sequence that cannot move
             log.error("GET_STATEBLOB: %s", e)
             return result(FAIL)
         part = blob[offset:]
@@ -290,14 +282,14 @@ class SwtpmControlChannel:
             reader.discard_buffered()
             return result(FAIL)
         blob = b"".join([part async for part in reader.read_chunks(length)])
-        if self.host.tpm.powered:
+        if self.host.backend.powered:
             return result(BAD_ORDINAL)
         if flags & STATE_FLAG_ENCRYPTED:
             log.error("SET_STATEBLOB: encrypted blobs are not supported")
             return result(FAIL)
         try:
-            self.host.tpm.set_state_blob(kind, blob)
-        except MigrationError as e:
+            await self.host.backend.set_state_blob(kind, blob)
+        except Exception as e:      # MigrationError: unknown kind, TPM running
             log.error("SET_STATEBLOB: %s", e)
             return result(FAIL)
         return result(SUCCESS)
@@ -307,7 +299,7 @@ class SwtpmControlChannel:
 
     async def _set_buffersize(self, body):
         wanted = U32.unpack(body)[0]
-        if wanted and self.host.tpm.powered:
+        if wanted and self.host.backend.powered:
             return result(BAD_ORDINAL)
         # The engine's buffer size is fixed at manufacture: min = max = current.
         size = self.host.max_command_size
@@ -315,27 +307,25 @@ class SwtpmControlChannel:
 
     async def _get_info(self, body):
         flags, offset = struct.unpack(">QI", body[:12])
-        text = info_json(self.host.tpm, flags).encode() + b"\0"
+        text = info_json(self.host.backend.describe(), flags).encode() + b"\0"
         if offset >= len(text) - 1:
             return result(BAD_PARAMETER)
         chunk = text[offset:offset + 3072]
         return result(SUCCESS, len(text), len(chunk)) + chunk
 
 
-def info_json(tpm, flags: int) -> str:
+def info_json(description: dict, flags: int) -> str:
     """GET_INFO's JSON document: the parts of swtpm's TPMLIB_GetInfo that ctpm can answer
-    honestly (the TPM's specification and identity, as GetCapability reports them)."""
-    from ..engine import capability
-
+    honestly (the TPM's specification and identity, from the backend's `describe()`)."""
     info = {}
     if flags & INFO_TPMSPECIFICATION:
-        info["TPMSpecification"] = {"family": "2.0", "level": capability.SPEC_LEVEL,
-                                    "revision": capability.SPEC_REVISION}
+        info["TPMSpecification"] = {"family": description["family"],
+                                    "level": description["level"],
+                                    "revision": description["revision"]}
     if flags & INFO_TPMATTRIBUTES:
-        config = tpm.config
         info["TPMAttributes"] = {
-            "manufacturer": "id:" + config.manufacturer.hex().upper(),
-            "version": f"id:{config.firmware_version[0]:08X}",
-            "model": "ctpm",
+            "manufacturer": "id:" + description["manufacturer"],
+            "version": "id:" + description["firmware_version"],
+            "model": description["model"],
         }
     return json.dumps(info, separators=(",", ":"))

@@ -99,3 +99,29 @@ def test_live_migration(tmp_path):
     rsp = second.getrandom
     assert struct.unpack(">HII", rsp[:10]) == (0x8001, 28, 0)
     assert "Could not cleanly shutdown" not in second.stderr
+
+
+def test_guest_on_an_instance_of_a_host(tmp_path):
+    """The same boot with the TPM served by one instance of a `ctpm host`; QEMU's SHUTDOWN
+    at exit stops that instance only."""
+    import time
+
+    from ctpm.testing.process import run_host
+    from tests.integration.test_host_process import ctpm, get_random, mssim_port
+
+    ctl, sock = tmp_path / "host.sock", tmp_path / "vm.sock"
+    with run_host(ctl) as host:
+        ctpm("host", "add", "vm", "--swtpm", f"unix:{sock}", "--state", str(tmp_path / "vm"),
+             control=ctl)
+        other = mssim_port(ctpm("host", "add", "other", "--mssim", "127.0.0.1:0",
+                                control=ctl).stdout)
+        result = guest.boot(f"{sock}.ctrl", tmp_path, "tpm-tis")
+        check(result)
+        for _ in range(100):
+            names = [l.split("\t")[0] for l in ctpm("host", "list", control=ctl).stdout.splitlines()]
+            if names == ["other"]:
+                break
+            time.sleep(0.05)
+        assert names == ["other"]
+        assert len(get_random(other)) == 20 and host.poll() is None
+        assert (tmp_path / "vm" / "nv.bin").exists()

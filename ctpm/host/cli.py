@@ -1,0 +1,120 @@
+"""`ctpm host ...`: serve many instances, or talk to a running host's control socket.
+
+    ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL]
+    ctpm host add NAME [--config FILE] [--mssim A]... [--swtpm A]... [--state DIR]
+                       [--resource-manager] [--allow-remote]
+    ctpm host remove NAME | list | status [NAME] | reload     [--control PATH]
+
+The control socket is `--control PATH`, else $CTPM_HOST, else /run/ctpm/host.sock.
+"""
+import json
+import os
+import sys
+
+from ..config import LOG_LEVELS
+
+
+def parser():
+    import argparse
+
+    host = argparse.ArgumentParser(prog="ctpm host",
+                                   description="Serve many TPM instances in one process.")
+    sub = host.add_subparsers(dest="host_command", metavar="ACTION")
+    serve = sub.add_parser("serve", help="run the host (until SIGINT/SIGTERM)")
+    serve.add_argument("--dir", metavar="DIR",
+                       help="instance files NAME.toml (read at start and on SIGHUP)")
+    serve.add_argument("--log-level", metavar="LEVEL", default="info",
+                       help="|".join(LOG_LEVELS))
+    add = sub.add_parser("add", help="start an instance; returns once it listens")
+    add.add_argument("name")
+    add.add_argument("--config", metavar="FILE")
+    add.add_argument("--mssim", metavar="HOST:PORT", action="append")
+    add.add_argument("--swtpm", metavar="HOST:PORT|unix:PATH", action="append")
+    add.add_argument("--state", metavar="DIR")
+    add.add_argument("--resource-manager", action="store_true")
+    add.add_argument("--allow-remote", action="store_true")
+    sub.add_parser("remove", help="stop an instance (its NV is saved)").add_argument("name")
+    sub.add_parser("list", help="the running instances")
+    sub.add_parser("status", help="per-instance counters").add_argument("name", nargs="?")
+    sub.add_parser("reload", help="re-read the instance directory")
+    for parser in (serve, add, *sub.choices.values()):
+        if not any(a.dest == "control" for a in parser._actions):
+            parser.add_argument("--control", metavar="PATH",
+                                help="the host's control socket (default $CTPM_HOST or "
+                                     "/run/ctpm/host.sock)")
+    return host
+
+
+def main(argv) -> int:
+    from . import control
+
+    args = parser().parse_args(argv)
+    path = control.control_path(args.control)
+    if args.host_command == "serve":
+        return _serve(args, path)
+    if args.host_command is None:
+        print("ctpm host: an action is needed (serve, add, remove, list, status, reload)",
+              file=sys.stderr)
+        return 2
+    req = {"op": args.host_command}
+    if args.host_command == "add":
+        req.update(name=args.name, mssim=_absolute(args.mssim), swtpm=_absolute(args.swtpm),
+                   state=os.path.abspath(args.state) if args.state else None,
+                   config=os.path.abspath(args.config) if args.config else None,
+                   resource_manager=args.resource_manager, allow_remote=args.allow_remote)
+    elif args.host_command in ("remove", "status"):
+        req["name"] = args.name
+    try:
+        answer = control.request(path, req)
+    except control.ControlError as e:
+        print(f"ctpm host: {e}", file=sys.stderr)
+        return 1
+    answer.pop("ok")
+    if args.host_command == "add":
+        print(f"ctpm: ready {answer['listening']}")
+    elif args.host_command == "list":
+        for i in answer["instances"]:
+            print(f"{i['name']}\t{i['source']}\t{i['listening']}")
+    elif args.host_command != "remove":
+        print(json.dumps(answer, indent=1))
+    return 0
+
+
+def _absolute(addresses):
+    """unix:PATH made absolute here: the host's working directory is not ours."""
+    if not addresses:
+        return addresses
+    return ["unix:" + os.path.abspath(a[5:]) if a.startswith("unix:") else a
+            for a in addresses]
+
+
+def _serve(args, path) -> int:
+    import logging
+
+    import trio
+
+    from .server import InstanceFilter, main as serve_main
+
+    if args.log_level not in LOG_LEVELS:
+        print(f"ctpm host: --log-level: {args.log_level!r} is not one of "
+              f"{', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    if args.dir and not os.path.isdir(args.dir):
+        print(f"ctpm host: --dir: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(InstanceFilter())
+    handler.setFormatter(logging.Formatter(
+        "ctpm host: %(levelname)s: [%(instance)s] %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    from ..transport.bind import StartupError
+    try:
+        trio.run(serve_main, args.dir, path)
+    except (StartupError, BaseExceptionGroup) as e:
+        from ..cli import _leaf
+        error = _leaf(e, (StartupError,))
+        if error is None:
+            raise
+        print(f"ctpm host: {error}", file=sys.stderr)
+        return 1
+    return 0
