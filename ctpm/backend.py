@@ -178,6 +178,16 @@ class EngineBackend:
             await self.flush()
         return response
 
+    async def run_exclusive(self, fn):
+        """Run `fn(tpm)` with no other command in between and return its result: what a mode
+        does as the platform (boot provisioning, writing its evidence index) through ordinary
+        TPM commands on `tpm.execute`. `fn` must be quick and must not block."""
+        async with self._lock:
+            result = fn(self._tpm)
+        if self.write_pending:
+            await self.flush()
+        return result
+
     @property
     def write_pending(self) -> bool:
         return self._deferred is not None and self._deferred.pending is not None

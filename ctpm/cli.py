@@ -37,6 +37,16 @@ def _parser():
                      help="warm path: a running `ctpm host` serves the TPM on sockets this "
                           "process binds (default $CTPM_HOST when set)")
     run.add_argument("--name", help=argparse.SUPPRESS)     # instance name in a warm host
+    run.add_argument("--mode", metavar="MODE",
+                     help="standard (default) | ephemeral | svsm: see docs/modes.md")
+    run.add_argument("--ak", metavar="ecc|rsa", help="the anchored AK's algorithm (ecc)")
+    run.add_argument("--snp-provider", metavar="P",
+                     help="where SNP reports come from: auto (default) | configfs | "
+                          "sev-guest | simulated (never trusted unless a verifier is told to)")
+    run.add_argument("--snp-sim-dir", metavar="DIR",
+                     help="the simulated AMD-SP's directory (--snp-provider simulated)")
+    run.add_argument("--svsm", metavar="unix:PATH", action="append",
+                     help="serve the SVSM vTPM and attestation protocols on PATH (--mode svsm)")
     commands.add_parser("host", help="serve many TPM instances in one process "
                                      "(ctpm host --help)", add_help=False)
     from .snp import verify_cli
@@ -60,7 +70,9 @@ def main(argv=None) -> int:
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
                       log_level=args.log_level, allow_remote=args.allow_remote,
-                      resource_manager=args.resource_manager)
+                      resource_manager=args.resource_manager, mode=args.mode, ak=args.ak,
+                      snp_provider=args.snp_provider, snp_sim_dir=args.snp_sim_dir,
+                      svsm=args.svsm)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
@@ -80,14 +92,16 @@ def run(config) -> int:
     import trio
 
     from .daemon import StartupError
+    from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
         trio.run(_run, config)
-    except (StartupError, StoreError, BaseExceptionGroup) as e:
-        error = _leaf(e, (StartupError, StoreError))
+    except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
+        error = _leaf(e, (StartupError, StoreError, ProviderError))
         if error is None:
             raise
-        prefix = "state error: " if isinstance(error, StoreError) else ""
+        prefix = {StoreError: "state error: ", ProviderError: "SNP report provider: "}.get(
+            type(error), "")
         print(f"ctpm: {prefix}{error}", file=sys.stderr)
         return 1
     return 0

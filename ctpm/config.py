@@ -49,6 +49,11 @@ class Config:
     nv_space: int = 32768           # bytes of NV index data in all
     resource_manager: bool = False  # per-connection handles on mssim (as /dev/tpmrm0)
     log_level: str = "warning"
+    mode: str = "standard"          # standard | ephemeral | svsm (docs/modes.md)
+    ak: str = "ecc"                 # the anchored AK: ecc (P-256 ECDSA) | rsa (RSASSA-2048)
+    snp_provider: str = "auto"      # auto | configfs | sev-guest | simulated
+    snp_sim_dir: str | None = None  # the simulated AMD-SP's directory (provider simulated)
+    svsm: tuple = ()                # unix sockets of the SVSM protocol (mode svsm)
 
 
 DEFAULTS = Config()
@@ -63,7 +68,11 @@ SCHEMA = {
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
             "resource_manager": "resource_manager"},
     "log": {"level": "log_level"},
+    "mode": {"mode": "mode", "ak": "ak", "svsm": "svsm"},
+    "snp": {"provider": "snp_provider", "sim_dir": "snp_sim_dir"},
 }
+MODES = ("standard", "ephemeral", "svsm")
+SNP_PROVIDERS = ("auto", "configfs", "sev-guest", "simulated")
 
 
 def parse_address(text, where: str, *, unix_ok: bool) -> Address:
@@ -152,11 +161,15 @@ def read_toml(path) -> dict:
 
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
-         allow_remote=False, resource_manager=False) -> Config:
+         allow_remote=False, resource_manager=False, mode=None, ak=None, snp_provider=None,
+         snp_sim_dir=None, svsm=None) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
-             "state_dir": (state_dir, "--state"), "log_level": (log_level, "--log-level")}
+             "state_dir": (state_dir, "--state"), "log_level": (log_level, "--log-level"),
+             "mode": (mode, "--mode"), "ak": (ak, "--ak"),
+             "snp_provider": (snp_provider, "--snp-provider"),
+             "snp_sim_dir": (snp_sim_dir, "--snp-sim-dir"), "svsm": (svsm, "--svsm")}
     for name, (value, where) in flags.items():
         if value is not None and value != []:
             raw[name] = (value, where)
@@ -171,7 +184,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
     for name, (value, where) in raw.items():
         values[name] = _validate(name, value, where)
     config = Config(**values)
-    if not config.mssim and not config.swtpm:
+    _check_mode(config, raw)
+    if not config.mssim and not config.swtpm and not config.svsm:
         raise ConfigError("no listener configured ([listen] mssim / swtpm are both empty)")
     if not config.allow_remote:
         for name in ("mssim", "swtpm"):
@@ -184,7 +198,49 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
     return config
 
 
+def _check_mode(config, raw):
+    """The combinations a mode cannot have, each a one-line error."""
+    where = raw.get("mode", (None, "[mode] mode"))[1]
+    if config.mode != "standard" and config.state_dir is not None:
+        raise ConfigError(f"{raw['state_dir'][1]}: the {config.mode} mode keeps no state "
+                          f"(every start is a new TPM); drop it or use {where} standard")
+    if config.mode == "svsm" and not config.svsm:
+        raise ConfigError(f"{where}: svsm needs an SVSM socket (--svsm unix:PATH, "
+                          "[mode] svsm)")
+    if config.svsm and config.mode != "svsm":
+        raise ConfigError(f"{raw['svsm'][1]}: SVSM sockets need --mode svsm")
+    if config.mode == "standard":
+        for name in ("snp_provider", "snp_sim_dir", "ak"):
+            if name in raw:
+                raise ConfigError(f"{raw[name][1]}: the standard mode has no SNP anchor "
+                                  "(use --mode ephemeral or svsm)")
+    if config.snp_provider == "simulated" and not config.snp_sim_dir:
+        raise ConfigError(f"{raw['snp_provider'][1]}: simulated needs a directory for the "
+                          "simulated AMD-SP's keys (--snp-sim-dir DIR, [snp] sim_dir)")
+    if config.snp_sim_dir and config.snp_provider != "simulated":
+        raise ConfigError(f"{raw['snp_sim_dir'][1]}: only with the simulated provider "
+                          "(--snp-provider simulated)")
+
+
 def _validate(name, value, where):
+    if name in ("mode", "ak", "snp_provider"):
+        allowed = {"mode": MODES, "ak": ("ecc", "rsa"), "snp_provider": SNP_PROVIDERS}[name]
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+        return value
+    if name == "snp_sim_dir":
+        if not _check_type(value, str, where):
+            raise ConfigError(f"{where}: must not be empty")
+        return value
+    if name == "svsm":
+        if isinstance(value, str):
+            value = [value]
+        _check_type(value, list, where)
+        addresses = tuple(parse_address(v, where, unix_ok=True) for v in value)
+        for a in addresses:
+            if not a.is_unix:
+                raise ConfigError(f"{where}: {a}: the SVSM protocol is served on unix:PATH only")
+        return addresses
     if name in ("mssim", "swtpm"):
         if isinstance(value, str):
             value = [value]

@@ -28,8 +28,9 @@ log = logging.getLogger("ctpm.daemon")
 
 
 def build_backend(config):
-    """The standard backend for `config`: NV in the state directory, or in memory."""
-    return EngineBackend.build(config)
+    """The backend of `config`'s mode (ctpm/modes/): standard, ephemeral or svsm."""
+    from .modes import build_backend as build
+    return build(config)
 
 
 async def serve(config, *, tpm=None, backend=None, task_status=trio.TASK_STATUS_IGNORED):

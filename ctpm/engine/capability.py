@@ -99,7 +99,7 @@ def tpm_properties(tpm):
         TPM_PT.PCR_SELECT_MIN: S.PCR_SELECT_MIN,
         TPM_PT.CONTEXT_GAP_MAX: 0xFFFF,
         TPM_PT.NV_COUNTERS_MAX: 0,
-        TPM_PT.NV_INDEX_MAX: 2048,
+        TPM_PT.NV_INDEX_MAX: cfg.max_nv_index_size,
         TPM_PT.MEMORY: 0,
         TPM_PT.CLOCK_UPDATE: cfg.clock_update_interval_ms,
         TPM_PT.CONTEXT_HASH: TPM_ALG.SHA512,

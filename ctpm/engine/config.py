@@ -22,6 +22,9 @@ class EngineConfig:
     # past either TPM_RC_NV_SPACE.
     max_nv_indices: int = 64
     nv_space: int = 32768
+    # Largest ordinary NV index (MAX_NV_INDEX_SIZE, TPM_PT_NV_INDEX_MAX; libtpms: 2048). The
+    # ephemeral mode raises it for its evidence index (a report and its certificates).
+    max_nv_index_size: int = 2048
     # Loaded sessions at once (libtpms: 3); StartAuthSession past it is TPM_RC_SESSION_MEMORY.
     max_sessions: int = 64
     # Persist the clock to NV when it ran this far ahead of the stored value (ms).

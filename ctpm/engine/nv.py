@@ -12,7 +12,7 @@ import struct
 from ..crypto import hashes
 from ..errors import TpmError
 from ..wire.constants import TPM_CC, TPM_RC, TPM_RH
-from ..wire.nv import MAX_NV_INDEX_SIZE, TPM_NT, TPMA_NV as A, TPMS_NV_PUBLIC, nt_of
+from ..wire.nv import TPM_NT, TPMA_NV as A, TPMS_NV_PUBLIC, nt_of
 from ..wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
 from . import nv_ram
 
@@ -287,7 +287,7 @@ def nv_define_space(tpm, ctx, auth_handle, auth, public_info):
         raise TpmError(TPM_RC.ATTRIBUTES, param=2)
     size = public_info.dataSize
     if nt == TPM_NT.ORDINARY:
-        if size > MAX_NV_INDEX_SIZE:
+        if size > tpm.config.max_nv_index_size:
             raise TpmError(TPM_RC.SIZE, param=2)
     elif nt == TPM_NT.EXTEND:
         if size != name_size:

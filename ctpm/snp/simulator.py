@@ -322,7 +322,7 @@ class SimulatedProvider:
         self.fields = fields        # fixed report fields: measurement=, host_data=, policy=...
 
     def report(self, report_data: bytes, *, vmpl: int | None = None, service=None):
-        from .providers import Evidence
+        from .evidence import Evidence
         if len(report_data) != 64:
             raise ValueError(f"REPORT_DATA must be 64 bytes, got {len(report_data)}")
         report = self.sp.report(report_data, vmpl=0 if vmpl is None else vmpl, **self.fields)

@@ -58,7 +58,9 @@ TPMA_NV_ = Int(4, lambda v: not v & TPMA_NV_RESERVED, TPM_RC.RESERVED_BITS)
 TPMI_RH_NV_INDEX = Int(4, _is_nv, TPM_RC.VALUE)
 TPMI_RH_NV_AUTH = Int(4, lambda v: v in (TPM_RH.OWNER, TPM_RH.PLATFORM) or _is_nv(v),
                       TPM_RC.VALUE)
-NV_DATA_SIZE = Int(2, lambda v: v <= MAX_NV_INDEX_SIZE, TPM_RC.SIZE)
+# MAX_NV_INDEX_SIZE is per instance (EngineConfig.max_nv_index_size, default 2048): the
+# ordinary-index size bound is checked by NV_DefineSpace, with the same TPM_RC_SIZE (param 2)
+NV_DATA_SIZE = Int(2)
 
 TPMS_NV_PUBLIC = Record("nvIndex" / TPMI_RH_NV_INDEX, "nameAlg" / TPMI_ALG_HASH,
                         "attributes" / TPMA_NV_, "authPolicy" / TPM2B_DIGEST,

@@ -1,0 +1,26 @@
+"""CTPM modes: a mode is a backend (ctpm/backend.py) plus what it does at boot.
+
+* standard: the engine with NV in memory or a state directory (a host-side vTPM, as swtpm;
+  it cannot be anchored: only code inside the confidential VM can get that VM's report);
+* ephemeral: a TPM that keeps nothing, its EKs and AK anchored to an SNP report
+  (ephemeral.py; docs/modes.md);
+* svsm: the same TPM behind the SVSM vTPM and attestation protocols (ctpm/svsm/).
+Passthrough (a guarded hardware TPM) will be one more module here.
+"""
+
+
+def build_backend(config):
+    """The backend of `config.mode` (`mode` defaults to standard)."""
+    mode = getattr(config, "mode", "standard")
+    if mode == "standard":
+        from ..backend import EngineBackend
+        return EngineBackend.build(config)
+    from .ephemeral import EphemeralBackend, SvsmBackend
+    return (SvsmBackend if mode == "svsm" else EphemeralBackend).build(config)
+
+
+def open_report_provider(config):
+    """The SNP report provider `config` names (`ctpm.snp.providers.open_provider`)."""
+    from ..snp.providers import open_provider
+    options = {"directory": config.snp_sim_dir} if config.snp_provider == "simulated" else {}
+    return open_provider(config.snp_provider, **options)

@@ -1,0 +1,156 @@
+"""The anchor: an SNP report whose REPORT_DATA binds a TPM's manifest (its EKs, its AK) to a
+verifier's nonce, REPORT_DATA = SHA-512(nonce || manifest).
+
+`Anchor` produces it (the identity + a report provider); `encode_evidence`/`decode_evidence`
+are the layout of the evidence NV index; `verify_anchor` is the verifier's side.
+
+Evidence index layout (big-endian, as TPM structures; docs/modes.md):
+  "CTPMEVID" | u16 layout = 1 | u16 manifest version | u16 provider length |
+  u16 nonce length | u32 report length | u32 certificate table length | u32 manifest length |
+  provider (ASCII) | nonce | report | certificate table | manifest | zero padding
+"""
+import hmac
+import struct
+from dataclasses import dataclass
+
+from .identity import MANIFEST_VERSIONS, Identity, name_of, report_data
+
+EVIDENCE_MAGIC = b"CTPMEVID"
+_HEAD = struct.Struct(">8sHHHHIII")
+NONCE_SIZE = 64
+
+
+class Anchor:
+    """A TPM's identity and the report provider that vouches for it."""
+
+    manifest_versions = MANIFEST_VERSIONS
+
+    def __init__(self, identity: Identity, provider):
+        self.identity = identity
+        self.provider = provider
+
+    def manifest(self, version: int) -> bytes:
+        return self.identity.manifest(version)
+
+    def attest(self, nonce: bytes, manifest_version: int = 1, *, vmpl: int | None = None):
+        """(Evidence, manifest) for a 64-byte nonce. Blocks on the provider (device I/O):
+        call it from a worker thread in async code."""
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"the nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
+        manifest = self.manifest(manifest_version)
+        evidence = self.provider.report(report_data(nonce, manifest), vmpl=vmpl)
+        return evidence, manifest
+
+
+@dataclass(frozen=True)
+class NvEvidence:
+    """The content of the evidence NV index, decoded."""
+
+    provider: str
+    nonce: bytes
+    report: bytes
+    cert_table: bytes
+    manifest: bytes
+    manifest_version: int
+
+
+def encode_evidence(nonce: bytes, evidence, manifest: bytes, manifest_version: int) -> bytes:
+    provider = evidence.provider.encode("ascii")
+    certs = evidence.cert_table or b""
+    return (_HEAD.pack(EVIDENCE_MAGIC, 1, manifest_version, len(provider), len(nonce),
+                       len(evidence.report), len(certs), len(manifest))
+            + provider + nonce + evidence.report + certs + manifest)
+
+
+def decode_evidence(blob: bytes) -> NvEvidence:
+    """Read an evidence index's bytes (trailing zero padding allowed); ValueError if it is not
+    one."""
+    blob = bytes(blob)
+    if len(blob) < _HEAD.size:
+        raise ValueError("evidence is shorter than its header")
+    magic, layout, mver, plen, nlen, rlen, clen, mlen = _HEAD.unpack_from(blob)
+    if magic != EVIDENCE_MAGIC or layout != 1:
+        raise ValueError("not ctpm evidence (magic or layout)")
+    end = _HEAD.size + plen + nlen + rlen + clen + mlen
+    if end > len(blob) or any(blob[end:]):
+        raise ValueError("evidence lengths do not match its size")
+    pos = _HEAD.size
+    parts = []
+    for n in (plen, nlen, rlen, clen, mlen):
+        parts.append(blob[pos:pos + n])
+        pos += n
+    provider, nonce, report, certs, manifest = parts
+    return NvEvidence(provider=provider.decode("ascii", "replace"), nonce=nonce,
+                      report=report, cert_table=certs, manifest=manifest,
+                      manifest_version=mver)
+
+
+# --- the verifier's side ---------------------------------------------------------------------
+
+ANCHOR_CHECKS = ("manifest", "ek_name", "ak_name", "nonce")
+
+
+@dataclass(frozen=True)
+class AnchoredIdentity:
+    """What a verified anchor proves: this SNP-attested VM holds these keys."""
+
+    snp: object                 # ctpm.snp.verify.Verified
+    identity: Identity
+    manifest_version: int
+
+    @property
+    def ek_name(self) -> bytes:
+        return name_of(self.identity.ek_rsa)
+
+    @property
+    def ak_name(self) -> bytes | None:
+        return name_of(self.identity.ak) if self.identity.ak else None
+
+
+def _public_area(data: bytes) -> bytes:
+    """A TPMT_PUBLIC, given as TPMT_PUBLIC or TPM2B_PUBLIC (what `tpm2_readpublic -o` writes)."""
+    data = bytes(data)
+    if len(data) >= 2 and struct.unpack(">H", data[:2])[0] == len(data) - 2:
+        return data[2:]
+    return data
+
+
+def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version: int, *,
+                  ek_public: bytes | None = None, ak_public: bytes | None = None,
+                  verifier=None, policy=None, **snp_kwargs) -> AnchoredIdentity:
+    """Check an anchor: the whole SNP verification with REPORT_DATA required to be
+    SHA-512(nonce || manifest); the manifest well formed; the EK the TPM presents
+    (`ek_public`, by Name) equal to the manifest's; with manifest v1 the AK too.
+    Raises SnpError naming the check (the SNP checks, or one of ANCHOR_CHECKS)."""
+    from dataclasses import replace
+
+    from ..snp.errors import SnpError
+    from ..snp.verify import Policy, Verifier
+
+    if len(nonce) != NONCE_SIZE:
+        raise SnpError("nonce", f"the nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
+    policy = replace(policy or Policy(), report_data=report_data(nonce, manifest))
+    snp = (verifier or Verifier()).verify(report, policy=policy, **snp_kwargs)
+    try:
+        identity = Identity.from_manifest(manifest, manifest_version)
+        ek_name = name_of(identity.ek_rsa)
+    except (ValueError, struct.error) as e:
+        raise SnpError("manifest", str(e)) from None
+    if ek_public is not None:
+        try:
+            presented = name_of(_public_area(ek_public))
+        except (ValueError, struct.error) as e:
+            raise SnpError("ek_name", f"the EK given is unusable: {e}") from None
+        if not hmac.compare_digest(presented, ek_name):
+            raise SnpError("ek_name", f"the TPM's EK {presented.hex()[:20]}... is not the "
+                                      f"EK the report binds ({ek_name.hex()[:20]}...)")
+    if ak_public is not None:
+        if identity.ak is None:
+            raise SnpError("ak_name", f"manifest v{manifest_version} names no AK")
+        try:
+            presented = name_of(_public_area(ak_public))
+        except (ValueError, struct.error) as e:
+            raise SnpError("ak_name", f"the AK given is unusable: {e}") from None
+        if not hmac.compare_digest(presented, name_of(identity.ak)):
+            raise SnpError("ak_name", "the AK given is not the AK the report binds")
+    return AnchoredIdentity(snp=snp, identity=identity, manifest_version=manifest_version)

@@ -1,0 +1,157 @@
+"""A small synchronous TPM 2.0 client over `execute(command) -> response`.
+
+What a mode does at boot and as the platform (create and persist the EKs and the AK, define
+the report indices, write evidence) it does with ordinary TPM commands through this client,
+exactly as platform firmware would: the engine gets no mode-specific entry point. Only the
+commands the modes need are here; tpm2-pytss is far too slow to import on the start-up path.
+"""
+import struct
+
+ST_NO_SESSIONS = 0x8001
+ST_SESSIONS = 0x8002
+RS_PW = 0x40000009
+RH_OWNER = 0x40000001
+RH_NULL = 0x40000007
+RH_ENDORSEMENT = 0x4000000B
+RH_PLATFORM = 0x4000000C
+
+CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
+      "NV_Write": 0x137, "NV_Read": 0x14E, "StartAuthSession": 0x176, "PolicySigned": 0x160,
+      "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
+      "ReadPublic": 0x173, "NV_ReadPublic": 0x169}
+
+
+class TpmCommandError(Exception):
+    """A command the mode sent was refused: a bug or an unusable TPM state, never the guest's
+    doing (the mode runs these before serving or under the instance's lock)."""
+
+    def __init__(self, command: str, rc: int):
+        super().__init__(f"TPM2_{command} answered TPM_RC {rc:#x}")
+        self.command = command
+        self.rc = rc
+
+
+def u16(v):
+    return struct.pack(">H", v)
+
+
+def u32(v):
+    return struct.pack(">I", v)
+
+
+def b2(data: bytes) -> bytes:
+    return u16(len(data)) + data
+
+
+def pw(password: bytes = b"", attrs: int = 0x01) -> bytes:
+    """A password session (TPMS_AUTH_COMMAND with TPM_RS_PW)."""
+    return u32(RS_PW) + u16(0) + bytes([attrs]) + b2(password)
+
+
+def policy_session(handle: int, attrs: int = 0x00) -> bytes:
+    """A policy session's TPMS_AUTH_COMMAND (no nonce, no HMAC: policy sessions without
+    PolicyAuthValue/PolicyPassword need none)."""
+    return u32(handle) + u16(0) + bytes([attrs]) + u16(0)
+
+
+class TpmClient:
+    def __init__(self, execute):
+        self._execute = execute
+
+    def call(self, name: str, body: bytes = b"", *, handles=(), sessions=None) -> bytes:
+        """Send one command; return its response parameters (after parameterSize), or raise
+        `TpmCommandError`. The response handle, if any, is the first 4 bytes."""
+        hbytes = b"".join(u32(h) for h in handles)
+        if sessions is None:
+            payload, tag = hbytes + body, ST_NO_SESSIONS
+        else:
+            area = b"".join(sessions)
+            payload, tag = hbytes + u32(len(area)) + area + body, ST_SESSIONS
+        rsp = self._execute(struct.pack(">HII", tag, 10 + len(payload), CC[name]) + payload)
+        rc = struct.unpack(">I", rsp[6:10])[0]
+        if rc:
+            raise TpmCommandError(name, rc)
+        return rsp[10:]
+
+    @staticmethod
+    def _split(rsp: bytes, n_handles: int):
+        """(handles, parameters) of a response with sessions (parameterSize after handles)."""
+        handles = [struct.unpack(">I", rsp[4 * i:4 * i + 4])[0] for i in range(n_handles)]
+        rest = rsp[4 * n_handles:]
+        size = struct.unpack(">I", rest[:4])[0]
+        return handles, rest[4:4 + size]
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def startup(self, clear=True):
+        self.call("Startup", u16(0 if clear else 1))
+
+    def shutdown(self, clear=True):
+        self.call("Shutdown", u16(0 if clear else 1))
+
+    def create_primary(self, hierarchy: int, template: bytes) -> tuple[int, bytes, bytes]:
+        """(handle, TPMT_PUBLIC bytes, Name) of a primary key made from `template`
+        (a marshalled TPMT_PUBLIC)."""
+        body = b2(u16(0) + u16(0)) + b2(template) + u16(0) + u32(0)
+        rsp = self.call("CreatePrimary", body, handles=[hierarchy], sessions=[pw()])
+        (handle,), params = self._split(rsp, 1)
+        size = struct.unpack(">H", params[:2])[0]
+        public = params[2:2 + size]
+        rest = params[2 + size:]
+        rest = rest[2 + struct.unpack(">H", rest[:2])[0]:]          # creationData
+        rest = rest[2 + struct.unpack(">H", rest[:2])[0]:]          # creationHash
+        rest = rest[8 + struct.unpack(">H", rest[6:8])[0]:]         # creationTicket
+        name = rest[2:2 + struct.unpack(">H", rest[:2])[0]]
+        return handle, public, name
+
+    def evict_control(self, auth: int, handle: int, persistent: int):
+        self.call("EvictControl", u32(persistent), handles=[auth, handle], sessions=[pw()])
+
+    def flush(self, handle: int):
+        self.call("FlushContext", u32(handle))
+
+    def read_public(self, handle: int) -> tuple[bytes, bytes]:
+        """(TPMT_PUBLIC bytes, Name)."""
+        rsp = self.call("ReadPublic", handles=[handle])
+        size = struct.unpack(">H", rsp[:2])[0]
+        public = rsp[2:2 + size]
+        rest = rsp[2 + size:]
+        return public, rest[2:2 + struct.unpack(">H", rest[:2])[0]]
+
+    def nv_define(self, auth: int, index: int, attributes: int, size: int,
+                  auth_policy: bytes = b"", name_alg: int = 0x000B):
+        public = u32(index) + u16(name_alg) + u32(attributes) + b2(auth_policy) + u16(size)
+        self.call("NV_DefineSpace", b2(b"") + b2(public), handles=[auth], sessions=[pw()])
+
+    def nv_read(self, auth: int, index: int, size: int, offset: int = 0) -> bytes:
+        rsp = self.call("NV_Read", u16(size) + u16(offset), handles=[auth, index],
+                        sessions=[pw()])
+        _, params = self._split(rsp, 0)
+        return params[2:2 + struct.unpack(">H", params[:2])[0]]
+
+    def nv_write(self, auth: int, index: int, data: bytes, offset: int = 0, session=None):
+        self.call("NV_Write", b2(data) + u16(offset), handles=[auth, index],
+                  sessions=[session or pw()])
+
+    def load_external_public(self, public: bytes) -> tuple[int, bytes]:
+        """(handle, Name) of a public key loaded in the NULL hierarchy."""
+        rsp = self.call("LoadExternal", u16(0) + b2(public) + u32(RH_NULL))
+        handle = struct.unpack(">I", rsp[:4])[0]
+        name = rsp[4:]
+        return handle, name[2:2 + struct.unpack(">H", name[:2])[0]]
+
+    def start_policy_session(self, hash_alg: int = 0x000B) -> tuple[int, bytes]:
+        """(handle, nonceTPM) of an unbound, unsalted policy session."""
+        nonce_caller = bytes(16)
+        body = (u32(RH_NULL) + u32(RH_NULL) + b2(nonce_caller) + b2(b"") + bytes([0x01])
+                + u16(0x0010) + u16(hash_alg))
+        rsp = self.call("StartAuthSession", body)
+        handle = struct.unpack(">I", rsp[:4])[0]
+        return handle, rsp[6:6 + struct.unpack(">H", rsp[4:6])[0]]
+
+    def policy_signed(self, key_handle: int, session: int, nonce_tpm: bytes,
+                      signature: bytes):
+        """PolicySigned with no cpHash, no policyRef, expiration 0; `signature` is a
+        marshalled TPMT_SIGNATURE over H(nonceTPM || 0x00000000)."""
+        body = b2(nonce_tpm) + b2(b"") + b2(b"") + u32(0) + signature
+        self.call("PolicySigned", body, handles=[key_handle, session])
