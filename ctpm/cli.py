@@ -49,8 +49,10 @@ def _parser():
                      help="serve the SVSM vTPM and attestation protocols on PATH (--mode svsm)")
     commands.add_parser("host", help="serve many TPM instances in one process "
                                      "(ctpm host --help)", add_help=False)
+    from .modes import verify_ek_cli
     from .snp import verify_cli
     verify_cli.add_parser(commands)
+    verify_ek_cli.add_parser(commands)
     return parser
 
 
@@ -64,6 +66,9 @@ def main(argv=None) -> int:
     if args.command == "verify-report":
         from .snp import verify_cli
         return verify_cli.run(args)
+    if args.command == "verify-ek":
+        from .modes import verify_ek_cli
+        return verify_ek_cli.run(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2

@@ -20,6 +20,13 @@ def add_parser(commands):
                     "the check); 2: unusable input.")
     p.add_argument("report", metavar="REPORT",
                    help="the report: 1184 bytes, or a MSG_REPORT_RSP holding one")
+    add_snp_options(p)
+    p.add_argument("--json", action="store_true", help="print the verified facts as JSON")
+    return p
+
+
+def add_snp_options(p):
+    """The certificate and policy options of every command that verifies an SNP report."""
     p.add_argument("--vek", metavar="FILE", help="the VCEK or VLEK (PEM or DER)")
     p.add_argument("--chain", metavar="FILE", action="append", default=[],
                    help="ASK/ASVK and/or ARK (PEM bundle, any order; AMD's built-in "
@@ -58,8 +65,6 @@ def add_parser(commands):
     p.add_argument("--cache", metavar="DIR",
                    default=os.path.join(os.path.expanduser("~"), ".cache", "ctpm", "kds"),
                    help="where --fetch keeps what it fetched (default ~/.cache/ctpm/kds)")
-    p.add_argument("--json", action="store_true", help="print the verified facts as JSON")
-    return p
 
 
 class _Unusable(Exception):
@@ -136,31 +141,45 @@ def unwrap_report(data: bytes) -> bytes:
 
 
 def run(args) -> int:
+    return guarded("verify-report", _run, args)
+
+
+def guarded(command: str, fn, args) -> int:
+    """Run `fn(args)`: exit 1 with one line for a refused check, 2 for unusable input."""
     from .errors import SnpError
     try:
-        return _run(args)
+        return fn(args)
     except _Unusable as e:
-        print(f"ctpm: verify-report: {e}", file=sys.stderr)
+        print(f"ctpm: {command}: {e}", file=sys.stderr)
         return 2
     except SnpError as e:
         if e.check in ("vek_missing", "certificate"):
-            print(f"ctpm: verify-report: {e}", file=sys.stderr)
+            print(f"ctpm: {command}: {e}", file=sys.stderr)
             return 2
         print(f"ctpm: refused: {e.check}: {e.message}", file=sys.stderr)
         return 1
     except ValueError as e:        # a Policy value out of range
-        print(f"ctpm: verify-report: {e}", file=sys.stderr)
+        print(f"ctpm: {command}: {e}", file=sys.stderr)
         return 2
 
 
 def _run(args) -> int:
+    report = unwrap_report(_read(args.report))
+    verifier, kwargs = snp_inputs(args, report)
+    result = verifier.verify(report, **kwargs)
+    print_verified(result, args.json)
+    return 0
+
+
+def snp_inputs(args, report: bytes, *, cert_table: bytes | None = None):
+    """(Verifier, keyword arguments of Verifier.verify) from the options of
+    `add_snp_options`; `cert_table` is used when no --cert-table is given."""
     from . import certs as C
     from .errors import SnpError
     from .report import AttestationReport, Product, SigningKey
     from .verify import Trust, Verifier
 
     policy = _policy(args)
-    report = unwrap_report(_read(args.report))
     vek = _read(args.vek) if args.vek else None
     if vek is not None:
         try:
@@ -168,7 +187,7 @@ def _run(args) -> int:
         except SnpError as e:
             raise _Unusable(f"--vek {args.vek}: {e.message}") from None
     chain = [_read(f) for f in args.chain]
-    table = _read(args.cert_table) if args.cert_table else None
+    table = _read(args.cert_table) if args.cert_table else (cert_table or None)
     crls = [_read(f) for f in args.crl]
     extra = []
     for f in args.trust_ark:
@@ -192,23 +211,27 @@ def _run(args) -> int:
             except OSError as e:
                 raise _Unusable(f"fetching {url}: {e}") from None
     verifier = Verifier(Trust(extra_arks=tuple(extra)))
-    result = verifier.verify(report, vek=vek, chain=chain, cert_table=table, product=product,
-                             crls=crls, policy=policy)
+    return verifier, dict(vek=vek, chain=chain, cert_table=table, product=product, crls=crls,
+                          policy=policy)
+
+
+def print_verified(result, as_json: bool, extra: dict | None = None):
     facts = result.summary()
-    if args.json:
-        print(json.dumps({"verified": True, **facts}, indent=1))
-    else:
-        root = "AMD" if result.root == "amd" else f"caller-trusted ARK {result.root[8:24]}..."
-        print(f"verified: {facts['product']} report v{facts['version']}, "
-              f"{facts['signing_key'].upper()}-signed, root {root}, VMPL {facts['vmpl']}")
-        print(f"  reported TCB {result.reported_tcb}, firmware {facts['current_firmware']}, "
-              f"policy {facts['policy']['value']} ({' '.join(facts['policy']['bits']) or '-'})")
-        print(f"  measurement {facts['measurement']}")
-        print(f"  report_data {facts['report_data']}")
-        print(f"  host_data   {facts['host_data']}")
-        print(f"  chip_id     {facts['chip_id'][:32]}..."
-              + (" (masked)" if result.chip_id_masked else ""))
-    return 0
+    if as_json:
+        print(json.dumps({"verified": True, **facts, **(extra or {})}, indent=1))
+        return
+    root = "AMD" if result.root == "amd" else f"caller-trusted ARK {result.root[8:24]}..."
+    print(f"verified: {facts['product']} report v{facts['version']}, "
+          f"{facts['signing_key'].upper()}-signed, root {root}, VMPL {facts['vmpl']}")
+    print(f"  reported TCB {result.reported_tcb}, firmware {facts['current_firmware']}, "
+          f"policy {facts['policy']['value']} ({' '.join(facts['policy']['bits']) or '-'})")
+    print(f"  measurement {facts['measurement']}")
+    print(f"  report_data {facts['report_data']}")
+    print(f"  host_data   {facts['host_data']}")
+    print(f"  chip_id     {facts['chip_id'][:32]}..."
+          + (" (masked)" if result.chip_id_masked else ""))
+    for key, value in (extra or {}).items():
+        print(f"  {key:11} {value}")
 
 
 def main(argv=None) -> int:
