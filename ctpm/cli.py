@@ -51,6 +51,8 @@ def _parser():
                                      "(ctpm host --help)", add_help=False)
     from .snp import verify_cli
     verify_cli.add_parser(commands)
+    from .snp import cli as snp_cli
+    snp_cli.add_parsers(commands)
     return parser
 
 
@@ -64,6 +66,9 @@ def main(argv=None) -> int:
     if args.command == "verify-report":
         from .snp import verify_cli
         return verify_cli.run(args)
+    if args.command == "snp":
+        from .snp import cli as snp_cli
+        return snp_cli.run(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
