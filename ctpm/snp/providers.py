@@ -253,6 +253,8 @@ class ConfigfsTsmProvider:
             except ValueError:
                 raise ProviderError(f"configfs-tsm: privlevel_floor reads {text!r}, not a "
                                     f"number") from None
+        # No VMPL asked for: the floor, since a guest at VMPL 2 (under an SVSM) cannot obtain
+        # a report for a more privileged level; on a floor of 0 the kernel's default stands.
         level = vmpl if vmpl is not None else (floor or None)
         writes = []
         if level is not None:
@@ -395,6 +397,8 @@ class FirmwareError(ProviderError):
 
 
 def describe_exitinfo(fw_error: int, vmm_error: int) -> str:
+    if not fw_error and not vmm_error:
+        return "no error code from the firmware or the host"
     fw = FW_ERRORS.get(fw_error, "unknown")
     vmm = VMM_ERRORS.get(vmm_error, "unknown") if vmm_error else "none"
     return f"fw_error {fw_error:#x} {fw}, vmm_error {vmm_error:#x} {vmm}"

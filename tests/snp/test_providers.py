@@ -96,7 +96,8 @@ int main(void) {
 
 
 @pytest.mark.skipif(not shutil.which("cc")
-                    or not os.path.exists("/usr/include/linux/sev-guest.h"), reason="needs a C compiler and the kernel's uapi header linux/sev-guest.h")
+                    or not os.path.exists("/usr/include/linux/sev-guest.h"),
+                    reason="needs a C compiler and the kernel's uapi header linux/sev-guest.h")
 def test_layouts_equal_the_installed_uapi_header(tmp_path):
     """The C compiler's answer from the installed <linux/sev-guest.h>, not our transcription."""
     src = tmp_path / "probe.c"
@@ -282,6 +283,8 @@ def test_default_ioctl_reaches_the_kernel(tmp_path):
     with pytest.raises(P.FirmwareError) as e:
         P.SevGuestProvider(str(path), extended=False).report(DATA)
     assert e.value.errno == errno.ENOTTY
+    assert str(e.value) == ("SNP_GET_REPORT failed: Inappropriate ioctl for device (no error "
+                            "code from the firmware or the host)")
 
 
 @pytest.mark.parametrize("bad", [b"", bytes(63), bytes(65), "x" * 64])
