@@ -41,6 +41,9 @@ def add_parsers(subparsers):
     report.add_argument("--certs", metavar="DIR",
                         help="write the host's certificates to DIR (vcek.der, vlek.der, "
                              "ask.der, ark.der; unknown GUIDs as <guid>.bin)")
+    report.add_argument("--cert-table", metavar="FILE",
+                        help="write the host's raw certificate table to FILE (what "
+                             "`ctpm verify-report --cert-table` reads)")
     report.add_argument("--sim-dir", metavar="DIR",
                         help="the simulated AMD-SP's directory (created if absent; holds its "
                              "private keys); required with --provider simulated")
@@ -92,10 +95,18 @@ def _cert_name(guid) -> str:
 
 
 def _write(path: str, data: bytes):
+    """Whole or not at all: a reader never sees half a report."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def run(args) -> int:
@@ -133,6 +144,9 @@ def run(args) -> int:
         _write(args.output, evidence.report)
         print(f"report: {args.output} ({len(evidence.report)} bytes, provider "
               f"{evidence.provider})")
+        if args.cert_table and evidence.cert_table:
+            _write(args.cert_table, evidence.cert_table)
+            print(f"certificate table: {args.cert_table} ({len(evidence.cert_table)} bytes)")
         if args.certs:
             os.makedirs(args.certs, exist_ok=True)
             for guid, der in certificates.items():
@@ -141,7 +155,7 @@ def run(args) -> int:
                 print(f"certificate: {path} ({len(der)} bytes)")
     except OSError as e:
         return _fail(1, f"cannot write {e.filename}: {os.strerror(e.errno) if e.errno else e}")
-    if args.certs and not certificates:
+    if (args.certs and not certificates) or (args.cert_table and not evidence.cert_table):
         print(f"ctpm: snp report: {evidence.provider} returned no certificate table (the host "
               f"supplies none; the VCEK is at AMD's KDS)", file=sys.stderr)
     return 0

@@ -680,6 +680,16 @@ def test_cli_writes_report_and_certificates(capsys, tmp_path, monkeypatch):
     assert out.splitlines()[0] == f"report: {tmp_path / 'r.bin'} (1184 bytes, provider sev-guest)"
     assert err == ""
 
+    # a host without certificates: the report is written, a note says why no DER files
+    fake.table = None
+    code, out, err = run_cli(capsys, "--provider", "sev-guest", "--device", "/dev/fake",
+                             "--report-data", "00", "-o", str(tmp_path / "r3.bin"),
+                             "--certs", str(tmp_path / "c3"), "--cert-table",
+                             str(tmp_path / "t3.bin"))
+    assert code == 0 and (tmp_path / "r3.bin").stat().st_size == REPORT_SIZE
+    assert list((tmp_path / "c3").iterdir()) == [] and not (tmp_path / "t3.bin").exists()
+    assert err.count("\n") == 1 and "returned no certificate table" in err
+
     # a firmware error: one line, exit 1, no report file
     fake.fw_error = 0x16
     code, out, err = run_cli(capsys, "--provider", "sev-guest", "--device", "/dev/fake",
@@ -696,13 +706,30 @@ def sim_dir(tmp_path_factory):
 def test_cli_simulated(capsys, tmp_path, sim_dir):
     code, out, err = run_cli(capsys, "--provider", "simulated", "--sim-dir", sim_dir,
                              "--product", "milan", "--report-data", "11" * 64, "-o",
-                             str(tmp_path / "r.bin"), "--certs", str(tmp_path / "c"))
+                             str(tmp_path / "r.bin"), "--certs", str(tmp_path / "c"),
+                             "--cert-table", str(tmp_path / "t.bin"))
     assert code == 0, err
     report = AttestationReport.parse((tmp_path / "r.bin").read_bytes())
     assert report.report_data == b"\x11" * 64
     assert "provider simulated" in out
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ark.der", "ask.der",
                                                                  "vcek.der"]
+    table = parse_cert_table((tmp_path / "t.bin").read_bytes())
+    assert table[GUID_VCEK] == (tmp_path / "c" / "vcek.der").read_bytes()
+
+    # what it wrote is what `ctpm verify-report` reads; the simulator's ARK only when trusted
+    verify = ["verify-report", str(tmp_path / "r.bin"), "--cert-table", str(tmp_path / "t.bin"),
+              "--report-data", "11" * 64]
+    assert cli.main(verify) == 1
+    assert "ark_pinned" in capsys.readouterr().err
+    assert cli.main(verify + ["--trust-ark", str(tmp_path / "c" / "ark.der")]) == 0
+    assert capsys.readouterr().out.startswith("verified: Milan report v3")
+
+    # an output that cannot be written: one line naming it, exit 1, no stray temporary file
+    code, out, err = run_cli(capsys, "--provider", "simulated", "--sim-dir", sim_dir,
+                             "--report-data", "11", "-o", str(tmp_path / "no" / "r.bin"))
+    assert code == 1 and err == (f"ctpm: snp report: cannot write {tmp_path / 'no' / 'r.bin'}: "
+                                 f"No such file or directory\n")
     # the directory keeps its product: asking for another one is a usage mistake
     code, out, err = run_cli(capsys, "--provider", "simulated", "--sim-dir", sim_dir,
                              "--product", "turin", "--report-data", "11", "-o",
