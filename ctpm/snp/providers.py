@@ -46,7 +46,11 @@ class Evidence:
 @dataclass(frozen=True)
 class ServiceRequest:
     """A configfs-tsm service report (SVSM attestation, Linux 6.10+): the provider, a service
-    GUID (None: the kernel's default, all services) and the manifest version (None: default)."""
+    GUID (None: the kernel's default, all services) and the manifest version (None: default).
+
+    The SVSM asks the firmware for a VMPL 0 report whose REPORT_DATA is
+    SHA-512(report_data || manifest) (SVSM spec 58019, section 7): a verifier checks that, not
+    report_data itself."""
 
     provider: str = "svsm"
     guid: str | None = None
@@ -80,9 +84,10 @@ def _check_vmpl(vmpl):
 def _report_from_blob(blob: bytes, where: str) -> bytes:
     """The 1184-byte report in what the kernel returned.
 
-    The sev_guest driver hands over exactly MSG_REPORT_RSP's report_size bytes; a longer blob
-    is accepted only when the rest is zero padding (a service provider's page-sized buffer),
-    anything else is not a report this package understands.
+    The sev_guest driver hands over exactly MSG_REPORT_RSP's report_size bytes. An SVSM's
+    service report is what the SVSM copied: COCONUT-SVSM gives the firmware's response buffer
+    without its 32-byte header, i.e. the report followed by zeros. So a longer blob is accepted
+    only when the rest is zero; anything else is not a report this package understands.
     """
     if len(blob) == REPORT_SIZE or (len(blob) > REPORT_SIZE and not any(blob[REPORT_SIZE:])):
         return bytes(blob[:REPORT_SIZE])

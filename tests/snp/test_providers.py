@@ -10,6 +10,7 @@ one test runs the real os calls against a temporary directory.
 """
 import ctypes
 import errno
+import hashlib
 import mmap
 import os
 import shutil
@@ -397,7 +398,13 @@ class FakeTsm:
         if e["sp"] not in (None, "svsm"):
             raise OSError(errno.EINVAL, "Invalid argument", path)
         self.generated.append(dict(e))
-        report = firmware_report(e["inblob"], e["privlevel"]) + bytes(self.outblob_pad)
+        if e["sp"] == "svsm":
+            # COCONUT-SVSM: a VMPL 0 report over SHA-512(nonce || manifest), copied out as the
+            # firmware's 4000-byte response minus its 32-byte header (the report, then zeros)
+            report = firmware_report(hashlib.sha512(e["inblob"] + self.manifest).digest(), 0)
+            report = report.ljust(4000 - 32, b"\0")
+        else:
+            report = firmware_report(e["inblob"], e["privlevel"]) + bytes(self.outblob_pad)
         e["out"] = {"outblob": report, "auxblob": self.table or b"",
                     "manifestblob": self.manifest if e["sp"] else b""}
 
@@ -457,6 +464,7 @@ def test_configfs_service_request():
                       ("write", "service_manifest_version", b"1\n"),
                       ("write", "inblob", DATA)]
     assert ev.manifest == b"MANIFEST"
+    assert ev.report == firmware_report(hashlib.sha512(DATA + b"MANIFEST").digest(), 0)
     assert fake.generated[0]["sp"] == "svsm" and fake.generated[0]["guid"] == guid
     # a kernel without the service attributes (Linux < 6.10, or no SVSM)
     with pytest.raises(ProviderError, match="no service_provider attribute .*6.10"):
