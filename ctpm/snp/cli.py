@@ -34,8 +34,8 @@ def add_parsers(subparsers):
                         help="REPORT_DATA: up to 64 bytes in hex; shorter values are "
                              "zero-padded on the right to 64 bytes")
     report.add_argument("--vmpl", type=int, choices=range(4), metavar="N",
-                        help="VMPL of the report (0-3; default: configfs-tsm's privlevel_floor, "
-                             "0 with sev-guest)")
+                        help="VMPL of the report (0-3; default: the lowest the guest may ask for, "
+                             "configfs-tsm's privlevel_floor or sev-guest's vmpck_id)")
     report.add_argument("-o", "--output", metavar="FILE", required=True,
                         help="write the 1184-byte report to FILE")
     report.add_argument("--certs", metavar="DIR",

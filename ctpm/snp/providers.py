@@ -386,6 +386,7 @@ FW_ERRORS = {0x00: "SUCCESS", 0x01: "INVALID_PLATFORM_STATE", 0x02: "INVALID_GUE
              0x18: "SECURE_DATA_INVALID", 0x27: "INVALID_KEY",
              0xFF: "no firmware call (the request did not reach the firmware)"}
 
+VMPCK_ID_PARAM = "/sys/module/sev_guest/parameters/vmpck_id"
 PAGE_SIZE = mmap.PAGESIZE
 SEV_FW_BLOB_MAX_SIZE = 0x4000     # the driver's largest certificate buffer
 
@@ -425,13 +426,18 @@ class SevGuestProvider:
     The certificate buffer is page-aligned anonymous memory (the driver requires a multiple of
     the page size); when the host says it is too small (vmm_error INVALID_LEN, certs_len set to
     the size needed) the request is repeated once with a buffer of that size.
+
+    The firmware answers only for VMPLs at or above the one whose key (VMPCK) the driver uses,
+    and the driver publishes that key's number as its `vmpck_id` module parameter (the VMPL the
+    guest kernel runs at: 0, or 2 under an SVSM). It is the default VMPL, and a lower one is
+    refused here with that reason instead of the firmware's bare INVALID_PARAM.
     `open` and `ioctl` default to os.open and fcntl.ioctl; tests inject a fake kernel.
     """
 
     name = "sev-guest"
 
     def __init__(self, device: str = SEV_GUEST_DEVICE, *, extended: bool = True,
-                 certs_len: int = SEV_FW_BLOB_MAX_SIZE,
+                 certs_len: int = SEV_FW_BLOB_MAX_SIZE, vmpck_id_path: str = VMPCK_ID_PARAM,
                  open: Callable[[str], int] | None = None,
                  ioctl: Callable[[int, int, object], int] | None = None,
                  close: Callable[[int], None] | None = None):
@@ -440,6 +446,7 @@ class SevGuestProvider:
         self.device = device
         self.extended = extended
         self.certs_len = certs_len
+        self.vmpck_id_path = vmpck_id_path
         self._open = open or _default_open
         self._ioctl = ioctl or _default_ioctl
         self._close = close or os.close
@@ -454,13 +461,30 @@ class SevGuestProvider:
         if service is not None:
             raise ProviderError("service (SVSM) reports come only through configfs-tsm, "
                                 "not /dev/sev-guest")
+        key_vmpl = self._key_vmpl()
+        if vmpl is None:
+            vmpl = key_vmpl
+        elif vmpl < key_vmpl:
+            raise ProviderError(f"VMPL {vmpl} is below the VMPL of the sev-guest driver's key "
+                                f"(VMPCK{key_vmpl}, {self.vmpck_id_path}): the firmware only "
+                                f"reports VMPL {key_vmpl}..{MAX_VMPL}")
         fd = self._open_device()
         try:
             if self.extended:
-                return self._ext_report(fd, data, vmpl or 0)
-            return self._report(fd, data, vmpl or 0)
+                return self._ext_report(fd, data, vmpl)
+            return self._report(fd, data, vmpl)
         finally:
             self._close(fd)
+
+    def _key_vmpl(self) -> int:
+        """The driver's vmpck_id (0 when unknown: kernels before 6.9 always use VMPCK0 unless
+        told otherwise, and then the parameter says so)."""
+        try:
+            with open(self.vmpck_id_path) as f:
+                value = int(f.read().strip())
+        except (OSError, ValueError):
+            return 0
+        return value if 0 <= value <= MAX_VMPL else 0
 
     def _open_device(self) -> int:
         try:

@@ -183,6 +183,7 @@ class FakeSevGuest:
 
 
 def sev_provider(fake, **kw):
+    kw.setdefault("vmpck_id_path", "/nonexistent/vmpck_id")
     return P.SevGuestProvider("/dev/fake-sev-guest", open=fake.open, ioctl=fake.ioctl,
                               close=fake.close, **kw)
 
@@ -212,6 +213,26 @@ def test_ext_report_page_aligned_buffer_and_table():
     assert ev.cert_table == TABLE                       # trimmed to the table's extent
     assert ev.certificates() == CERTS
     assert AttestationReport.parse(ev.report).vmpl == 0
+
+
+def test_default_vmpl_is_the_drivers_key(tmp_path):
+    """Under an SVSM the driver uses VMPCK2: VMPL 2 by default, VMPL 0/1 refused up front."""
+    param = tmp_path / "vmpck_id"
+    param.write_text("2\n")
+    fake = FakeSevGuest()
+    ev = sev_provider(fake, vmpck_id_path=str(param)).report(DATA)
+    assert fake.calls[0]["req"][64:68] == (2).to_bytes(4, "little")
+    assert AttestationReport.parse(ev.report).vmpl == 2
+    sev_provider(fake, vmpck_id_path=str(param)).report(DATA, vmpl=3)
+    assert fake.calls[1]["req"][64:68] == (3).to_bytes(4, "little")
+    with pytest.raises(ProviderError, match=r"VMPL 1 is below the VMPL of the sev-guest "
+                                            r"driver's key \(VMPCK2"):
+        sev_provider(fake, vmpck_id_path=str(param)).report(DATA, vmpl=1)
+    assert len(fake.calls) == 2 and fake.opened.count("/dev/fake-sev-guest") == 2
+    for junk in ("-1\n", "x\n", ""):
+        param.write_text(junk)
+        sev_provider(fake, vmpck_id_path=str(param)).report(DATA)
+        assert fake.calls[-1]["req"][64:68] == bytes(4)
 
 
 def test_ext_report_retries_once_with_the_size_the_host_asks_for():
@@ -282,7 +303,8 @@ def test_default_ioctl_reaches_the_kernel(tmp_path):
     path = tmp_path / "not-a-device"
     path.write_bytes(b"")
     with pytest.raises(P.FirmwareError) as e:
-        P.SevGuestProvider(str(path), extended=False).report(DATA)
+        P.SevGuestProvider(str(path), extended=False,
+                           vmpck_id_path=str(tmp_path / "none")).report(DATA)
     assert e.value.errno == errno.ENOTTY
     assert str(e.value) == ("SNP_GET_REPORT failed: Inappropriate ioctl for device (no error "
                             "code from the firmware or the host)")
