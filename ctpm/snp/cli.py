@@ -115,6 +115,7 @@ def run(args) -> int:
         args.snp_parser.print_usage(sys.stderr)
         return 2
     from .errors import ProviderError, SnpError
+    from .providers import certificates as parse_certificates
     from .providers import open_provider
     try:
         report_data = parse_report_data(args.report_data)
@@ -137,7 +138,7 @@ def run(args) -> int:
     certificates = {}
     if args.certs:
         try:
-            certificates = evidence.certificates()
+            certificates = parse_certificates(evidence)
         except SnpError as e:
             return _fail(1, f"the {evidence.provider} certificate table: {e.message}")
     try:

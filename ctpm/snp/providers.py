@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .errors import ProviderError, SnpError
+from .evidence import Evidence
 from .report import CERT_ENTRY_SIZE, REPORT_SIZE, parse_cert_table, parse_msg_report_rsp
 
 REPORT_DATA_SIZE = 64
@@ -28,19 +29,9 @@ TSM_ROOT = "/sys/kernel/config/tsm/report"
 SEV_GUEST_DEVICE = "/dev/sev-guest"
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """What a provider obtained: the report exactly as the firmware produced it, the host's
-    certificate table (None when the host supplies none), and which provider made it."""
-
-    report: bytes
-    cert_table: bytes | None
-    provider: str                     # "configfs-tsm" | "sev-guest" | "simulated"
-    manifest: bytes | None = None     # SVSM service manifest (configfs-tsm service reports)
-
-    def certificates(self) -> dict[uuid.UUID, bytes]:
-        """The certificate table parsed (GUID -> DER); empty without a table."""
-        return parse_cert_table(self.cert_table) if self.cert_table else {}
+def certificates(evidence: Evidence) -> dict[uuid.UUID, bytes]:
+    """The evidence's certificate table parsed (GUID -> DER); empty without a table."""
+    return parse_cert_table(evidence.cert_table) if evidence.cert_table else {}
 
 
 @dataclass(frozen=True)
