@@ -402,8 +402,21 @@ def describe_exitinfo(fw_error: int, vmm_error: int) -> str:
 
 
 def _default_ioctl(fd: int, request: int, arg) -> int:
-    import fcntl
-    return fcntl.ioctl(fd, request, arg, True)
+    """ioctl(2) through libc with a pointer to `arg` itself.
+
+    Not fcntl.ioctl: for buffers of up to 1024 bytes CPython hands the kernel a copy and copies
+    it back only when the call succeeds, but the driver reports fw_error/vmm_error in exitinfo2
+    (and asks for a bigger certificate buffer) precisely when the call fails.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ioctl.restype = ctypes.c_int
+    while True:
+        ret = libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.byref(arg))
+        if ret >= 0:
+            return ret
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
 
 
 def _default_open(path: str) -> int:
@@ -422,7 +435,7 @@ class SevGuestProvider:
     and the driver publishes that key's number as its `vmpck_id` module parameter (the VMPL the
     guest kernel runs at: 0, or 2 under an SVSM). It is the default VMPL, and a lower one is
     refused here with that reason instead of the firmware's bare INVALID_PARAM.
-    `open` and `ioctl` default to os.open and fcntl.ioctl; tests inject a fake kernel.
+    `open` and `ioctl` default to os.open and libc's ioctl; tests inject a fake kernel.
     """
 
     name = "sev-guest"

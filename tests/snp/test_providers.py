@@ -299,7 +299,7 @@ def test_sev_guest_missing_device_and_permission():
 
 
 def test_default_ioctl_reaches_the_kernel(tmp_path):
-    """fcntl.ioctl with our block on a file that is no sev-guest: ENOTTY comes back named."""
+    """The real ioctl with our block on a file that is no sev-guest: ENOTTY comes back named."""
     path = tmp_path / "not-a-device"
     path.write_bytes(b"")
     with pytest.raises(P.FirmwareError) as e:
@@ -308,6 +308,24 @@ def test_default_ioctl_reaches_the_kernel(tmp_path):
     assert e.value.errno == errno.ENOTTY
     assert str(e.value) == ("SNP_GET_REPORT failed: Inappropriate ioctl for device (no error "
                             "code from the firmware or the host)")
+
+
+def test_default_ioctl_passes_the_block_itself():
+    """The kernel writes into our structure in place (FIONREAD on a pipe writes an int), so
+    exitinfo2 written by a failing SNP ioctl reaches us too, unlike with fcntl.ioctl's copy."""
+    import termios
+    r, w = os.pipe()
+    try:
+        os.write(w, b"12345")
+        count = ctypes.c_int(-1)
+        assert P._default_ioctl(r, termios.FIONREAD, count) == 0
+        assert count.value == 5
+        with pytest.raises(OSError) as e:
+            P._default_ioctl(r, P.SNP_GET_REPORT, P.SnpGuestRequestIoctl(msg_version=1))
+        assert e.value.errno == errno.ENOTTY
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.parametrize("bad", [b"", bytes(63), bytes(65), "x" * 64])
