@@ -53,6 +53,8 @@ def _parser():
     from .snp import verify_cli
     verify_cli.add_parser(commands)
     verify_ek_cli.add_parser(commands)
+    from .snp import cli as snp_cli
+    snp_cli.add_parsers(commands)
     return parser
 
 
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
     if args.command == "verify-ek":
         from .modes import verify_ek_cli
         return verify_ek_cli.run(args)
+    if args.command == "snp":
+        from .snp import cli as snp_cli
+        return snp_cli.run(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
