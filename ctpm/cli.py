@@ -45,6 +45,8 @@ def _parser():
                           "sev-guest | simulated (never trusted unless a verifier is told to)")
     run.add_argument("--snp-sim-dir", metavar="DIR",
                      help="the simulated AMD-SP's directory (--snp-provider simulated)")
+    run.add_argument("--vtpm-proxy", action="store_true",
+                     help="also be this machine's kernel TPM (/dev/tpmN) through /dev/vtpmx")
     run.add_argument("--svsm", metavar="unix:PATH", action="append",
                      help="serve the SVSM vTPM and attestation protocols on PATH (--mode svsm)")
     commands.add_parser("host", help="serve many TPM instances in one process "
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
                       log_level=args.log_level, allow_remote=args.allow_remote,
                       resource_manager=args.resource_manager, mode=args.mode, ak=args.ak,
                       snp_provider=args.snp_provider, snp_sim_dir=args.snp_sim_dir,
-                      svsm=args.svsm)
+                      svsm=args.svsm, vtpm_proxy=args.vtpm_proxy)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2

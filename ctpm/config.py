@@ -54,6 +54,7 @@ class Config:
     snp_provider: str = "auto"      # auto | configfs | sev-guest | simulated
     snp_sim_dir: str | None = None  # the simulated AMD-SP's directory (provider simulated)
     svsm: tuple = ()                # unix sockets of the SVSM protocol (mode svsm)
+    vtpm_proxy: bool = False        # also be the kernel's TPM through /dev/vtpmx
 
 
 DEFAULTS = Config()
@@ -68,7 +69,7 @@ SCHEMA = {
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
             "resource_manager": "resource_manager"},
     "log": {"level": "log_level"},
-    "mode": {"mode": "mode", "ak": "ak", "svsm": "svsm"},
+    "mode": {"mode": "mode", "ak": "ak", "svsm": "svsm", "vtpm_proxy": "vtpm_proxy"},
     "snp": {"provider": "snp_provider", "sim_dir": "snp_sim_dir"},
 }
 MODES = ("standard", "ephemeral", "svsm")
@@ -162,7 +163,7 @@ def read_toml(path) -> dict:
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          allow_remote=False, resource_manager=False, mode=None, ak=None, snp_provider=None,
-         snp_sim_dir=None, svsm=None) -> Config:
+         snp_sim_dir=None, svsm=None, vtpm_proxy=False) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
@@ -177,6 +178,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raw["allow_remote"] = (True, "--allow-remote")
     if resource_manager:
         raw["resource_manager"] = (True, "--resource-manager")
+    if vtpm_proxy:
+        raw["vtpm_proxy"] = (True, "--vtpm-proxy")
 
     values = {}
     if "mssim" in raw or "swtpm" in raw:     # the default mssim only without any listener
@@ -246,7 +249,7 @@ def _validate(name, value, where):
             value = [value]
         _check_type(value, list, where)
         return tuple(parse_address(v, where, unix_ok=name == "swtpm") for v in value)
-    if name in ("allow_remote", "resource_manager"):
+    if name in ("allow_remote", "resource_manager", "vtpm_proxy"):
         return _check_type(value, bool, where)
     if name == "stall_timeout":
         value = _check_type(value, (int, float), where)

@@ -43,9 +43,32 @@ async def serve(config, *, tpm=None, backend=None, task_status=trio.TASK_STATUS_
     if backend is None:
         backend = EngineBackend(tpm) if tpm is not None else build_backend(config)
     bindings = bind_all(config)
-    listening = await serve_instance(config, backend, bindings, task_status=task_status,
-                                     notify=True)
-    return listening
+    if not getattr(config, "vtpm_proxy", False):
+        return await serve_instance(config, backend, bindings, task_status=task_status,
+                                    notify=True)
+    from .transport import vtpm_proxy
+    try:
+        fd, number = vtpm_proxy.create_device()
+    except vtpm_proxy.VtpmProxyError as e:
+        bindings.close()
+        raise StartupError(str(e)) from None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(vtpm_proxy.serve_fd, backend, fd)
+
+        def started(listening):
+            task_status.started(Listening(listening + (
+                Bound("vtpm-proxy", path=f"/dev/tpm{number}"),)))
+        reason = await serve_instance(config, backend, bindings, task_status=_Started(started),
+                                      notify=True)
+        nursery.cancel_scope.cancel()
+    return reason
+
+
+class _Started:
+    """A task_status that passes what is reported through a function."""
+
+    def __init__(self, fn):
+        self.started = fn
 
 
 async def serve_instance(config, backend, bindings, *, name=None, notify=False,

@@ -32,6 +32,8 @@ class Bound:
         return self.path + ".ctrl" if self.path else self.port + 1
 
     def __str__(self):
+        if self.kind == "vtpm-proxy":
+            return f"{self.path},{self.path.replace('/tpm', '/tpmrm')}"
         if self.path:
             return f"unix:{self.path},{self.second}"
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -17,10 +17,10 @@ pytestmark = [pytest.mark.guest,
               pytest.mark.skipif(guest.missing() is not None, reason=str(guest.missing()))]
 
 
-def boot_with_ctpm(tmp_path, device="tpm-tis", state=None):
+def boot_with_ctpm(tmp_path, device="tpm-tis", state=None, extra=()):
     sock = tmp_path / "ctpm.sock"
     args = ["--swtpm", f"unix:{sock}"] + (["--state", str(state)] if state else [])
-    with run_daemon(*args) as d:
+    with run_daemon(*args, *extra, timeout=30) as d:
         result = guest.boot(f"{sock}.ctrl", tmp_path, device)
         # QEMU's CMD_SHUTDOWN at exit stops the daemon, as it stops swtpm
         d.proc.wait(10)
@@ -52,6 +52,19 @@ def test_guest_uses_ctpm_through_tis(tis_boot):
     check(result)
     assert returncode == 0
     assert {pcr for _, pcr in guest.replay(result.event_log)} >= {0, 1, 7}
+
+
+def test_guest_uses_ctpm_in_ephemeral_mode(tmp_path):
+    """The ephemeral mode serves a QEMU guest as a host-side backend (its anchor then proves
+    nothing about the guest, docs/modes.md): the boot, the event log and IMA work as in the
+    standard mode, and the provisioned EK is there for the guest."""
+    from ctpm.snp.simulator import SimulatedSP
+    SimulatedSP(str(tmp_path / "sim"), "milan")
+    result, returncode = boot_with_ctpm(tmp_path, extra=(
+        "--mode", "ephemeral", "--snp-provider", "simulated", "--snp-sim-dir",
+        str(tmp_path / "sim")))
+    check(result)
+    assert returncode == 0
 
 
 def test_guest_uses_ctpm_through_crb(tmp_path):
