@@ -214,7 +214,7 @@ def _check_mode(config, raw):
         raise ConfigError(f"{raw['svsm'][1]}: SVSM sockets need --mode svsm")
     if config.mode == "standard":
         for name in ("snp_provider", "snp_sim_dir", "ak"):
-            if name in raw:
+            if name in raw and getattr(config, name) != getattr(DEFAULTS, name):
                 raise ConfigError(f"{raw[name][1]}: the standard mode has no SNP anchor "
                                   "(use --mode ephemeral or svsm)")
     if config.snp_provider == "simulated" and not config.snp_sim_dir:

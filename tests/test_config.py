@@ -32,7 +32,8 @@ def test_every_documented_default_equals_the_code(tmp_path):
     keys = re.findall(r"(?m)^(\w+) = ", uncommented)
     assert sorted(keys) == sorted(["mssim", "swtpm", "allow_remote", "stall_timeout",
                                    "max_command_size", "max_objects", "max_sessions",
-                                   "max_persistent", "max_nv_indices", "nv_space", "level"])
+                                   "max_persistent", "max_nv_indices", "nv_space", "level",
+                                   "mode", "ak", "svsm", "vtpm_proxy", "provider"])
     assert load(write(tmp_path, uncommented)) == Config()
 
 
@@ -135,3 +136,30 @@ def test_limits_reach_the_engine(tmp_path):
             engine.max_nv_indices, engine.nv_space) == (5, 7, 9, 11, 4096)
     with pytest.raises(ConfigError, match="nv_space"):
         load(write(tmp_path, "[tpm]\nnv_space = 100\n"))
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(mode="ephemeral", state_dir="/tmp/s"), "--state: the ephemeral mode keeps no state"),
+    (dict(mode="svsm", state_dir="/tmp/s"), "--state: the svsm mode keeps no state"),
+    (dict(mode="svsm"), "--mode: svsm needs an SVSM socket"),
+    (dict(svsm=["unix:/tmp/a.svsm"]), "--svsm: SVSM sockets need --mode svsm"),
+    (dict(mode="svsm", svsm=["127.0.0.1:5"]), "served on unix:PATH only"),
+    (dict(snp_provider="simulated"), "the standard mode has no SNP anchor"),
+    (dict(ak="rsa"), "--ak: the standard mode has no SNP anchor"),
+    (dict(mode="ephemeral", snp_provider="simulated"), "needs a directory"),
+    (dict(mode="ephemeral", snp_sim_dir="/tmp/d"), "only with the simulated provider"),
+    (dict(mode="turbo"), "'turbo' is not one of standard, ephemeral, svsm"),
+    (dict(mode="ephemeral", snp_provider="magic"), "'magic' is not one of auto"),
+])
+def test_mode_combinations_are_one_line_errors(kwargs, fragment):
+    with pytest.raises(ConfigError) as e:
+        load(**kwargs)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_modes_from_the_file(tmp_path):
+    path = write(tmp_path, '[mode]\nmode = "ephemeral"\nak = "rsa"\n'
+                           '[snp]\nprovider = "simulated"\nsim_dir = "/tmp/sp"\n')
+    config = load(path)
+    assert (config.mode, config.ak, config.snp_provider, config.snp_sim_dir) == \
+        ("ephemeral", "rsa", "simulated", "/tmp/sp")
