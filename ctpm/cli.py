@@ -55,6 +55,8 @@ def _parser():
     from .snp import verify_cli
     verify_cli.add_parser(commands)
     verify_ek_cli.add_parser(commands)
+    from .attest import cli as attest_cli
+    attest_cli.add_parsers(commands)
     from .snp import cli as snp_cli
     snp_cli.add_parsers(commands)
     return parser
@@ -70,6 +72,10 @@ def main(argv=None) -> int:
     if args.command == "verify-report":
         from .snp import verify_cli
         return verify_cli.run(args)
+    if args.command in ("attest", "verify"):
+        from .attest import cli as attest_cli
+        return (attest_cli.run_attest if args.command == "attest" else
+                attest_cli.run_verify)(args)
     if args.command == "verify-ek":
         from .modes import verify_ek_cli
         return verify_ek_cli.run(args)

@@ -1,0 +1,123 @@
+"""`ctpm attest` (the attester) and `ctpm verify` (composite evidence against a policy).
+
+attest: exit 0 and the evidence JSON written; 1 when the TPM or the report cannot be had
+(one line); 2 for usage mistakes. verify: exit 0 and a summary; 1 and one line naming the
+failed check; 2 for unusable input (file, nonce, policy).
+"""
+import json
+import os
+import sys
+
+
+def add_parsers(commands):
+    a = commands.add_parser("attest", help="composite evidence (TPM quote + SNP report) for "
+                                           "a verifier's nonce")
+    a.add_argument("--tcti", required=True, metavar="TCTI",
+                   help="the TPM, as tpm2-tools names it (mssim:host=,port= / swtpm:... / "
+                        "device:/dev/tpmrm0)")
+    a.add_argument("--nonce", required=True, metavar="HEX", help="the verifier's 64 bytes")
+    a.add_argument("-o", "--output", required=True, metavar="FILE", help="'-': stdout")
+    a.add_argument("--pcrs", default="sha256:0,1,2,3,4,5,6,7", metavar="SEL",
+                   help="PCRs to quote, tpm2-tools form (default sha256:0-7)")
+    a.add_argument("--event-log", metavar="FILE",
+                   help="the TCG PC Client binary log (e.g. /sys/kernel/security/tpm0/"
+                        "binary_bios_measurements)")
+    a.add_argument("--ima-log", metavar="FILE", help="the IMA log (carried, not replayed)")
+    a.add_argument("--uuid", metavar="UUID", help="this instance's id, echoed in the token")
+    a.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
+
+    v = commands.add_parser("verify", help="verify composite evidence against a policy")
+    v.add_argument("evidence", metavar="EVIDENCE.json")
+    v.add_argument("--nonce", required=True, metavar="HEX")
+    v.add_argument("--policy", metavar="FILE", help="policy TOML (docs/attestation.md); "
+                                                    "default: the built-in strict policy")
+    v.add_argument("--json", action="store_true", help="print the appraisal's claims")
+
+
+def _fail(command, message, status):
+    print(f"ctpm: {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _nonce(text):
+    try:
+        nonce = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return nonce if len(nonce) == 64 else None
+
+
+def run_attest(args) -> int:
+    nonce = _nonce(args.nonce)
+    if nonce is None:
+        return _fail("attest", "--nonce must be 64 bytes (128 hex digits)", 2)
+    logs = {}
+    for name in ("event_log", "ima_log"):
+        path = getattr(args, name)
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    logs[name] = f.read()
+            except OSError as e:
+                return _fail("attest", f"cannot read {path}: {e.strerror}", 2)
+    from .evidence import collect
+    from .tpm import parse_selection
+    try:
+        parse_selection(args.pcrs)
+    except ValueError as e:
+        return _fail("attest", f"--pcrs: {e}", 2)
+    try:
+        doc = collect(args.tcti, nonce, pcrs=args.pcrs, instance_uuid=args.uuid,
+                      startup=args.startup, **logs)
+    except Exception as e:      # TSS errors (tpm2_pytss.TSS2_Exception), a missing index...
+        return _fail("attest", f"{type(e).__name__}: {e}", 1)
+    text = json.dumps(doc, indent=1) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    tmp = args.output + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.output)
+    except OSError as e:
+        return _fail("attest", f"cannot write {args.output}: {e.strerror}", 1)
+    return 0
+
+
+def run_verify(args) -> int:
+    from ..snp.errors import SnpError
+    from .verify import AttestPolicy, ClockHistory, load_policy, verify_evidence
+    nonce = _nonce(args.nonce)
+    if nonce is None:
+        return _fail("verify", "--nonce must be 64 bytes (128 hex digits)", 2)
+    try:
+        with open(args.evidence, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return _fail("verify", f"cannot read {args.evidence}: {e.strerror}", 2)
+    try:
+        policy = load_policy(args.policy) if args.policy else AttestPolicy()
+    except ValueError as e:
+        return _fail("verify", f"policy: {e}", 2)
+    try:
+        appraisal = verify_evidence(raw, nonce, policy, history=ClockHistory())
+    except SnpError as e:
+        print(f"ctpm: refused: {e.check}: {e.message}", file=sys.stderr)
+        return 1
+    claims = appraisal.claims()
+    if args.json:
+        print(json.dumps({"verified": True, **claims}, indent=1))
+        return 0
+    s, t = claims["snp"], claims["vtpm"]
+    root = "AMD" if s["root"] == "amd" else f"caller-trusted ARK {s['root'][8:24]}..."
+    print(f"verified: {s['product']} VM (root {root}, provider {s['provider']}, VMPL "
+          f"{s['vmpl']}) with a vTPM quote over {t['pcr_selection']}, policy "
+          f"{claims['policy_id']}")
+    print(f"  measurement {s['measurement']}")
+    print(f"  EK name     {t['ek_name']}")
+    print(f"  AK name     {t['ak_name']}")
+    print(f"  PCR digest  {t['pcr_digest']}")
+    if t["event_log_pcrs"]:
+        print(f"  event log   replayed to {' '.join(t['event_log_pcrs'])}")
+    return 0

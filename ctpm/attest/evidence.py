@@ -1,0 +1,163 @@
+"""Composite evidence: one JSON document, fresh for one verifier nonce N, that proves the
+VM's launch (SNP report) and what ran after (TPM quote, PCRs, event logs) and binds them:
+
+* SNP report:  REPORT_DATA    = SHA-512(N || manifest)   (the SVSM rule)
+* TPM quote:   qualifyingData = SHA-256(N), signed by the AK the manifest names
+  (so the report vouches for the AK, and the AK for the PCRs).
+
+The document is an IETF RATS CMW collection (draft-ietf-rats-msg-wrap): a JSON object whose
+members are CMWs in record form `[media type, base64url(bytes)]`, plus `__cmwc_t` naming the
+collection type. Members carry the exact bytes the TPM and the firmware produced (the verifier
+checks signatures over them, never over a re-encoding). docs/attestation.md has the schema;
+`ctpm/attest/evidence.schema.json` is the JSON Schema.
+
+`collect()` is the attester: it talks to any TPM through a tpm2-tss TCTI (tpm2-pytss); the
+SNP part comes from ctpm's evidence NV indices (ephemeral mode) or is given by the caller.
+"""
+import base64
+import hashlib
+import json
+
+COLLECTION_TYPE = "tag:ctpm.dev,2026:composite-evidence/v1"
+MEDIA = {
+    "meta": "application/vnd.ctpm.evidence-meta+json",
+    "snp-report": "application/vnd.amd.sev-snp.attestation-report",
+    "snp-certs": "application/vnd.amd.sev-snp.cert-table",
+    "manifest": "application/vnd.ctpm.manifest",
+    "tpm-quote": "application/vnd.tcg.tpms-attest",
+    "tpm-signature": "application/vnd.tcg.tpmt-signature",
+    "pcrs": "application/vnd.ctpm.pcr-values+json",
+    "event-log": "application/vnd.tcg.pcclient-event-log",
+    "ima-log": "text/plain; charset=utf-8",
+}
+REQUIRED = ("meta", "snp-report", "manifest", "tpm-quote", "tpm-signature", "pcrs")
+DEFAULT_PCRS = "sha256:0,1,2,3,4,5,6,7"
+NV_REQUEST, NV_EVIDENCE, AK_HANDLE = 0x01400002, 0x01400001, 0x81020000
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode()
+
+
+def unb64u(text: str) -> bytes:
+    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
+        raise ValueError("not base64url without padding")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def build(*, report: bytes, cert_table: bytes | None, manifest: bytes, manifest_version: int,
+          provider: str, quote: bytes, signature: bytes, pcrs: dict, selection: str,
+          event_log: bytes | None = None, ima_log: bytes | None = None,
+          instance_uuid: str | None = None) -> dict:
+    """The evidence document. `pcrs`: {bank: {pcr: value bytes}}."""
+    meta = {"version": 1, "manifest_version": manifest_version, "provider": provider,
+            "pcr_selection": selection, "nonce_binding": {
+                "snp-report": "REPORT_DATA = SHA-512(nonce || manifest)",
+                "tpm-quote": "extraData = SHA-256(nonce)"}}
+    if instance_uuid:
+        meta["instance_uuid"] = instance_uuid
+    pcr_json = {bank: {str(i): v.hex() for i, v in sorted(values.items())}
+                for bank, values in pcrs.items()}
+    parts = {"meta": json.dumps(meta, sort_keys=True).encode(), "snp-report": report,
+             "manifest": manifest, "tpm-quote": quote, "tpm-signature": signature,
+             "pcrs": json.dumps(pcr_json, sort_keys=True).encode()}
+    if cert_table:
+        parts["snp-certs"] = cert_table
+    if event_log:
+        parts["event-log"] = event_log
+    if ima_log:
+        parts["ima-log"] = ima_log
+    doc = {"__cmwc_t": COLLECTION_TYPE}
+    doc.update({label: [MEDIA[label], b64u(data)] for label, data in parts.items()})
+    return doc
+
+
+def parts(doc) -> dict:
+    """label -> bytes of an evidence document; ValueError naming what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError("evidence is not a JSON object")
+    if doc.get("__cmwc_t") != COLLECTION_TYPE:
+        raise ValueError(f"__cmwc_t is not {COLLECTION_TYPE!r}")
+    out = {}
+    for label, cmw in doc.items():
+        if label == "__cmwc_t":
+            continue
+        if label not in MEDIA:
+            raise ValueError(f"unknown member {label!r}")
+        if not (isinstance(cmw, list) and len(cmw) in (2, 3) and cmw[0] == MEDIA[label]):
+            raise ValueError(f"member {label!r} is not the CMW [{MEDIA[label]!r}, base64url]")
+        try:
+            out[label] = unb64u(cmw[1])
+        except (ValueError, TypeError):
+            raise ValueError(f"member {label!r}: value is not base64url") from None
+    missing = [label for label in REQUIRED if label not in out]
+    if missing:
+        raise ValueError(f"missing members: {', '.join(missing)}")
+    return out
+
+
+def qualifying_data(nonce: bytes) -> bytes:
+    return hashlib.sha256(bytes(nonce)).digest()
+
+
+# --- the attester ------------------------------------------------------------------------------
+
+def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
+            event_log: bytes | None = None, ima_log: bytes | None = None,
+            instance_uuid: str | None = None, snp=None, startup: bool = False) -> dict:
+    """Evidence from the TPM behind `tcti` (tpm2-tools' TCTI string) for `nonce` (64 bytes).
+
+    The SNP part: `snp` = (report, cert_table, manifest, manifest_version, provider) when the
+    caller got it elsewhere (e.g. the SVSM attestation call); otherwise it is requested from
+    ctpm's NV indices (write N to 0x01400002, read 0x01400001). The quote is by the AK at
+    0x81020000 over `pcrs` (tpm2-tools form, e.g. "sha256:0,1,2,3,4,5,6,7")."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SU
+    from tpm2_pytss.types import (TPM2B_DATA, TPM2B_MAX_NV_BUFFER, TPML_PCR_SELECTION,
+                                  TPMT_SIG_SCHEME)
+
+    from ..modes.anchor import decode_evidence
+    from .tpm import format_selection, parse_selection
+
+    if len(nonce) != 64:
+        raise ValueError(f"the nonce is 64 bytes, got {len(nonce)}")
+    selection = format_selection(parse_selection(pcrs))
+    esapi = ESAPI(TCTILdr.parse(tcti))
+    try:
+        if startup:
+            esapi.startup(TPM2_SU.CLEAR)
+        if snp is None:
+            request = esapi.tr_from_tpmpublic(NV_REQUEST)
+            esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
+            index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
+            public, _ = esapi.nv_read_public(index)
+            size = public.nvPublic.dataSize
+            blob = b"".join(bytes(esapi.nv_read(index, min(1024, size - off), off,
+                                                auth_handle=ESYS_TR.OWNER))
+                            for off in range(0, size, 1024))
+            ev = decode_evidence(blob)
+            if ev.nonce != nonce:
+                raise ValueError("the evidence index answered another nonce")
+            snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
+        report, cert_table, manifest, manifest_version, provider = snp
+        ak = esapi.tr_from_tpmpublic(AK_HANDLE)
+        tpm_selection = TPML_PCR_SELECTION.parse(selection)
+        quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
+                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        values = {}
+        for bank, indices in parse_selection(selection):
+            values[bank] = {}
+            for i in range(0, len(indices), 8):
+                chunk = indices[i:i + 8]
+                _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(
+                    f"{bank}:{','.join(map(str, chunk))}"))
+                for pcr, digest in zip(chunk, digests):
+                    values[bank][pcr] = bytes(digest)
+        quote_bytes = bytes(quoted.attestationData)
+        sig_bytes = signature.marshal()
+    finally:
+        esapi.close()
+    return build(report=report, cert_table=cert_table, manifest=manifest,
+                 manifest_version=manifest_version, provider=provider, quote=quote_bytes,
+                 signature=sig_bytes, pcrs=values, selection=selection, event_log=event_log,
+                 ima_log=ima_log, instance_uuid=instance_uuid)
