@@ -60,6 +60,8 @@ def run_attest(args) -> int:
                     logs[name] = f.read()
             except OSError as e:
                 return _fail("attest", f"cannot read {path}: {e.strerror}", 2)
+    # the TSS's own log lines would bury the one line that says what failed
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
     from .evidence import collect
     from .tpm import parse_selection
     try:
@@ -70,7 +72,7 @@ def run_attest(args) -> int:
         doc = collect(args.tcti, nonce, pcrs=args.pcrs, instance_uuid=args.uuid,
                       startup=args.startup, **logs)
     except Exception as e:      # TSS errors (tpm2_pytss.TSS2_Exception), a missing index...
-        return _fail("attest", f"{type(e).__name__}: {e}", 1)
+        return _fail("attest", f"{args.tcti}: {type(e).__name__}: {e}", 1)
     text = json.dumps(doc, indent=1) + "\n"
     if args.output == "-":
         sys.stdout.write(text)
