@@ -112,9 +112,8 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
     ctpm's NV indices (write N to 0x01400002, read 0x01400001). The quote is by the AK at
     0x81020000 over `pcrs` (tpm2-tools form, e.g. "sha256:0,1,2,3,4,5,6,7")."""
     from tpm2_pytss import ESAPI, TCTILdr
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SU
-    from tpm2_pytss.types import (TPM2B_DATA, TPM2B_MAX_NV_BUFFER, TPML_PCR_SELECTION,
-                                  TPMT_SIG_SCHEME)
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_SU
+    from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
 
     from ..modes.anchor import decode_evidence
     from .tpm import format_selection, parse_selection
@@ -127,15 +126,7 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
         if startup:
             esapi.startup(TPM2_SU.CLEAR)
         if snp is None:
-            request = esapi.tr_from_tpmpublic(NV_REQUEST)
-            esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
-            index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
-            public, _ = esapi.nv_read_public(index)
-            size = public.nvPublic.dataSize
-            blob = b"".join(bytes(esapi.nv_read(index, min(1024, size - off), off,
-                                                auth_handle=ESYS_TR.OWNER))
-                            for off in range(0, size, 1024))
-            ev = decode_evidence(blob)
+            ev = decode_evidence(collect_snp_only(esapi, nonce))
             if ev.nonce != nonce:
                 raise ValueError("the evidence index answered another nonce")
             snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
@@ -144,15 +135,7 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
         tpm_selection = TPML_PCR_SELECTION.parse(selection)
         quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
                                         TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        values = {}
-        for bank, indices in parse_selection(selection):
-            values[bank] = {}
-            for i in range(0, len(indices), 8):
-                chunk = indices[i:i + 8]
-                _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(
-                    f"{bank}:{','.join(map(str, chunk))}"))
-                for pcr, digest in zip(chunk, digests):
-                    values[bank][pcr] = bytes(digest)
+        values = read_pcrs(esapi, selection)
         quote_bytes = bytes(quoted.attestationData)
         sig_bytes = signature.marshal()
     finally:
@@ -161,3 +144,34 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
                  manifest_version=manifest_version, provider=provider, quote=quote_bytes,
                  signature=sig_bytes, pcrs=values, selection=selection, event_log=event_log,
                  ima_log=ima_log, instance_uuid=instance_uuid)
+
+
+def collect_snp_only(esapi, nonce: bytes) -> bytes:
+    """Ask ctpm for a report for `nonce` through its NV indices; the evidence index's bytes."""
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_MAX_NV_BUFFER
+    request = esapi.tr_from_tpmpublic(NV_REQUEST)
+    esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
+    index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
+    public, _ = esapi.nv_read_public(index)
+    size = public.nvPublic.dataSize
+    return b"".join(bytes(esapi.nv_read(index, min(1024, size - off), off,
+                                        auth_handle=ESYS_TR.OWNER))
+                    for off in range(0, size, 1024))
+
+
+def read_pcrs(esapi, selection: str) -> dict:
+    """{bank: {pcr: value}} for a tpm2-tools selection (PCR_Read takes 8 at a time)."""
+    from tpm2_pytss.types import TPML_PCR_SELECTION
+
+    from .tpm import parse_selection
+    values = {}
+    for bank, indices in parse_selection(selection):
+        values[bank] = {}
+        for i in range(0, len(indices), 8):
+            chunk = indices[i:i + 8]
+            _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(
+                f"{bank}:{','.join(map(str, chunk))}"))
+            for pcr, digest in zip(chunk, digests):
+                values[bank][pcr] = bytes(digest)
+    return values

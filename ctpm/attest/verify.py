@@ -217,44 +217,8 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
                                          "not do: use manifest v1)")
     ak_name = name_of(ak)
 
-    # the quote
-    try:
-        quote = Quote.parse(p["tpm-quote"])
-        key, _, _, _ = public_key(ak)
-    except (ValueError, IndexError) as e:
-        raise AttestError("quote_format", f"the quote or the AK is malformed: {e}") from None
-    if quote.magic != TPM_GENERATED_VALUE:
-        raise AttestError("quote_magic", f"magic {quote.magic:#x} is not TPM_GENERATED_VALUE "
-                                         "(the TPM did not make this structure)")
-    if quote.type != TPM_ST_ATTEST_QUOTE:
-        raise AttestError("quote_type", f"type {quote.type:#x} is not TPM_ST_ATTEST_QUOTE")
-    try:
-        verify_signature(key, None, p["tpm-signature"], p["tpm-quote"], set(policy.schemes))
-    except ValueError as e:
-        raise AttestError("quote_signature", str(e)) from None
-    except InvalidSignature:
-        raise AttestError("quote_signature", "the quote's signature does not verify with the "
-                                             "manifest's AK") from None
-    if not hmac.compare_digest(quote.qualified_signer, qualified_name(ak_name)):
-        raise AttestError("qualified_signer", "qualifiedSigner is not the Qualified Name of "
-                                              "the manifest's AK (a primary key of the "
-                                              "endorsement hierarchy)")
-    if not hmac.compare_digest(quote.extra_data, E.qualifying_data(nonce)):
-        raise AttestError("nonce", "the quote's extraData is not SHA-256(nonce)")
-    if format_selection(quote.selection) != policy.pcrs:
-        raise AttestError("pcr_selection", f"the quote covers {format_selection(quote.selection)}"
-                                           f", the policy asks for {policy.pcrs}")
-    h = hashlib.new(_quote_hash(p["tpm-signature"]))
-    for bank, pcrs in quote.selection:
-        for pcr in pcrs:
-            value = pcr_values.get(bank, {}).get(pcr)
-            if value is None or len(value) != hashlib.new(bank).digest_size:
-                raise AttestError("pcr_digest", f"no {bank} value for PCR {pcr}")
-            h.update(value)
-    if not hmac.compare_digest(h.digest(), quote.pcr_digest):
-        raise AttestError("pcr_digest", "the PCR values given do not hash to the quoted "
-                                        "pcrDigest (changed after the quote?)")
-    quoted = {(b, i): pcr_values[b][i] for b, pcrs in quote.selection for i in pcrs}
+    quote, quoted = _verify_quote(p["tpm-quote"], p["tpm-signature"], pcr_values, ak, nonce,
+                                  policy)
     if history is not None:
         history.check(ak_name, quote)
 
@@ -288,6 +252,50 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
                      quote=quote, pcrs={b: dict(v) for b, v in pcr_values.items()},
                      pcr_digest=quote.pcr_digest, policy_id=policy.id,
                      instance_uuid=meta.get("instance_uuid"), event_log_replayed=replayed)
+
+
+def _verify_quote(quote_bytes: bytes, signature: bytes, pcr_values: dict, ak: bytes,
+                  nonce: bytes, policy):
+    """The quote's checks (quote_format ... pcr_digest); (Quote, {(bank, pcr): value})."""
+    ak_name = name_of(ak)
+    try:
+        quote = Quote.parse(quote_bytes)
+        key, _, _, _ = public_key(ak)
+    except (ValueError, IndexError) as e:
+        raise AttestError("quote_format", f"the quote or the AK is malformed: {e}") from None
+    if quote.magic != TPM_GENERATED_VALUE:
+        raise AttestError("quote_magic", f"magic {quote.magic:#x} is not TPM_GENERATED_VALUE "
+                                         "(the TPM did not make this structure)")
+    if quote.type != TPM_ST_ATTEST_QUOTE:
+        raise AttestError("quote_type", f"type {quote.type:#x} is not TPM_ST_ATTEST_QUOTE")
+    try:
+        verify_signature(key, None, signature, quote_bytes, set(policy.schemes))
+    except ValueError as e:
+        raise AttestError("quote_signature", str(e)) from None
+    except InvalidSignature:
+        raise AttestError("quote_signature", "the quote's signature does not verify with the "
+                                             "manifest's AK") from None
+    if not hmac.compare_digest(quote.qualified_signer, qualified_name(ak_name)):
+        raise AttestError("qualified_signer", "qualifiedSigner is not the Qualified Name of "
+                                              "the manifest's AK (a primary key of the "
+                                              "endorsement hierarchy)")
+    if not hmac.compare_digest(quote.extra_data, E.qualifying_data(nonce)):
+        raise AttestError("nonce", "the quote's extraData is not SHA-256(nonce)")
+    if format_selection(quote.selection) != policy.pcrs:
+        raise AttestError("pcr_selection", f"the quote covers {format_selection(quote.selection)}"
+                                           f", the policy asks for {policy.pcrs}")
+    h = hashlib.new(_quote_hash(signature))
+    for bank, pcrs in quote.selection:
+        for pcr in pcrs:
+            value = pcr_values.get(bank, {}).get(pcr)
+            if value is None or len(value) != hashlib.new(bank).digest_size:
+                raise AttestError("pcr_digest", f"no {bank} value for PCR {pcr}")
+            h.update(value)
+    if not hmac.compare_digest(h.digest(), quote.pcr_digest):
+        raise AttestError("pcr_digest", "the PCR values given do not hash to the quoted "
+                                        "pcrDigest (changed after the quote?)")
+    quoted = {(b, i): pcr_values[b][i] for b, pcrs in quote.selection for i in pcrs}
+    return quote, quoted
 
 
 def qualified_name(ak_name: bytes, parent: bytes = (0x4000000B).to_bytes(4, "big")) -> bytes:
