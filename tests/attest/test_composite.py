@@ -286,3 +286,28 @@ def test_cli_unusable_input(tmp_path):
     r = ctpm("attest", "--tcti", "mssim:host=127.0.0.1,port=1", "--nonce", "00" * 64, "-o",
              str(tmp_path / "x.json"))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not TOOLS, reason="tpm2-tools not installed")
+def test_the_separate_flow_baseline(sim):
+    """The three-round flow the benchmark compares with: it works, and a credential wrapped
+    for another AK's Name does not unwrap."""
+    from tpm2_pytss import ESAPI, TCTILdr
+
+    from ctpm.attest.baseline import activate_credential, make_credential, run_separate
+    from ctpm.snp.verify import Verifier
+    pol = policy(sim)
+    with ephemeral(sim) as d:
+        subprocess.run(["tpm2_startup", "-c", "-T", d.tcti()], check=True, capture_output=True)
+        trips, sent, received = run_separate(d.tcti(), (os.urandom(64), os.urandom(64)),
+                                             verifier=Verifier(pol.trust), policy=pol)
+        assert trips == 3 and sent > 0 and received > 0
+        esapi = ESAPI(TCTILdr.parse(d.tcti()))
+        try:
+            ek = bytes(esapi.read_public(esapi.tr_from_tpmpublic(0x81010001))[0].publicArea
+                       .marshal())
+            blob, secret = make_credential(ek, b"\0\x0b" + bytes(32), b"s" * 32)
+            with pytest.raises(Exception):
+                activate_credential(esapi, blob, secret)
+        finally:
+            esapi.close()
