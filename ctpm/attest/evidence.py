@@ -148,9 +148,15 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
 
 def collect_snp_only(esapi, nonce: bytes) -> bytes:
     """Ask ctpm for a report for `nonce` through its NV indices; the evidence index's bytes."""
+    from tpm2_pytss import TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR
     from tpm2_pytss.types import TPM2B_MAX_NV_BUFFER
-    request = esapi.tr_from_tpmpublic(NV_REQUEST)
+    try:
+        request = esapi.tr_from_tpmpublic(NV_REQUEST)
+    except TSS2_Exception:
+        raise LookupError("this TPM has no report request index 0x01400002: it is not a "
+                          "ctpm in the ephemeral mode (a standard-mode TPM cannot be "
+                          "anchored; in the SVSM mode give --svsm)") from None
     esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
     index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
     public, _ = esapi.nv_read_public(index)
