@@ -271,7 +271,7 @@ class EngineBackend:
             self._deferred.store.save(blob)
 
     def describe(self) -> dict:
-        from .engine import capability
+        from .engine.commands import capability
 
         config = self._tpm.config
         store = self._deferred.store if self._deferred else self._tpm.platform.store

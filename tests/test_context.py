@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from ctpm.engine import context as C
+from ctpm.engine.subsystems import contexts as C
 from ctpm.engine.config import EngineConfig
 from ctpm.engine.tpm import Tpm
 from ctpm.platform import Platform

@@ -17,7 +17,7 @@ from tpm2_pytss.types import (TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVAT
 
 from ctpm.crypto.keys import (KdfDrbg, ecc_private_from_stream, ecc_private_key,
                               rsa_from_stream, rsa_private_key)
-from ctpm.engine.objects import compute_name as object_name, qualified_name as _qn
+from ctpm.engine.subsystems.objects import compute_name as object_name, qualified_name as _qn
 from ctpm.crypto.protect import (IntegrityError, ProtectionError, inner_unwrap, inner_wrap,
                                  protect, unprotect)
 from ctpm.errors import TpmError

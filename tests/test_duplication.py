@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from ctpm.engine import duplication
+from ctpm.engine.commands import duplication
 from ctpm.testing import blocking
 from ctpm.testing.plugin import tcti_string
 from tests.peers import Swtpm, needs_swtpm, retrying

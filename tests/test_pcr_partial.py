@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from construct import Container
 
-from ctpm.engine import pcr
+from ctpm.engine.commands import pcr
 from ctpm.engine.tpm import Tpm
 from ctpm.platform import Platform
 from ctpm.state.store import DirStore

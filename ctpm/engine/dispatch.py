@@ -16,9 +16,11 @@ from ..errors import TpmError
 from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
-from . import audit, da, ea, handlers
-from .sessions import (bind_value, command_hmac, cp_hash, crypt_parameter, response_hmac,
-                       rp_hash)
+from . import handlers
+from .commands import ea
+from .subsystems import audit, da
+from .subsystems.sessions import (bind_value, command_hmac, cp_hash, crypt_parameter,
+                                  response_hmac, rp_hash)
 
 log = logging.getLogger("ctpm.engine")
 

@@ -1,10 +1,10 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from . import (asymmetric, attest, audit, capability, clock, context, credential, da,
-               duplication, ea, ecc, ecdaa, external, hash, hierarchy, nv, object, pcr,
-               persistent, random, sequence, sessions, signature, startup, symmetric, testing,
-               x509)
+from .commands import (asymmetric, attest, capability, clock, credential, duplication, ea, ecc,
+                       external, hash, hierarchy, nv, object, pcr, random, sequence, signature,
+                       startup, symmetric, testing, x509)
+from .subsystems import audit, contexts as context, da, ecdaa, persistent, sessions
 
 _FUNCTIONS = {
     TPM_CC.NV_DefineSpace: nv.nv_define_space,

@@ -7,16 +7,16 @@ and sessions, the clocks as offsets, the state-clear and state-reset data, order
 indices, the DA timers - so that the destination goes on without a TPM2_Startup, as the
 source would have. SAVESTATE is empty: what Shutdown(STATE) saves is part of the NV image
 here. The blobs are this TPM's own format (JSON; objects and sessions in the encoding of
-saved contexts, engine/context.py) and only ever read by ctpm.
+saved contexts, engine/subsystems/contexts.py) and only ever read by ctpm.
 
 A loaded hash, HMAC or event sequence cannot move: Python's hash objects do not export their
 state. A VOLATILE blob is then refused (`MigrationError`), and QEMU's migration with it.
 """
 import json
 
-from . import context, da, ecdaa
-from .objects import Object
-from .state import TpmState
+from .subsystems import contexts as context, da, ecdaa
+from .subsystems.objects import Object
+from .subsystems.state import TpmState
 
 PERMANENT, VOLATILE, SAVESTATE = 1, 2, 3
 TYPES = (PERMANENT, VOLATILE, SAVESTATE)

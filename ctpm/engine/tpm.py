@@ -11,9 +11,10 @@ from ..wire.commands import Auth
 from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
 from .config import EngineConfig
 from .dispatch import Dispatcher
-from . import migration, nv
-from .hierarchy import hierarchy_auth
-from .state import PCR_AUTH_GROUP, PCR_POLICY_GROUP, TpmState
+from . import migration
+from .commands import nv
+from .commands.hierarchy import hierarchy_auth
+from .subsystems.state import PCR_AUTH_GROUP, PCR_POLICY_GROUP, TpmState
 
 _HDR = struct.Struct(">HII")
 

@@ -331,7 +331,7 @@ COMMANDS = (
     Command(TPM_CC.PCR_SetAuthValue, "Part 3 §22.9",
             handles=(Handle("pcrHandle", PCR, Auth.USER),),
             params=(("auth", S.TPM2B_DIGEST),)),
-    # Part 3 §23: enhanced authorization (policy) commands (engine/ea.py)
+    # Part 3 §23: enhanced authorization (policy) commands (engine/commands/ea.py)
     Command(TPM_CC.PolicySecret, "Part 3 §23.4",
             handles=(Handle("authHandle", S.TPMI_DH_ENTITY, Auth.USER),
                      Handle("policySession", S.TPMI_SH_POLICY)),
