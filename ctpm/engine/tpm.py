@@ -14,7 +14,8 @@ from .dispatch import Dispatcher
 from . import migration
 from .commands import nv
 from .commands.hierarchy import hierarchy_auth
-from .subsystems.state import PCR_AUTH_GROUP, PCR_POLICY_GROUP, TpmState
+from .subsystems.pcr_banks import PCR_AUTH_GROUP, PCR_POLICY_GROUP
+from .subsystems.state import TpmState
 
 _HDR = struct.Struct(">HII")
 

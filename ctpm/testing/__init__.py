@@ -3,6 +3,7 @@
 - `ctpm.testing.plugin`: pytest fixtures (`ctpm_tpm`, `ctpm_started_tpm`, `ctpm_server`,
   `ctpm_esapi`), registered through the `pytest11` entry point.
 - `ctpm.testing.process.run_daemon`: a real `ctpm run` subprocess on free ports.
+- `tcti_string(listening, kind)`: the TCTI configuration string of an in-process daemon.
 - `blocking(fn, *args)`: run a blocking call (tpm2-pytss) in a worker thread, so that the
   event loop can keep serving the in-process daemon that the call is talking to.
 - `with_esapi(listening, scenario, kind="mssim")`: run `scenario(esapi)` in a worker thread
@@ -21,14 +22,18 @@ async def blocking(fn, *args, **kwargs):
     return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
+def tcti_string(listening, kind: str = "mssim") -> str:
+    """The tpm2-tss TCTI configuration string for a `Listening`'s first `kind` listener."""
+    bound = listening.first(kind)
+    return f"{kind}:host={bound.host},port={bound.port}"
+
+
 async def with_esapi(listening, scenario, kind: str = "mssim"):
     """`result = await with_esapi(ctpm_server, lambda esapi: esapi.get_random(8))`.
 
     The ESAPI is opened over `kind` ("mssim" or "swtpm"), Startup(CLEAR) is sent (ESAPI
     treats an already started TPM as success), and it is closed afterwards.
     """
-    from .plugin import tcti_string
-
     def run():
         from tpm2_pytss import ESAPI
         from tpm2_pytss.constants import TPM2_SU

@@ -17,7 +17,8 @@ import functools
 
 import pytest
 
-from . import blocking, manufacture_test_tpm, startup
+from . import blocking, manufacture_test_tpm, startup, tcti_string   # tcti_string: also imported from here
+
 
 
 @pytest.fixture
@@ -43,12 +44,6 @@ async def ctpm_server(nursery, ctpm_tpm, ctpm_config):
     from ..daemon import serve
 
     return await nursery.start(functools.partial(serve, ctpm_config, tpm=ctpm_tpm))
-
-
-def tcti_string(listening, kind: str = "mssim") -> str:
-    """The tpm2-tss TCTI configuration string for a `Listening`'s first `kind` listener."""
-    bound = listening.first(kind)
-    return f"{kind}:host={bound.host},port={bound.port}"
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ from ...errors import TpmError
 from ...wire.attest import TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV_DIGEST, TPMS_ATTEST
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
 from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
-from . import nv, pcr
+from . import nv
 from ..subsystems import audit, keyuse
 from ..subsystems.audit import DEFAULT_AUDIT_HASH
 from .clock import clock_info
 from ..subsystems.create import creation_ticket
+from ..subsystems.pcr_banks import filter_selection
 from .signature import select_sign_scheme, sign_digest
 
 _NULL_SCHEME = Container(scheme=TPM_ALG.NULL, details=Container(hashAlg=TPM_ALG.NULL))
@@ -137,7 +138,7 @@ def quote(tpm, ctx, sign_handle, qualifying_data, in_scheme, pcr_select):
     alg = scheme.details.hashAlg
     if alg == TPM_ALG.NULL:
         raise TpmError(TPM_RC.SCHEME, param=2)
-    selection, values = pcr.filter_selection(tpm.state, pcr_select)
+    selection, values = filter_selection(tpm.state, pcr_select)
     return _attest(tpm, obj, scheme, qualifying_data, TPM_ST.ATTEST_QUOTE,
                    Container(pcrSelect=selection,
                              pcrDigest=hashes.digest(alg, b"".join(values))))

@@ -15,7 +15,7 @@ from ..subsystems import audit, da
 from ..subsystems.contexts import max_active_sessions, saved_session_handles
 from ..subsystems.ecdaa import COMMIT_ARRAY_BITS
 from .hierarchy import POLICY_HANDLES, hierarchy_policy
-from ..subsystems.state import (PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP,
+from ..subsystems.pcr_banks import (PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP,
                                 pcr_allocation)
 
 # Algorithms ctpm implements, with their TPMA_ALGORITHM (Part 2 §8.2). The object and

@@ -16,7 +16,8 @@ the credential opens only on the TPM holding both the key and the named object.
 from ...crypto import protect, secret
 from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
-from .object import _sym_alg, _sym_bits, binding_check
+from ..subsystems.keyuse import private_key
+from .object import _sym_alg, _sym_bits
 
 _ASYMMETRIC = (TPM_ALG.RSA, TPM_ALG.ECC)
 _MAX_DIGEST = 64
@@ -26,18 +27,6 @@ def _is_identity_key(public) -> bool:
     """An asymmetric, restricted decryption key (the reference's test in both commands)."""
     a = public.objectAttributes
     return public.type in _ASYMMETRIC and bool(a & OA.DECRYPT) and bool(a & OA.RESTRICTED)
-
-
-def private_key(obj):
-    """The `cryptography` private key of a loaded object, rebuilt if it was not kept.
-
-    A public-only object (TPM2_LoadExternal) has none; the reference never gets here with
-    one, as its authorization in the USER role is TPM_RC_AUTH_UNAVAILABLE."""
-    if obj.sensitive is None:
-        raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
-    if obj.key is None:
-        obj.key = binding_check(obj.public, obj.sensitive)
-    return obj.key
 
 
 def make_credential(tpm, ctx, handle, credential, object_name):

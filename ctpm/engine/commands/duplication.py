@@ -30,7 +30,7 @@ from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPMA_OBJECT as OA
 from ...wire.objects import SIZEOF_PRIVATE, TPM2B_SENSITIVE, TPMT_SENSITIVE
 from ...wire.structures import HASH_SIZES
-from .credential import private_key
+from ..subsystems.keyuse import private_key
 from .external import validate_keys
 from .object import _sym_alg, _sym_bits
 from ..subsystems.object_checks import public_attributes_validation

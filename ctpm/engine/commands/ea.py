@@ -27,6 +27,7 @@ from ...errors import TpmError
 from ...wire.commands import BY_CODE, Auth
 from ...wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST
 from ...wire.structures import HASH_SIZES, MAX_DIGEST_SIZE, TPML_PCR_SELECTION
+from ..subsystems.pcr_banks import PCR_POLICY_GROUP, filter_selection
 
 _CC = struct.Struct(">I")
 TICKET_HASH = "sha256"          # the reference's CONTEXT_INTEGRITY_HASH_ALG
@@ -478,7 +479,6 @@ def policy_pcr(tpm, ctx, policy_session, pcr_digest, pcrs):
     """Part 3 §23.7: the selected PCRs have (and keep) the values they have now."""
     session = _session(tpm, policy_session)
     state = tpm.state
-    from .pcr import filter_selection       # pcr -> state -> sessions -> ea: import here
     pcrs, values = filter_selection(state, pcrs)
     digest = hashes.digest(session.auth_hash, b"".join(values))
     if not _is_trial(session):
@@ -516,7 +516,6 @@ def auth_policy(tpm, handle):
         alg, policy = hierarchy_policy(tpm.state, handle)
         return (policy, alg) if policy else None
     if handle >> 24 == TPM_HT.PCR:
-        from ..subsystems.state import PCR_POLICY_GROUP
         if handle not in PCR_POLICY_GROUP:
             return None
         alg, policy = tpm.state.pcr_policy()

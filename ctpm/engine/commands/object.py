@@ -9,6 +9,7 @@ from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
 from ...wire.objects import TPM2B_SENSITIVE, TPMS_DERIVE, TPMT_PUBLIC, TPMT_PUBLIC_DERIVE
 from ..subsystems import create
+from ..subsystems.keyuse import binding_check
 from ..subsystems.object_checks import (create_checks, is_derivation_parent, is_storage_parent,
                                         public_attributes_validation)
 from ..subsystems.objects import (Object, compute_name, free_object_handle,
@@ -148,27 +149,6 @@ def load(tpm, ctx, parent_handle, in_private, in_public):
     return (handle, name)
 
 
-def binding_check(public, sensitive):
-    """Do the public and sensitive areas belong together? TPM_RC_BINDING if not."""
-    p = public.parameters
-    try:
-        if public.type == TPM_ALG.RSA:
-            n = int.from_bytes(public.unique, "big")
-            prime = int.from_bytes(sensitive.sensitive, "big")
-            n, e, pp, q, d = keys.rsa_private_from_prime(n, p.exponent or 65537, prime)
-            return keys.rsa_private_key(n, e, pp, q, d)
-        if public.type == TPM_ALG.ECC:
-            key = keys.ecc_private_key(p.curveID, int.from_bytes(sensitive.sensitive, "big"))
-            if keys.ecc_public_xy(key) != (public.unique.x, public.unique.y):
-                raise ValueError("point mismatch")
-            return key
-    except ValueError:
-        raise TpmError(TPM_RC.BINDING) from None
-    if hashes.digest(public.nameAlg, sensitive.seedValue + sensitive.sensitive) != public.unique:
-        raise TpmError(TPM_RC.BINDING)
-    return None
-
-
 def read_public(tpm, ctx, object_handle):
     """Part 3 §12.4; a sequence object has no public area to read."""
     obj = tpm.state.object(object_handle)
@@ -185,7 +165,6 @@ def unseal(tpm, ctx, item_handle):
     if obj.attributes & (OA.DECRYPT | OA.SIGN_ENCRYPT | OA.RESTRICTED):
         raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
     return (obj.sensitive.sensitive,)
-
 
 
 def object_change_auth(tpm, ctx, object_handle, parent_handle, new_auth):

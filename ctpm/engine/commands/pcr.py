@@ -5,31 +5,11 @@ from ...errors import TpmError
 from ...wire.constants import TPM_RC, TPM_RH
 from ...wire.structures import HASH_SIZES, IMPLEMENTATION_PCR, PCR_HASHES
 from ...crypto.hashes import digest
-from ..subsystems.state import (ALL_PCRS, PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT,
-                                PCR_POLICY_GROUP, pcr_allocation)
+from ..subsystems.pcr_banks import (ALL_PCRS, PCR_ATTRIBUTES, PCR_AUTH_GROUP,
+                                    PCR_POLICY_GROUP, count_change, check_extend, extend,
+                                    filter_selection, pcr_allocation)
 
 MAX_PCR_READ = 8   # TPML_DIGEST holds at most 8 digests
-
-
-def _check_extend(tpm, ctx, pcr):
-    if not PCR_ATTRIBUTES[pcr][2] & (1 << ctx.locality):
-        raise TpmError(TPM_RC.LOCALITY)
-    if PCR_ATTRIBUTES[pcr][0]:
-        tpm.state.clear_orderly()
-
-
-def _changed(state, pcr):
-    if pcr not in PCR_NO_INCREMENT:
-        state.pcr_counter = (state.pcr_counter + 1) & 0xFFFFFFFF
-
-
-def extend(state, pcr, alg, value):
-    """Extend one bank (if the PCR is allocated in it); like the reference TPM, each bank
-    extended counts as one change."""
-    bank = state.pcrs.get(alg)
-    if bank is not None and bank[pcr] is not None:
-        bank[pcr] = digest(alg, bank[pcr] + value)
-        _changed(state, pcr)
 
 
 def pcr_extend(tpm, ctx, pcr, digests):
@@ -37,7 +17,7 @@ def pcr_extend(tpm, ctx, pcr, digests):
     ignored."""
     if pcr == TPM_RH.NULL:
         return
-    _check_extend(tpm, ctx, pcr)
+    check_extend(tpm, ctx, pcr)
     state = tpm.state
     for d in digests:
         extend(state, pcr, d.hashAlg, d.digest)
@@ -46,7 +26,7 @@ def pcr_extend(tpm, ctx, pcr, digests):
 def pcr_event(tpm, ctx, pcr, event_data):
     """Part 3 §22.5: digest the event with every implemented hash, extend the allocated ones."""
     if pcr != TPM_RH.NULL:
-        _check_extend(tpm, ctx, pcr)
+        check_extend(tpm, ctx, pcr)
     state = tpm.state
     out = []
     for alg in PCR_HASHES:      # every hash that can be a bank (not SM3_256)
@@ -64,28 +44,6 @@ def pcr_read(tpm, ctx, selection):
     return (tpm.state.pcr_counter, out_sel, values)
 
 
-def filter_selection(state, selection, limit=None):
-    """The reference's FilterPcr over a TPML_PCR_SELECTION: bits of PCRs that are not
-    allocated (or not implemented) are cleared, the banks keep their place. Returns the
-    filtered selection and the selected PCR values in order (TPM2_Quote's pcrDigest input);
-    with a `limit`, the PCRs past the first `limit` values are deselected too (PCR_Read)."""
-    out_sel, values = [], []
-    for sel in selection:
-        bank = state.pcrs.get(sel.hash)
-        bits = bytearray(sel.pcrSelect)
-        for pcr in range(len(bits) * 8):
-            byte, bit = divmod(pcr, 8)
-            if not bits[byte] & (1 << bit):
-                continue
-            if (bank is None or pcr >= IMPLEMENTATION_PCR or bank[pcr] is None
-                    or len(values) == limit):
-                bits[byte] &= ~(1 << bit)
-            else:
-                values.append(bank[pcr])
-        out_sel.append(Container(hash=sel.hash, pcrSelect=bytes(bits)))
-    return out_sel, values
-
-
 def pcr_reset(tpm, ctx, pcr):
     """Part 3 §22.8: only PCRs whose reset-locality includes the command's locality
     (never at locality 4, which belongs to D-RTM)."""
@@ -97,7 +55,7 @@ def pcr_reset(tpm, ctx, pcr):
     for alg, bank in state.pcrs.items():
         if bank[pcr] is not None:
             bank[pcr] = b"\0" * HASH_SIZES[alg]
-    _changed(state, pcr)
+    count_change(state, pcr)
 
 
 # -- Part 3 §22.3, §22.7, §22.9: PCR administration -------------------------------------------

@@ -1,56 +1,18 @@
-"""Part 3 §17: hash, HMAC and event sequences.
-
-A sequence lives in an object slot (a transient handle) with the authValue given when it was
-started. Like the reference TPM's, it has the Empty Buffer as Name, no nameAlg, the NULL
-hierarchy (so it cannot be persisted) and is exempt from dictionary-attack protection.
-"""
+"""Part 3 §17: hash, HMAC and event sequences (the sequence object itself is
+engine/subsystems/sequences.py)."""
 import hmac as hmac_mod
 
 from construct import Container
 
 from ...crypto import hashes
 from ...errors import TpmError
-from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
+from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST
 from ...wire.structures import PCR_HASHES
 from ..subsystems import keyuse
-from .hash import _GENERATED, hashcheck_ticket, null_ticket
 from ..subsystems.objects import free_object_handle
-from .pcr import _check_extend, extend
-
-_PUBLIC = Container(type=TPM_ALG.NULL, nameAlg=TPM_ALG.NULL,
-                    objectAttributes=int(OA.NODA | OA.USERWITHAUTH), authPolicy=b"",
-                    parameters=None, unique=None)
-
-
-class Sequence:
-    """A hash (one digest), HMAC or event (every bank) sequence in progress."""
-
-    hierarchy = TPM_RH.NULL
-    name = b""
-    qualified_name = b""
-    primary = False
-    key = None
-    evict = None
-    sensitive = None
-    public = _PUBLIC
-
-    def __init__(self, kind, auth, states):
-        self.kind = kind                # "hash", "hmac" or "event"
-        self.auth_value = auth
-        self.states = states            # {hash alg: hashlib/hmac object}
-        self.first_block = True
-        self.ticket_safe = False
-
-    @property
-    def attributes(self):
-        return _PUBLIC.objectAttributes
-
-    def update(self, data: bytes):
-        if self.kind == "hash" and self.first_block:
-            self.first_block = False
-            self.ticket_safe = data[:4] != _GENERATED
-        for state in self.states.values():
-            state.update(data)
+from ..subsystems.pcr_banks import check_extend, extend
+from ..subsystems.sequences import Sequence
+from ..subsystems.tickets import hashcheck_ticket, null_ticket
 
 
 def _start(tpm, kind, auth, states):
@@ -107,7 +69,7 @@ def event_sequence_complete(tpm, ctx, pcr, handle, buffer):
     if not isinstance(seq, Sequence) or seq.kind != "event":
         raise TpmError(TPM_RC.MODE, handle=2)
     if pcr != TPM_RH.NULL:
-        _check_extend(tpm, ctx, pcr)
+        check_extend(tpm, ctx, pcr)
     seq.update(buffer)
     out = []
     for alg, state in seq.states.items():

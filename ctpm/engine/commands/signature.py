@@ -22,7 +22,7 @@ from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
 from ...wire.structures import HASH_SIZES
 from ..subsystems import ecdaa, keyuse
-from .hash import TICKET_HASH, hashcheck_ticket, null_ticket
+from ..subsystems.tickets import TICKET_HASH, hashcheck_ticket, null_ticket
 
 _CHASH = {TPM_ALG.SHA1: chashes.SHA1, TPM_ALG.SHA256: chashes.SHA256,
           TPM_ALG.SHA384: chashes.SHA384, TPM_ALG.SHA512: chashes.SHA512,

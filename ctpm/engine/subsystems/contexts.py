@@ -50,6 +50,7 @@ from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPMA_OBJECT
 from ...wire.objects import SIZEOF_TPMS_CONTEXT_DATA, TPMT_PUBLIC_PLUS, TPMT_SENSITIVE
 from .objects import Object, free_object_handle
+from .sequences import Sequence
 from .sessions import Session, is_session_handle
 
 log = logging.getLogger("ctpm.engine")
@@ -245,8 +246,6 @@ def encode_sequence(state, seq) -> bytes:
 
 
 def decode_sequence(state, values: dict):
-    from ..commands.sequence import Sequence
-
     values = dict(values)
     token, algs = values.pop("token"), values.pop("states")
     store = _saved_sequences(state)
@@ -352,8 +351,6 @@ def context_save(tpm, ctx, save_handle):
         del state.sessions[save_handle]
         saved_handle, hierarchy = save_handle, TPM_RH.NULL
     else:
-        from ..commands.sequence import Sequence
-
         obj = state.objects[save_handle]
         sequence = book["object_sequence"] + 1
         hierarchy = obj.hierarchy

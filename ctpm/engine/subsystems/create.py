@@ -15,7 +15,8 @@ from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_ST, TPMA_OBJECT as OA
 from ...wire.objects import TPMS_CREATION_DATA
 from ...wire.structures import HASH_SIZES
-from ..commands.hash import TICKET_HASH
+from .tickets import TICKET_HASH
+from .pcr_banks import filter_selection
 
 SYM_BLOCK = 16
 
@@ -87,7 +88,6 @@ def adjust_auth(auth: bytes, name_alg) -> bytes:
 def pcr_digest(state, name_alg, selection):
     """PCRComputeCurrentDigest: the selection without the PCRs not allocated (FilterPcr),
     and the digest of the selected values (of nothing, if none is selected)."""
-    from ..commands.pcr import filter_selection    # pcr -> state -> context -> ... -> create
     selection, values = filter_selection(state, selection)
     return selection, hashes.digest(name_alg, b"".join(values))
 

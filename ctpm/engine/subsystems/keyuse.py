@@ -7,7 +7,7 @@ verify and encrypt.
 """
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ...crypto import ecmath, keys, rsapad
+from ...crypto import ecmath, hashes, keys, rsapad
 from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT
 
@@ -102,3 +102,36 @@ def hmac_hash(obj, hash_alg) -> int:
     if hash_alg not in (TPM_ALG.NULL, alg) or alg == TPM_ALG.NULL:
         raise TpmError(TPM_RC.VALUE, param=2)
     return alg
+
+
+def binding_check(public, sensitive):
+    """Do the public and sensitive areas belong together? TPM_RC_BINDING if not."""
+    p = public.parameters
+    try:
+        if public.type == TPM_ALG.RSA:
+            n = int.from_bytes(public.unique, "big")
+            prime = int.from_bytes(sensitive.sensitive, "big")
+            n, e, pp, q, d = keys.rsa_private_from_prime(n, p.exponent or 65537, prime)
+            return keys.rsa_private_key(n, e, pp, q, d)
+        if public.type == TPM_ALG.ECC:
+            key = keys.ecc_private_key(p.curveID, int.from_bytes(sensitive.sensitive, "big"))
+            if keys.ecc_public_xy(key) != (public.unique.x, public.unique.y):
+                raise ValueError("point mismatch")
+            return key
+    except ValueError:
+        raise TpmError(TPM_RC.BINDING) from None
+    if hashes.digest(public.nameAlg, sensitive.seedValue + sensitive.sensitive) != public.unique:
+        raise TpmError(TPM_RC.BINDING)
+    return None
+
+
+def private_key(obj):
+    """The `cryptography` private key of a loaded object, rebuilt if it was not kept.
+
+    A public-only object (TPM2_LoadExternal) has none; the reference never gets here with
+    one, as its authorization in the USER role is TPM_RC_AUTH_UNAVAILABLE."""
+    if obj.sensitive is None:
+        raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
+    if obj.key is None:
+        obj.key = binding_check(obj.public, obj.sensitive)
+    return obj.key

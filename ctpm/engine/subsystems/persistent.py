@@ -8,7 +8,7 @@ EvictControl on that handle.
 from ...errors import TpmError
 from ...wire.constants import TPM_RC, TPM_RH, TPMA_OBJECT as OA
 from ...wire.objects import TPMT_PUBLIC, TPMT_SENSITIVE
-from ..commands.object import binding_check
+from .keyuse import binding_check
 from .objects import Object, compute_name
 
 OWNER_FIRST, OWNER_LAST = 0x81000000, 0x817FFFFF

@@ -13,7 +13,7 @@ from ...crypto.kdf import kdfa
 from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPMA_OBJECT
 from ...wire.structures import HASH_SIZES
-from ..commands.credential import private_key
+from .keyuse import private_key
 
 MIN_NONCE_SIZE = 16
 

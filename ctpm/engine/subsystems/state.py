@@ -15,44 +15,13 @@ from ...wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
 from . import da, ecdaa
 from .contexts import max_active_sessions, new_bookkeeping
 from .drbg import HmacDrbg
+from .pcr_banks import PCR_ATTRIBUTES, PCR_NO_INCREMENT, pcr_allocation
 from .persistent import from_nv
 
 NV_FORMAT = "ctpm-nv"
 NV_VERSION = 1
 SEED_SIZE = 64
 PROOF_SIZE = 64
-
-# PC Client PCR attributes (as in the reference TPM's platform table):
-# (state saved by Shutdown(STATE), reset-locality bitmap, extend-locality bitmap)
-PCR_ATTRIBUTES = tuple([(True, 0x00, 0x1F)] * 16 + [
-    (False, 0x0F, 0x1F),  # 16 debug
-    (False, 0x10, 0x1C),  # 17 D-RTM, locality 4
-    (False, 0x10, 0x1C),  # 18 locality 3
-    (False, 0x10, 0x0C),  # 19 locality 2
-    (False, 0x14, 0x0E),  # 20 locality 1
-    (False, 0x14, 0x04),  # 21 dynamic OS
-    (False, 0x14, 0x04),  # 22 dynamic OS
-    (False, 0x0F, 0x1F),  # 23 application
-])
-# PCRs whose changes do not bump pcrUpdateCounter (PC Client: 16 and 21-23, as libtpms).
-PCR_NO_INCREMENT = frozenset((16, 21, 22, 23))
-# The one policy group and the one authValue group of PCRs (the reference TPM and libtpms:
-# PCRBelongsPolicyGroup / PCRBelongsAuthGroup, both PCR 20-22, group index 0).
-PCR_POLICY_GROUP = frozenset((20, 21, 22))
-PCR_AUTH_GROUP = frozenset((20, 21, 22))
-ALL_PCRS = (1 << IMPLEMENTATION_PCR) - 1
-
-
-def pcr_allocation(entries) -> dict:
-    """{hash algorithm: bitmap of its allocated PCRs} from the NV image's pcr_allocated or
-    pcr_pending: algorithms (whole banks, as manufactured) or [algorithm, bitmap] pairs
-    (PCR_Allocate may leave a bank only some PCRs). Banks without a PCR are left out."""
-    out = {}
-    for entry in entries:
-        alg, bits = (entry, ALL_PCRS) if isinstance(entry, int) else entry
-        if bits:
-            out[int(alg)] = int(bits)
-    return out
 
 
 def _h(b):
