@@ -1,10 +1,10 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from .commands import (asymmetric, attest, capability, clock, credential, duplication, ea, ecc,
-                       external, hash, hierarchy, nv, object, pcr, random, sequence, signature,
-                       startup, symmetric, testing, x509)
-from .subsystems import audit, contexts as context, da, ecdaa, persistent, sessions
+from .commands import (asymmetric, attest, audit, capability, clock, context, credential, da,
+                       duplication, ea, ecc, ephemeral, external, hash, hierarchy, nv, object,
+                       pcr, random, sequence, session, signature, startup, symmetric, testing,
+                       x509)
 
 _FUNCTIONS = {
     TPM_CC.NV_DefineSpace: nv.nv_define_space,
@@ -27,11 +27,11 @@ _FUNCTIONS = {
     TPM_CC.GetTestResult: testing.get_test_result,
     TPM_CC.GetRandom: random.get_random,
     TPM_CC.StirRandom: random.stir_random,
-    TPM_CC.StartAuthSession: sessions.start_auth_session,
+    TPM_CC.StartAuthSession: session.start_auth_session,
     TPM_CC.ContextSave: context.context_save,
     TPM_CC.ContextLoad: context.context_load,
     TPM_CC.FlushContext: context.flush_context,
-    TPM_CC.EvictControl: persistent.evict_control,
+    TPM_CC.EvictControl: context.evict_control,
     TPM_CC.Create: object.create_,
     TPM_CC.Load: object.load,
     TPM_CC.LoadExternal: external.load_external,
@@ -41,7 +41,7 @@ _FUNCTIONS = {
     TPM_CC.ECDH_ZGen: asymmetric.ecdh_zgen,
     TPM_CC.ZGen_2Phase: asymmetric.zgen_2phase,
     TPM_CC.EC_Ephemeral: asymmetric.ec_ephemeral,
-    TPM_CC.Commit: ecdaa.commit_,
+    TPM_CC.Commit: ephemeral.commit_,
     TPM_CC.EncryptDecrypt: symmetric.encrypt_decrypt,
     TPM_CC.EncryptDecrypt2: symmetric.encrypt_decrypt2,
     TPM_CC.HMAC: symmetric.hmac_,

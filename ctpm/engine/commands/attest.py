@@ -23,7 +23,7 @@ from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
 from . import nv
 from ..subsystems import audit, keyuse
 from ..subsystems.audit import DEFAULT_AUDIT_HASH
-from .clock import clock_info
+from ..subsystems.clock import clock_info
 from ..subsystems.create import creation_ticket
 from ..subsystems.pcr_banks import filter_selection
 from .signature import select_sign_scheme, sign_digest

@@ -3,14 +3,9 @@ from construct import Container
 
 from ...errors import TpmError
 from ...wire.constants import TPM_RC
+from ..subsystems.clock import clock_info
 
 MAX_CLOCK = 0xFFFF000000000000
-
-
-def clock_info(state):
-    """TPMS_CLOCK_INFO now (TimeFillInfo): Clock, the reset and restart counts, safe."""
-    return Container(clock=state.clock(), resetCount=state.nv["reset_count"],
-                     restartCount=state.restart_count, safe=int(state.safe))
 
 
 def read_clock(tpm, ctx):

@@ -1,5 +1,5 @@
-"""Audit: Part 1 §35 command audit and session audit, Part 3 §21.2
-TPM2_SetCommandCodeAuditStatus (the reference's CommandAudit.c, SessionProcess.c).
+"""Audit: Part 1 §35 command audit and session audit (the reference's CommandAudit.c,
+SessionProcess.c; TPM2_SetCommandCodeAuditStatus is engine/commands/audit.py).
 
 Session audit: an HMAC session used with the audit attribute extends its own
 auditDigest := H_authHash(auditDigest || cpHash || rpHash) after each successful command;
@@ -10,8 +10,7 @@ sessions takes away. Command audit: commands in the NV list `audit_commands` ext
 audit counter. The digests are read by GetSessionAuditDigest / GetCommandAuditDigest.
 """
 from ...crypto import hashes
-from ...wire.constants import TPM_ALG, TPM_CC, TPM_RC, TPMA_SESSION
-from ...errors import TpmError
+from ...wire.constants import TPM_CC, TPMA_SESSION
 from ...wire.structures import HASH_SIZES
 
 # the reference's CONTEXT_INTEGRITY_HASH_ALG: the strongest implemented hash
@@ -34,30 +33,6 @@ def audit_counter(state) -> int:
 
 def is_audited(state, code: int) -> bool:
     return code in audit_commands(state)
-
-
-def set_command_code_audit_status(tpm, ctx, auth, audit_alg, set_list, clear_list):
-    """Part 3 §21.2."""
-    state = tpm.state
-    if audit_alg != TPM_ALG.NULL and audit_alg != audit_hash_alg(state):
-        if set_list or clear_list:
-            raise TpmError(TPM_RC.VALUE, param=1)
-        state.nv["audit_hash_alg"] = int(audit_alg)
-        state.command_audit_digest = ALG_CHANGED
-        state.dirty = True
-        return
-    codes = set(audit_commands(state))
-    before = set(codes)
-    implemented = tpm.dispatcher.table
-    for cc in set_list:
-        if cc in implemented and cc != TPM_CC.Shutdown:
-            codes.add(int(cc))
-    for cc in clear_list:
-        if cc in implemented and cc != TPM_CC.SetCommandCodeAuditStatus:
-            codes.discard(int(cc))
-    if codes != before:
-        state.nv["audit_commands"] = sorted(codes)
-        state.dirty = True
 
 
 def _extend(alg, digest, cp, rp):

@@ -1,4 +1,5 @@
-"""Part 3 §28: context management - TPM2_ContextSave, TPM2_ContextLoad, TPM2_FlushContext.
+"""Saved contexts (Part 1 §30): the blob that TPM2_ContextSave gives out and TPM2_ContextLoad
+takes back (the commands are engine/commands/context.py), and the saved-session bookkeeping.
 
 A saved context (Part 1 §30) leaves the TPM as a TPMS_CONTEXT whose contextBlob is
 
@@ -41,17 +42,16 @@ import struct
 from collections import OrderedDict
 from dataclasses import MISSING, fields
 
-from construct import Container
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from ...crypto import symcipher
 from ...crypto.kdf import kdfa
 from ...errors import TpmError
-from ...wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPMA_OBJECT
+from ...wire.constants import TPM_ALG, TPM_HT, TPM_RC
 from ...wire.objects import SIZEOF_TPMS_CONTEXT_DATA, TPMT_PUBLIC_PLUS, TPMT_SENSITIVE
-from .objects import Object, free_object_handle
+from .objects import Object
 from .sequences import Sequence
-from .sessions import Session, is_session_handle
+from .sessions import Session
 
 log = logging.getLogger("ctpm.engine")
 
@@ -73,14 +73,14 @@ MAX_CONTEXT_GAP = 0x10000
 # or the loaded limit if that is higher. Past it StartAuthSession is TPM_RC_SESSION_HANDLES.
 MAX_ACTIVE_SESSIONS = 64
 
-_OTHER_SESSION_TYPE = (TPM_HT.HMAC_SESSION ^ TPM_HT.POLICY_SESSION) << 24   # XOR: 0x02 <-> 0x03
+OTHER_SESSION_TYPE = (TPM_HT.HMAC_SESSION ^ TPM_HT.POLICY_SESSION) << 24   # XOR: 0x02 <-> 0x03
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_KIND_OBJECT = b"O"
-_KIND_SESSION = b"S"
-_KIND_SEQUENCE = b"Q"
+KIND_OBJECT = b"O"
+KIND_SESSION = b"S"
+KIND_SEQUENCE = b"Q"
 # Hash states of saved sequence contexts kept in the TPM (see encode_sequence), at most this
 # many; the least recently saved or loaded goes first.
 MAX_SAVED_SEQUENCES = 64
@@ -97,16 +97,16 @@ def max_active_sessions(config) -> int:
     return max(config.max_sessions, MAX_ACTIVE_SESSIONS)
 
 
-def _book(state) -> dict:
+def bookkeeping(state) -> dict:
     return state.contexts
 
 
 def saved_session_handles(state) -> list:
     """Handles of the saved sessions, sorted."""
-    return sorted(int(h, 16) for h in _book(state)["saved_sessions"])
+    return sorted(int(h, 16) for h in bookkeeping(state)["saved_sessions"])
 
 
-def _key(handle: int) -> str:
+def saved_key(handle: int) -> str:
     return f"{handle:08x}"
 
 
@@ -206,7 +206,7 @@ def encode_object(obj: Object) -> bytes:
         elif f.name == "evict":                 # a loaded copy is transient
             value = None
         values[f.name] = value
-    return _encode_fields(_KIND_OBJECT, values)
+    return _encode_fields(KIND_OBJECT, values)
 
 
 def decode_object(values: dict) -> Object:
@@ -237,7 +237,7 @@ def encode_sequence(state, seq) -> bytes:
     values["states"] = tuple(seq.states)
     token = state.drbg.generate(16)
     values["token"] = token
-    payload = _encode_fields(_KIND_SEQUENCE, values)
+    payload = _encode_fields(KIND_SEQUENCE, values)
     store = _saved_sequences(state)
     store[token] = {alg: h.copy() for alg, h in seq.states.items()}
     while len(store) > MAX_SAVED_SEQUENCES:
@@ -260,7 +260,7 @@ def decode_sequence(state, values: dict):
 
 
 def encode_session(session: Session) -> bytes:
-    return _encode_fields(_KIND_SESSION,
+    return _encode_fields(KIND_SESSION,
                           {f.name: getattr(session, f.name) for f in fields(Session)})
 
 
@@ -281,12 +281,12 @@ def _cipher(state, hierarchy: int, sequence: int, handle: int):
 def _integrity(state, hierarchy: int, sequence: int, handle: int, encrypted: bytes) -> bytes:
     msg = [_U64.pack(state.nv["total_reset_count"])]
     if handle == STCLEAR_CONTEXT:
-        msg.append(_U32.pack(_book(state)["clear_count"]))
+        msg.append(_U32.pack(bookkeeping(state)["clear_count"]))
     msg += [_U64.pack(sequence), _U32.pack(handle), encrypted]
     return hmac.new(state.proof(hierarchy), b"".join(msg), _HASH_NAME).digest()
 
 
-def _seal(state, hierarchy, sequence, handle, payload: bytes) -> bytes:
+def seal(state, hierarchy, sequence, handle, payload: bytes) -> bytes:
     enc = _cipher(state, hierarchy, sequence, handle).encryptor()
     encrypted = enc.update(_U64.pack(sequence) + payload) + enc.finalize()
     mac = _integrity(state, hierarchy, sequence, handle, encrypted)
@@ -296,7 +296,7 @@ def _seal(state, hierarchy, sequence, handle, payload: bytes) -> bytes:
     return blob
 
 
-def _open(state, context) -> bytes:
+def open_blob(state, context) -> bytes:
     """Check and decrypt a TPMS_CONTEXT's blob, in the reference's order; the payload."""
     blob = context.contextBlob
     if len(blob) < 2:
@@ -320,106 +320,3 @@ def _open(state, context) -> bytes:
     if plain[:8] != _U64.pack(sequence):    # the fingerprint: only a broken TPM gets here
         raise TpmError(TPM_RC.FAILURE)
     return plain[8:]
-
-
-# -- the commands ------------------------------------------------------------------------------
-
-def _loaded_session(state, handle: int):
-    """The loaded session a handle names (the reference's EntityGetLoadStatus): its slot
-    holding a session of the other kind is TPM_RC_HANDLE, an empty slot REFERENCE_H0."""
-    session = state.sessions.get(handle)
-    if session is None:
-        if handle ^ _OTHER_SESSION_TYPE in state.sessions:
-            raise TpmError(TPM_RC.HANDLE, handle=1)
-        raise TpmError(TPM_RC.REFERENCE_H0)
-    return session
-
-
-def context_save(tpm, ctx, save_handle):
-    """Part 3 §28.2: an object stays loaded; a session leaves the loaded set (it is saved)."""
-    state = tpm.state
-    book = _book(state)
-    if is_session_handle(save_handle):
-        session = _loaded_session(state, save_handle)
-        saved = book["saved_sessions"]
-        sequence = book["session_sequence"]
-        if saved and sequence - min(saved.values()) >= MAX_CONTEXT_GAP:
-            raise TpmError(TPM_RC.CONTEXT_GAP)
-        blob = _seal(state, TPM_RH.NULL, sequence, save_handle, encode_session(session))
-        book["session_sequence"] = sequence + 1
-        saved[_key(save_handle)] = sequence
-        del state.sessions[save_handle]
-        saved_handle, hierarchy = save_handle, TPM_RH.NULL
-    else:
-        obj = state.objects[save_handle]
-        sequence = book["object_sequence"] + 1
-        hierarchy = obj.hierarchy
-        if isinstance(obj, Sequence):
-            saved_handle, payload = SEQUENCE_CONTEXT, encode_sequence(state, obj)
-        else:
-            saved_handle = (STCLEAR_CONTEXT if obj.attributes & TPMA_OBJECT.STCLEAR
-                            else OBJECT_CONTEXT)
-            payload = encode_object(obj)
-        blob = _seal(state, hierarchy, sequence, saved_handle, payload)
-        book["object_sequence"] = sequence
-    state.clear_orderly()
-    return (Container(sequence=sequence, savedHandle=saved_handle, hierarchy=hierarchy,
-                      contextBlob=blob),)
-
-
-def context_load(tpm, ctx, context):
-    """Part 3 §28.3: an object at a new transient handle, a session at its own handle."""
-    state = tpm.state
-    payload = _open(state, context)
-    try:
-        kind, values = decode_fields(payload)
-    except (ValueError, IndexError, struct.error):
-        log.error("a context with valid integrity does not decode")
-        raise TpmError(TPM_RC.FAILURE) from None
-    handle = context.savedHandle
-    if handle >> 24 == TPM_HT.TRANSIENT:
-        if kind not in (_KIND_OBJECT, _KIND_SEQUENCE):
-            raise TpmError(TPM_RC.FAILURE)
-        new_handle = free_object_handle(state)
-        state.objects[new_handle] = (decode_object(values) if kind == _KIND_OBJECT
-                                     else decode_sequence(state, values))
-        return (new_handle,)
-    if kind != _KIND_SESSION:
-        raise TpmError(TPM_RC.FAILURE)
-    book = _book(state)
-    saved = book["saved_sessions"]
-    if saved.get(_key(handle)) != context.sequence:
-        raise TpmError(TPM_RC.HANDLE, param=1)
-    free = tpm.config.max_sessions - len(state.sessions)
-    if free <= 0:
-        raise TpmError(TPM_RC.SESSION_MEMORY)
-    # With one loaded slot left and the gap at its maximum, only the oldest saved session
-    # may come back (so that it can be saved again and the gap closed).
-    oldest = min(saved.values())
-    if (free == 1 and book["session_sequence"] - oldest >= MAX_CONTEXT_GAP
-            and context.sequence != oldest):
-        raise TpmError(TPM_RC.CONTEXT_GAP)
-    session = decode_session(values)
-    del saved[_key(handle)]
-    state.sessions[handle] = session
-    state.clear_orderly()
-    return (handle,)
-
-
-def flush_context(tpm, ctx, flush_handle):
-    """Part 3 §28.4: a loaded or saved session, or a transient object, is gone.
-
-    A session is found by its slot, whichever of the two session handle types names it (the
-    reference's SessionIsLoaded / SessionIsSaved look at the index only; swtpm agrees)."""
-    state = tpm.state
-    if is_session_handle(flush_handle):
-        for handle in (flush_handle, flush_handle ^ _OTHER_SESSION_TYPE):
-            if state.sessions.pop(handle, None) is not None or \
-                    _book(state)["saved_sessions"].pop(_key(handle), None) is not None:
-                if state.exclusive_audit_session in (flush_handle,
-                                                     flush_handle ^ _OTHER_SESSION_TYPE):
-                    state.exclusive_audit_session = None
-                return
-    elif state.objects.pop(flush_handle, None) is not None:
-        return
-    raise TpmError(TPM_RC.HANDLE, param=1)

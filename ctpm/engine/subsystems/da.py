@@ -1,5 +1,5 @@
-"""Part 1 §19.8 dictionary-attack protection, and Part 3 §25 (DictionaryAttackLockReset,
-DictionaryAttackParameters), as the reference TPM's DA.c and SessionProcess.c do it.
+"""Part 1 §19.8 dictionary-attack protection as the reference TPM's DA.c and SessionProcess.c
+do it (the Part 3 §25 commands are engine/commands/da.py).
 
 Persistent (NV image, key "da"): failedTries, maxTries, recoveryTime and lockoutRecovery (in
 seconds), whether lockoutAuth may be used, and whether a DA-protected authorization was
@@ -24,7 +24,7 @@ def _da(state) -> dict:
     return da
 
 
-def _set(state, key, value):
+def set_value(state, key, value):
     da = _da(state)
     if da[key] != value:
         da[key] = value
@@ -47,15 +47,15 @@ def self_heal(state):
     now = state.time()
     if da["failed_tries"]:
         if da["recovery_time"] == 0:
-            _set(state, "failed_tries", 0)
+            set_value(state, "failed_tries", 0)
         else:
             decrease = (now - t[1]) // 1000 // da["recovery_time"]
             if decrease:
-                _set(state, "failed_tries", max(0, da["failed_tries"] - decrease))
+                set_value(state, "failed_tries", max(0, da["failed_tries"] - decrease))
                 t[1] += decrease * da["recovery_time"] * 1000
     if not da["lockout_auth_enabled"] and da["lockout_recovery"]:
         if (now - t[2]) // 1000 >= da["lockout_recovery"]:
-            _set(state, "lockout_auth_enabled", True)
+            set_value(state, "lockout_auth_enabled", True)
 
 
 def values(state) -> dict:
@@ -85,7 +85,7 @@ def check_locked_out(tpm, lockout_auth: bool):
         # writes it with the command's other NV changes and goes on). After a Shutdown the
         # flag is clear, so this also makes that shutdown disorderly (SU_DA_USED_VALUE): a
         # failure that follows might never reach NV, and the next Startup must count it.
-        _set(state, "used", True)
+        set_value(state, "used", True)
         state.clear_orderly()
 
 
@@ -97,11 +97,11 @@ def register_failure(tpm, handle) -> int:
     t = _timers(state)
     if handle == TPM_RH.LOCKOUT:
         # with lockoutRecovery 0 only a Startup enables it again (written all the same)
-        _set(state, "lockout_auth_enabled", False)
+        set_value(state, "lockout_auth_enabled", False)
         t[2] = state.time()
     else:
         if da["recovery_time"] != 0:
-            _set(state, "failed_tries", da["failed_tries"] + 1)
+            set_value(state, "failed_tries", da["failed_tries"] + 1)
         t[1] = state.time()
     return TPM_RC.AUTH_FAIL
 
@@ -112,42 +112,22 @@ def startup(state, previous_orderly):
     da = _da(state)
     _timers(state)
     if da["lockout_recovery"] == 0:
-        _set(state, "lockout_auth_enabled", True)
+        set_value(state, "lockout_auth_enabled", True)
     used = da["used"]
-    _set(state, "used", False)
+    set_value(state, "used", False)
     if (used and previous_orderly is None and da["recovery_time"] != 0
             and da["failed_tries"] < da["max_tries"]):
-        _set(state, "failed_tries", da["failed_tries"] + 1)
+        set_value(state, "failed_tries", da["failed_tries"] + 1)
     self_heal(state)
 
 
 def shutdown(state):
     """TPM2_Shutdown clears the flag (g_daUsed := FALSE), so that the first DA-protected
     authorization after it voids the orderly shutdown."""
-    _set(state, "used", False)
+    set_value(state, "used", False)
 
 
 def clear(state):
     """TPM2_Clear runs DAPreInstall_Init: the manufacturer's DA values again."""
     state.nv["da"] = dict(DEFAULTS)
     state.dirty = True
-
-
-# -- Part 3 §25 ------------------------------------------------------------------------------
-
-def dictionary_attack_lock_reset(tpm, ctx, lock_handle):
-    """Part 3 §25.2: failedTries := 0."""
-    if not tpm.nv_available:
-        raise TpmError(TPM_RC.NV_UNAVAILABLE)
-    _set(tpm.state, "failed_tries", 0)
-
-
-def dictionary_attack_parameters(tpm, ctx, lock_handle, new_max_tries, new_recovery_time,
-                                 lockout_recovery):
-    """Part 3 §25.3: new maxTries, recoveryTime and lockoutRecovery (failedTries stays)."""
-    if not tpm.nv_available:
-        raise TpmError(TPM_RC.NV_UNAVAILABLE)
-    state = tpm.state
-    _set(state, "max_tries", new_max_tries)
-    _set(state, "recovery_time", new_recovery_time)
-    _set(state, "lockout_recovery", lockout_recovery)
