@@ -12,8 +12,8 @@ from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TP
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from . import migration
-from .commands import nv
-from .commands.hierarchy import hierarchy_auth
+from .subsystems import nv_indices
+from .subsystems.hierarchy import hierarchy_auth
 from .subsystems.pcr_banks import PCR_AUTH_GROUP, PCR_POLICY_GROUP
 from .subsystems.state import TpmState
 
@@ -147,7 +147,7 @@ class Tpm:
         if obj is not None:
             return obj.auth_value
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv.get(self.state, handle)
+            index = nv_indices.get(self.state, handle)
             return index.auth if index is not None else b""
         if handle >> 24 == TPM_HT.PCR:
             return self.state.pcr_auth if handle in PCR_AUTH_GROUP else b""
@@ -159,7 +159,7 @@ class Tpm:
         if obj is not None:
             return obj.name
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv.get(self.state, handle)
+            index = nv_indices.get(self.state, handle)
             if index is not None:
                 return index.name
         return handle.to_bytes(4, "big")
@@ -189,7 +189,7 @@ class Tpm:
             if (obj.hierarchy == TPM_RH.ENDORSEMENT and not self.state.eh_enable
                     and code != TPM_CC.EvictControl):
                 raise TpmError(TPM_RC.HANDLE, handle=index)
-        if kind == TPM_HT.NV_INDEX and not nv.accessible(self.state, handle):
+        if kind == TPM_HT.NV_INDEX and not nv_indices.accessible(self.state, handle):
             raise TpmError(TPM_RC.HANDLE, handle=index)
 
     def auth_value_refusal(self, handle: int, role, code: int = 0):
@@ -208,9 +208,9 @@ class Tpm:
             if role == Auth.ADMIN and handle >> 24 in (TPM_HT.PERMANENT, TPM_HT.NV_INDEX):
                 return TPM_RC.AUTH_TYPE
             if handle >> 24 == TPM_HT.NV_INDEX:
-                index = nv.get(self.state, handle)
+                index = nv_indices.get(self.state, handle)
                 if index is not None:       # AUTHREAD / AUTHWRITE
-                    return nv.auth_value_refusal(index, code)
+                    return nv_indices.auth_value_refusal(index, code)
             # a PCR of the policy group, once PCR_SetAuthPolicy gave it a policy, needs a
             # policy session (IsPolicySessionRequired)
             if (handle >> 24 == TPM_HT.PCR and handle in PCR_POLICY_GROUP
@@ -229,7 +229,7 @@ class Tpm:
         """An authorization that used this entity's authValue succeeded or failed: a PIN
         pass or PIN fail index counts it (Part 1 §37.2.5)."""
         if handle >> 24 == TPM_HT.NV_INDEX:
-            nv.count_pin_use(self.state, handle, ok)
+            nv_indices.count_pin_use(self.state, handle, ok)
 
     def is_da_exempt(self, handle: int) -> bool:
         """Objects with noDA, PCRs and every permanent handle but TPM_RH_LOCKOUT are outside
@@ -238,8 +238,8 @@ class Tpm:
         if obj is not None:
             return bool(obj.attributes & TPMA_OBJECT.NODA)
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv.get(self.state, handle)
-            return index is None or bool(index.attributes & nv.A.NO_DA)
+            index = nv_indices.get(self.state, handle)
+            return index is None or bool(index.attributes & nv_indices.A.NO_DA)
         return handle != TPM_RH.LOCKOUT
 
     @property

@@ -20,7 +20,7 @@ from ...errors import TpmError
 from ...wire.attest import TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV_DIGEST, TPMS_ATTEST
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
 from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
-from . import nv
+from ..subsystems import nv_indices
 from ..subsystems import audit, keyuse
 from ..subsystems.audit import DEFAULT_AUDIT_HASH
 from ..subsystems.clock import clock_info
@@ -195,8 +195,8 @@ def nv_certify(tpm, ctx, sign_handle, auth_handle, nv_index, qualifying_data, in
     """Part 3 §31.16: certify an NV index's contents (size and offset both 0: a digest of
     the whole index, TPM_ST_ATTEST_NV_DIGEST), with the index's read rules."""
     obj, scheme = signing_key(tpm, sign_handle, in_scheme, handle=1, param=2)
-    index = nv.get(tpm.state, nv_index)
-    rc = nv.read_refusal(auth_handle, index)
+    index = nv_indices.get(tpm.state, nv_index)
+    rc = nv_indices.read_refusal(auth_handle, index)
     if rc is not None:
         raise TpmError(rc)
     data_size = index.public.dataSize

@@ -10,11 +10,11 @@ from ...wire import structures as S
 from ...wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM_RC, TPM_RH,
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
-from . import nv
+from ..subsystems import nv_indices
 from ..subsystems import audit, da
 from ..subsystems.contexts import max_active_sessions, saved_session_handles
 from ..subsystems.ecdaa import COMMIT_ARRAY_BITS
-from .hierarchy import POLICY_HANDLES, hierarchy_policy
+from ..subsystems.hierarchy import POLICY_HANDLES, hierarchy_policy
 from ..subsystems.pcr_banks import (PCR_ATTRIBUTES, PCR_AUTH_GROUP, PCR_NO_INCREMENT, PCR_POLICY_GROUP,
                                 pcr_allocation)
 
@@ -138,7 +138,7 @@ def tpm_properties(tpm):
                                | (TPMA_STARTUP_CLEAR.EHENABLE if state.eh_enable else 0)
                                | (TPMA_STARTUP_CLEAR.PHENABLENV if state.ph_enable_nv else 0)
                                | (TPMA_STARTUP_CLEAR.ORDERLY if state.orderly_startup else 0)),
-        TPM_PT.HR_NV_INDEX: len(nv.handles(state)),
+        TPM_PT.HR_NV_INDEX: len(nv_indices.handles(state)),
         TPM_PT.HR_LOADED: len(state.sessions),
         TPM_PT.HR_LOADED_AVAIL: cfg.max_sessions - len(state.sessions),
         TPM_PT.HR_ACTIVE: len(state.sessions) + len(saved_session_handles(state)),
@@ -147,8 +147,8 @@ def tpm_properties(tpm):
         TPM_PT.HR_TRANSIENT_AVAIL: cfg.max_objects - len(state.objects),
         TPM_PT.HR_PERSISTENT: len(state.persistent),
         TPM_PT.HR_PERSISTENT_AVAIL: cfg.max_persistent - len(state.persistent),
-        TPM_PT.NV_COUNTERS: nv.counters(state),
-        TPM_PT.NV_COUNTERS_AVAIL: cfg.max_nv_indices - len(nv.handles(state)),
+        TPM_PT.NV_COUNTERS: nv_indices.counters(state),
+        TPM_PT.NV_COUNTERS_AVAIL: cfg.max_nv_indices - len(nv_indices.handles(state)),
         TPM_PT.ALGORITHM_SET: 0,
         TPM_PT.LOADED_CURVES: len(S.ECC_CURVES),
         TPM_PT.LOCKOUT_COUNTER: dav["failed_tries"],
@@ -231,7 +231,7 @@ def get_capability(tpm, ctx, capability, prop, count):
             handles = sorted(0x02000000 | (h & 0xFFFFFF) for h in saved_session_handles(state))
             prop = 0x02000000 | (prop & 0xFFFFFF)
         elif htype == TPM_HT.NV_INDEX:
-            handles = nv.handles(state)
+            handles = nv_indices.handles(state)
         else:
             raise TpmError(TPM_RC.HANDLE, param=2)
         data, more = _page(handles, _from(handles, prop), count, S.MAX_CAP_HANDLES)

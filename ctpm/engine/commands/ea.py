@@ -27,6 +27,8 @@ from ...errors import TpmError
 from ...wire.commands import BY_CODE, Auth
 from ...wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST
 from ...wire.structures import HASH_SIZES, MAX_DIGEST_SIZE, TPML_PCR_SELECTION
+from ..subsystems import nv_indices
+from ..subsystems.hierarchy import hierarchy_policy
 from ..subsystems.pcr_banks import PCR_POLICY_GROUP, filter_selection
 
 _CC = struct.Struct(">I")
@@ -157,9 +159,8 @@ def entity_hierarchy(tpm, handle: int) -> int:
     if handle in (TPM_RH.PLATFORM, TPM_RH.ENDORSEMENT, TPM_RH.NULL):
         return handle
     if handle >> 24 == TPM_HT.NV_INDEX:          # an index belongs to who created it
-        from . import nv
-        index = nv.get(tpm.state, handle)
-        if index is not None and index.attributes & nv.A.PLATFORMCREATE:
+        index = nv_indices.get(tpm.state, handle)
+        if index is not None and index.attributes & nv_indices.A.PLATFORMCREATE:
             return TPM_RH.PLATFORM
     return TPM_RH.OWNER
 
@@ -348,9 +349,8 @@ def policy_counter_timer(tpm, ctx, policy_session, operand_b, offset, operation)
 def _readable_index(tpm, auth_handle, nv_index):
     """The index a real session's PolicyNV/PolicyAuthorizeNV reads: authHandle may read it,
     it is not read locked and it has been written (NvReadAccessChecks)."""
-    from . import nv
-    index = nv.get(tpm.state, nv_index)
-    rc = nv.read_refusal(auth_handle, index)
+    index = nv_indices.get(tpm.state, nv_index)
+    rc = nv_indices.read_refusal(auth_handle, index)
     if rc is not None:
         raise TpmError(rc)
     return index
@@ -512,7 +512,6 @@ def auth_policy(tpm, handle):
     the role may use it, POLICYREAD/POLICYWRITE, is checked in check_policy_session); PCRs
     of the policy group the policy PCR_SetAuthPolicy gave them (PCRGetAuthPolicy)."""
     if handle >> 24 == TPM_HT.PERMANENT:
-        from .hierarchy import hierarchy_policy
         alg, policy = hierarchy_policy(tpm.state, handle)
         return (policy, alg) if policy else None
     if handle >> 24 == TPM_HT.PCR:
@@ -521,8 +520,7 @@ def auth_policy(tpm, handle):
         alg, policy = tpm.state.pcr_policy()
         return policy, alg
     if handle >> 24 == TPM_HT.NV_INDEX:
-        from . import nv
-        index = nv.get(tpm.state, handle)
+        index = nv_indices.get(tpm.state, handle)
         if index is None:
             return None
         return bytes(index.public.authPolicy), index.public.nameAlg
@@ -568,8 +566,7 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
     if policy is None:
         raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
     if entity >> 24 == TPM_HT.NV_INDEX:     # POLICYREAD / POLICYWRITE (ADMIN: always)
-        from . import nv
-        if not nv.policy_available(nv.get(tpm.state, entity), role == Auth.ADMIN, code):
+        if not nv_indices.policy_available(nv_indices.get(tpm.state, entity), role == Auth.ADMIN, code):
             raise TpmError(TPM_RC.AUTH_UNAVAILABLE)
     if (code == TPM_CC.PolicySecret and not session.is_password_needed
             and not session.is_auth_value_needed):
@@ -600,7 +597,6 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
         if not ok:
             raise TpmError(TPM_RC.POLICY_FAIL)
     if session.check_nv_written:        # PolicyNvWritten: only an index, written or not
-        from . import nv
-        index = nv.get(tpm.state, entity) if entity >> 24 == TPM_HT.NV_INDEX else None
-        if index is None or bool(index.attributes & nv.A.WRITTEN) != session.nv_written_state:
+        index = nv_indices.get(tpm.state, entity) if entity >> 24 == TPM_HT.NV_INDEX else None
+        if index is None or bool(index.attributes & nv_indices.A.WRITTEN) != session.nv_written_state:
             raise TpmError(TPM_RC.POLICY_FAIL)

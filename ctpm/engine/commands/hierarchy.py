@@ -9,45 +9,11 @@ again even by a Resume).
 from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH
 from ...wire.structures import HASH_SIZES
-from . import nv as nv_indices
-from ..subsystems import da
+from ..subsystems import da, nv_indices
+from ..subsystems.hierarchy import NV_AUTH, NV_POLICY, set_policy
 from ..subsystems.persistent import to_nv
 
-_NV_AUTH = {TPM_RH.OWNER: "owner_auth", TPM_RH.ENDORSEMENT: "endorsement_auth",
-            TPM_RH.LOCKOUT: "lockout_auth"}
-_NV_POLICY = {TPM_RH.OWNER: "owner_policy", TPM_RH.ENDORSEMENT: "endorsement_policy",
-              TPM_RH.LOCKOUT: "lockout_policy"}
 MAX_AUTH = 64       # the context-integrity digest size (SHA-512)
-# the permanent handles with an authPolicy, in handle order (TPM_CAP_AUTH_POLICIES)
-POLICY_HANDLES = (TPM_RH.OWNER, TPM_RH.LOCKOUT, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM)
-
-
-def hierarchy_auth(state, handle) -> bytes:
-    if handle == TPM_RH.PLATFORM:
-        return state.platform_auth
-    key = _NV_AUTH.get(handle)
-    return bytes.fromhex(state.nv.get(key, "")) if key else b""
-
-
-def hierarchy_policy(state, handle):
-    """(hashAlg, authPolicy) of a hierarchy (the reference's EntityGetAuthPolicy);
-    (TPM_ALG_NULL, b"") when none was set."""
-    if handle == TPM_RH.PLATFORM:
-        return state.platform_policy
-    key = _NV_POLICY.get(handle)
-    if key is None or not state.nv.get(key):
-        return TPM_ALG.NULL, b""
-    alg, digest = state.nv[key]
-    return TPM_ALG(alg), bytes.fromhex(digest)
-
-
-def _set_policy(state, handle, alg, digest):
-    if handle == TPM_RH.PLATFORM:
-        state.platform_policy = (alg, digest)
-        state.clear_orderly()
-    else:
-        state.nv[_NV_POLICY[handle]] = [int(alg), digest.hex()] if alg != TPM_ALG.NULL else None
-        state.dirty = True
 
 
 def _flush_hierarchy(state, hierarchy):
@@ -74,7 +40,7 @@ def hierarchy_change_auth(tpm, ctx, auth_handle, new_auth):
     if auth_handle == TPM_RH.PLATFORM:
         state.platform_auth = new_auth
     else:
-        state.nv[_NV_AUTH[auth_handle]] = new_auth.hex()
+        state.nv[NV_AUTH[auth_handle]] = new_auth.hex()
         state.dirty = True
 
 
@@ -90,9 +56,9 @@ def clear(tpm, ctx, auth_handle):
         raise TpmError(TPM_RC.DISABLED)
     for key, size in (("sps", 64), ("sh_proof", 64), ("eh_proof", 64)):
         nv[key] = state.drbg.generate(size).hex()
-    for key in _NV_AUTH.values():
+    for key in NV_AUTH.values():
         nv[key] = ""
-    for key in _NV_POLICY.values():
+    for key in NV_POLICY.values():
         nv[key] = None
     state.sh_enable = state.eh_enable = True
     gone = (TPM_RH.OWNER, TPM_RH.ENDORSEMENT)
@@ -157,7 +123,7 @@ def set_primary_policy(tpm, ctx, auth_handle, auth_policy, hash_alg):
         raise TpmError(TPM_RC.SIZE, param=1)
     if not tpm.nv_available:
         raise TpmError(TPM_RC.NV_UNAVAILABLE)
-    _set_policy(tpm.state, auth_handle, TPM_ALG(hash_alg), bytes(auth_policy))
+    set_policy(tpm.state, auth_handle, TPM_ALG(hash_alg), bytes(auth_policy))
 
 
 def change_pps(tpm, ctx, auth_handle):
@@ -168,7 +134,7 @@ def change_pps(tpm, ctx, auth_handle):
     state = tpm.state
     state.nv["pps"] = state.drbg.generate(64).hex()
     state.nv["ph_proof"] = state.drbg.generate(64).hex()
-    _set_policy(state, TPM_RH.PLATFORM, TPM_ALG.NULL, b"")
+    set_policy(state, TPM_RH.PLATFORM, TPM_ALG.NULL, b"")
     state.nv["pcr_policy"] = None   # the PCR policies are re-initialized too
     _flush_hierarchy(state, TPM_RH.PLATFORM)
     _remove_persistent(state, TPM_RH.PLATFORM)
@@ -185,7 +151,7 @@ def change_eps(tpm, ctx, auth_handle):
     nv["eh_proof"] = state.drbg.generate(64).hex()
     state.eh_enable = True
     nv["endorsement_auth"] = ""
-    _set_policy(state, TPM_RH.ENDORSEMENT, TPM_ALG.NULL, b"")
+    set_policy(state, TPM_RH.ENDORSEMENT, TPM_ALG.NULL, b"")
     _flush_hierarchy(state, TPM_RH.ENDORSEMENT)
     _remove_persistent(state, TPM_RH.ENDORSEMENT)
     state.clear_orderly()

@@ -1,7 +1,7 @@
 """Part 3 §9: TPM2_Startup and TPM2_Shutdown."""
 from ...errors import TpmError
 from ...wire.constants import TPM_RC, TPM_SU
-from . import nv
+from ..subsystems import nv_indices
 from ..subsystems import da
 
 
@@ -10,7 +10,7 @@ def startup(tpm, ctx, startup_type):
     if not tpm.nv_available:
         raise TpmError(TPM_RC.NV_UNAVAILABLE)
     kind = tpm.state.startup(startup_type, ctx.locality)
-    nv.startup(tpm.state, kind)
+    nv_indices.startup(tpm.state, kind)
 
 
 def shutdown(tpm, ctx, shutdown_type):
@@ -21,5 +21,5 @@ def shutdown(tpm, ctx, shutdown_type):
     if tpm.state.pcr_reconfig and shutdown_type == TPM_SU.STATE:
         raise TpmError(TPM_RC.TYPE, param=1)
     tpm.state.shutdown(shutdown_type)
-    nv.shutdown(tpm.state)
+    nv_indices.shutdown(tpm.state)
     da.shutdown(tpm.state)
