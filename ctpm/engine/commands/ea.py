@@ -30,6 +30,7 @@ from ...wire.structures import HASH_SIZES, MAX_DIGEST_SIZE, TPML_PCR_SELECTION
 from ..subsystems import nv_indices
 from ..subsystems.hierarchy import hierarchy_policy
 from ..subsystems.pcr_banks import PCR_POLICY_GROUP, filter_selection
+from .signature import validate_signature, verified_ticket
 
 _CC = struct.Struct(">I")
 TICKET_HASH = "sha256"          # the reference's CONTEXT_INTEGRITY_HASH_ALG
@@ -222,7 +223,6 @@ def policy_signed(tpm, ctx, auth_object, policy_session, nonce_tpm, cp_hash_a, p
     """Part 3 §23.3: `auth` is a signature by `auth_object` over
     aHash = H(nonceTPM || expiration || cpHashA || policyRef); the digest takes the key's
     Name and policyRef. A trial session checks no signature."""
-    from .signature import validate_signature
     session = _session(tpm, policy_session)
     timeout = 0
     trial = _is_trial(session)
@@ -268,7 +268,6 @@ def policy_authorize(tpm, ctx, policy_session, approved_policy, policy_ref, key_
     """Part 3 §23.16: the policy so far was approved by the key named `key_sign`
     (checkTicket: VerifySignature over aHash = H(approvedPolicy || policyRef)); the digest
     starts over as H(0...0 || TPM_CC_PolicyAuthorize || keySign) and then policyRef."""
-    from .signature import verified_ticket
     session = _session(tpm, policy_session)
     # (a keySign shorter than a hash algorithm ID: HASH as libtpms/swtpm; newer reference SIZE)
     alg = struct.unpack(">H", key_sign[:2])[0] if len(key_sign) >= 2 else TPM_ALG.ERROR
