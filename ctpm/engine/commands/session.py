@@ -32,8 +32,10 @@ def start_auth_session(tpm, ctx, tpm_key, bind, nonce_caller, encrypted_salt, se
     else:
         session_key = b""
     sym = None
-    if symmetric.algorithm != TPM_ALG.NULL:
-        sym = (symmetric.algorithm, symmetric.keyBits, symmetric.get("mode"))
+    if symmetric.algorithm == TPM_ALG.XOR:      # keyBits is the hash; XOR has no mode
+        sym = (int(symmetric.algorithm), int(symmetric.keyBits), None)
+    elif symmetric.algorithm != TPM_ALG.NULL:
+        sym = (int(symmetric.algorithm), int(symmetric.keyBits), int(symmetric.mode))
     state.sessions[handle] = Session(
         handle=handle, kind=session_type, auth_hash=auth_hash, symmetric=sym,
         session_key=session_key, nonce_tpm=nonce_tpm,
