@@ -59,7 +59,7 @@ class CommandContext:
     """What a handler may want to know about the command besides its parameters."""
 
     __slots__ = ("code", "locality", "tag", "sessions", "command", "names", "cp_params",
-                 "_cp_hashes")
+                 "_cp_hashes", "evict")
 
     def __init__(self, code, locality, tag, command):
         self.code = code
@@ -70,6 +70,13 @@ class CommandContext:
         self.names = ()           # Names of the handles before the command ran (for audit)
         self.cp_params = b""      # the parameter area as received (encrypted, if it was)
         self._cp_hashes = {}
+        self.evict = []           # objects to flush once the response is made
+
+    def flush_after_response(self, handle: int):
+        """A command that ends the object it is authorized through (SequenceComplete,
+        EventSequenceComplete) leaves it loaded until the response HMAC, which includes its
+        authValue, is computed (the reference marks it evict and flushes it on the way out)."""
+        self.evict.append(handle)
 
     def cp_of(self, alg) -> bytes:
         """cpHash of the command with a hash algorithm (Part 1 §18.7)."""
@@ -182,7 +189,10 @@ class Dispatcher:
             raise TpmError(TPM_RC.SIZE)
 
         outputs = fn(self.tpm, ctx, *handles, *params)
-        return self._response(cdef, tag, ctx, outputs)
+        response = self._response(cdef, tag, ctx, outputs)
+        for handle in ctx.evict:
+            state.objects.pop(handle, None)
+        return response
 
     def _parse_sessions(self, cdef, stream, auth_size):
         """TPMS_AUTH_COMMAND list (Part 1 §18.3) with the consistency checks of the

@@ -57,7 +57,7 @@ def sequence_complete(tpm, ctx, handle, buffer, hierarchy):
     seq.update(buffer)
     ((alg, state),) = seq.states.items()
     result = state.digest()
-    del tpm.state.objects[handle]
+    ctx.flush_after_response(handle)
     if seq.kind == "hmac" or hierarchy == TPM_RH.NULL or not seq.ticket_safe:
         return (result, null_ticket(TPM_ST.HASHCHECK))
     return (result, hashcheck_ticket(tpm, hierarchy, alg, result))
@@ -77,5 +77,5 @@ def event_sequence_complete(tpm, ctx, pcr, handle, buffer):
         out.append(Container(hashAlg=alg, digest=d))
         if pcr != TPM_RH.NULL:
             extend(tpm.state, pcr, alg, d)
-    del tpm.state.objects[handle]
+    ctx.flush_after_response(handle)
     return (out,)
