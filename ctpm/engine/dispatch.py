@@ -31,6 +31,8 @@ _U16 = struct.Struct(">H")
 MAX_SESSION_NUM = 3
 _PW_RESPONSE_AUTH = b"\0\0\x01\0\0"     # empty nonce, continueSession, empty hmac
 _SESSION_HANDLE_TYPES = (0x02, 0x03)     # HMAC and policy session handle ranges
+# TPMA_SESSION bits 3 and 4 are reserved (Part 2 §8.4): the unmarshaling refuses them.
+_RESERVED_SESSION_ATTRS = 0x18
 # A password session cannot encrypt or audit (Part 1 §19.6.9).
 _PW_FORBIDDEN_ATTRS = int(TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
                           | TPMA_SESSION.AUDITEXCLUSIVE | TPMA_SESSION.AUDITRESET)
@@ -216,6 +218,8 @@ class Dispatcher:
                 if not raw:
                     raise TpmError(TPM_RC.INSUFFICIENT)
                 attrs = raw[0]
+                if attrs & _RESERVED_SESSION_ATTRS:     # TPMA_SESSION_Unmarshal
+                    raise TpmError(TPM_RC.RESERVED_BITS)
                 auth = TPM2B_AUTH._parsereport(stream, None, None)
             except TpmError as e:
                 raise e.located(session=idx)
