@@ -18,7 +18,7 @@ from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPM
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
 from . import handlers
 from .commands import ea
-from .subsystems import audit, da
+from .subsystems import audit, da, physical_presence
 from .subsystems.sessions import (bind_value, command_hmac, cp_hash, crypt_parameter,
                                   response_hmac, rp_hash)
 
@@ -283,6 +283,9 @@ class Dispatcher:
         encrypt = next((e for e in sessions if e.encrypt), None)
         for idx, e in enumerate(sessions, 1):
             e.entity, role = entities[idx - 1] if idx <= len(entities) else (None, None)
+            if (e.entity == TPM_RH.PLATFORM and not tpm.physical_presence
+                    and physical_presence.is_required(tpm.state, code)):
+                raise TpmError(TPM_RC.PP, session=idx)      # CheckAuthSession, first
             if e.session is not None and e.session.is_da_bound:
                 # bound to a DA-protected entity: no use at all in lockout (ParseSessionBuffer)
                 da.check_locked_out(tpm, e.session.is_lockout_bound)

@@ -2,7 +2,8 @@
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
 from .commands import (asymmetric, attest, audit, capability, clock, context, credential, da,
-                       duplication, ea, ecc, ephemeral, external, hash, hierarchy, nv, object,
+                       duplication, ea, ecc, ephemeral, external, hash, hierarchy, management, nv,
+                       object,
                        pcr, random, sequence, session, signature, startup, symmetric, testing,
                        x509)
 
@@ -110,6 +111,8 @@ _FUNCTIONS = {
     TPM_CC.PCR_SetAuthPolicy: pcr.pcr_set_auth_policy,
     TPM_CC.PCR_SetAuthValue: pcr.pcr_set_auth_value,
     TPM_CC.SetCommandCodeAuditStatus: audit.set_command_code_audit_status,
+    TPM_CC.PP_Commands: management.pp_commands,
+    TPM_CC.SetAlgorithmSet: management.set_algorithm_set,
     TPM_CC.ReadClock: clock.read_clock,
     TPM_CC.ClockSet: clock.clock_set,
     TPM_CC.ClockRateAdjust: clock.clock_rate_adjust,

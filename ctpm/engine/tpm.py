@@ -41,6 +41,7 @@ class Tpm:
         self.powered = False
         self.nv_available = True
         self.cancelled = False
+        self.physical_presence = False   # the platform's PP signal (signal_physical_presence)
         self._blobs = {}                 # state blobs waiting for the next power-on
         self.power_on()
 
@@ -89,7 +90,14 @@ class Tpm:
 
     def power_off(self):
         self.powered = False
+        self.physical_presence = False
         self.state.power_off()
+
+    def signal_physical_presence(self, asserted: bool):
+        """_plat__Signal_PhysicalPresenceOn/Off: the platform asserts (or stops asserting)
+        that an operator is present; commands on the PP list authorized by platformAuth, and
+        policies with PolicyPhysicalPresence, need it."""
+        self.physical_presence = bool(asserted)
 
     def tpm_init(self):
         """_TPM_Init (Part 1 §12.2.2): a TPM Reset indication; Startup is required next."""

@@ -11,7 +11,7 @@ from ...wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
 from ..subsystems import nv_indices
-from ..subsystems import audit, da
+from ..subsystems import audit, da, physical_presence
 from ..subsystems.contexts import max_active_sessions, saved_session_handles
 from ..subsystems.ecdaa import COMMIT_ARRAY_BITS
 from ..subsystems.hierarchy import POLICY_HANDLES, hierarchy_policy
@@ -149,7 +149,7 @@ def tpm_properties(tpm):
         TPM_PT.HR_PERSISTENT_AVAIL: cfg.max_persistent - len(state.persistent),
         TPM_PT.NV_COUNTERS: nv_indices.counters(state),
         TPM_PT.NV_COUNTERS_AVAIL: cfg.max_nv_indices - len(nv_indices.handles(state)),
-        TPM_PT.ALGORITHM_SET: 0,
+        TPM_PT.ALGORITHM_SET: state.nv.get("algorithm_set", 0),
         TPM_PT.LOADED_CURVES: len(S.ECC_CURVES),
         TPM_PT.LOCKOUT_COUNTER: dav["failed_tries"],
         TPM_PT.MAX_AUTH_FAIL: dav["max_tries"],
@@ -240,7 +240,7 @@ def get_capability(tpm, ctx, capability, prop, count):
         chunk, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
         data = [tpm.dispatcher.table[c][0].attributes for c in chunk]
     elif capability == TPM_CAP.PP_COMMANDS:
-        codes = sorted(c for c, (d, _f) in tpm.dispatcher.table.items() if d.pp)
+        codes = physical_presence.required_list(state)
         data, more = _page(codes, _from(codes, prop), count, S.MAX_CAP_CC)
     elif capability == TPM_CAP.AUDIT_COMMANDS:
         codes = sorted(audit.audit_commands(state))

@@ -11,8 +11,8 @@ Implemented: PolicyRestart, PolicyGetDigest, PolicyCommandCode, PolicyAuthValue,
 PolicyPassword, PolicySecret, PolicySigned, PolicyTicket, PolicyAuthorize, PolicyLocality,
 PolicyCounterTimer, PolicyTemplate, PolicyPhysicalPresence, PolicyDuplicationSelect,
 PolicyNameHash, PolicyCpHash, PolicyPCR, PolicyOR, PolicyNV, PolicyAuthorizeNV,
-PolicyNvWritten. ctpm has no physical-presence signal, so a policy with
-PolicyPhysicalPresence never authorizes (TPM_RC_PP), as the reference without PP asserted.
+PolicyNvWritten. A policy with PolicyPhysicalPresence authorizes only while the platform
+asserts physical presence (`Tpm.signal_physical_presence`), else TPM_RC_PP.
 Objects, NV indices (engine/commands/nv.py: POLICYREAD/POLICYWRITE, and NV_ChangeAuth's ADMIN role),
 and hierarchies with a SetPrimaryPolicy, can be authorized with a policy; PCRs have no
 authPolicy in this build.
@@ -584,7 +584,7 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
         raise TpmError(TPM_RC.POLICY_FAIL)
     if session.command_locality and not _locality_ok(session.command_locality, locality):
         raise TpmError(TPM_RC.LOCALITY)
-    if session.is_pp_required:          # no physical presence on this platform
+    if session.is_pp_required and not tpm.physical_presence:
         raise TpmError(TPM_RC.PP)
     if session.cp_hash:
         if session.is_cp_hash:
