@@ -35,6 +35,14 @@ GROUPS = [
     ("TPMA_NV", "TPMA_NV_", "IntFlag"),
 ]
 
+# Constants newer than the libtss2 3.2.1 header, from TPM 2.0 Library Part 2 rev 1.59 (ECC_Encrypt,
+# ECC_Decrypt) and rev 1.83 (PolicyCapability, PolicyParameters); the reference simulator and
+# tpm2-tss 4.1+ use the same numbers.
+NEWER = {
+    "TPM_CC": [("ECC_Encrypt", 0x199), ("ECC_Decrypt", 0x19A), ("PolicyCapability", 0x19B),
+               ("PolicyParameters", 0x19C)],
+}
+
 LINE = re.compile(r"^#define\s+(TPMA?2?_\w+)\s+\(\((\w+)\)\s*(.+?)\)\s*(/\*.*)?$")
 
 
@@ -90,6 +98,8 @@ def main():
             if member[0].isdigit():
                 member = "_" + member
             members.append((member, v))
+        known = {m for m, _v in members}
+        members += [(m, v) for m, v in NEWER.get(cls, ()) if m not in known]
         if not members:
             continue
         out.append("")

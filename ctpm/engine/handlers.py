@@ -42,6 +42,8 @@ _FUNCTIONS = {
     TPM_CC.ECDH_ZGen: asymmetric.ecdh_zgen,
     TPM_CC.ZGen_2Phase: asymmetric.zgen_2phase,
     TPM_CC.EC_Ephemeral: asymmetric.ec_ephemeral,
+    TPM_CC.ECC_Encrypt: asymmetric.ecc_encrypt,
+    TPM_CC.ECC_Decrypt: asymmetric.ecc_decrypt,
     TPM_CC.Commit: ephemeral.commit_,
     TPM_CC.EncryptDecrypt: symmetric.encrypt_decrypt,
     TPM_CC.EncryptDecrypt2: symmetric.encrypt_decrypt2,

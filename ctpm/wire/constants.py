@@ -184,6 +184,10 @@ class TPM_CC(IntEnum):
     ACT_SetTimeout = 0x198
     LAST = 0x198
     Vendor_TCG_Test = 0x20000000
+    ECC_Encrypt = 0x199
+    ECC_Decrypt = 0x19A
+    PolicyCapability = 0x19B
+    PolicyParameters = 0x19C
 
 
 class TPM_RC(IntEnum):

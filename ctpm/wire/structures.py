@@ -282,6 +282,12 @@ TPMU_KDF_SCHEME = Switch(this.scheme, {
     TPM_ALG.NULL: _EMPTY,
 }, default=BadSelector())
 TPMT_KDF_SCHEME = Record("scheme" / TPMI_ALG_KDF.plus, "details" / TPMU_KDF_SCHEME)
+# KDF2 (IEEE 1363a / X9.63, Library rev 1.59) is ECC_Encrypt/ECC_Decrypt's only scheme; ctpm
+# takes it there only (a key's kdf or an XOR scheme still answers TPM_RC_KDF, as libtpms 0.9).
+TPMT_KDF_SCHEME_ECC_CRYPT = Record(
+    "scheme" / Int(2, KDF_ALGS | {TPM_ALG.KDF2}, TPM_RC.KDF, null=TPM_ALG.NULL).plus,
+    "details" / Switch(this.scheme, {alg: TPMS_SCHEME_HASH for alg in KDF_ALGS | {TPM_ALG.KDF2}}
+                       | {TPM_ALG.NULL: _EMPTY}, default=BadSelector()))
 
 TPMS_RSA_PARMS = Record("symmetric" / TPMT_SYM_DEF_OBJECT, "scheme" / TPMT_RSA_SCHEME,
                         "keyBits" / TPMI_RSA_KEY_BITS, "exponent" / UINT32)

@@ -1,15 +1,18 @@
 """Part 3 §14: asymmetric primitives (RSA_Encrypt, RSA_Decrypt, ECDH_KeyGen, ECDH_ZGen,
-ZGen_2Phase, EC_Ephemeral).
+ZGen_2Phase, ECC_Encrypt, ECC_Decrypt; and EC_Ephemeral, §19.3).
 
 RSA paddings: RSAES-PKCS1-v1_5, OAEP (the label is hashed as given; a TPM label must be
 empty or end in a zero byte), and TPM_ALG_NULL, the raw RSA operation. The scheme is the
 key's, or the input's when the key has none (the reference's CryptRsaSelectScheme).
 """
+import hmac
+
 from construct import Container
 from cryptography.hazmat.primitives import hashes as chashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ...crypto import ecmath, keys, rsapad
+from ...crypto.hashes import digest as hash_digest
 from ...errors import TpmError
 from ...wire.constants import TPM_ALG, TPM_RC, TPMA_OBJECT as OA
 from ..subsystems import ecdaa, keyuse
@@ -211,5 +214,87 @@ def ec_ephemeral(tpm, ctx, curve_id):
             return (_point(c, q), counter)
 
 
+# -- Part 3 §14.8, §14.9: ECC encryption (Part 1 Annex D: C1, C2, C3 as in SM2) ------------
+
+def _kdf2_mask(alg, z: bytes, size: int) -> bytes:
+    """The reference's CryptMGF_KDF with the counter starting at 1 (KDF2 / X9.63)."""
+    out, counter = b"", 1
+    while len(out) < size:
+        out += hash_digest(alg, z + counter.to_bytes(4, "big"))
+        counter += 1
+    return out[:size]
+
+
+def _ecc_crypt_check(scheme, param):
+    if scheme.scheme != TPM_ALG.KDF2:          # the only scheme ECC encryption defines
+        raise TpmError(TPM_RC.SCHEME, param=param)
+
+
+def ecc_encrypt(tpm, ctx, key_handle, plain_text, in_scheme):
+    """Part 3 §14.8: C1 = [k]G for a fresh k, (x2, y2) = [k]Q, C2 = M xor KDF2(x2 || y2),
+    C3 = H(x2 || M || y2) - with the public key alone."""
+    obj = tpm.state.object(key_handle)
+    if obj.public.type != TPM_ALG.ECC:
+        raise TpmError(TPM_RC.KEY, handle=1)
+    scheme = _select_ecc_scheme(obj, in_scheme, param=2)
+    c = keyuse.ecc_curve(obj)
+    q = keyuse.ecc_point(obj)
+    if not ecmath.on_curve(c, *q):
+        raise TpmError(TPM_RC.KEY, handle=1)
+    alg = scheme.details.hashAlg
+    stream = keys.EntropyStream(tpm.state.drbg.generate)
+    while True:
+        k = keys.ecc_private_from_stream(stream, obj.public.parameters.curveID)
+        p2 = ecmath.mul(c, k, q)
+        if p2 is not None:
+            break
+    c1 = _point(c, ecmath.mul_base(c, k))
+    x2, y2 = (v.to_bytes(c.size, "big") for v in p2)
+    mask = _kdf2_mask(alg, x2 + y2, len(plain_text))
+    c2 = bytes(a ^ b for a, b in zip(plain_text, mask))
+    return (c1, c2, hash_digest(alg, x2 + plain_text + y2))
+
+
+def ecc_decrypt(tpm, ctx, key_handle, c1, c2, c3, in_scheme):
+    """Part 3 §14.9: (x2, y2) = [d]C1, M = C2 xor KDF2(x2 || y2), and C3 must be
+    H(x2 || M || y2) (else TPM_RC_VALUE)."""
+    obj = tpm.state.object(key_handle)
+    public = obj.public
+    if public.type != TPM_ALG.ECC:
+        raise TpmError(TPM_RC.KEY, handle=1)
+    if public.objectAttributes & OA.RESTRICTED or not public.objectAttributes & OA.DECRYPT:
+        raise TpmError(TPM_RC.ATTRIBUTES, handle=1)
+    scheme = _select_ecc_scheme(obj, in_scheme, param=4)
+    c = keyuse.ecc_curve(obj)
+    point = (int.from_bytes(c1.x, "big"), int.from_bytes(c1.y, "big"))
+    if not ecmath.on_curve(c, *point):      # (the reference does not check C1)
+        raise TpmError(TPM_RC.ECC_POINT, param=1)
+    p2 = ecmath.mul(c, keyuse.ecc_scalar(obj), point)
+    if p2 is None:
+        raise TpmError(TPM_RC.NO_RESULT)
+    alg = scheme.details.hashAlg
+    x2, y2 = (v.to_bytes(c.size, "big") for v in p2)
+    mask = _kdf2_mask(alg, x2 + y2, len(c2))
+    plain = bytes(a ^ b for a, b in zip(c2, mask))
+    if not hmac.compare_digest(hash_digest(alg, x2 + plain + y2), bytes(c3)):
+        raise TpmError(TPM_RC.VALUE)
+    return (plain,)
+
+
+def _select_ecc_scheme(obj, scheme, param):
+    """CryptEccSelectScheme (TPM_RC_SCHEME on the inScheme parameter), then KDF2 only."""
+    key_scheme = obj.public.parameters.kdf
+    if scheme.scheme == TPM_ALG.NULL:
+        scheme = key_scheme
+    if key_scheme.scheme != TPM_ALG.NULL and (
+            key_scheme.scheme != scheme.scheme
+            or key_scheme.details.hashAlg != scheme.details.hashAlg):
+        raise TpmError(TPM_RC.SCHEME, param=param)
+    if scheme.scheme == TPM_ALG.NULL:
+        raise TpmError(TPM_RC.SCHEME, param=param)
+    _ecc_crypt_check(scheme, param)
+    return scheme
+
+
 __all__ = ["select_rsa_scheme", "rsa_encrypt", "rsa_decrypt", "ecdh_keygen", "ecdh_zgen",
-           "zgen_2phase", "ec_ephemeral"]
+           "zgen_2phase", "ec_ephemeral", "ecc_encrypt", "ecc_decrypt"]
