@@ -105,6 +105,8 @@ _FUNCTIONS = {
     TPM_CC.PolicyPassword: ea.policy_password,
     TPM_CC.PolicyGetDigest: ea.policy_get_digest,
     TPM_CC.PolicyRestart: ea.policy_restart,
+    TPM_CC.PolicyCapability: ea.policy_capability,
+    TPM_CC.PolicyParameters: ea.policy_parameters,
     TPM_CC.PCR_Extend: pcr.pcr_extend,
     TPM_CC.PCR_Event: pcr.pcr_event,
     TPM_CC.PCR_Read: pcr.pcr_read,

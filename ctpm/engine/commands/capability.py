@@ -283,3 +283,45 @@ def get_capability(tpm, ctx, capability, prop, count):
 
 def test_parms(tpm, ctx, parameters):
     """Part 3 §30.3: every check happens while unmarshaling TPMT_PUBLIC_PARMS."""
+
+
+# -- one property (TPM2_PolicyCapability) -----------------------------------------------------
+
+_KEYS = {
+    TPM_CAP.ALGS: lambda e: e.alg,
+    TPM_CAP.HANDLES: lambda e: e,
+    TPM_CAP.COMMANDS: lambda e: e & 0xFFFF,
+    TPM_CAP.PP_COMMANDS: lambda e: e,
+    TPM_CAP.AUDIT_COMMANDS: lambda e: e,
+    TPM_CAP.TPM_PROPERTIES: lambda e: e.property,
+    TPM_CAP.PCR_PROPERTIES: lambda e: e.tag,
+    TPM_CAP.ECC_CURVES: lambda e: e,
+    TPM_CAP.AUTH_POLICIES: lambda e: e.handle,
+    TPM_CAP.ACT: lambda e: e.handle,
+}
+# handle types TPM_CAP_HANDLES can look up one of (the reference's ...CapGetOne...)
+_ONE_HANDLE_TYPES = (TPM_HT.TRANSIENT, TPM_HT.PERSISTENT, TPM_HT.NV_INDEX, TPM_HT.HMAC_SESSION,
+                     TPM_HT.POLICY_SESSION, TPM_HT.PCR, TPM_HT.PERMANENT)
+
+
+def one_property(tpm, capability, prop):
+    """The marshaled capability data of exactly `prop` (TPMS_ALG_PROPERTY, a handle, TPMA_CC,
+    TPMS_TAGGED_PROPERTY, ...), None if the TPM has no such property. For PolicyCapability:
+    TPM_RC_VALUE (parameter 4) for a capability it cannot take (TPM_CAP_PCRS and unknown
+    ones), TPM_RC_HANDLE or TPM_RC_VALUE (parameter 5) for a property outside the range."""
+    key = _KEYS.get(capability)
+    if key is None:
+        raise TpmError(TPM_RC.VALUE, param=4)
+    if capability == TPM_CAP.HANDLES and prop >> 24 not in _ONE_HANDLE_TYPES:
+        raise TpmError(TPM_RC.HANDLE, param=5)
+    if capability == TPM_CAP.AUTH_POLICIES and prop >> 24 != TPM_HT.PERMANENT:
+        raise TpmError(TPM_RC.VALUE, param=5)
+    if capability == TPM_CAP.ACT and not TPM_RH.ACT_0 <= prop <= TPM_RH.ACT_F:
+        raise TpmError(TPM_RC.VALUE, param=5)
+    if capability == TPM_CAP.COMMANDS and prop > 0xFFFF:
+        return None
+    _more, found = get_capability(tpm, None, capability, prop, 1)
+    items = [e for e in found.data if key(e) == prop]
+    if not items:
+        return None
+    return S.TPMU_CAPABILITIES.cases[capability].build(items)[4:]

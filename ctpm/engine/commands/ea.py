@@ -30,6 +30,7 @@ from ...wire.structures import HASH_SIZES, MAX_DIGEST_SIZE, TPML_PCR_SELECTION
 from ..subsystems import nv_indices
 from ..subsystems.hierarchy import hierarchy_policy
 from ..subsystems.pcr_banks import PCR_POLICY_GROUP, filter_selection
+from .capability import one_property
 from .signature import validate_signature, verified_ticket
 
 _CC = struct.Struct(">I")
@@ -55,6 +56,7 @@ def reset_policy(session, now_ms: int = 0):
     session.command_locality = 0
     session.is_pp_required = False
     session.is_template_hash = False
+    session.is_parameters_hash = False
     session.check_nv_written = False
     session.nv_written_state = False
 
@@ -74,7 +76,8 @@ def _session(tpm, handle):
 
 
 def _cp_hash_occupied(session) -> bool:
-    return session.is_cp_hash or session.is_name_hash or session.is_template_hash
+    return (session.is_cp_hash or session.is_name_hash or session.is_template_hash
+            or session.is_parameters_hash)
 
 
 def _context_update(session, code, name, ref, cp_hash, timeout):
@@ -591,6 +594,8 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
             ok = session.cp_hash == cp_hash(session.auth_hash)
         elif session.is_template_hash:
             ok = session.cp_hash == _template_hash(session, code, params)
+        elif session.is_parameters_hash:      # PolicyParameters: H(commandCode || parameters)
+            ok = session.cp_hash == hashes.digest(session.auth_hash, _CC.pack(code) + params)
         else:
             ok = session.cp_hash == hashes.digest(session.auth_hash, b"".join(names))
         if not ok:
@@ -599,3 +604,43 @@ def check_policy_session(tpm, code, session, entity, role, cp_hash, names, local
         index = nv_indices.get(tpm.state, entity) if entity >> 24 == TPM_HT.NV_INDEX else None
         if index is None or bool(index.attributes & nv_indices.A.WRITTEN) != session.nv_written_state:
             raise TpmError(TPM_RC.POLICY_FAIL)
+
+
+# -- Library rev 1.83: PolicyCapability, PolicyParameters --------------------------------------
+
+def policy_capability(tpm, ctx, policy_session, operand_b, offset, operation, capability,
+                      prop):
+    """Part 3 §23.23 (rev 1.83): a comparison with the marshaled capability data of one
+    property, as GetCapability(capability, property, 1) reports it (a property the TPM does
+    not have satisfies only TPM_EO_NEQ); the digest takes
+    H(operandB || offset || operation || capability || property)."""
+    session = _session(tpm, policy_session)
+    if not _is_trial(session):
+        data = one_property(tpm, capability, prop)
+        if data is None:
+            if operation != 1:                          # TPM_EO_NEQ
+                raise TpmError(TPM_RC.POLICY)
+        else:
+            if offset > len(data):
+                raise TpmError(TPM_RC.VALUE, param=2)
+            if len(data) - offset < len(operand_b):
+                raise TpmError(TPM_RC.SIZE, param=1)
+            if not _check_condition(operation, data[offset:offset + len(operand_b)],
+                                    operand_b):
+                raise TpmError(TPM_RC.POLICY)
+    arg = hashes.digest(session.auth_hash, operand_b + struct.pack(">HHII", offset, operation,
+                                                                     capability, prop))
+    _extend(session, _CC.pack(TPM_CC.PolicyCapability), arg)
+
+
+def policy_parameters(tpm, ctx, policy_session, p_hash):
+    """Part 3 §23.24 (rev 1.83): bind the policy to the authorized command's parameters,
+    pHash = H(commandCode || parameters) - like PolicyCpHash without the handles' Names."""
+    session = _session(tpm, policy_session)
+    if len(p_hash) != session.digest_size:
+        raise TpmError(TPM_RC.SIZE, param=1)
+    if _cp_hash_occupied(session):
+        raise TpmError(TPM_RC.CPHASH)
+    _extend(session, _CC.pack(TPM_CC.PolicyParameters), p_hash)
+    session.cp_hash = p_hash
+    session.is_parameters_hash = True

@@ -39,6 +39,7 @@ class Session:
     command_locality: int = 0     # PolicyLocality: TPMA_LOCALITY the command must come from
     is_pp_required: bool = False  # PolicyPhysicalPresence
     is_template_hash: bool = False    # cp_hash holds a PolicyTemplate templateHash
+    is_parameters_hash: bool = False  # cp_hash holds a PolicyParameters pHash
     check_nv_written: bool = False    # PolicyNvWritten: the index's TPMA_NV_WRITTEN ...
     nv_written_state: bool = False    # ... must be this
     # bound to a DA-protected entity (to lockoutAuth): every use checks the lockout, and a
