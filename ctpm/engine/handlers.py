@@ -1,7 +1,7 @@
 """Which function carries out which command: the command table joined to the engine."""
 from ..wire.commands import COMMANDS
 from ..wire.constants import TPM_CC
-from .commands import (asymmetric, attest, audit, capability, clock, context, credential, da,
+from .commands import (act, asymmetric, attest, audit, capability, clock, context, credential, da,
                        duplication, ea, ecc, ephemeral, external, hash, hierarchy, management, nv,
                        object,
                        pcr, random, sequence, session, signature, startup, symmetric, testing,
@@ -117,6 +117,7 @@ _FUNCTIONS = {
     TPM_CC.SetCommandCodeAuditStatus: audit.set_command_code_audit_status,
     TPM_CC.PP_Commands: management.pp_commands,
     TPM_CC.SetAlgorithmSet: management.set_algorithm_set,
+    TPM_CC.ACT_SetTimeout: act.act_set_timeout,
     TPM_CC.ReadClock: clock.read_clock,
     TPM_CC.ClockSet: clock.clock_set,
     TPM_CC.ClockRateAdjust: clock.clock_rate_adjust,

@@ -14,7 +14,7 @@ state. A VOLATILE blob is then refused (`MigrationError`), and QEMU's migration 
 """
 import json
 
-from .subsystems import contexts as context, da, ecdaa
+from .subsystems import act, contexts as context, da, ecdaa
 from .subsystems.objects import Object
 from .subsystems.state import TpmState
 
@@ -76,6 +76,7 @@ def _volatile(tpm) -> dict:
         "command_audit_digest": _h(state.command_audit_digest),
         "exclusive_audit_session": state.exclusive_audit_session,
         "ecdaa_commit": ecdaa.saved(state),
+        "act": act.volatile(state),
         "nv_ram": {k: [attrs, _h(data)] for k, (attrs, data) in state.nv_ram.items()},
         "da_timers": None if timers is None or timers[0] != state.init_ms else timers[1:],
         "objects": objects,
@@ -137,6 +138,8 @@ def _apply(state, v: dict):
     state.command_audit_digest = _b(v["command_audit_digest"])
     state.exclusive_audit_session = v["exclusive_audit_session"]
     ecdaa.restore(state, v["ecdaa_commit"])
+    if "act" in v:
+        act.apply_volatile(state, v["act"])
     state.nv_ram = {k: [attrs, _b(data)] for k, (attrs, data) in v["nv_ram"].items()}
     if v["da_timers"] is not None:
         state._da_timers = [state.init_ms, *v["da_timers"]]

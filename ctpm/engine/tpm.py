@@ -12,7 +12,7 @@ from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TP
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from . import migration
-from .subsystems import nv_indices
+from .subsystems import act, nv_indices
 from .subsystems.hierarchy import hierarchy_auth
 from .subsystems.pcr_banks import PCR_AUTH_GROUP, PCR_POLICY_GROUP
 from .subsystems.state import TpmState
@@ -177,6 +177,8 @@ class Tpm:
         kind = handle >> 24
         if kind == TPM_HT.PERMANENT and not self.state.hierarchy_enabled(handle):
             raise TpmError(TPM_RC.HIERARCHY, handle=index)
+        if TPM_RH.ACT_0 <= handle <= TPM_RH.ACT_F and act.number(handle) is None:
+            raise TpmError(TPM_RC.VALUE, handle=index)      # an ACT this TPM does not have
         if kind == TPM_HT.TRANSIENT and handle not in self.state.objects:
             raise TpmError(TPM_RC.REFERENCE_H0 + index - 1)
         if kind in (TPM_HT.HMAC_SESSION, TPM_HT.POLICY_SESSION):

@@ -499,6 +499,10 @@ COMMANDS = (
     Command(TPM_CC.ClockRateAdjust, "Part 3 §29.3",
             handles=(Handle("auth", S.TPMI_RH_PROVISION, Auth.USER),),
             params=(("rateAdjust", CLOCK_ADJUST),), pp=True),
+    # Part 3 §33: authenticated countdown timers (Library rev 1.59)
+    Command(TPM_CC.ACT_SetTimeout, "Part 3 §33.2",
+            handles=(Handle("actHandle", S.TPMI_RH_ACT, Auth.USER),),
+            params=(("startTimeout", S.UINT32),)),
     # Part 3 §30: capability commands
     Command(TPM_CC.GetCapability, "Part 3 §30.2",
             params=(("capability", S.TPM_CAP_), ("property", S.UINT32),

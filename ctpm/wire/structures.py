@@ -77,8 +77,11 @@ TPMI_RH_HIERARCHY_AUTH = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM
                                            TPM_RH.LOCKOUT)), TPM_RC.VALUE)
 TPMI_RH_CLEAR = Int(4, frozenset((TPM_RH.LOCKOUT, TPM_RH.PLATFORM)), TPM_RC.VALUE)
 TPMI_RH_PROVISION = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.PLATFORM)), TPM_RC.VALUE)
+# TPMI_RH_ACT and (since Library rev 1.59) the ACT handles among TPMI_RH_HIERARCHY_POLICY
+ACT_HANDLES = frozenset(range(TPM_RH.ACT_0, TPM_RH.ACT_F + 1))
+TPMI_RH_ACT = Int(4, ACT_HANDLES, TPM_RC.VALUE)
 TPMI_RH_HIERARCHY_POLICY = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM,
-                                             TPM_RH.LOCKOUT)), TPM_RC.VALUE)
+                                             TPM_RH.LOCKOUT)) | ACT_HANDLES, TPM_RC.VALUE)
 TPMI_RH_ENABLES = Int(4, frozenset((TPM_RH.OWNER, TPM_RH.ENDORSEMENT, TPM_RH.PLATFORM,
                                     TPM_RH.PLATFORM_NV)), TPM_RC.VALUE, null=TPM_RH.NULL)
 TPMI_RH_PLATFORM = Int(4, frozenset((TPM_RH.PLATFORM,)), TPM_RC.VALUE)

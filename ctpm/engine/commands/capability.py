@@ -11,7 +11,7 @@ from ...wire.constants import (TPM_ALG, TPM_CAP, TPM_HT, TPM_PT, TPM_PT_PCR, TPM
                               TPMA_ALGORITHM as A, TPMA_MODES, TPMA_PERMANENT,
                               TPMA_STARTUP_CLEAR)
 from ..subsystems import nv_indices
-from ..subsystems import audit, da, physical_presence
+from ..subsystems import act, audit, da, physical_presence
 from ..subsystems.contexts import max_active_sessions, saved_session_handles
 from ..subsystems.ecdaa import COMMIT_ARRAY_BITS
 from ..subsystems.hierarchy import POLICY_HANDLES, hierarchy_policy
@@ -270,14 +270,18 @@ def get_capability(tpm, ctx, capability, prop, count):
         # PermanentHandleGetPolicy: every permanent handle with an authPolicy, set or not
         if prop >> 24 != TPM_HT.PERMANENT:
             raise TpmError(TPM_RC.VALUE, param=2)
-        handles = [h for h in POLICY_HANDLES if h >= prop]
+        handles = [h for h in sorted(POLICY_HANDLES + tuple(act.handles())) if h >= prop]
         chunk, more = _page(handles, 0, count, S.MAX_CAP_DATA // 70)   # MAX_TAGGED_POLICIES
         data = []
         for h in chunk:
             alg, digest = hierarchy_policy(state, h)
             data.append(Container(handle=h, policyHash=Container(hashAlg=alg, digest=digest)))
-    else:
-        data = []      # ACT: none exist
+    else:                                           # TPM_CAP_ACT
+        if not TPM_RH.ACT_0 <= prop <= TPM_RH.ACT_F:
+            data = []                               # (ActGetCapabilityData: nothing)
+        else:
+            found, more = act.capability(state, prop, min(count, S.MAX_CAP_DATA // 12))
+            data = [Container(handle=h, timeout=t, attributes=a) for h, t, a in found]
     return (int(more), Container(capability=capability, data=data))
 
 

@@ -12,7 +12,7 @@ from ...errors import TpmError
 from ...state.store import StoreError
 from ...wire.constants import TPM_ALG, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_SU
 from ...wire.structures import HASH_SIZES, IMPLEMENTATION_PCR
-from . import da, ecdaa
+from . import act, da, ecdaa
 from .contexts import max_active_sessions, new_bookkeeping
 from .drbg import HmacDrbg
 from .pcr_banks import PCR_ATTRIBUTES, PCR_NO_INCREMENT, pcr_allocation
@@ -154,6 +154,7 @@ class TpmState:
         self.command_audit_digest = b""       # gr.commandAuditDigest (engine/subsystems/audit.py)
         self.objects = {}             # transient objects: handle -> objects.Object
         self.nv_ram = {}              # orderly NV indices (engine/subsystems/nv_ram.py), from Startup
+        act.init(self)                # the countdown timers (engine/subsystems/act.py)
         if self.fixed_seed is not None:
             self.drbg = HmacDrbg(hashlib.sha512(b"ctpm INSECURE drbg\0" + self.fixed_seed).digest(),
                                  self.nv["reset_count"].to_bytes(4, "big"))
@@ -163,6 +164,7 @@ class TpmState:
     def power_off(self):
         """Power lost: nothing is written; a disorderly shutdown unless Shutdown came first."""
         self.started = False
+        act.power_off(self)
 
     # -- clock -------------------------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class TpmState:
         else:
             self.platform_policy = (TPM_ALG.NULL, b"")
             self.sh_enable = self.eh_enable = self.ph_enable_nv = True
+        act.startup(self, kind, (saved or {}).get("act"))
         nv["orderly"] = None
         nv["saved"] = None
         self.started = True
@@ -273,6 +276,7 @@ class TpmState:
                 "locality3": self.startup_locality3,
                 "command_audit_digest": _h(self.command_audit_digest or b""),
                 "ecdaa_commit": ecdaa.saved(self),
+                "act": act.saved(self),
                 "pcrs": {str(alg): [_h(v) if PCR_ATTRIBUTES[i][0] and v is not None else None
                                     for i, v in enumerate(bank)]
                          for alg, bank in self.pcrs.items()},
