@@ -129,3 +129,4 @@ def test_subsystems_import_no_command_and_no_pipeline():
                         and not d.startswith("ctpm.engine.subsystems"))
            for name, deps in graph.items() if name.startswith("ctpm.engine.subsystems")}
     assert {k: v for k, v in bad.items() if v} == {}
+

@@ -423,10 +423,10 @@ COMMANDS = (
             handles=(Handle("authHandle", N.TPMI_RH_NV_AUTH, Auth.USER),
                      Handle("nvIndex", N.TPMI_RH_NV_INDEX),
                      Handle("policySession", S.TPMI_SH_POLICY))),
-    Command(TPM_CC.PolicyTemplate, "Part 3 §23.23",
+    Command(TPM_CC.PolicyTemplate, "Part 3 §23.21",
             handles=(Handle("policySession", S.TPMI_SH_POLICY),),
             params=(("templateHash", S.TPM2B_DIGEST),)),
-    Command(TPM_CC.PolicyRestart, "Part 3 §23.21",
+    Command(TPM_CC.PolicyRestart, "Part 3 §11.2",
             handles=(Handle("sessionHandle", S.TPMI_SH_POLICY),)),
     # Part 3 §24: hierarchy commands
     Command(TPM_CC.CreatePrimary, "Part 3 §24.1",

@@ -95,7 +95,7 @@ def _context_update(session, code, name, ref, cp_hash, timeout):
 # -- the commands -------------------------------------------------------------------------------
 
 def policy_restart(tpm, ctx, session_handle):
-    """Part 3 §23.21 (the reference keeps it with the session commands)."""
+    """Part 3 §11.2 (a session command; kept here with the policy state it resets)."""
     reset_policy(_session(tpm, session_handle), tpm.state.time())
 
 
@@ -413,7 +413,7 @@ def policy_nv_written(tpm, ctx, policy_session, written_set):
 
 
 def policy_template(tpm, ctx, policy_session, template_hash):
-    """Part 3 §23.23: Create, CreatePrimary or CreateLoaded with a template (inPublic) of
+    """Part 3 §23.21: Create, CreatePrimary or CreateLoaded with a template (inPublic) of
     this digest."""
     session = _session(tpm, policy_session)
     # (as libtpms/swtpm: another templateHash is VALUE; the newer reference says CPHASH)
