@@ -52,3 +52,15 @@ class TpmError(Exception):
             if v is not None:
                 where = f" ({k} {v})"
         return f"TPM_RC_{name}{where} = 0x{self.code:03X}"
+
+
+def find_exception(error, types):
+    """The first exception of `types` in `error` or the exception groups nested in it (for a
+    one-line message from what trio raised), None if there is none."""
+    if isinstance(error, types):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = find_exception(inner, types)
+        if found is not None:
+            return found
+    return None

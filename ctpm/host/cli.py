@@ -111,8 +111,8 @@ def _serve(args, path) -> int:
     try:
         trio.run(serve_main, args.dir, path)
     except (StartupError, BaseExceptionGroup) as e:
-        from ..cli import _leaf
-        error = _leaf(e, (StartupError,))
+        from ..errors import find_exception      # (not ..cli: ctpm.cli imports this module)
+        error = find_exception(e, (StartupError,))
         if error is None:
             raise
         print(f"ctpm host: {error}", file=sys.stderr)

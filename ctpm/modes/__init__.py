@@ -17,10 +17,3 @@ def build_backend(config):
         return EngineBackend.build(config)
     from .ephemeral import EphemeralBackend, SvsmBackend
     return (SvsmBackend if mode == "svsm" else EphemeralBackend).build(config)
-
-
-def open_report_provider(config):
-    """The SNP report provider `config` names (`ctpm.snp.providers.open_provider`)."""
-    from ..snp.providers import open_provider
-    options = {"directory": config.snp_sim_dir} if config.snp_provider == "simulated" else {}
-    return open_provider(config.snp_provider, **options)

@@ -105,7 +105,7 @@ class EphemeralBackend(EngineBackend):
         from ..state.store import MemoryStore
 
         if provider is None:
-            from . import open_report_provider
+            from .report import open_report_provider
             provider = open_report_provider(config)
         engine_config = EngineConfig(max_command_size=config.max_command_size,
                                      max_objects=config.max_objects,
