@@ -185,7 +185,7 @@ class Host:
                     report["failed"][name] = "a runtime instance has this name"
                 continue
             try:
-                config = load(path)
+                config = load(path, default_listener=False)
                 await self.add(name, config, source="dir", stamp=stamp)
                 report["started"].append(name)
             except (ConfigError, StartupError, HostError, OSError) as e:
@@ -343,7 +343,7 @@ def _config(req):
         raise HostError("name must be a string")
     return load(req.get("config"), mssim=req.get("mssim"), swtpm=req.get("swtpm"),
                 state_dir=req.get("state"), allow_remote=bool(req.get("allow_remote")),
-                resource_manager=bool(req.get("resource_manager")))
+                resource_manager=bool(req.get("resource_manager")), default_listener=False)
 
 
 def _bindings(req, fds) -> Bindings:

@@ -22,6 +22,7 @@ log = logging.getLogger("ctpm.transport.fastpath")
 
 _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+_BATCH = 8
 
 
 class FastPath:
@@ -97,7 +98,12 @@ class FastPath:
         return True
 
     def _advance(self, sock, buf):
-        """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on."""
+        """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on.
+
+        At most `_BATCH` commands per call: a client that keeps the socket full must not keep
+        the event loop (every other connection and instance) to itself; parked, it is ready
+        again at the next poll, after the others had their turn."""
+        served = 0
         try:
             while True:
                 try:
@@ -111,7 +117,8 @@ class FastPath:
                     return
                 if data:
                     buf += data
-                while len(buf) >= HEADER_SIZE and looks_like_tpm_command(buf[:4]):
+                while (len(buf) >= HEADER_SIZE and looks_like_tpm_command(buf[:4])
+                       and served < _BATCH):
                     size = HEADER.unpack_from(buf)[1]
                     if size < HEADER_SIZE or size > self.host.max_command_size or len(buf) < size:
                         break
@@ -120,6 +127,7 @@ class FastPath:
                     if response is None:                # the backend is busy: wait in a task
                         return self._slow(sock, buf)
                     buf = buf[size:]
+                    served += 1
                     if self.host.backend.write_pending:  # NV first, then the response
                         return self._slow(sock, buf, response, flush=True)
                     sent = sock.send(response)
@@ -127,7 +135,7 @@ class FastPath:
                         return self._slow(sock, buf, response[sent:])
                 if buf:
                     return self._slow(sock, buf)        # partial or not a raw command
-                if data is None:
+                if data is None or served >= _BATCH:
                     self._idle[sock.fileno()] = sock
                     self._epoll.register(sock.fileno(), _IDLE_EVENTS)
                     return
