@@ -343,7 +343,9 @@ def _config(req):
         raise HostError("name must be a string")
     return load(req.get("config"), mssim=req.get("mssim"), swtpm=req.get("swtpm"),
                 state_dir=req.get("state"), allow_remote=bool(req.get("allow_remote")),
-                resource_manager=bool(req.get("resource_manager")), default_listener=False)
+                resource_manager=bool(req.get("resource_manager")), mode=req.get("mode"),
+                ak=req.get("ak"), snp_provider=req.get("snp_provider"),
+                snp_sim_dir=req.get("snp_sim_dir"), default_listener=False)
 
 
 def _bindings(req, fds) -> Bindings:
