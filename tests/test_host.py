@@ -58,12 +58,22 @@ def esapi_scenario(port, n):
         esapi.close()
 
 
-async def test_hundreds_of_instances_answer_concurrently(host):
+async def test_hundreds_of_instances_answer_concurrently(host, tmp_path):
+    """200 instances, two of them of the ephemeral mode (SNP-anchored, simulated AMD-SP;
+    1-2 s each to provision, hence only two), each driven by its own ESAPI client."""
     n = 200
     instances = []
+    def ephemeral(i):
+        # one simulated AMD-SP directory each: two simulators creating the same directory at
+        # once race on its sp.json (ctpm/snp/simulator.py)
+        return dataclasses.replace(
+            load(mssim=["127.0.0.1:0"], mode="ephemeral", snp_provider="simulated",
+                 snp_sim_dir=str(tmp_path / f"sim{i}"), default_listener=False),
+            stall_timeout=1.0)
     async with trio.open_nursery() as nursery:
         async def add(i):
-            instances.append((i, await host.add(f"vm{i}", config(swtpm=[]))))
+            chosen = ephemeral(i) if i in (7, 107) else config(swtpm=[])
+            instances.append((i, await host.add(f"vm{i}", chosen)))
         for i in range(n):
             nursery.start_soon(add, i)
     assert len(host.instances) == n
@@ -83,6 +93,8 @@ async def test_hundreds_of_instances_answer_concurrently(host):
     for _, instance in instances:
         assert instance.tpmhost.counters.commands >= 4
         assert instance.tpmhost.counters.errors == 0
+    modes = {i: inst.tpmhost.backend.describe().get("mode", "standard") for i, inst in instances}
+    assert {i for i, m in modes.items() if m != "standard"} == {7, 107}, modes
 
 
 def create_primary(alg="ecc256", unique=b""):
