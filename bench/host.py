@@ -221,21 +221,24 @@ def latencies_under_load(path_a, path_b, seconds):
             samples[-1] * 1000, keys[0] / seconds)
 
 
-def fairness(seconds):
-    print("\n## fairness: PCR_Read on A while B loops CreatePrimary RSA-2048")
+def fairness(seconds, rounds):
+    print(f"\n## fairness: PCR_Read on A while B loops CreatePrimary RSA-2048 (the round "
+          f"with the lowest p99 of {rounds})")
     print(f"{'server':34} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'B keys/s':>9}")
     for label, inline in (("ctpm host (slow commands in threads)", False),
                           ("ctpm host, all inline (baseline)", True)):
         host = Host(inline=inline)
         try:
             a, b = host.add("a"), host.add("b")
-            r = latencies_under_load(a, b, seconds)
+            r = min((latencies_under_load(a, b, seconds) for _ in range(rounds)),
+                    key=lambda x: x[1])
         finally:
             host.close()
         print(f"{label:34} {r[0]:>7.2f} {r[1]:>7.2f} {r[2]:>7.2f} {r[3]:>9.1f}")
     sa, sb = Swtpm(), Swtpm()
     try:
-        r = latencies_under_load(sa.path, sb.path, seconds)
+        r = min((latencies_under_load(sa.path, sb.path, seconds) for _ in range(rounds)),
+                key=lambda x: x[1])
     finally:
         sa.close()
         sb.close()
@@ -248,7 +251,7 @@ def drive(paths, seconds):
     socks = []
     for p in paths:
         s = connect_unix(p)
-        transact(s, STARTUP)
+        transact(s, STARTUP)            # TPM_RC_INITIALIZE after the first round: fine
         s.setblocking(False)
         socks.append(s)
         sel.register(s, selectors.EVENT_READ, [b""])
@@ -271,18 +274,19 @@ def drive(paths, seconds):
     return done / elapsed
 
 
-def throughput(n, seconds):
-    print(f"\n## throughput: {n} TPMs, GetRandom(8), one client connection each")
+def throughput(n, seconds, rounds):
+    print(f"\n## throughput: {n} TPMs, GetRandom(8), one client connection each "
+          f"(best of {rounds} alternating rounds)")
     host = Host()
-    try:
-        paths = [host.add(f"t{i}") for i in range(n)]
-        ctpm_ops = drive(paths, seconds)
-    finally:
-        host.close()
     sws = [Swtpm() for _ in range(n)]
     try:
-        swtpm_ops = drive([s.path for s in sws], seconds)
+        paths = [host.add(f"t{i}") for i in range(n)]
+        ctpm_ops = swtpm_ops = 0
+        for _ in range(rounds):
+            ctpm_ops = max(ctpm_ops, drive(paths, seconds))
+            swtpm_ops = max(swtpm_ops, drive([s.path for s in sws], seconds))
     finally:
+        host.close()
         for s in sws:
             s.close()
     print(f"ctpm host: {ctpm_ops:.0f} ops/s   {n} swtpm processes: {swtpm_ops:.0f} ops/s   "
@@ -355,6 +359,7 @@ def main():
     p.add_argument("--throughput-instances", type=int, default=100)
     p.add_argument("--cycles", type=int, default=100)
     p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     if not shutil.which("swtpm"):
         sys.exit("bench: swtpm is not installed (apt-get install swtpm)")
@@ -363,9 +368,9 @@ def main():
     if "memory" in only:
         memory([int(n) for n in args.instances.split(",")])
     if "fairness" in only:
-        fairness(args.seconds)
+        fairness(args.seconds, args.rounds)
     if "throughput" in only:
-        throughput(args.throughput_instances, args.seconds)
+        throughput(args.throughput_instances, args.seconds, args.rounds)
     if "cycle" in only:
         cycle(args.cycles)
 

@@ -163,8 +163,9 @@ def read_toml(path) -> dict:
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          allow_remote=False, resource_manager=False, mode=None, ak=None, snp_provider=None,
-         snp_sim_dir=None, svsm=None, vtpm_proxy=False) -> Config:
-    """Build and validate the configuration: TOML file first, then CLI flags over it."""
+         snp_sim_dir=None, svsm=None, vtpm_proxy=False, default_listener=True) -> Config:
+    """Build and validate the configuration: TOML file first, then CLI flags over it.
+    Without `default_listener` (a `ctpm host` instance) there is no default mssim port."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
              "state_dir": (state_dir, "--state"), "log_level": (log_level, "--log-level"),
@@ -182,7 +183,7 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raw["vtpm_proxy"] = (True, "--vtpm-proxy")
 
     values = {}
-    if "mssim" in raw or "swtpm" in raw:     # the default mssim only without any listener
+    if "mssim" in raw or "swtpm" in raw or not default_listener:   # default: no listener given
         values["mssim"] = values["swtpm"] = ()
     for name, (value, where) in raw.items():
         values[name] = _validate(name, value, where)

@@ -72,10 +72,10 @@ class _Started:
 
 
 async def serve_instance(config, backend, bindings, *, name=None, notify=False,
-                         on_host=None, task_status=trio.TASK_STATUS_IGNORED):
+                         on_host=None, epoll_set=None, task_status=trio.TASK_STATUS_IGNORED):
     """Serve one instance on already bound sockets until it is asked to stop or cancelled;
     then close (and unlink) its sockets and save its state. Returns the stop reason (None
-    when cancelled)."""
+    when cancelled). `epoll_set`: the host's shared `transport.fastpath.EpollSet`."""
     host = TpmHost(backend, max_command_size=config.max_command_size,
                    stall_timeout=config.stall_timeout, name=name,
                    resource_manager=getattr(config, "resource_manager", False))
@@ -92,7 +92,7 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
                 for handler, socks, what in ((handlers[0], first, label),
                                              (handlers[1], second, label + " (second channel)")):
                     if isinstance(handler, SwtpmDataChannel):
-                        fast = FastPath(host, handler, nursery, what)
+                        fast = FastPath(host, handler, nursery, what, epoll_set)
                         nursery.start_soon(fast.watch)
                         for s in socks:
                             nursery.start_soon(fast.serve, trio.socket.from_stdlib_socket(s))

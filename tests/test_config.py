@@ -33,7 +33,8 @@ def test_every_documented_default_equals_the_code(tmp_path):
     assert sorted(keys) == sorted(["mssim", "swtpm", "allow_remote", "stall_timeout",
                                    "max_command_size", "max_objects", "max_sessions",
                                    "max_persistent", "max_nv_indices", "nv_space", "level",
-                                   "mode", "ak", "svsm", "vtpm_proxy", "provider"])
+                                   "mode", "ak", "svsm", "vtpm_proxy", "provider",
+                                   "resource_manager"])
     assert load(write(tmp_path, uncommented)) == Config()
 
 

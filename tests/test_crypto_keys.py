@@ -342,3 +342,18 @@ def test_ecc_deterministic_and_unsupported():
             ecc_private_from_stream(drbg(), curve)
     with pytest.raises(ValueError):
         ecc_curve_of(ec.generate_private_key(ec.SECP256K1()))
+
+
+def test_next_prime_in_short_steps_finds_gmps_prime():
+    """keys.next_prime (sieve + BPSW in short GMP calls, so a worker thread lets the event
+    loop run) must give exactly GMP's next_prime: primary keys depend on it."""
+    import os
+
+    import gmpy2
+
+    from ctpm.crypto.keys import next_prime
+
+    starts = list(range(0, 2000)) + [(1 << 28) + i for i in range(-50, 2000)]
+    starts += [int.from_bytes(os.urandom(n), "big") for n in (8, 32, 64, 128, 192) for _ in range(8)]
+    for x in starts:
+        assert next_prime(x) == gmpy2.next_prime(x), x

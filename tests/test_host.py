@@ -58,12 +58,22 @@ def esapi_scenario(port, n):
         esapi.close()
 
 
-async def test_hundreds_of_instances_answer_concurrently(host):
+async def test_hundreds_of_instances_answer_concurrently(host, tmp_path):
+    """200 instances, two of them of the ephemeral mode (SNP-anchored, simulated AMD-SP;
+    1-2 s each to provision, hence only two), each driven by its own ESAPI client."""
     n = 200
     instances = []
+    def ephemeral(i):
+        # one simulated AMD-SP directory each: two simulators creating the same directory at
+        # once race on its sp.json (ctpm/snp/simulator.py)
+        return dataclasses.replace(
+            load(mssim=["127.0.0.1:0"], mode="ephemeral", snp_provider="simulated",
+                 snp_sim_dir=str(tmp_path / f"sim{i}"), default_listener=False),
+            stall_timeout=1.0)
     async with trio.open_nursery() as nursery:
         async def add(i):
-            instances.append((i, await host.add(f"vm{i}", config(swtpm=[]))))
+            chosen = ephemeral(i) if i in (7, 107) else config(swtpm=[])
+            instances.append((i, await host.add(f"vm{i}", chosen)))
         for i in range(n):
             nursery.start_soon(add, i)
     assert len(host.instances) == n
@@ -83,6 +93,8 @@ async def test_hundreds_of_instances_answer_concurrently(host):
     for _, instance in instances:
         assert instance.tpmhost.counters.commands >= 4
         assert instance.tpmhost.counters.errors == 0
+    modes = {i: inst.tpmhost.backend.describe().get("mode", "standard") for i, inst in instances}
+    assert {i for i, m in modes.items() if m != "standard"} == {7, 107}, modes
 
 
 def create_primary(alg="ecc256", unique=b""):
@@ -206,3 +218,28 @@ async def test_slow_commands_leave_other_instances_responsive(host):
             await mssim_command(b.listening.mssim_port, GET_RANDOM_8)
             answered_during += 1
     assert answered_during > 3
+
+
+async def test_instances_of_other_modes_beside_standard_ones(host, tmp_path):
+    """Mixed modes in one host: ephemeral instances (SNP-anchored EKs, simulated AMD-SP)
+    answer beside standard ones, each with its own TPM."""
+    pytest.importorskip("ctpm.snp.providers", reason="the SNP report providers are not merged")
+    from ctpm.config import load as load_config
+    ephemeral = dataclasses.replace(
+        load_config(mssim=["127.0.0.1:0"], mode="ephemeral", snp_provider="simulated",
+                    snp_sim_dir=str(tmp_path / "sim"), default_listener=False),
+        stall_timeout=1.0)
+    instances = [await host.add(f"e{i}", ephemeral) for i in range(3)]
+    instances += [await host.add(f"s{i}", config(swtpm=[])) for i in range(3)]
+    ek = cmd(0x173, handles=[0x81010001])                  # ReadPublic of the RSA EK
+    publics = set()
+    for inst in instances:
+        port = inst.listening.mssim_port
+        assert rc(await mssim_command(port, STARTUP_CLEAR)) == 0
+        response = await mssim_command(port, ek)
+        if inst.name.startswith("e"):
+            assert rc(response) == 0
+            publics.add(response[10:])
+        else:
+            assert rc(response) != 0                        # no EK provisioned
+    assert len(publics) == 3                                # a new TPM each

@@ -128,6 +128,52 @@ def _adjust_candidate(x: int, k: int) -> int:
     return (adjusted << shift) | (x & ((1 << shift) - 1)) | 1
 
 
+def _odd_primes(limit: int) -> tuple:
+    flags = bytearray([1]) * limit
+    flags[0:2] = b"\0\0"
+    for n in range(2, int(limit ** 0.5) + 1):
+        if flags[n]:
+            flags[n * n::n] = bytes(len(range(n * n, limit, n)))
+    return tuple(n for n in range(3, limit) if flags[n])
+
+
+_SIEVE_PRIMES = _odd_primes(1 << 14)       # immutable constants, computed once
+_SIEVE_SPAN = 1024                          # odd candidates sieved at once (~3 prime gaps
+                                            # at 1024 bits)
+
+
+def next_prime(x):
+    """The first probable prime > x, as `gmpy2.next_prime(x)` finds it, in short steps.
+
+    GMP's next_prime holds the GIL for its whole search (tens of ms for a 1024-bit prime):
+    run in a worker thread, it would stall the event loop (every other TPM of a `ctpm host`)
+    that long. Here the candidates are sieved in Python with the odd primes below 2^14, and
+    each survivor is tested with one short GMP call at a time - a base-2 strong
+    probable-prime test, then a strong Lucas test: the Baillie-PSW criterion GMP applies (it
+    adds one Miller-Rabin round with a random base, which no known BPSW pseudoprime would
+    survive either), so the same prime comes out (tests/test_crypto_keys.py compares).
+    """
+    x = gmpy2.mpz(x)
+    if x < 1 << 28:
+        return gmpy2.next_prime(x)
+    base = x + 1 if x % 2 == 0 else x + 2
+    span = _SIEVE_SPAN
+    while True:
+        composite = bytearray(span)             # composite[i]: base + 2i has a small factor
+        for p in _SIEVE_PRIMES:
+            # base + 2i = 0 (mod p)  <=>  i = -base * 2^-1 (mod p)
+            i = (-int(base % p) * ((p + 1) >> 1)) % p
+            if i < span:
+                composite[i::p] = b"\1" * ((span - 1 - i) // p + 1)
+        i = composite.find(0)
+        while i >= 0:
+            c = base + 2 * i
+            if gmpy2.is_strong_prp(c, 2) and gmpy2.is_strong_selfridge_prp(c):
+                return c
+            i = composite.find(0, i + 1)
+        base += 2 * span
+
+
 def _rsa_prime(stream, k: int, e: int):
     """A k-bit probable prime p with gcd(e, p - 1) = 1, from the stream.
 
@@ -141,9 +187,9 @@ def _rsa_prime(stream, k: int, e: int):
     nbytes = k // 8
     while True:
         x = _adjust_candidate(int.from_bytes(stream.read(nbytes), "big"), k)
-        p = gmpy2.next_prime(gmpy2.mpz(x - 1))
+        p = next_prime(gmpy2.mpz(x - 1))
         while gmpy2.gcd(p - 1, e) != 1:
-            p = gmpy2.next_prime(p)
+            p = next_prime(p)
         if p.bit_length() == k:
             return p
 

@@ -2,7 +2,8 @@
 
     ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL]
     ctpm host add NAME [--config FILE] [--mssim A]... [--swtpm A]... [--state DIR]
-                       [--resource-manager] [--allow-remote]
+                       [--resource-manager] [--allow-remote] [--mode M] [--ak A]
+                       [--snp-provider P] [--snp-sim-dir DIR]
     ctpm host remove NAME | list | status [NAME] | reload     [--control PATH]
 
 The control socket is `--control PATH`, else $CTPM_HOST, else /run/ctpm/host.sock.
@@ -32,6 +33,10 @@ def parser():
     add.add_argument("--swtpm", metavar="HOST:PORT|unix:PATH", action="append")
     add.add_argument("--state", metavar="DIR")
     add.add_argument("--resource-manager", action="store_true")
+    add.add_argument("--mode", metavar="MODE", help="standard (default) | ephemeral")
+    add.add_argument("--ak", metavar="ecc|rsa")
+    add.add_argument("--snp-provider", metavar="P")
+    add.add_argument("--snp-sim-dir", metavar="DIR")
     add.add_argument("--allow-remote", action="store_true")
     sub.add_parser("remove", help="stop an instance (its NV is saved)").add_argument("name")
     sub.add_parser("list", help="the running instances")
@@ -61,7 +66,9 @@ def main(argv) -> int:
         req.update(name=args.name, mssim=_absolute(args.mssim), swtpm=_absolute(args.swtpm),
                    state=os.path.abspath(args.state) if args.state else None,
                    config=os.path.abspath(args.config) if args.config else None,
-                   resource_manager=args.resource_manager, allow_remote=args.allow_remote)
+                   resource_manager=args.resource_manager, allow_remote=args.allow_remote,
+                   mode=args.mode, ak=args.ak, snp_provider=args.snp_provider,
+                   snp_sim_dir=os.path.abspath(args.snp_sim_dir) if args.snp_sim_dir else None)
     elif args.host_command in ("remove", "status"):
         req["name"] = args.name
     try:

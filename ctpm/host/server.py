@@ -28,6 +28,7 @@ from ..config import ConfigError, load
 from ..daemon import build_backend, sd_notify, serve_instance
 from ..transport.bind import (Bindings, Bound, StartupError, bind_all, bind_unix,
                               unlink_quietly)
+from ..transport.fastpath import EpollSet
 from . import control
 
 log = logging.getLogger("ctpm.host")
@@ -88,6 +89,7 @@ class Host:
         self.control_path = control_path
         self.instances = {}
         self.nursery = None
+        self.epoll_set = None       # the swtpm fast paths of all instances share it
 
     # -- instances ------------------------------------------------------------------------
 
@@ -126,7 +128,8 @@ class Host:
                 status = _Status(report)
                 instance.reason = await serve_instance(
                     instance.config, backend, bindings, name=instance.name,
-                    on_host=lambda h: setattr(instance, "tpmhost", h), task_status=status)
+                    on_host=lambda h: setattr(instance, "tpmhost", h),
+                    epoll_set=self.epoll_set, task_status=status)
                 log.info("stopped (%s)", instance.reason or "removed")
         except Exception as e:
             if not started:
@@ -185,7 +188,7 @@ class Host:
                     report["failed"][name] = "a runtime instance has this name"
                 continue
             try:
-                config = load(path)
+                config = load(path, default_listener=False)
                 await self.add(name, config, source="dir", stamp=stamp)
                 report["started"].append(name)
             except (ConfigError, StartupError, HostError, OSError) as e:
@@ -204,6 +207,8 @@ class Host:
             with trio.open_signal_receiver(signal.SIGHUP) as hups:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
+                    self.epoll_set = EpollSet()
+                    nursery.start_soon(self.epoll_set.watch)
                     report = await self.reload()
                     nursery.start_soon(self._control_loop, listener)
                     nursery.start_soon(self._on_hup, hups)
@@ -343,7 +348,9 @@ def _config(req):
         raise HostError("name must be a string")
     return load(req.get("config"), mssim=req.get("mssim"), swtpm=req.get("swtpm"),
                 state_dir=req.get("state"), allow_remote=bool(req.get("allow_remote")),
-                resource_manager=bool(req.get("resource_manager")))
+                resource_manager=bool(req.get("resource_manager")), mode=req.get("mode"),
+                ak=req.get("ak"), snp_provider=req.get("snp_provider"),
+                snp_sim_dir=req.get("snp_sim_dir"), default_listener=False)
 
 
 def _bindings(req, fds) -> Bindings:

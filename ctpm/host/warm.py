@@ -26,6 +26,10 @@ def _raise_stop(signum, frame):
 
 
 def run_warm(config, args, path: str) -> int:
+    if config.svsm:
+        print("ctpm: --svsm is not served through a host (run it without --host)",
+              file=sys.stderr)
+        return 2
     try:
         bindings = bind_all(config)
     except StartupError as e:
@@ -44,6 +48,9 @@ def run_warm(config, args, path: str) -> int:
             "state": os.path.abspath(config.state_dir) if config.state_dir else None,
             "allow_remote": config.allow_remote,
             "resource_manager": config.resource_manager,
+            "mode": config.mode, "ak": config.ak if config.mode != "standard" else None,
+            "snp_provider": config.snp_provider if config.mode != "standard" else None,
+            "snp_sim_dir": os.path.abspath(config.snp_sim_dir) if config.snp_sim_dir else None,
             "groups": [[kind, unix, label, len(first), len(second)]
                        for kind, unix, label, first, second in bindings.groups],
             "bound": [[b.kind, b.host, b.port, b.path] for b in bindings.bound],

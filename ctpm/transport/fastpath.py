@@ -22,21 +22,61 @@ log = logging.getLogger("ctpm.transport.fastpath")
 
 _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+_BATCH = 8
+
+
+class EpollSet:
+    """One private epoll set and the one task that watches it, shared by the fast paths of
+    every instance of a `ctpm host` (or owned by the one fast path of `ctpm run`): a wakeup
+    serves whatever is ready across all instances in one pass, with no trio scheduling per
+    connection or per instance."""
+
+    def __init__(self):
+        self.epoll = select.epoll()
+        self.owners = {}                     # fd -> FastPath
+
+    def register(self, fd, events, owner):
+        self.epoll.register(fd, events)
+        self.owners[fd] = owner
+
+    def unregister(self, fd):
+        if self.owners.pop(fd, None) is not None:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    async def watch(self):
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self.epoll.fileno())
+                backoff = False
+                for fd, _events in self.epoll.poll(0):
+                    owner = self.owners.get(fd)
+                    if owner is not None and not owner.ready(fd):
+                        backoff = True
+                if backoff:
+                    await trio.sleep(0.1)       # out of descriptors or memory: later
+        finally:
+            for owner in set(self.owners.values()):
+                owner.close()
+            self.epoll.close()
 
 
 class FastPath:
     """Accepts on some listeners and serves their connections; see the module docstring.
 
-    The listeners and the idle connections share one epoll set watched by one task, so a
-    connection costs no trio scheduling of its own: a wakeup accepts, answers, or closes
-    whatever is ready, in one pass."""
+    The listeners and the idle connections wait in an `EpollSet` (the host's shared one, or
+    a private one that `watch` then watches), so a connection costs no trio scheduling of its
+    own: a wakeup accepts, answers, or closes whatever is ready, in one pass."""
 
-    def __init__(self, host, slow_handler, nursery, what):
+    def __init__(self, host, slow_handler, nursery, what, epoll_set=None):
         self.host = host
         self.slow_handler = slow_handler     # async (stream, initial: bytes) -> None
         self.nursery = nursery
         self.what = what
-        self._epoll = select.epoll()
+        self._own = epoll_set is None
+        self._set = EpollSet() if self._own else epoll_set
         self._idle = {}                      # fd -> socket.socket
         self._listeners = {}                 # fd -> socket.socket (a dup of the listener)
 
@@ -46,38 +86,44 @@ class FastPath:
                              fileno=os.dup(listener.fileno()))
         sock.setblocking(False)
         self._listeners[sock.fileno()] = sock
-        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._set.register(sock.fileno(), select.EPOLLIN, self)
         task_status.started()
         try:
             await trio.sleep_forever()
         finally:
             self._listeners.pop(sock.fileno(), None)
-            try:
-                self._epoll.unregister(sock.fileno())
-            except (OSError, ValueError):
-                pass                         # the watcher closed the epoll set first
+            self._set.unregister(sock.fileno())
             sock.close()
 
     async def watch(self):
-        """Accept new connections, wake idle ones when they have data or were closed."""
+        """Watch the private epoll set; with a shared one, wait, and on the way out (the
+        instance stops) close this fast path's idle connections."""
         try:
-            while True:
-                await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for fd, _events in self._epoll.poll(0):
-                    listener = self._listeners.get(fd)
-                    if listener is not None:
-                        if not self._accept(listener):
-                            await trio.sleep(0.1)   # out of descriptors or memory: later
-                        continue
-                    sock = self._idle.pop(fd, None)
-                    self._epoll.unregister(fd)
-                    if sock is not None:
-                        self._advance(sock, b"")
+            if self._own:
+                await self._set.watch()
+            else:
+                await trio.sleep_forever()
         finally:
-            for sock in self._idle.values():
-                sock.close()
-            self._idle.clear()
-            self._epoll.close()
+            self.close()
+
+    def close(self):
+        for fd, sock in list(self._idle.items()):
+            self._set.unregister(fd)
+            sock.close()
+        self._idle.clear()
+
+    def ready(self, fd) -> bool:
+        """`fd` (a listener or an idle connection of this fast path) is readable; False
+        after a transient accept failure."""
+        listener = self._listeners.get(fd)
+        if listener is not None:
+            return self._accept(listener)
+        sock = self._idle.get(fd)           # stays registered while it is served inline
+        if sock is None:
+            self._set.unregister(fd)
+        else:
+            self._advance(sock, b"")
+        return True
 
     def _accept(self, listener) -> bool:
         """Accept and serve one pending connection (the epoll set is level-triggered: more
@@ -97,7 +143,12 @@ class FastPath:
         return True
 
     def _advance(self, sock, buf):
-        """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on."""
+        """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on.
+
+        At most `_BATCH` commands per call: a client that keeps the socket full must not keep
+        the event loop (every other connection and instance) to itself; parked, it is ready
+        again at the next poll, after the others had their turn."""
+        served = 0
         try:
             while True:
                 try:
@@ -107,11 +158,12 @@ class FastPath:
                 if data == b"":                       # the client closed
                     if buf:
                         return self._slow(sock, buf)   # let the handler say what was wrong
-                    sock.close()
+                    self._drop(sock)
                     return
                 if data:
                     buf += data
-                while len(buf) >= HEADER_SIZE and looks_like_tpm_command(buf[:4]):
+                while (len(buf) >= HEADER_SIZE and looks_like_tpm_command(buf[:4])
+                       and served < _BATCH):
                     size = HEADER.unpack_from(buf)[1]
                     if size < HEADER_SIZE or size > self.host.max_command_size or len(buf) < size:
                         break
@@ -120,6 +172,7 @@ class FastPath:
                     if response is None:                # the backend is busy: wait in a task
                         return self._slow(sock, buf)
                     buf = buf[size:]
+                    served += 1
                     if self.host.backend.write_pending:  # NV first, then the response
                         return self._slow(sock, buf, response, flush=True)
                     sent = sock.send(response)
@@ -127,20 +180,29 @@ class FastPath:
                         return self._slow(sock, buf, response[sent:])
                 if buf:
                     return self._slow(sock, buf)        # partial or not a raw command
-                if data is None:
-                    self._idle[sock.fileno()] = sock
-                    self._epoll.register(sock.fileno(), _IDLE_EVENTS)
+                if data is None or served >= _BATCH:
+                    if sock.fileno() not in self._idle:
+                        self._idle[sock.fileno()] = sock
+                        self._set.register(sock.fileno(), _IDLE_EVENTS, self)
                     return
         except (BlockingIOError, InterruptedError):
             return self._slow(sock, buf, response)
         except OSError as e:                          # reset by the peer, and the like
             log.debug("%s: %s", self.what, e)
-            sock.close()
+            self._drop(sock)
         except Exception:     # a bug costs this connection, never the listener
             log.exception("%s: connection failed", self.what)
-            sock.close()
+            self._drop(sock)
+
+    def _drop(self, sock):
+        """Close a connection, out of the epoll set first if it is there."""
+        if self._idle.pop(sock.fileno(), None) is not None:
+            self._set.unregister(sock.fileno())
+        sock.close()
 
     def _slow(self, sock, buf, pending=b"", flush=False):
+        if self._idle.pop(sock.fileno(), None) is not None:
+            self._set.unregister(sock.fileno())     # a task serves it from here on
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending, flush)
 
