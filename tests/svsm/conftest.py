@@ -41,3 +41,37 @@ def svsm(sp, tmp_path_factory):
     path, running = start_svsm(sp, tmp_path_factory.mktemp("svsm"))
     with running as daemon:
         yield Svsm(path, daemon)
+
+
+def run_bridge(svsm_path: str, *extra, timeout: float = 20.0):
+    """A `ctpm svsm-bridge --svsm unix:PATH --mssim 127.0.0.1:0` process, ready (a
+    ctpm.testing.process.Daemon: `.tcti()`, `.stop()`)."""
+    import subprocess
+    import tempfile
+
+    from ctpm.testing import process
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(process.command("svsm-bridge", "--svsm", f"unix:{svsm_path}",
+                                            "--mssim", "127.0.0.1:0", *extra),
+                            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
+                            env=process.environment())
+    try:
+        line = process._read_line(proc, timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        stderr.seek(0)
+        raise RuntimeError("svsm-bridge did not become ready: "
+                           + stderr.read().decode(errors="replace")) from None
+    return process.Daemon(proc, line, stderr)
+
+
+@pytest.fixture(scope="module")
+def bridge(svsm):
+    daemon = run_bridge(svsm.path)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        daemon.proc.stdout.close()
+        daemon._stderr.close()
