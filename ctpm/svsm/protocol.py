@@ -75,6 +75,8 @@ VTPM_FEATURES = 0
 
 # TPM_SEND_COMMAND request: command u32 @0, locality u8 @4, size u32 @5, command @9
 SEND_COMMAND_REQUEST = Struct("command" / Int32ul, "locality" / Int8ul, "size" / Int32ul)
+# the same 9 bytes with struct: every TPM command crosses them, and construct costs ~30 us
+SEND_COMMAND_HEAD = struct.Struct("<IBI")
 REQUEST_HEADER = SEND_COMMAND_REQUEST.sizeof()          # 9
 MAX_TPM_COMMAND = PAGE_SIZE - REQUEST_HEADER            # 4087
 # TPM_SEND_COMMAND response: size u32 @0, response @4
@@ -95,8 +97,7 @@ def encode_send_command(command: bytes, locality: int = 0) -> bytes:
     if len(command) > MAX_TPM_COMMAND:
         raise ValueError(f"a TPM command of {len(command)} bytes does not fit the vTPM "
                          f"buffer ({MAX_TPM_COMMAND})")
-    head = SEND_COMMAND_REQUEST.build(dict(command=PLATFORM_SEND_COMMAND, locality=locality,
-                                           size=len(command)))
+    head = SEND_COMMAND_HEAD.pack(PLATFORM_SEND_COMMAND, locality, len(command))
     return (head + command).ljust(PAGE_SIZE, b"\0")
 
 

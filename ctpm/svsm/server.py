@@ -49,6 +49,10 @@ class GuestMemory:
             pass
 
     def read(self, gpa: int, size: int) -> bytes:
+        off = gpa % p.PAGE_SIZE
+        page = self._pages.get(gpa - off)
+        if page is not None and off + size <= p.PAGE_SIZE:        # the common case
+            return bytes(page[off:off + size])
         return b"".join(bytes(self._pages[page][off:off + n])
                         for page, off, n in list(self._spans(gpa, size)))
 
@@ -141,12 +145,12 @@ class SvsmService:
         if command not in p.SUPPORTED_PLATFORM_COMMANDS:
             raise SvsmCallError(p.UNSUPPORTED_CALL, f"platform command {command} not served")
         buffer = bytearray(memory.read(gpa, p.PAGE_SIZE))   # one page, any alignment
-        request = p.SEND_COMMAND_REQUEST.parse(buffer)
-        if request.locality != 0:
-            raise SvsmCallError(p.INVALID_PARAMETER, f"locality {request.locality}")
-        if request.size > p.MAX_TPM_COMMAND:
-            raise SvsmCallError(p.INVALID_PARAMETER, f"command size {request.size}")
-        tpm_command = bytes(buffer[p.REQUEST_HEADER:p.REQUEST_HEADER + request.size])
+        _, locality, size = p.SEND_COMMAND_HEAD.unpack_from(buffer)
+        if locality != 0:
+            raise SvsmCallError(p.INVALID_PARAMETER, f"locality {locality}")
+        if size > p.MAX_TPM_COMMAND:
+            raise SvsmCallError(p.INVALID_PARAMETER, f"command size {size}")
+        tpm_command = bytes(buffer[p.REQUEST_HEADER:p.REQUEST_HEADER + size])
         response = check_command(tpm_command, self.host.max_command_size)
         if response is None:
             response = await self.host.execute(tpm_command, 0)

@@ -89,3 +89,9 @@ def test_frames():
     for bad in ({0x1001: bytes(4096)}, {1 << 52: bytes(4096)}, {0x1000: bytes(10)}):
         with pytest.raises(ValueError):
             p.encode_frame(p.REQUEST_HEAD, (0,) * 5, bad)
+
+
+def test_the_fast_vtpm_header_is_the_declared_layout():
+    for values in ((8, 0, 10), (1, 4, 4087), (0xFFFFFFFF, 255, 0xFFFFFFFF)):
+        fields = dict(zip(("command", "locality", "size"), values))
+        assert p.SEND_COMMAND_HEAD.pack(*values) == p.SEND_COMMAND_REQUEST.build(fields)
