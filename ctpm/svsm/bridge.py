@@ -52,6 +52,8 @@ class SvsmBridgeBackend:
         return None
 
     async def execute(self, command: bytes, locality: int) -> bytes:
+        import trio
+
         from . import protocol as p
         from .client import AsyncSvsmClient, ProtocolError
         if locality != 0:
@@ -66,7 +68,10 @@ class SvsmBridgeBackend:
                     response = await self._client.send_command(command)
                     self.commands += 1
                     return response
-                except (OSError, ConnectionError, ProtocolError) as e:
+                except (OSError, ProtocolError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as e:
+                    # (not passed up: the mssim transport would take a broken SVSM stream
+                    # for its own client's and drop that connection)
                     log.warning("SVSM at %s: %s%s", self.path, e,
                                 "; reconnecting" if attempt == 1 else "")
                     await self._drop()

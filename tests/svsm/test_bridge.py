@@ -154,3 +154,37 @@ def test_bridge_usage_and_unreachable_svsm(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "cannot reach the SVSM" in r.stderr
     r = run("--svsm", "127.0.0.1:5", "--mssim", "127.0.0.1:0")
     assert r.returncode == 2 and "unix:PATH" in r.stderr
+
+
+def mssim_command(port, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(struct.pack(">IBI", 8, 0, len(command)) + command)
+        data = b""
+        while len(data) < 4 or len(data) < 8 + struct.unpack(">I", data[:4])[0]:
+            chunk = s.recv(4096)
+            assert chunk, "the bridge closed the connection"
+            data += chunk
+        return data[4:-4]
+
+
+def test_bridge_survives_the_svsm_restarting(sp, tmp_path):
+    """The SVSM goes away: commands get TPM_RC_FAILURE (the bridge stays up); it comes back
+    (a new TPM: ephemeral): the bridge reconnects and the guest starts it up again."""
+    from .conftest import run_bridge, start_svsm
+    startup = bytes.fromhex("80010000000c000001440000")
+    get_random = bytes.fromhex("80010000000c0000017b0008")
+    path, running = start_svsm(sp, tmp_path)
+    with running:
+        bridge = run_bridge(path)
+    try:
+        port = bridge.mssim_port
+        assert mssim_command(port, get_random)[6:10] == struct.pack(">I", 0x101), bridge.stderr()
+        assert bridge.proc.poll() is None
+        _, again = start_svsm(sp, tmp_path)
+        with again:
+            assert mssim_command(port, startup)[6:10] == bytes(4)
+            assert mssim_command(port, get_random)[6:10] == bytes(4)
+    finally:
+        bridge.stop()
+        bridge.proc.stdout.close()
+        bridge._stderr.close()

@@ -1,5 +1,6 @@
 """Every SVSM call and every result code, from the guest client and from raw frames, against
 a real `ctpm run --mode svsm` process."""
+import hashlib
 import os
 import socket
 import struct
@@ -306,3 +307,33 @@ def test_a_good_frame_after_a_bad_one_on_another_connection_and_pipelining(svsm)
             data += s.recv(4096)
         for i in range(3):
             assert p.REPLY_HEAD.unpack_from(data, i * p.REPLY_HEAD.size)[2:4] == (0, 0x100)
+
+
+# -- the listener --------------------------------------------------------------------------
+
+def test_ready_line_and_socket_mode(svsm):
+    assert f"svsm=unix:{svsm.path}" in svsm.daemon.ready_line.split()
+    assert os.stat(svsm.path).st_mode & 0o777 == 0o600
+
+
+def test_vcpus_in_parallel(svsm):
+    """Several connections (vCPUs) at once: commands and attestations interleave, each
+    answered whole and right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def commands(_):
+        with SvsmClient(svsm.path) as guest:
+            return [rc_of(guest.send_command(GET_RANDOM_8)) for _ in range(50)]
+
+    def attest(i):
+        nonce = bytes([i]) * 64
+        with SvsmClient(svsm.path) as guest:
+            got = guest.attest_vtpm(nonce, i % 2)
+        return got.report[0x50:0x90] == hashlib.sha512(nonce + got.manifest).digest()
+
+    with SvsmClient(svsm.path) as guest:
+        rc_of(guest.send_command(STARTUP))
+    with ThreadPoolExecutor(6) as pool:
+        rcs = list(pool.map(commands, range(3)))
+        oks = list(pool.map(attest, range(6)))
+    assert rcs == [[0] * 50] * 3 and all(oks)
