@@ -31,7 +31,9 @@ def start_svsm(sp, directory):
     if importlib.util.find_spec("ctpm.snp.providers") is None:
         pytest.skip("ctpm.snp.providers (the SNP issue's report providers) is not here yet")
     path = str(directory / "svsm.sock")
-    return path, run_daemon("--mode", "svsm", "--svsm", f"unix:{path}",
+    config = directory / "ctpm.toml"
+    config.write_text("[listen]\nstall_timeout = 1.0\n")     # half frames give up soon
+    return path, run_daemon("--config", str(config), "--mode", "svsm", "--svsm", f"unix:{path}",
                             "--mssim", "127.0.0.1:0", "--snp-provider", "simulated",
                             "--snp-sim-dir", sp.directory, timeout=60)
 

@@ -337,3 +337,15 @@ def test_vcpus_in_parallel(svsm):
         rcs = list(pool.map(commands, range(3)))
         oks = list(pool.map(attest, range(6)))
     assert rcs == [[0] * 50] * 3 and all(oks)
+
+
+def test_a_stalled_frame_is_given_up(svsm):
+    """Half a frame, then silence: closed after the stall timeout (1 s here), not held."""
+    import time
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(svsm.path)
+        s.sendall(GOOD[:30])
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        assert 0.5 < time.monotonic() - t0 < 5
