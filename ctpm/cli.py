@@ -59,6 +59,8 @@ def _parser():
     attest_cli.add_parsers(commands)
     from .snp import cli as snp_cli
     snp_cli.add_parsers(commands)
+    from .svsm import bridge
+    bridge.add_parser(commands)
     return parser
 
 
@@ -82,6 +84,9 @@ def main(argv=None) -> int:
     if args.command == "snp":
         from .snp import cli as snp_cli
         return snp_cli.run(args)
+    if args.command == "svsm-bridge":
+        from .svsm import bridge
+        return bridge.run(args)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
@@ -101,7 +106,9 @@ def main(argv=None) -> int:
     return run(config)
 
 
-def run(config) -> int:
+def run(config, *, make_backend=None) -> int:
+    """Serve `config` until stopped; `make_backend` (async, optional) builds the backend
+    (ctpm svsm-bridge), else the config's mode does."""
     import logging
 
     sys.setswitchinterval(0.0005)       # see ctpm/host/server.py SWITCH_INTERVAL
@@ -113,7 +120,7 @@ def run(config) -> int:
     from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
-        trio.run(_run, config)
+        trio.run(_run, config, make_backend)
     except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
         error = _leaf(e, (StartupError, StoreError, ProviderError))
         if error is None:
@@ -136,7 +143,7 @@ def _leaf(error, types):
     return None
 
 
-async def _run(config):
+async def _run(config, make_backend=None):
     import logging
     import signal
 
@@ -147,7 +154,8 @@ async def _run(config):
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
-                await serve(config, task_status=task_status)
+                backend = await make_backend() if make_backend else None
+                await serve(config, backend=backend, task_status=task_status)
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)

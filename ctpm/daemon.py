@@ -87,6 +87,9 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
             for kind, unix, label, first, second in bindings.groups:
                 if kind == "mssim":
                     handlers = (MssimCommandPort(host), MssimPlatformPort(host))
+                elif kind == "svsm":
+                    from .svsm.server import SvsmPort
+                    handlers = (SvsmPort(host), None)       # one channel
                 else:
                     handlers = (SwtpmDataChannel(host), SwtpmControlChannel(host, unix=unix))
                 for handler, socks, what in ((handlers[0], first, label),

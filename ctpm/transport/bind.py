@@ -3,6 +3,7 @@ warm path, binds and hands over its sockets without importing it).
 
 Each protocol has two channels on adjacent ports (mssim: command P, platform P+1; swtpm:
 data P, control P+1) or, for a swtpm unix socket, data on PATH and control on PATH.ctrl.
+The SVSM protocol (ctpm/svsm/) has one channel, a unix socket.
 """
 import os
 import socket
@@ -21,7 +22,7 @@ PORT_PAIR_ATTEMPTS = 50
 class Bound:
     """One listening endpoint: `port` (TCP) or `path` (unix) of the first channel."""
 
-    kind: str                   # "mssim" or "swtpm"
+    kind: str                   # "mssim", "swtpm" or "svsm"
     host: str | None = None
     port: int | None = None
     path: str | None = None
@@ -34,6 +35,8 @@ class Bound:
     def __str__(self):
         if self.kind == "vtpm-proxy":
             return f"{self.path},{self.path.replace('/tpm', '/tpmrm')}"
+        if self.kind == "svsm":
+            return f"unix:{self.path}"         # one channel
         if self.path:
             return f"unix:{self.path},{self.second}"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -105,6 +108,12 @@ def bind_all(config) -> Bindings:
                     opened.extend(first + second)
                     bound.append(Bound(kind, host=address.host, port=port))
                 groups.append((kind, address.is_unix, f"{kind} {address}", first, second))
+        for address in getattr(config, "svsm", ()):
+            first = [bind_unix(address.path)]
+            unix_paths.append(address.path)
+            opened.extend(first)
+            bound.append(Bound("svsm", path=address.path))
+            groups.append(("svsm", True, f"svsm {address}", first, []))
     except BaseException:
         for s in opened:
             s.close()
