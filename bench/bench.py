@@ -25,16 +25,18 @@ from ctpm.testing.process import run_daemon  # noqa: E402
 
 
 def free_port_pair():
-    """Two consecutive free TCP ports (swtpm cannot bind port 0 and report it)."""
-    for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
+    """Two consecutive free TCP ports (swtpm cannot bind port 0 and report it). Drawn below
+    the ephemeral range, as the daemon does: after a benchmark's connection churn, port + 1
+    of a bind(0) port is usually held by a TIME_WAIT."""
+    from ctpm.transport.bind import _pair_candidates
+    for port in _pair_candidates():
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                port = a.getsockname()[1]
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
         return port
     raise RuntimeError("no free port pair")
 

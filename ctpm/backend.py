@@ -73,7 +73,7 @@ class Backend(Protocol):
     def write_pending(self) -> bool: ...   # a state write must finish (`flush`) before
                                            # the response of `execute_inline` may go out
 
-    async def flush(self) -> None: ...
+    async def flush(self) -> bool: ...    # False: the write failed, do not acknowledge
 
     async def signal(self, signal: Signal, *args) -> Exception | None: ...
 
@@ -92,32 +92,14 @@ class Backend(Protocol):
     def describe(self) -> dict: ...
 
 
-class _WriteBehind:
-    """A store wrapper that keeps the engine's `save(blob)` instead of writing it, so the
-    write (fsync and all) can happen in a worker thread after the command returned.
-    Only the newest image matters: an older one still waiting is superseded."""
-
-    def __init__(self, store):
-        self.store = store
-        self.pending = None
-
-    def load(self):
-        return self.store.load()
-
-    def save(self, blob: bytes):
-        self.pending = bytes(blob)
-
-    def describe(self):
-        return self.store.describe()
-
-
 class EngineBackend:
     """The standard backend: a ctpm `Tpm` engine in this process.
 
     The engine is synchronous. Quick commands run right in the event loop; `SLOW_COMMANDS`
     run in a worker thread under the instance's lock, so this instance's commands stay in
-    order while other instances' run. With a durable store, NV writes are deferred
-    (`_WriteBehind`) and done in a thread before the response leaves (`flush`).
+    order while other instances' run. With a state directory (ctpm/state/journal.py) the
+    engine's NV changes are queued as journal records and made durable in a worker thread,
+    batched (`state.groupcommit.GroupCommit`), before a response leaves (`flush`).
     """
 
     def __init__(self, tpm, *, max_command_size: int | None = None):
@@ -126,8 +108,12 @@ class EngineBackend:
         self._tpm = tpm
         self.max_command_size = max_command_size or tpm.config.max_command_size
         self._lock = trio.Lock()
-        self._write_lock = trio.Lock()
-        self._deferred = None
+        self._commit = None
+        self._owns_store = False
+        store = tpm.platform.store
+        if hasattr(store, "deferred"):      # a DirStore: acknowledge only what is on disk
+            from .state.groupcommit import GroupCommit
+            self._commit = GroupCommit(store)
 
     @classmethod
     def build(cls, config):
@@ -137,20 +123,20 @@ class EngineBackend:
         from .platform import Platform
         from .state.store import DirStore, MemoryStore
 
-        store = DirStore(config.state_dir) if config.state_dir else MemoryStore()
-        deferred = _WriteBehind(store) if config.state_dir else None
+        from .state.keys import key_from_config
+
+        store = (DirStore(config.state_dir, key=key_from_config(config),
+                          durability=config.durability, compact_bytes=config.compact_bytes)
+                 if config.state_dir else MemoryStore())
         engine_config = EngineConfig(max_command_size=config.max_command_size,
                                      max_objects=config.max_objects,
                                      max_sessions=config.max_sessions,
                                      max_persistent=config.max_persistent,
                                      max_nv_indices=config.max_nv_indices,
                                      nv_space=config.nv_space)
-        tpm = Tpm.manufacture(Platform(store=deferred or store), config=engine_config)
+        tpm = Tpm.manufacture(Platform(store=store), config=engine_config)
         backend = cls(tpm, max_command_size=config.max_command_size)
-        backend._deferred = deferred
-        if deferred is not None and deferred.pending is not None:
-            store.save(deferred.pending)    # a fresh TPM's first image: before serving
-            deferred.pending = None
+        backend._owns_store = True
         return backend
 
     # -- commands -------------------------------------------------------------------------
@@ -174,8 +160,8 @@ class EngineBackend:
         else:
             # no await between here and the return: nothing can interleave, no lock needed
             response = self._tpm.execute(command, locality)
-        if self.write_pending:
-            await self.flush()
+        if self.write_pending and not await self.flush():
+            return NV_UNAVAILABLE       # not on disk: not acknowledged
         return response
 
     async def run_exclusive(self, fn):
@@ -190,25 +176,20 @@ class EngineBackend:
 
     @property
     def write_pending(self) -> bool:
-        return self._deferred is not None and self._deferred.pending is not None
+        return self._commit is not None and self._commit.pending()
 
-    async def flush(self):
-        """Write the newest NV image, if one waits, in a worker thread (one write at a time:
-        a response goes out only after an image containing its effects is on disk)."""
-        if self._deferred is None:
-            return
-        import trio
-
-        async with self._write_lock:
-            blob, self._deferred.pending = self._deferred.pending, None
-            if blob is None:
-                return
-            try:
-                await trio.to_thread.run_sync(self._deferred.store.save, blob)
-            except OSError as e:
-                log.error("cannot write TPM state: %s", e)
-                if self._deferred.pending is None:
-                    self._deferred.pending = blob       # try again with the next command
+    async def flush(self) -> bool:
+        """Make every NV change so far durable (group commit in a worker thread). False if
+        that is impossible (the store failed, logged): the caller must not acknowledge."""
+        if self._commit is None:
+            return True
+        from .state.errors import StoreError
+        try:
+            await self._commit.wait()
+        except StoreError as e:
+            log.error("%s", e)
+            return False
+        return True
 
     # -- platform signals -----------------------------------------------------------------
 
@@ -222,8 +203,8 @@ class EngineBackend:
                 error = self._signal(signal, args, (TpmError, MigrationError, StoreError))
         else:
             error = self._signal(signal, args, (TpmError, MigrationError, StoreError))
-        if self.write_pending:
-            await self.flush()
+        if self.write_pending and not await self.flush():
+            return StoreError("the TPM state could not be written")
         return error
 
     def _signal(self, signal, args, refusals):
@@ -266,15 +247,26 @@ class EngineBackend:
     def save_now(self):
         """`save` without the event loop (the last write of a stopping daemon)."""
         self._tpm.save_state()
-        if self.write_pending:
-            blob, self._deferred.pending = self._deferred.pending, None
-            self._deferred.store.save(blob)
+        if self._commit is not None:
+            self._commit.store.flush()
+
+    def close(self):
+        """The instance stops: everything written; a state directory this backend opened is
+        closed (its lock released), one it was given goes back to writing synchronously."""
+        if self._commit is None:
+            return
+        store = self._commit.store
+        store.deferred = False
+        if self._owns_store:
+            store.close()
+        else:
+            store.flush()
 
     def describe(self) -> dict:
         from .engine.commands import capability
 
         config = self._tpm.config
-        store = self._deferred.store if self._deferred else self._tpm.platform.store
+        store = self._tpm.platform.store
         return {"backend": "engine", "state": store.describe(), "powered": self.powered,
                 "family": "2.0", "level": capability.SPEC_LEVEL,
                 "revision": capability.SPEC_REVISION,
@@ -286,6 +278,9 @@ class EngineBackend:
         """The engine itself, for in-process tests; transports must not use it."""
         return self._tpm
 
+
+# TPM_RC_NV_UNAVAILABLE: the change could not be made durable.
+NV_UNAVAILABLE = b"\x80\x01\x00\x00\x00\x0a\x00\x00\x09\x23"
 
 _SLOW_CODES = frozenset(c.to_bytes(4, "big") for c in SLOW_COMMANDS)
 

@@ -61,6 +61,11 @@ def _parser():
     snp_cli.add_parsers(commands)
     from .svsm import bridge
     bridge.add_parser(commands)
+    from . import manufacture
+    from .state import admin
+    admin.add_key_options(run)
+    admin.register(commands)
+    manufacture.register(commands)
     return parser
 
 
@@ -69,8 +74,13 @@ def main(argv=None) -> int:
     if argv[:1] == ["host"]:            # its own parser, built only when used
         from .host.cli import main as host_main
         return host_main(argv[1:])
+    if argv[:1] and argv[0] in ("swtpm", "swtpm-setup", "swtpm_setup", "swtpm-shim"):
+        from . import swtpm_compat          # swtpm's own option syntax, not argparse's
+        return swtpm_compat.main(argv[0], argv[1:], run=run)
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "main", None) is not None:      # a subcommand with its own module
+        return args.main(args)
     if args.command == "verify-report":
         from .snp import verify_cli
         return verify_cli.run(args)
@@ -90,12 +100,17 @@ def main(argv=None) -> int:
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
+    activated = "LISTEN_FDS" in os.environ           # systemd passes the sockets
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
                       log_level=args.log_level, allow_remote=args.allow_remote,
                       resource_manager=args.resource_manager, mode=args.mode, ak=args.ak,
                       snp_provider=args.snp_provider, snp_sim_dir=args.snp_sim_dir,
-                      svsm=args.svsm, vtpm_proxy=args.vtpm_proxy)
+                      svsm=args.svsm, vtpm_proxy=args.vtpm_proxy,
+                      default_listener=not activated, state_key=args.state_key,
+                      state_key_fd=args.state_key_fd,
+                      state_passphrase_fd=args.state_passphrase_fd,
+                      state_passphrase_file=args.state_passphrase_file)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
@@ -103,24 +118,30 @@ def main(argv=None) -> int:
     if warm:
         from .host.warm import run_warm
         return run_warm(config, args, warm[5:] if warm.startswith("unix:") else warm)
-    return run(config)
+    return run(config, activated=activated)
 
 
-def run(config, *, make_backend=None) -> int:
-    """Serve `config` until stopped; `make_backend` (async, optional) builds the backend
-    (ctpm svsm-bridge), else the config's mode does."""
+def run(config, *, make_backend=None, activated=False, prepare=None, after_ready=None,
+        log_setup=None, quiet=False) -> int:
+    """Serve until stopped. `make_backend` (async, optional) builds the backend (ctpm
+    svsm-bridge), else the config's mode does. `activated`: add systemd's sockets;
+    `prepare()` -> extra keyword arguments of daemon.serve and `after_ready()`, both run
+    inside the event loop so that their StartupError is reported like any other
+    (swtpm_compat uses them, with `log_setup()` and `quiet`: no ready line, as swtpm)."""
     import logging
 
     sys.setswitchinterval(0.0005)       # see ctpm/host/server.py SWITCH_INTERVAL
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
+    if log_setup is not None:
+        log_setup()
     import trio
 
     from .daemon import StartupError
     from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
-        trio.run(_run, config, make_backend)
+        trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend)
     except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
         error = _leaf(e, (StartupError, StoreError, ProviderError))
         if error is None:
@@ -143,30 +164,50 @@ def _leaf(error, types):
     return None
 
 
-async def _run(config, make_backend=None):
+async def _run(config, activated=False, prepare=None, after_ready=None, quiet=False,
+               make_backend=None):
     import logging
     import signal
 
     import trio
 
-    from .daemon import serve
+    from .daemon import StartupError, serve
+    extra = prepare() if prepare is not None else {}
+    if activated:
+        from .activation import prebound_from_environment
+        extra["prebound"] = list(extra.get("prebound", ())) + prebound_from_environment()
+        if not extra["prebound"] and not (config.mssim or config.swtpm):
+            raise StartupError("socket-activated without sockets (LISTEN_FDS) and no listener")
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
                 backend = await make_backend() if make_backend else None
-                await serve(config, backend=backend, task_status=task_status)
+                await serve(config, backend=backend, task_status=task_status, **extra)
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)
             try:
-                print(f"ctpm: ready {listening}", flush=True)
+                if not quiet:
+                    print(f"ctpm: ready {listening}", flush=True)
             except OSError as e:    # nobody reads stdout (closed pipe): keep serving
                 logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
+            if after_ready is not None:
+                after_ready()
             async for signum in signals:
                 logging.getLogger("ctpm").info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def swtpm_entry():
+    """The ctpm-swtpm console script: `ctpm swtpm ...`."""
+    sys.exit(main(["swtpm", *sys.argv[1:]]))
+
+
+def swtpm_setup_entry():
+    """The ctpm-swtpm-setup console script: `ctpm swtpm-setup ...`."""
+    sys.exit(main(["swtpm-setup", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

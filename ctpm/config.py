@@ -41,6 +41,12 @@ class Config:
     allow_remote: bool = False
     stall_timeout: float = 5.0
     state_dir: str | None = None                    # None: NV in memory only
+    state_key: str | None = None                    # key file: the state is encrypted
+    state_key_fd: int | None = None                 # ... or the key read from this fd
+    state_passphrase_file: str | None = None        # ... or a passphrase (scrypt)
+    state_passphrase_fd: int | None = None
+    durability: str = "fdatasync"                   # or "write" (see conf/ctpm.toml)
+    compact_bytes: int = 1 << 20                    # journal size that triggers a snapshot
     max_command_size: int = 4096
     max_objects: int = 64           # transient objects loaded at once (libtpms: 3)
     max_sessions: int = 64          # sessions loaded at once (libtpms: 3)
@@ -63,7 +69,8 @@ DEFAULTS = Config()
 SCHEMA = {
     "listen": {"mssim": "mssim", "swtpm": "swtpm", "allow_remote": "allow_remote",
                "stall_timeout": "stall_timeout"},
-    "state": {"dir": "state_dir"},
+    "state": {"dir": "state_dir", "key": "state_key", "passphrase_file": "state_passphrase_file",
+              "durability": "durability", "compact_bytes": "compact_bytes"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
@@ -161,17 +168,29 @@ def read_toml(path) -> dict:
     return found
 
 
+KEY_SOURCES = ("state_key", "state_key_fd", "state_passphrase_file", "state_passphrase_fd")
+
+
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          allow_remote=False, resource_manager=False, mode=None, ak=None, snp_provider=None,
-         snp_sim_dir=None, svsm=None, vtpm_proxy=False, default_listener=True) -> Config:
+         snp_sim_dir=None, svsm=None, vtpm_proxy=False, state_key=None, state_key_fd=None,
+         state_passphrase_fd=None, state_passphrase_file=None,
+         default_listener=True) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it.
-    Without `default_listener` (a `ctpm host` instance) there is no default mssim port."""
+    `default_listener=False` (socket activation): no mssim on 2321 when none is given."""
     raw = read_toml(path) if path is not None else {}
     flags = {"mssim": (mssim, "--mssim"), "swtpm": (swtpm, "--swtpm"),
              "state_dir": (state_dir, "--state"), "log_level": (log_level, "--log-level"),
              "mode": (mode, "--mode"), "ak": (ak, "--ak"),
              "snp_provider": (snp_provider, "--snp-provider"),
-             "snp_sim_dir": (snp_sim_dir, "--snp-sim-dir"), "svsm": (svsm, "--svsm")}
+             "snp_sim_dir": (snp_sim_dir, "--snp-sim-dir"), "svsm": (svsm, "--svsm"),
+             "state_key": (state_key, "--state-key"),
+             "state_key_fd": (state_key_fd, "--state-key-fd"),
+             "state_passphrase_file": (state_passphrase_file, "--state-passphrase-file"),
+             "state_passphrase_fd": (state_passphrase_fd, "--state-passphrase-fd")}
+    if any(v is not None for v, _ in (flags[k] for k in KEY_SOURCES)):
+        for k in KEY_SOURCES:      # a key on the command line replaces the file's
+            raw.pop(k, None)
     for name, (value, where) in flags.items():
         if value is not None and value != []:
             raw[name] = (value, where)
@@ -183,13 +202,18 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raw["vtpm_proxy"] = (True, "--vtpm-proxy")
 
     values = {}
-    if "mssim" in raw or "swtpm" in raw or not default_listener:   # default: no listener given
-        values["mssim"] = values["swtpm"] = ()
+    if "mssim" in raw or "swtpm" in raw or not default_listener:
+        values["mssim"] = values["swtpm"] = ()     # the default mssim only without any
     for name, (value, where) in raw.items():
         values[name] = _validate(name, value, where)
     config = Config(**values)
     _check_mode(config, raw)
-    if not config.mssim and not config.swtpm and not config.svsm:
+    given = [raw[k][1] for k in KEY_SOURCES if k in raw]
+    if len(given) > 1:
+        raise ConfigError(f"{given[1]}: only one state key source ({given[0]} was given)")
+    if given and not config.state_dir:
+        raise ConfigError(f"{given[0]}: a state key needs a state directory (--state)")
+    if not config.mssim and not config.swtpm and not config.svsm and default_listener:
         raise ConfigError("no listener configured ([listen] mssim / swtpm are both empty)")
     if not config.allow_remote:
         for name in ("mssim", "swtpm"):
@@ -260,6 +284,26 @@ def _validate(name, value, where):
     if name == "state_dir":
         if not _check_type(value, str, where):
             raise ConfigError(f"{where}: must not be empty")
+        return value
+    if name in ("state_key", "state_passphrase_file"):
+        if not _check_type(value, str, where):
+            raise ConfigError(f"{where}: must not be empty")
+        return value
+    if name in ("state_key_fd", "state_passphrase_fd"):
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        value = _check_type(value, int, where)
+        if value < 0:
+            raise ConfigError(f"{where}: {value} is not a file descriptor")
+        return value
+    if name == "durability":
+        if _check_type(value, str, where) not in ("fdatasync", "write"):
+            raise ConfigError(f"{where}: {value!r} is not fdatasync or write")
+        return value
+    if name == "compact_bytes":
+        value = _check_type(value, int, where)
+        if not 4096 <= value <= 1 << 30:
+            raise ConfigError(f"{where}: {value} is not between 4096 and 1073741824")
         return value
     if name == "max_command_size":
         value = _check_type(value, int, where)

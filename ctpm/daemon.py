@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 import trio
 
@@ -21,7 +22,8 @@ from .transport.host import TpmHost, serve_connection
 from .transport.mssim import MssimCommandPort, MssimPlatformPort
 from .transport.swtpm import SwtpmControlChannel, SwtpmDataChannel
 
-__all__ = ["Bindings", "Bound", "Listening", "StartupError", "build_backend", "serve",
+__all__ = ["Bindings", "Bound", "Listening", "Prebound", "StartupError", "build_backend",
+           "serve",
            "serve_instance", "sd_notify"]
 
 log = logging.getLogger("ctpm.daemon")
@@ -33,19 +35,29 @@ def build_backend(config):
     return build(config)
 
 
-async def serve(config, *, tpm=None, backend=None, task_status=trio.TASK_STATUS_IGNORED):
-    """Serve `config`'s listeners for one TPM (built from `config` unless a `tpm` engine or
-    a `backend` is given).
+async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
+                terminate_on_ctrl_close=False, task_status=trio.TASK_STATUS_IGNORED):
+    """Serve `config`'s listeners and the `prebound` sockets (systemd's, or those swtpm's
+    command line names: `Prebound`) for one TPM (built from `config` unless a `tpm` engine
+    or a `backend` is given).
 
-    Reports a `Listening` through `task_status` once every socket is bound and listening.
+    Reports a `Listening` through `task_status` once every socket is bound and listening,
+    after `on_ready(tpm)` (run as the platform: swtpm's --flags startup-clear).
+    `terminate_on_ctrl_close`: stop when a swtpm control connection ends (swtpm -t).
     Raises `StartupError` (before reporting) when a socket cannot be bound.
     """
     if backend is None:
         backend = EngineBackend(tpm) if tpm is not None else build_backend(config)
     bindings = bind_all(config)
+    add_prebound(bindings, prebound)
+    if on_ready is not None:
+        await backend.run_exclusive(on_ready)
+
+    def on_host(host):
+        host.terminate_on_ctrl_close = terminate_on_ctrl_close
     if not getattr(config, "vtpm_proxy", False):
         return await serve_instance(config, backend, bindings, task_status=task_status,
-                                    notify=True)
+                                    notify=True, on_host=on_host)
     from .transport import vtpm_proxy
     try:
         fd, number = vtpm_proxy.create_device()
@@ -59,9 +71,39 @@ async def serve(config, *, tpm=None, backend=None, task_status=trio.TASK_STATUS_
             task_status.started(Listening(listening + (
                 Bound("vtpm-proxy", path=f"/dev/tpm{number}"),)))
         reason = await serve_instance(config, backend, bindings, task_status=_Started(started),
-                                      notify=True)
+                                      notify=True, on_host=on_host)
         nursery.cancel_scope.cancel()
     return reason
+
+
+@dataclass(frozen=True)
+class Prebound:
+    """A listening socket bound by someone else (systemd, the swtpm command line): `role`
+    is "mssim", "mssim-platform", "swtpm" (data) or "swtpm-ctrl"; `sock` a socket.socket;
+    `unlink` a unix socket path to remove on the way out (if ours)."""
+
+    role: str
+    sock: object
+    label: str
+    unlink: str | None = None
+
+
+ROLES = ("mssim", "mssim-platform", "swtpm", "swtpm-ctrl")
+
+
+def add_prebound(bindings, prebound):
+    """Add `Prebound` sockets to `bindings` as groups of their own (a swtpm control socket
+    is a unix one, with SET_DATAFD, when its family says so)."""
+    for p in prebound:
+        if p.role not in ROLES:
+            raise StartupError(f"{p.label}: unknown socket role {p.role!r}")
+        kind, second = p.role.split("-")[0], "-" in p.role
+        unix = p.sock.family == socket.AF_UNIX
+        socks = ([], [p.sock]) if second else ([p.sock], [])
+        bindings.groups.append((kind, unix, f"{p.role} {p.label}", *socks))
+        bindings.bound = bindings.bound + (Bound(p.role, other=p.label),)
+        if p.unlink:
+            bindings.unix_paths.append(p.unlink)
 
 
 class _Started:
@@ -116,6 +158,12 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
         bindings.close()
         with trio.CancelScope(shield=True):
             await _save(backend)
+        close = getattr(backend, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("could not close the state")
     return host.stop_reason
 
 

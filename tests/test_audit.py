@@ -5,7 +5,6 @@ GetSessionAuditDigest) with this test's too, and both TPMs must agree on every r
 on the response session attributes and on GetCapability(TPM_CAP_AUDIT_COMMANDS)."""
 import hashlib
 import hmac
-import json
 import shutil
 import struct
 import subprocess
@@ -308,14 +307,10 @@ def test_tools_setcommandauditstatus_and_audit_session(tmp_path):
         ok("tpm2_getrandom", "-T", t, "8", "--hex", "-S", "s.ctx")
         ok("tpm2_getrandom", "-T", t, "8", "--hex", "-S", "s.ctx")
         ok("tpm2_flushcontext", "-T", t, "s.ctx")
-    files = [p for p in state.rglob("*") if p.is_file()]
-    nv = None
-    for f in files:
-        try:
-            nv = json.loads(json.loads(f.read_bytes())["body"])
-            break
-        except (ValueError, KeyError):
-            continue
+    from ctpm.state.store import DirStore
+    store = DirStore(state)
+    nv = store.load_nv()
+    store.close()
     assert nv is not None
     assert nv["audit_commands"] == [CC_SET_AUDIT, CC_GET_RANDOM]
     assert nv["audit_hash_alg"] == SHA256

@@ -102,7 +102,7 @@ def test_mssim_stop_exits_0_and_saves_state(tmp_path):
             s.sendall(u32(21))                                     # STOP
             assert s.recv(4) == b""
         assert daemon.proc.wait(10) == 0
-    assert (state / "nv.bin").stat().st_size > 0
+    assert (state / "nv.snap").stat().st_size > 0
 
 
 def test_swtpm_shutdown_exits_0():

@@ -34,7 +34,7 @@ def test_every_documented_default_equals_the_code(tmp_path):
                                    "max_command_size", "max_objects", "max_sessions",
                                    "max_persistent", "max_nv_indices", "nv_space", "level",
                                    "mode", "ak", "svsm", "vtpm_proxy", "provider",
-                                   "resource_manager"])
+                                   "resource_manager", "durability", "compact_bytes"])
     assert load(write(tmp_path, uncommented)) == Config()
 
 
@@ -164,3 +164,17 @@ def test_modes_from_the_file(tmp_path):
     config = load(path)
     assert (config.mode, config.ak, config.snp_provider, config.snp_sim_dir) == \
         ("ephemeral", "rsa", "simulated", "/tmp/sp")
+
+
+def test_state_key_options(tmp_path):
+    path = write(tmp_path, '[state]\ndir = "/tmp/s"\nkey = "/k"\ndurability = "write"\n')
+    config = load(path)
+    assert (config.state_key, config.durability) == ("/k", "write")
+    # a key on the command line replaces the file's
+    assert load(path, state_passphrase_fd=5).state_key is None
+    with pytest.raises(ConfigError, match="--state-key-fd: only one state key source"):
+        load(state_dir="/tmp/s", state_key="/k", state_key_fd=3)
+    with pytest.raises(ConfigError, match="needs a state directory"):
+        load(state_key="/k")
+    with pytest.raises(ConfigError, match=r"\[state\] durability: 'sometimes'"):
+        load(write(tmp_path, '[state]\ndurability = "sometimes"\n'))

@@ -68,7 +68,7 @@ async def test_stop_saves_state_and_removes_sockets(tmp_path):
         stream = await trio.open_unix_socket(f"{tmp_path}/s.ctrl")
         await stream.send_all(b"\x00\x00\x00\x03")       # SHUTDOWN: serve() returns
         assert await stream.receive_some(64) == b"\x00\x00\x00\x00"
-    assert (state / "nv.bin").stat().st_size > 0
+    assert (state / "nv.snap").stat().st_size > 0
     assert not os.path.exists(f"{tmp_path}/s")
 
 

@@ -184,7 +184,8 @@ def test_state_dir_survives_restart_and_is_written_atomically(tmp_path):
     t.execute(STARTUP_CLEAR)
     first = read_clock(t)
     t.execute(SHUTDOWN_CLEAR)
-    assert sorted(os.listdir(tmp_path)) == ["nv.bin"]
+    assert sorted(os.listdir(tmp_path)) == ["lock", "nv.journal", "nv.snap"]
+    t.platform.store.close()
     t2 = Tpm.manufacture(Platform(DirStore(tmp_path)))
     assert rc(t2.execute(STARTUP_CLEAR)) == 0
     second = read_clock(t2)
@@ -194,10 +195,10 @@ def test_state_dir_survives_restart_and_is_written_atomically(tmp_path):
 
 
 def test_corrupt_state_is_refused_with_a_clear_error(tmp_path):
-    Tpm.manufacture(Platform(DirStore(tmp_path)), seed=b"x")
-    blob = (tmp_path / "nv.bin").read_bytes()
-    (tmp_path / "nv.bin").write_bytes(blob.replace(b"reset_count", b"reset_kount"))
-    with pytest.raises(StoreError, match="corrupt"):
+    Tpm.manufacture(Platform(DirStore(tmp_path)), seed=b"x").platform.store.close()
+    blob = (tmp_path / "nv.snap").read_bytes()
+    (tmp_path / "nv.snap").write_bytes(blob.replace(b"reset_count", b"reset_kount"))
+    with pytest.raises(StoreError, match="damaged"):
         Tpm.manufacture(Platform(DirStore(tmp_path)))
 
 

@@ -176,7 +176,7 @@ async def test_runtime_add_remove_and_names(host, tmp_path):
         await host.add("../x", config())
     await host.remove("x")
     assert "x" not in host.instances
-    assert (tmp_path / "x" / "nv.bin").exists()
+    assert (tmp_path / "x" / "nv.snap").exists()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
     with pytest.raises(Exception, match="no instance"):

@@ -13,6 +13,7 @@ import struct
 from construct import ConstructError, Container
 
 from ..errors import TpmError
+from ..state.errors import StoreError
 from ..wire.commands import Auth
 from ..wire.constants import TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION
 from ..wire.structures import TPM2B_AUTH, TPM2B_NONCE
@@ -106,7 +107,7 @@ class Dispatcher:
         if state.dirty:
             try:
                 state.commit()
-            except OSError as e:
+            except (OSError, StoreError) as e:     # the daemon's store reports it
                 log.error("cannot write TPM state: %s", e)
         return rsp
 

@@ -26,6 +26,8 @@ class Bound:
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    other: str | None = None    # a socket bound elsewhere (systemd, swtpm's command line):
+                                # what the ready line says about it
 
     @property
     def second(self):
@@ -33,6 +35,8 @@ class Bound:
         return self.path + ".ctrl" if self.path else self.port + 1
 
     def __str__(self):
+        if self.other is not None:
+            return self.other
         if self.kind == "vtpm-proxy":
             return f"{self.path},{self.path.replace('/tpm', '/tpmrm')}"
         if self.kind == "svsm":

@@ -209,8 +209,9 @@ class FastPath:
     async def _run_slow(self, stream, buf, pending, flush):
         from .host import serve_connection
         try:
-            if flush:
-                await self.host.backend.flush()
+            if flush and await self.host.backend.flush() is False:
+                from ..backend import NV_UNAVAILABLE
+                pending = NV_UNAVAILABLE        # not on disk: not acknowledged
             if pending:
                 await stream.send_all(pending)
             await serve_connection(lambda s: self.slow_handler(s, initial=buf), stream, self.what)

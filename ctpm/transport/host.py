@@ -32,6 +32,7 @@ class TpmHost:
         self.stop_reason = None
         self.spawn = None               # nursery.start_soon of the serving daemon
         self.data_fd_active = False     # a SET_DATAFD data channel is being served
+        self.terminate_on_ctrl_close = False    # swtpm --terminate
         self.counters = Counters()
         self.resource_manager = None
         if resource_manager:

@@ -146,6 +146,8 @@ class SwtpmControlChannel:
         finally:
             if self.unix:
                 stream.close_fds()
+            if self.host.terminate_on_ctrl_close:
+                self.host.request_stop("control connection closed (--terminate)")
 
     async def _serve(self, stream):
         reader = MessageReader(stream, self.host.stall_timeout)

@@ -78,7 +78,7 @@ def test_control_commands(tmp_path):
         assert vm1["backend"]["state"] == str(tmp_path / "vm1")
         ctpm("host", "remove", "vm1", control=ctl)
         assert ctpm("host", "list", control=ctl).stdout == ""
-        assert (tmp_path / "vm1" / "nv.bin").exists()
+        assert (tmp_path / "vm1" / "nv.snap").exists()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2)
     r = ctpm("host", "list", control=ctl, check=False)

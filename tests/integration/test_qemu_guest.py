@@ -137,4 +137,4 @@ def test_guest_on_an_instance_of_a_host(tmp_path):
             time.sleep(0.05)
         assert names == ["other"]
         assert len(get_random(other)) == 20 and host.poll() is None
-        assert (tmp_path / "vm" / "nv.bin").exists()
+        assert (tmp_path / "vm" / "nv.snap").exists()

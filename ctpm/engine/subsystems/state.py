@@ -50,6 +50,7 @@ class TpmState:
         self.clock_at_init = self._clock_stored = nv["clock"]
         self.objects = {}
         self.primary_cache = {}       # engine.object.primary_material's recent keys
+        self.nv_public_cache = {}     # engine.nv.get's parsed TPMS_NV_PUBLIC, by hex
         self.persistent = {int(h, 16): from_nv(e, int(h, 16))
                            for h, e in nv.get("persistent", {}).items()}
 
@@ -57,12 +58,20 @@ class TpmState:
 
     @classmethod
     def load_or_manufacture(cls, platform, config, *, seed=None):
-        blob = platform.store.load()
+        load_nv = getattr(platform.store, "load_nv", None)    # a store that keeps the dict
+        blob = load_nv() if load_nv is not None else platform.store.load()
         if blob is None:
             state = cls(platform, config, cls._manufacture(platform, config, seed), fixed_seed=seed)
             state.commit(force=True)
             return state
-        nv = cls.decode_image(blob, platform.store.describe())
+        if load_nv is not None:
+            nv = blob
+            blob = None
+            if nv.get("format") != NV_FORMAT or nv.get("version") != NV_VERSION:
+                raise StoreError(f"TPM state in {platform.store.describe()} has an unknown "
+                                 f"format/version")
+        else:
+            nv = cls.decode_image(blob, platform.store.describe())
         fixed = _b(nv["fixed_seed"]) if nv.get("fixed_seed") else None
         state = cls(platform, config, nv, fixed_seed=fixed)
         state._stored_blob = blob
@@ -114,6 +123,13 @@ class TpmState:
         if not (self.dirty or force):
             return
         self.dirty = False
+        save_nv = getattr(self.platform.store, "save_nv", None)
+        if save_nv is not None:     # the store records what changed (ctpm/state/journal.py)
+            self.nv["clock"] = self.clock()
+            self.nv["established"] = self.established
+            self._clock_stored = self.nv["clock"]
+            save_nv(self.nv)
+            return
         blob = self.image()
         self._clock_stored = self.nv["clock"]
         if blob != self._stored_blob:

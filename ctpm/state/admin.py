@@ -1,0 +1,106 @@
+"""`ctpm state ...`: offline work on a state directory (the daemon must not be running; the
+directory's lock says so).
+
+    ctpm state rekey --state DIR [old key options] [--new-state-key FILE | ...| --decrypt]
+    ctpm state check --state DIR [key options]
+
+`rekey` writes the whole state as a new snapshot under the new key (or none, with
+--decrypt) and starts an empty journal; the state's id stays, so nothing else changes.
+"""
+import sys
+
+from .errors import StoreError
+
+
+def add_key_options(parser, prefix=""):
+    """--state-key FILE / --state-key-fd N / --state-passphrase-fd N / -file FILE."""
+    p, d = f"--{prefix}state-", prefix.replace("-", "_")
+    parser.add_argument(p + "key", metavar="FILE", dest=d + "state_key",
+                        help="encrypt the state with the 256-bit key in FILE (raw or hex)")
+    parser.add_argument(p + "key-fd", metavar="N", type=int, dest=d + "state_key_fd",
+                        help="... with the key read from file descriptor N")
+    parser.add_argument(p + "passphrase-fd", metavar="N", type=int,
+                        dest=d + "state_passphrase_fd",
+                        help="... with a key derived (scrypt) from a passphrase read from N")
+    parser.add_argument(p + "passphrase-file", metavar="FILE",
+                        dest=d + "state_passphrase_file",
+                        help="... with a key derived from the passphrase in FILE")
+
+
+def register(commands):
+    state = commands.add_parser("state", help="offline operations on a state directory")
+    sub = state.add_subparsers(dest="state_command", metavar="OPERATION", required=True)
+    rekey = sub.add_parser("rekey", help="re-encrypt the state under a new key or passphrase")
+    rekey.add_argument("--state", metavar="DIR", required=True)
+    add_key_options(rekey)
+    add_key_options(rekey, prefix="new-")
+    rekey.add_argument("--decrypt", action="store_true", help="store the state unencrypted")
+    rekey.set_defaults(main=main_rekey)
+    check = sub.add_parser("check", help="read the whole state; report damage or a wrong key")
+    check.add_argument("--state", metavar="DIR", required=True)
+    add_key_options(check)
+    check.set_defaults(main=main_check)
+
+
+def key_from(args, prefix=""):
+    from .keys import StateKey
+    given = [(n, getattr(args, prefix + n)) for n in ("state_key", "state_key_fd",
+                                                       "state_passphrase_fd",
+                                                       "state_passphrase_file")
+             if getattr(args, prefix + n) is not None]
+    if len(given) > 1:
+        raise StoreError(f"only one {prefix.replace('_', ' ')}state key source, please")
+    if not given:
+        return None
+    name, value = given[0]
+    if name == "state_key":
+        return StateKey.from_file(value)
+    if name == "state_key_fd":
+        return StateKey.from_fd(value)
+    if name == "state_passphrase_fd":
+        return StateKey.from_fd(value, passphrase=True)
+    return StateKey.from_passphrase_file(value)
+
+
+def _open(args):
+    from .journal import DirStore
+    store = DirStore(args.state, key=key_from(args))
+    try:
+        if store.load_nv() is None:
+            raise StoreError(f"{args.state} holds no TPM state")
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def main_rekey(args) -> int:
+    try:
+        new = key_from(args, "new_")
+        if new is None and not args.decrypt:
+            raise StoreError("give the new key (--new-state-key, --new-state-key-fd, "
+                             "--new-state-passphrase-fd, --new-state-passphrase-file) or "
+                             "--decrypt")
+        if new is not None and args.decrypt:
+            raise StoreError("--decrypt and a new key exclude each other")
+        store = _open(args)
+        try:
+            store.rekey(new)
+        finally:
+            store.close()
+    except StoreError as e:
+        print(f"ctpm: state error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main_check(args) -> int:
+    try:
+        store = _open(args)
+        print(f"ctpm: {args.state}: intact, sequence number {store.durable_seq}, "
+              f"{'encrypted' if store.key else 'not encrypted'}")
+        store.close()
+    except StoreError as e:
+        print(f"ctpm: state error: {e}", file=sys.stderr)
+        return 1
+    return 0
