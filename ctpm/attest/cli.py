@@ -25,6 +25,9 @@ def add_parsers(commands):
     a.add_argument("--ima-log", metavar="FILE", help="the IMA log (carried, not replayed)")
     a.add_argument("--uuid", metavar="UUID", help="this instance's id, echoed in the token")
     a.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
+    a.add_argument("--svsm", metavar="unix:PATH",
+                   help="take the SNP report from the SVSM attestation call (the vTPM "
+                        "service, manifest v1) instead of ctpm's NV indices")
 
     v = commands.add_parser("verify", help="verify composite evidence against a policy")
     v.add_argument("evidence", metavar="EVIDENCE.json")
@@ -68,9 +71,18 @@ def run_attest(args) -> int:
         parse_selection(args.pcrs)
     except ValueError as e:
         return _fail("attest", f"--pcrs: {e}", 2)
+    snp = None
+    if args.svsm:
+        from ..svsm.client import SvsmClient
+        try:
+            with SvsmClient(args.svsm[5:] if args.svsm.startswith("unix:") else args.svsm) as c:
+                got = c.attest_vtpm(nonce, 1)
+        except Exception as e:
+            return _fail("attest", f"{args.svsm}: {type(e).__name__}: {e}", 1)
+        snp = (got.report, got.cert_table, got.manifest, 1, "svsm")
     try:
         doc = collect(args.tcti, nonce, pcrs=args.pcrs, instance_uuid=args.uuid,
-                      startup=args.startup, **logs)
+                      startup=args.startup, snp=snp, **logs)
     except Exception as e:      # TSS errors (tpm2_pytss.TSS2_Exception), a missing index...
         return _fail("attest", f"{args.tcti}: {type(e).__name__}: {e}", 1)
     text = json.dumps(doc, indent=1) + "\n"

@@ -311,3 +311,24 @@ def test_the_separate_flow_baseline(sim):
                 activate_credential(esapi, blob, secret)
         finally:
             esapi.close()
+
+
+@pytest.mark.skipif(not TOOLS, reason="tpm2-tools not installed")
+def test_end_to_end_in_svsm_mode(sim, tmp_path):
+    """The SNP part from the SVSM attestation call (VMPL 0), the quote through the same TPM's
+    mssim listener: one evidence document that `ctpm verify` accepts."""
+    sock = tmp_path / "vm.svsm"
+    (tmp_path / "ark.pem").write_bytes(sim.ark_pem())
+    (tmp_path / "policy.toml").write_text(f'[snp]\ntrust_ark = ["{tmp_path / "ark.pem"}"]\n')
+    with run_daemon("--mode", "svsm", "--svsm", f"unix:{sock}", "--snp-provider", "simulated",
+                    "--snp-sim-dir", sim.directory, timeout=30) as d:
+        subprocess.run(["tpm2_startup", "-c", "-T", d.tcti()], check=True, capture_output=True)
+        nonce = os.urandom(64)
+        r = ctpm("attest", "--tcti", d.tcti(), "--svsm", f"unix:{sock}", "--nonce",
+                 nonce.hex(), "-o", str(tmp_path / "ev.json"))
+        assert r.returncode == 0, r.stderr
+    r = ctpm("verify", str(tmp_path / "ev.json"), "--nonce", nonce.hex(), "--policy",
+             str(tmp_path / "policy.toml"), "--json")
+    assert r.returncode == 0, r.stderr
+    claims = json.loads(r.stdout)
+    assert claims["snp"]["provider"] == "svsm" and claims["snp"]["vmpl"] == 0
