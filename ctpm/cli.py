@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         return snp_cli.run(args)
     if args.command == "svsm-bridge":
         from .svsm import bridge
-        return bridge.run(args)
+        return bridge.run(args, run)
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2

@@ -130,12 +130,12 @@ def add_parser(commands):
     return bridge
 
 
-def run(args) -> int:
+def run(args, run_daemon) -> int:
     """`ctpm svsm-bridge`: exit 2 for a usage mistake, 1 if the SVSM cannot be reached or
-    offers no vTPM, 0 after a clean stop."""
+    offers no vTPM, 0 after a clean stop. `run_daemon` is `ctpm.cli.run` (passed in: the
+    bridge does not import the CLI that imports it)."""
     import sys
 
-    from ..cli import run as run_daemon
     from ..config import ConfigError, load, parse_address
     try:
         address = parse_address(args.svsm, "--svsm", unix_ok=True)
