@@ -15,7 +15,30 @@ from . import __version__
 from .config import LOG_LEVELS, ConfigError, load
 
 
-def _parser():
+# Commands beside `run`, each in its own module, imported only when it is the one asked for
+# (`ctpm run` must start fast: harnesses start a TPM per test).
+_TOOLS = {
+    "verify-report": ("ctpm.snp.verify_cli", "add_parser",
+                      "verify an SEV-SNP attestation report (every check, named)"),
+    "verify-ek": ("ctpm.modes.verify_ek_cli", "add_parser",
+                  "verify that an SNP report anchors a TPM's EK (and AK)"),
+    "attest": ("ctpm.attest.cli", "add_parsers",
+               "composite evidence (TPM quote + SNP report) for a verifier's nonce"),
+    "verify": ("ctpm.attest.cli", "add_parsers", "verify composite evidence against a policy"),
+    "snp": ("ctpm.snp.cli", "add_parsers", "SEV-SNP reports from this machine (ctpm snp "
+                                            "report)"),
+    "svsm-bridge": ("ctpm.svsm.bridge", "add_parser",
+                    "serve an SVSM-reached vTPM as an mssim TPM"),
+    "state": ("ctpm.state.admin", "register", "state directory tools (rekey, check)"),
+    "manufacture": ("ctpm.manufacture", "register",
+                    "provision a state directory with EKs and EK certificates"),
+}
+
+
+def _parser(wanted=None):
+    """The argument parser; of the commands in _TOOLS only `wanted` is built for real (the
+    others are listed for --help)."""
+    import importlib
     parser = argparse.ArgumentParser(prog="ctpm", description="A TPM 2.0 emulator daemon.")
     parser.add_argument("--version", action="version", version=f"ctpm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,21 +74,14 @@ def _parser():
                      help="serve the SVSM vTPM and attestation protocols on PATH (--mode svsm)")
     commands.add_parser("host", help="serve many TPM instances in one process "
                                      "(ctpm host --help)", add_help=False)
-    from .modes import verify_ek_cli
-    from .snp import verify_cli
-    verify_cli.add_parser(commands)
-    verify_ek_cli.add_parser(commands)
-    from .attest import cli as attest_cli
-    attest_cli.add_parsers(commands)
-    from .snp import cli as snp_cli
-    snp_cli.add_parsers(commands)
-    from .svsm import bridge
-    bridge.add_parser(commands)
-    from . import manufacture
     from .state import admin
     admin.add_key_options(run)
-    admin.register(commands)
-    manufacture.register(commands)
+    if wanted in _TOOLS:
+        module, register, _ = _TOOLS[wanted]
+        getattr(importlib.import_module(module), register)(commands)
+    for name, (_, _, text) in _TOOLS.items():
+        if name not in commands.choices:
+            commands.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -77,7 +93,7 @@ def main(argv=None) -> int:
     if argv[:1] and argv[0] in ("swtpm", "swtpm-setup", "swtpm_setup", "swtpm-shim"):
         from . import swtpm_compat          # swtpm's own option syntax, not argparse's
         return swtpm_compat.main(argv[0], argv[1:], run=run)
-    parser = _parser()
+    parser = _parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if getattr(args, "main", None) is not None:      # a subcommand with its own module
         return args.main(args)
