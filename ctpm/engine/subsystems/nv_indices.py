@@ -10,6 +10,8 @@ authValue (`count_pin_use`, from the dispatcher) in their TPMS_NV_PIN_COUNTER_PA
 """
 import struct
 
+from construct import Container
+
 from ...crypto import hashes
 from ...wire.constants import TPM_CC, TPM_RC, TPM_RH
 from ...wire.nv import TPM_NT, TPMA_NV as A, TPMS_NV_PUBLIC, nt_of
@@ -52,7 +54,14 @@ def get(state, handle: int) -> NvIndex | None:
     entry = state.nv.get("nv_indices", {}).get(f"{handle:08x}")
     if entry is None:
         return None
-    public = TPMS_NV_PUBLIC.parse(bytes.fromhex(entry["public"]))
+    # parsing costs more than a whole NV_Write otherwise; callers change their copy
+    cache = state.nv_public_cache
+    parsed = cache.get(entry["public"])
+    if parsed is None:
+        if len(cache) > 4 * state.config.max_nv_indices:
+            cache.clear()
+        parsed = cache[entry["public"]] = TPMS_NV_PUBLIC.parse(bytes.fromhex(entry["public"]))
+    public = Container(parsed)
     data = bytes.fromhex(entry["data"])
     ram = nv_ram.lookup(state, handle) if public.attributes & A.ORDERLY else None
     if ram is not None:

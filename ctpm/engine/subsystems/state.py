@@ -50,7 +50,7 @@ class TpmState:
         self.clock_at_init = self._clock_stored = nv["clock"]
         self.objects = {}
         self.primary_cache = {}       # engine.object.primary_material's recent keys
-        self.nv_public_cache = {}     # engine.nv.get's parsed TPMS_NV_PUBLIC, by hex
+        self.nv_public_cache = {}     # nv_indices.get: parsed TPMS_NV_PUBLIC by hex
         self.persistent = {int(h, 16): from_nv(e, int(h, 16))
                            for h, e in nv.get("persistent", {}).items()}
 
