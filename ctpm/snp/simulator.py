@@ -85,6 +85,39 @@ class SimulatedSP:
         cfg_path = os.path.join(self.directory, "sp.json")
         if isinstance(product, str):
             product = Product.parse(product)
+        if create:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        elif not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"{self.directory} holds no simulated AMD-SP (sp.json)")
+        self._lock_depth = 0
+        with self._locked():      # two processes opening a new directory make one chain
+            self._open(cfg_path, product, create)
+
+    def _locked(self):
+        """An exclusive flock on DIR/.lock, reentrant within this object."""
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def held():
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_depth = 1
+                yield
+            finally:
+                self._lock_depth = 0
+                os.close(fd)
+        return held()
+
+    def _open(self, cfg_path, product, create):
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 cfg = json.load(f)
@@ -96,7 +129,6 @@ class SimulatedSP:
             raise FileNotFoundError(f"{self.directory} holds no simulated AMD-SP (sp.json)")
         else:
             self.product = product or Product.MILAN
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             cfg = {"product": self.product.value, "chip_id": self._new_chip_id().hex(),
                    "tcb": DEFAULT_TCB[self.product], "firmware": list(DEFAULT_FIRMWARE)}
             self._write(cfg_path, json.dumps(cfg, indent=1).encode())
@@ -195,11 +227,13 @@ class SimulatedSP:
 
     def asvk(self):
         """The ASVK (signs VLEKs), made the first time a VLEK is wanted."""
-        return self._intermediate("asvk", f"SEV-VLEK-{self.product.value}", 0x101)
+        with self._locked():
+            return self._intermediate("asvk", f"SEV-VLEK-{self.product.value}", 0x101)
 
     def vlek(self):
         """(private key, certificate) of this machine's simulated VLEK at the current TCB."""
-        return self._vek("vlek")
+        with self._locked():
+            return self._vek("vlek")
 
     def issue_vek(self, *, kind="vcek", key=None, issuer=None, tcb=None, hwid=None,
                   not_before=None, not_after=None, product_name=None, csp_id=None,

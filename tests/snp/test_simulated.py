@@ -233,3 +233,16 @@ def test_turin_and_genoa_checks_use_their_own_tcb_layout(sims):
         with pytest.raises(SnpError) as e:
             v.verify(rep, vek=C.der(wrong), cert_table=sp.cert_table())
         assert e.value.check == "vek_tcb" and component in e.value.message
+
+
+def test_two_processes_opening_a_new_directory_make_one_chain(tmp_path):
+    """(`ctpm host` starting two ephemeral instances on one simulator directory at once.)"""
+    import sys
+    code = ("import sys; from ctpm.snp.simulator import SimulatedSP; "
+            "from ctpm.snp.certs import fingerprint; "
+            "print(fingerprint(SimulatedSP(sys.argv[1], 'milan').ark))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "sp")],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] == C.fingerprint(SimulatedSP(str(tmp_path / "sp")).ark)
