@@ -61,7 +61,8 @@ def _parser(wanted=None):
                           "process binds (default $CTPM_HOST when set)")
     run.add_argument("--name", help=argparse.SUPPRESS)     # instance name in a warm host
     run.add_argument("--mode", metavar="MODE",
-                     help="standard (default) | ephemeral | svsm: see docs/modes.md")
+                     help="standard (default) | ephemeral | svsm | passthrough: see "
+                          "docs/modes.md")
     run.add_argument("--ak", metavar="ecc|rsa", help="the anchored AK's algorithm (ecc)")
     run.add_argument("--snp-provider", metavar="P",
                      help="where SNP reports come from: auto (default) | configfs | "
@@ -72,6 +73,18 @@ def _parser(wanted=None):
                      help="also be this machine's kernel TPM (/dev/tpmN) through /dev/vtpmx")
     run.add_argument("--svsm", metavar="unix:PATH", action="append",
                      help="serve the SVSM vTPM and attestation protocols on PATH (--mode svsm)")
+    run.add_argument("--upstream", metavar="TCTI",
+                     help="--mode passthrough: the TPM to guard (device:/dev/tpmrm0, tabrmd:, "
+                          "mssim:..., swtpm:...)")
+    run.add_argument("--upstream-force", action="store_true",
+                     help="accept a bare /dev/tpmN upstream (no resource manager)")
+    run.add_argument("--anchor", action="store_true",
+                     help="--mode passthrough: bind the upstream's EK and an AK to the SNP "
+                          "report (only meaningful inside the CVM)")
+    run.add_argument("--nv-range", metavar="FIRST-LAST",
+                     help="--mode passthrough: this guest's NV indices")
+    run.add_argument("--persistent-range", metavar="FIRST-LAST",
+                     help="--mode passthrough: this guest's persistent handles")
     commands.add_parser("host", help="serve many TPM instances in one process "
                                      "(ctpm host --help)", add_help=False)
     from .state import admin
@@ -126,7 +139,10 @@ def main(argv=None) -> int:
                       default_listener=not activated, state_key=args.state_key,
                       state_key_fd=args.state_key_fd,
                       state_passphrase_fd=args.state_passphrase_fd,
-                      state_passphrase_file=args.state_passphrase_file)
+                      state_passphrase_file=args.state_passphrase_file,
+                      upstream=args.upstream, upstream_force=args.upstream_force,
+                      anchor=args.anchor, nv_range=args.nv_range,
+                      persistent_range=args.persistent_range)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2

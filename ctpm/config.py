@@ -61,6 +61,16 @@ class Config:
     snp_sim_dir: str | None = None  # the simulated AMD-SP's directory (provider simulated)
     svsm: tuple = ()                # unix sockets of the SVSM protocol (mode svsm)
     vtpm_proxy: bool = False        # also be the kernel's TPM through /dev/vtpmx
+    # passthrough mode (docs/modes.md "Passthrough"; the guard's policy in ctpm/modes/guard.py)
+    upstream: str | None = None     # the TPM's TCTI, as tpm2-tools writes it
+    upstream_force: bool = False    # accept a bare /dev/tpmN (no resource manager)
+    upstream_timeout: float = 60.0  # seconds for one upstream command
+    passthrough_anchor: bool = False    # bind the upstream's EK and an AK to the SNP report
+    passthrough_nv_range: tuple | None = None           # this guest's NV indices
+    passthrough_persistent_range: tuple | None = None   # this guest's persistent handles
+    passthrough_shared: tuple = ((0x01C00000, 0x01C07FFF), (0x81010000, 0x810100FF))
+    passthrough_refuse: tuple = ()  # () = the guard's DEFAULT_REFUSE
+    passthrough_pcr_writes: bool = False
 
 
 DEFAULTS = Config()
@@ -78,8 +88,14 @@ SCHEMA = {
     "log": {"level": "log_level"},
     "mode": {"mode": "mode", "ak": "ak", "svsm": "svsm", "vtpm_proxy": "vtpm_proxy"},
     "snp": {"provider": "snp_provider", "sim_dir": "snp_sim_dir"},
+    "passthrough": {"upstream": "upstream", "force": "upstream_force",
+                    "timeout": "upstream_timeout", "anchor": "passthrough_anchor",
+                    "nv_range": "passthrough_nv_range",
+                    "persistent_range": "passthrough_persistent_range",
+                    "shared": "passthrough_shared", "refuse": "passthrough_refuse",
+                    "pcr_writes": "passthrough_pcr_writes"},
 }
-MODES = ("standard", "ephemeral", "svsm")
+MODES = ("standard", "ephemeral", "svsm", "passthrough")
 SNP_PROVIDERS = ("auto", "configfs", "sev-guest", "simulated")
 
 
@@ -175,7 +191,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          allow_remote=False, resource_manager=False, mode=None, ak=None, snp_provider=None,
          snp_sim_dir=None, svsm=None, vtpm_proxy=False, state_key=None, state_key_fd=None,
          state_passphrase_fd=None, state_passphrase_file=None,
-         default_listener=True) -> Config:
+         default_listener=True, upstream=None, upstream_force=False, anchor=False,
+         nv_range=None, persistent_range=None) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it.
     `default_listener=False` (socket activation): no mssim on 2321 when none is given."""
     raw = read_toml(path) if path is not None else {}
@@ -187,7 +204,10 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
              "state_key": (state_key, "--state-key"),
              "state_key_fd": (state_key_fd, "--state-key-fd"),
              "state_passphrase_file": (state_passphrase_file, "--state-passphrase-file"),
-             "state_passphrase_fd": (state_passphrase_fd, "--state-passphrase-fd")}
+             "state_passphrase_fd": (state_passphrase_fd, "--state-passphrase-fd"),
+             "upstream": (upstream, "--upstream"),
+             "passthrough_nv_range": (nv_range, "--nv-range"),
+             "passthrough_persistent_range": (persistent_range, "--persistent-range")}
     if any(v is not None for v, _ in (flags[k] for k in KEY_SOURCES)):
         for k in KEY_SOURCES:      # a key on the command line replaces the file's
             raw.pop(k, None)
@@ -200,6 +220,10 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raw["resource_manager"] = (True, "--resource-manager")
     if vtpm_proxy:
         raw["vtpm_proxy"] = (True, "--vtpm-proxy")
+    if upstream_force:
+        raw["upstream_force"] = (True, "--upstream-force")
+    if anchor:
+        raw["passthrough_anchor"] = (True, "--anchor")
 
     values = {}
     if "mssim" in raw or "swtpm" in raw or not default_listener:
@@ -237,11 +261,14 @@ def _check_mode(config, raw):
                           "[mode] svsm)")
     if config.svsm and config.mode != "svsm":
         raise ConfigError(f"{raw['svsm'][1]}: SVSM sockets need --mode svsm")
-    if config.mode == "standard":
+    _check_passthrough(config, raw, where)
+    if config.mode == "standard" or (config.mode == "passthrough"
+                                     and not config.passthrough_anchor):
         for name in ("snp_provider", "snp_sim_dir", "ak"):
             if name in raw and getattr(config, name) != getattr(DEFAULTS, name):
-                raise ConfigError(f"{raw[name][1]}: the standard mode has no SNP anchor "
-                                  "(use --mode ephemeral or svsm)")
+                raise ConfigError(f"{raw[name][1]}: the {config.mode} mode has no SNP "
+                                  "anchor (use --mode ephemeral or svsm, or passthrough "
+                                  "with --anchor)")
     if config.snp_provider == "simulated" and not config.snp_sim_dir:
         raise ConfigError(f"{raw['snp_provider'][1]}: simulated needs a directory for the "
                           "simulated AMD-SP's keys (--snp-sim-dir DIR, [snp] sim_dir)")
@@ -250,7 +277,62 @@ def _check_mode(config, raw):
                           "(--snp-provider simulated)")
 
 
+def _check_passthrough(config, raw, where):
+    if config.mode != "passthrough":
+        for name in SCHEMA["passthrough"].values():
+            if name in raw:
+                raise ConfigError(f"{raw[name][1]}: only with --mode passthrough")
+        return
+    if not config.upstream:
+        raise ConfigError(f"{where}: passthrough needs the TPM's TCTI (--upstream TCTI, "
+                          "[passthrough] upstream)")
+    name, _, conf = config.upstream.partition(":")
+    if name in ("device", "libtss2-tcti-device.so.0") and not config.upstream_force:
+        import re
+        path = conf.split(",")[0] or "/dev/tpm0"
+        if path.startswith("path="):
+            path = path[5:]
+        if re.fullmatch(r"/dev/tpm\d+", path):
+            raise ConfigError(f"{raw['upstream'][1]}: {path} has no resource manager (guests "
+                              "would share transient objects and sessions): use /dev/tpmrmN "
+                              "or tabrmd, or --upstream-force")
+
+
 def _validate(name, value, where):
+    if name in ("passthrough_nv_range", "passthrough_persistent_range"):
+        from .modes.guard import parse_range
+        try:
+            lo, hi = parse_range(_check_type(value, str, where), where)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        kind = 0x01 if name == "passthrough_nv_range" else 0x81
+        if lo >> 24 != kind or hi >> 24 != kind:
+            raise ConfigError(f"{where}: {value!r}: handles must start with {kind:#04x}")
+        return (lo, hi)
+    if name == "passthrough_shared":
+        from .modes.guard import parse_range
+        try:
+            return tuple(parse_range(v, where) for v in _check_type(value, list, where))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if name == "passthrough_refuse":
+        from .modes.guard import CC
+        for v in _check_type(value, list, where):
+            if v not in CC:
+                raise ConfigError(f"{where}: {v!r} is not a command the guard knows "
+                                  f"({', '.join(sorted(CC))})")
+        return tuple(value)
+    if name == "upstream":
+        if not _check_type(value, str, where) or "\0" in value:
+            raise ConfigError(f"{where}: must not be empty")
+        return value
+    if name == "upstream_timeout":
+        value = _check_type(value, (int, float), where)
+        if not 0 < value <= 600:
+            raise ConfigError(f"{where}: {value!r} is not between 0 and 600 seconds")
+        return float(value)
+    if name in ("upstream_force", "passthrough_anchor", "passthrough_pcr_writes"):
+        return _check_type(value, bool, where)
     if name in ("mode", "ak", "snp_provider"):
         allowed = {"mode": MODES, "ak": ("ecc", "rsa"), "snp_provider": SNP_PROVIDERS}[name]
         if value not in allowed:

@@ -5,7 +5,7 @@
 * ephemeral: a TPM that keeps nothing, its EKs and AK anchored to an SNP report
   (ephemeral.py; docs/modes.md);
 * svsm: the same TPM behind the SVSM vTPM and attestation protocols (ctpm/svsm/).
-Passthrough (a guarded hardware TPM) will be one more module here.
+* passthrough: a guarded path to a hardware TPM behind a TCTI (passthrough.py, guard.py).
 """
 
 
@@ -15,5 +15,8 @@ def build_backend(config):
     if mode == "standard":
         from ..backend import EngineBackend
         return EngineBackend.build(config)
+    if mode == "passthrough":
+        from .passthrough import PassthroughBackend
+        return PassthroughBackend.build(config)
     from .ephemeral import EphemeralBackend, SvsmBackend
     return (SvsmBackend if mode == "svsm" else EphemeralBackend).build(config)

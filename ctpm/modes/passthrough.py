@@ -1,0 +1,350 @@
+"""The passthrough mode: a guarded path to a (hardware) TPM behind a TCTI.
+
+Commands the guard (guard.py) lets through go to the upstream byte for byte, over one TCTI
+connection of this instance's own (tpm2-pytss's TCTI loader: `device:/dev/tpmrm0`,
+`tabrmd:...`, `mssim:...`, `swtpm:...`), and the upstream's bytes are the answer. TCTI calls
+block, so they run in a worker thread under a deadline; the upstream's own failures become
+response codes and the connection is opened again for the next command, so a guest never
+hangs:
+
+* the upstream cannot be reached (nothing was sent): TPM_RC_RETRY (0x922), send it again;
+* it failed after the command went out (connection lost, TCTI error, no answer within
+  `upstream_timeout`, a malformed answer): TPM_RC_FAILURE (0x101): the outcome is unknown.
+
+With `anchor`, the instance binds the upstream to the SNP report of the CVM it runs in: at
+boot it makes the upstream's RSA EK (TCG template L-1) and ctpm's AK (identity.py), both
+primaries of the endorsement hierarchy (so any client re-creates them with the same
+templates; neither is left loaded), and serves the NV request/evidence pair of the ephemeral
+mode itself, on top of the upstream: NV_Write of 0x01400002, NV_Read and NV_ReadPublic of
+0x01400001 and 0x01400002 are answered by ctpm and never reach the upstream.
+"""
+import hashlib
+import logging
+import struct
+
+from .guard import CC as GUARD_CC, Guard, Policy, response
+from .tpmclient import RH_ENDORSEMENT, TpmClient
+
+log = logging.getLogger("ctpm.passthrough")
+
+RC_RETRY, RC_FAILURE, RC_INITIALIZE = 0x922, 0x101, 0x100
+RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
+MAX_RESPONSE = 16384
+RS_PW = 0x40000009
+EVIDENCE_INDEX, REQUEST_INDEX = 0x01400001, 0x01400002
+_NV_WRITTEN = 1 << 29
+
+
+class UpstreamError(Exception):
+    def __init__(self, message, *, sent: bool):
+        super().__init__(message)
+        self.sent = sent
+
+
+class Upstream:
+    """One TCTI connection, opened on first use and again after any failure. Synchronous:
+    called from worker threads, one call at a time."""
+
+    def __init__(self, tcti: str, timeout: float):
+        self.tcti = tcti
+        self.timeout = timeout
+        self._ctx = None
+        self._locality = 0
+        self.reconnects = 0
+
+    def _open(self):
+        from tpm2_pytss import TCTILdr
+        try:
+            self._ctx = TCTILdr.parse(self.tcti)
+        except Exception as e:
+            raise UpstreamError(f"cannot open {self.tcti}: {e}", sent=False) from None
+        self._locality = 0
+        self.reconnects += 1
+
+    def drop(self):
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            try:
+                ctx.close()
+            except Exception:   # a dead connection may fail to close: it is gone either way
+                pass
+
+    def call(self, command: bytes, locality: int = 0) -> bytes:
+        if self._ctx is None:
+            self._open()
+        ctx = self._ctx
+        try:
+            if locality != self._locality:
+                try:
+                    ctx.set_locality(locality)
+                    self._locality = locality
+                except Exception as e:      # the device TCTI has no localities
+                    log.debug("upstream locality %d: %s", locality, e)
+            ctx.transmit(bytes(command))
+        except Exception as e:
+            self.drop()
+            raise UpstreamError(f"transmit: {e}", sent=True) from None
+        try:
+            rsp = bytes(ctx.receive(MAX_RESPONSE, int(self.timeout * 1000)))
+        except Exception as e:
+            self.drop()
+            raise UpstreamError(f"receive: {e}", sent=True) from None
+        if len(rsp) < 10 or struct.unpack(">I", rsp[2:6])[0] != len(rsp):
+            self.drop()
+            raise UpstreamError(f"malformed response of {len(rsp)} bytes", sent=True)
+        return rsp
+
+
+def _handle_counts(client_call) -> dict:
+    """{command code: handles in its handle area} from the upstream's TPMA_CC list."""
+    counts, first = {}, 0x11F
+    while True:
+        rsp = client_call(struct.pack(">HIIIII", 0x8001, 22, 0x17A, 2, first, 256))
+        rc = struct.unpack(">I", rsp[6:10])[0]
+        if rc:
+            raise UpstreamError(f"GetCapability(COMMANDS) answered {rc:#x}", sent=True)
+        more, _, count = struct.unpack(">BII", rsp[10:19])
+        attrs = struct.unpack(f">{count}I", rsp[19:19 + 4 * count])
+        for a in attrs:
+            code = a & 0xFFFF | (0x20000000 if a & (1 << 29) else 0)
+            counts[code] = a >> 25 & 7
+        if not more or not attrs:
+            return counts
+        first = (attrs[-1] & 0x2000FFFF) + 1
+
+
+class PassthroughBackend:
+    """The Backend of the passthrough mode (see the module docstring)."""
+
+    mode = "passthrough"
+
+    def __init__(self, upstream: Upstream, guard: Guard, *, max_command_size=4096):
+        import trio
+        self.upstream = upstream
+        self.guard = guard
+        self.max_command_size = max_command_size
+        self._lock = trio.Lock()
+        self._powered = True
+        self.anchor = None
+        self.reports = 0
+        self.failures = 0
+        self.properties = {}
+
+    @classmethod
+    def build(cls, config, provider=None):
+        from .guard import DEFAULT_REFUSE
+        refuse = config.passthrough_refuse or DEFAULT_REFUSE
+        policy = Policy(refuse=frozenset(GUARD_CC[n] for n in refuse),
+                        nv_range=config.passthrough_nv_range,
+                        persistent_range=config.passthrough_persistent_range,
+                        shared=config.passthrough_shared,
+                        pcr_writes=config.passthrough_pcr_writes)
+        upstream = Upstream(config.upstream, config.upstream_timeout)
+        client = TpmClient(upstream.call)
+        fixed = struct.pack(">HIIIII", 0x8001, 22, 0x17A, 6, 0x100, 0x10)
+        try:
+            rsp = upstream.call(fixed)
+            if struct.unpack(">I", rsp[6:10])[0] == RC_INITIALIZE:
+                log.warning("the upstream TPM was not started: sending TPM2_Startup(CLEAR)")
+                client.startup()
+                rsp = upstream.call(fixed)
+            counts = _handle_counts(upstream.call)
+        except UpstreamError as e:
+            from ..daemon import StartupError
+            raise StartupError(f"upstream {config.upstream}: {e}") from None
+        backend = cls(upstream, Guard(policy, counts),
+                      max_command_size=config.max_command_size)
+        if rsp[6:10] == bytes(4):
+            count = struct.unpack(">I", rsp[15:19])[0]
+            backend.properties = dict(struct.unpack(">II", rsp[19 + 8 * i:27 + 8 * i])
+                                      for i in range(count))
+        if config.passthrough_anchor:
+            if provider is None:
+                from . import open_report_provider
+                provider = open_report_provider(config)
+            backend._bind(client, provider, config.ak)
+        return backend
+
+    # -- binding to the TEE ---------------------------------------------------------------
+
+    def _bind(self, client, provider, ak_kind):
+        from .anchor import Anchor, encode_evidence
+        from .identity import Identity, ak_template, ek_rsa_template
+        publics = []
+        for template in (ek_rsa_template(), ak_template(ak_kind)):
+            handle, public, _ = client.create_primary(RH_ENDORSEMENT, template)
+            client.flush(handle)
+            publics.append(public)
+        self.anchor = Anchor(Identity(ek_rsa=publics[0], ak=publics[1]), provider)
+        self._encode = encode_evidence
+        self.request = bytes(64)
+        self.evidence = self._evidence(self.request)
+        self.evidence_size = max(8192, len(self.evidence))
+
+    def _evidence(self, nonce):
+        evidence, manifest = self.anchor.attest(nonce, 1)
+        self.reports += 1
+        return self._encode(nonce, evidence, manifest, 1)
+
+    def _nv_public(self, index):
+        size = 64 if index == REQUEST_INDEX else self.evidence_size
+        from .ephemeral import EVIDENCE_ATTRS, REQUEST_ATTRS
+        attrs = (REQUEST_ATTRS if index == REQUEST_INDEX else EVIDENCE_ATTRS) | _NV_WRITTEN
+        public = struct.pack(">IHIH", index, 0x0B, attrs, 0) + struct.pack(">H", size)
+        return public, struct.pack(">H", 0x0B) + hashlib.sha256(public).digest()
+
+    def _served(self, command: bytes) -> bool:
+        if self.anchor is None or len(command) < 14:
+            return False
+        cc = struct.unpack(">I", command[6:10])[0]
+        if cc == GUARD_CC["NV_ReadPublic"]:
+            index = struct.unpack(">I", command[10:14])[0]
+        elif cc in (GUARD_CC["NV_Read"], GUARD_CC["NV_Write"]) and len(command) >= 18:
+            index = struct.unpack(">I", command[14:18])[0]
+        else:
+            return False
+        return index in (EVIDENCE_INDEX, REQUEST_INDEX)
+
+    async def _serve_nv(self, command: bytes) -> bytes:
+        """NV_ReadPublic / NV_Read / NV_Write of the request/evidence pair, answered here.
+        Only password sessions (their responses carry no HMAC ctpm could not compute); the
+        password is not checked: the request is a nonce, the evidence is public."""
+        tag, _, cc = struct.unpack(">HII", command[:10])
+        if cc == GUARD_CC["NV_ReadPublic"]:
+            if tag != 0x8001:
+                return response(RC_AUTH_UNAVAILABLE)
+            public, name = self._nv_public(struct.unpack(">I", command[10:14])[0])
+            body = struct.pack(">H", len(public)) + public + struct.pack(">H", len(name)) + name
+            return struct.pack(">HII", 0x8001, 10 + len(body), 0) + body
+        auth, index = struct.unpack(">II", command[10:18])
+        if auth not in (index, 0x40000001) or tag != 0x8002:
+            return response(RC_HANDLE | 0x100)
+        auth_size = struct.unpack(">I", command[18:22])[0]
+        area, params = command[22:22 + auth_size], command[22 + auth_size:]
+        sessions = []
+        pos = 0
+        while pos < len(area):
+            handle, nonce_size = struct.unpack(">IH", area[pos:pos + 6])
+            attrs = area[pos + 6 + nonce_size]
+            hmac_size = struct.unpack(">H", area[pos + 7 + nonce_size:pos + 9 + nonce_size])[0]
+            if handle != RS_PW:
+                return response(RC_AUTH_UNAVAILABLE)
+            sessions.append(attrs & 1)
+            pos += 9 + nonce_size + hmac_size
+        replies = b"".join(b"\0\0" + bytes([a]) + b"\0\0" for a in sessions)
+        if cc == GUARD_CC["NV_Read"]:
+            size, offset = struct.unpack(">HH", params[:4])
+            data = (self.request if index == REQUEST_INDEX
+                    else self.evidence.ljust(self.evidence_size, b"\0"))
+            if offset + size > len(data):
+                return response(RC_NV_RANGE)
+            chunk = data[offset:offset + size]
+            body = struct.pack(">IH", 2 + len(chunk), len(chunk)) + chunk
+        else:
+            if index != REQUEST_INDEX:
+                return response(0x149)      # TPM_RC_NV_AUTHORIZATION: EVIDENCE is ctpm's
+            size = struct.unpack(">H", params[:2])[0]
+            data = params[2:2 + size]
+            offset = struct.unpack(">H", params[2 + size:4 + size])[0]
+            if offset + size > 64:
+                return response(RC_NV_RANGE)
+            import trio
+            nonce = self.request[:offset] + data + self.request[offset + size:]
+            try:
+                evidence = await trio.to_thread.run_sync(self._evidence, nonce)
+            except Exception:
+                log.exception("cannot get a report for the evidence index")
+                return response(RC_FAILURE)
+            self.request, self.evidence = nonce, evidence
+            self.evidence_size = max(self.evidence_size, len(evidence))
+            body = struct.pack(">I", 0)
+        body += replies
+        return struct.pack(">HII", 0x8002, 10 + len(body), 0) + body
+
+    # -- commands -------------------------------------------------------------------------
+
+    def execute_inline(self, command: bytes, locality: int):
+        return None                         # every answer needs the upstream's I/O
+
+    async def execute(self, command: bytes, locality: int) -> bytes:
+        try:
+            if self._served(command):
+                return await self._serve_nv(command)
+            refusal = self.guard.check(command)
+        except (struct.error, IndexError):
+            return response(0x09A)           # TPM_RC_INSUFFICIENT: cut short
+        if refusal is not None:
+            return refusal
+        rsp = await self._forward(command, locality)
+        if command[6:10] == b"\0\0\x01\x7a":
+            rsp = self.guard.filter_capability(command, rsp)
+        return rsp
+
+    async def _forward(self, command: bytes, locality: int) -> bytes:
+        import trio
+        upstream = self.upstream
+        async with self._lock:
+            with trio.move_on_after(upstream.timeout + 2) as scope:
+                try:
+                    return await trio.to_thread.run_sync(upstream.call, command, locality,
+                                                         abandon_on_cancel=True)
+                except UpstreamError as e:
+                    self.failures += 1
+                    log.warning("upstream %s: %s", upstream.tcti, e)
+                    return response(RC_FAILURE if e.sent else RC_RETRY)
+            if scope.cancelled_caught:      # the TCTI call itself hung (connect, transmit)
+                self.failures += 1
+                log.warning("upstream %s: no answer in %.0f s", upstream.tcti, upstream.timeout)
+                upstream._ctx = None        # the abandoned thread still holds the old one
+                return response(RC_FAILURE)
+
+    # -- platform signals and state: the hardware TPM's own ---------------------------------
+
+    async def signal(self, signal, *args):
+        from ..backend import Signal
+        if signal in (Signal.POWER_ON, Signal.INIT, Signal.RESET):
+            self._powered = True
+            return None
+        if signal is Signal.POWER_OFF:
+            self._powered = False
+            return None
+        if signal in (Signal.NV_ON, Signal.NV_OFF, Signal.CANCEL_ON, Signal.CANCEL_OFF):
+            return None
+        return PermissionError(f"{signal.value}: not passed to a shared hardware TPM")
+
+    @property
+    def powered(self) -> bool:
+        return self._powered
+
+    @property
+    def established(self) -> bool:
+        return False
+
+    write_pending = False
+
+    async def flush(self):
+        return None
+
+    async def get_state_blob(self, kind: int) -> bytes:
+        raise PermissionError("a hardware TPM's state never leaves it")
+
+    async def set_state_blob(self, kind: int, data: bytes):
+        raise PermissionError("a hardware TPM's state cannot be replaced")
+
+    async def save(self):
+        return None
+
+    def save_now(self):
+        return None
+
+    def describe(self) -> dict:
+        p = self.properties       # the upstream's TPM_PT_FIXED properties, read at boot
+        info = {"backend": "passthrough", "mode": self.mode, "upstream": self.upstream.tcti,
+                "state": "upstream TPM", "powered": self._powered, "family": "2.0",
+                "level": p.get(0x101, 0), "revision": p.get(0x102, 0),
+                "manufacturer": p.get(0x105, 0).to_bytes(4, "big").hex().upper(),
+                "firmware_version": f"{p.get(0x10B, 0):08X}", "model": "passthrough",
+                "connections": self.upstream.reconnects, "failures": self.failures}
+        if self.anchor is not None:
+            info.update(snp_provider=self.anchor.provider.name, reports=self.reports)
+        return info
