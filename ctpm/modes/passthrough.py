@@ -129,6 +129,7 @@ class PassthroughBackend:
         self.reports = 0
         self.failures = 0
         self.properties = {}
+        self._sessions = {}         # HMAC sessions the served indices can answer (_reply)
 
     @classmethod
     def build(cls, config, provider=None):
@@ -225,13 +226,13 @@ class PassthroughBackend:
         pos = 0
         while pos < len(area):
             handle, nonce_size = struct.unpack(">IH", area[pos:pos + 6])
+            nonce_caller = area[pos + 6:pos + 6 + nonce_size]
             attrs = area[pos + 6 + nonce_size]
             hmac_size = struct.unpack(">H", area[pos + 7 + nonce_size:pos + 9 + nonce_size])[0]
-            if handle != RS_PW:
+            if handle != RS_PW and (handle not in self._sessions or attrs & 0xE0):
                 return response(RC_AUTH_UNAVAILABLE)
-            sessions.append(attrs & 1)
+            sessions.append((handle, nonce_caller, attrs))
             pos += 9 + nonce_size + hmac_size
-        replies = b"".join(b"\0\0" + bytes([a]) + b"\0\0" for a in sessions)
         if cc == GUARD_CC["NV_Read"]:
             size, offset = struct.unpack(">HH", params[:4])
             data = (self.request if index == REQUEST_INDEX
@@ -258,8 +259,60 @@ class PassthroughBackend:
             self.request, self.evidence = nonce, evidence
             self.evidence_size = max(self.evidence_size, len(evidence))
             body = struct.pack(">I", 0)
-        body += replies
+        body += b"".join(self._reply(cc, body[4:], *session) for session in sessions)
         return struct.pack(">HII", 0x8002, 10 + len(body), 0) + body
+
+    def _reply(self, cc, params, handle, nonce_caller, attrs):
+        """The TPMS_AUTH_RESPONSE for one session of a command answered here. A password
+        session needs none; an HMAC session ctpm saw started unbound and unsalted (so its
+        sessionKey is empty) gets its HMAC with the entity's authValue taken as empty, and a
+        new nonceTPM ctpm keeps for its next use here."""
+        if handle == RS_PW:
+            return b"\0\0" + bytes([attrs & 1]) + b"\0\0"
+        import hmac
+        import os
+        alg, _ = self._sessions.pop(handle)
+        rp_hash = hashlib.new(alg, struct.pack(">II", 0, cc) + params).digest()
+        nonce = os.urandom(len(nonce_caller) or hashlib.new(alg).digest_size)
+        if attrs & 1:
+            self._sessions[handle] = (alg, nonce)
+        mac = hmac.new(b"", rp_hash + nonce + nonce_caller + bytes([attrs & 1]), alg).digest()
+        return struct.pack(">H", len(nonce)) + nonce + bytes([attrs & 1]) + \
+            struct.pack(">H", len(mac)) + mac
+
+    _HASHES = {0x04: "sha1", 0x0B: "sha256", 0x0C: "sha384", 0x0D: "sha512"}
+
+    def _track_sessions(self, command: bytes, rsp: bytes):
+        """Remember unbound, unsalted HMAC sessions the guest starts (their nonceTPM), so the
+        request/evidence indices served here can answer them; forget a session as soon as
+        the upstream uses or flushes it (its nonce moved on where ctpm cannot see it)."""
+        cc = command[6:10]
+        if cc == b"\0\0\x01\x76" and rsp[6:10] == bytes(4):           # StartAuthSession
+            tpm_key, bind = struct.unpack(">II", command[10:18])
+            pos = 18
+            for _ in range(2):                                          # nonceCaller, salt
+                pos += 2 + struct.unpack(">H", command[pos:pos + 2])[0]
+            kind = command[pos]
+            sym = struct.unpack(">H", command[pos + 1:pos + 3])[0]
+            pos += 3 if sym == 0x10 else 7
+            alg = self._HASHES.get(struct.unpack(">H", command[pos:pos + 2])[0])
+            if tpm_key == bind == 0x40000007 and kind == 0 and alg:
+                handle, size = struct.unpack(">IH", rsp[10:16])
+                self._sessions[handle] = (alg, rsp[16:16 + size])
+        elif not self._sessions:
+            return
+        elif cc == b"\0\0\x01\x65":                                   # FlushContext
+            self._sessions.pop(struct.unpack(">I", command[10:14])[0], None)
+        elif command[:2] == b"\x80\x02":
+            n = self.guard.handle_counts.get(struct.unpack(">I", cc)[0], 0)
+            pos = 10 + 4 * n
+            end = pos + 4 + struct.unpack(">I", command[pos:pos + 4])[0]
+            pos += 4
+            while pos < end:
+                self._sessions.pop(struct.unpack(">I", command[pos:pos + 4])[0], None)
+                nonce = struct.unpack(">H", command[pos + 4:pos + 6])[0]
+                pos += 7 + nonce
+                pos += 2 + struct.unpack(">H", command[pos:pos + 2])[0]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -278,6 +331,11 @@ class PassthroughBackend:
         rsp = await self._forward(command, locality)
         if command[6:10] == b"\0\0\x01\x7a":
             rsp = self.guard.filter_capability(command, rsp)
+        if self.anchor is not None:
+            try:
+                self._track_sessions(command, rsp)
+            except (struct.error, IndexError):
+                pass                        # malformed: the upstream refused it anyway
         return rsp
 
     async def _forward(self, command: bytes, locality: int) -> bytes:
