@@ -30,6 +30,7 @@ log = logging.getLogger("ctpm.passthrough")
 RC_RETRY, RC_FAILURE, RC_INITIALIZE = 0x922, 0x101, 0x100
 RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
 MAX_RESPONSE = 16384
+QUICK = 0.002                   # seconds to poll for an answer before awaiting it
 RS_PW = 0x40000009
 EVIDENCE_INDEX, REQUEST_INDEX = 0x01400001, 0x01400002
 _NV_WRITTEN = 1 << 29
@@ -39,6 +40,30 @@ class UpstreamError(Exception):
     def __init__(self, message, *, sent: bool):
         super().__init__(message)
         self.sent = sent
+
+
+def _descriptors() -> set:
+    import os
+    try:
+        return {int(fd) for fd in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
+
+
+def _pollable(fd: int) -> bool:
+    import os
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return target.startswith("socket:")
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    import select
+    poll = select.poll()
+    poll.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poll.poll(int(timeout * 1000)))
 
 
 class Upstream:
@@ -54,14 +79,33 @@ class Upstream:
 
     def _open(self):
         from tpm2_pytss import TCTILdr
+        before = _descriptors()
         try:
             self._ctx = TCTILdr.parse(self.tcti)
         except Exception as e:
             raise UpstreamError(f"cannot open {self.tcti}: {e}", sent=False) from None
         self._locality = 0
         self.reconnects += 1
+        self.fd = None
+        try:        # the fd to wait on in the event loop (no worker thread per command)
+            handles = self._ctx.get_poll_handles()
+            if len(handles) == 1:
+                self.fd = handles[0].fd
+        except Exception:
+            # Not passed on by mssim and swtpm (whose receive timeouts are not implemented
+            # either: a receive blocks until the answer). mssim opens its command socket,
+            # then its platform socket, at start: the lower new descriptor is the one to poll.
+            # swtpm connects anew for every command: `send` finds its socket each time.
+            new = sorted(fd for fd in _descriptors() - before if _pollable(fd))
+            if self.tcti.partition(":")[0] == "mssim" and len(new) == 2:
+                self.fd = new[0]
+
+    @property
+    def connected(self) -> bool:
+        return self._ctx is not None
 
     def drop(self):
+        self.fd = None
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             try:
@@ -69,10 +113,20 @@ class Upstream:
             except Exception:   # a dead connection may fail to close: it is gone either way
                 pass
 
+    fd = None
+
     def call(self, command: bytes, locality: int = 0) -> bytes:
+        """Send and receive, blocking (a worker thread's way)."""
+        self.send(command, locality)
+        return self.receive(self.timeout)
+
+    def send(self, command: bytes, locality: int = 0) -> int | None:
+        """Transmit; returns the descriptor the answer will be readable on, if known (a
+        TCTI that connects for each command, as swtpm's: the one new socket)."""
         if self._ctx is None:
             self._open()
         ctx = self._ctx
+        before = _descriptors() if self.fd is None else None
         try:
             if locality != self._locality:
                 try:
@@ -84,8 +138,16 @@ class Upstream:
         except Exception as e:
             self.drop()
             raise UpstreamError(f"transmit: {e}", sent=True) from None
+        if before is None:
+            return self.fd
+        new = [fd for fd in _descriptors() - before if _pollable(fd)]
+        return new[0] if len(new) == 1 else None
+
+    def receive(self, timeout: float) -> bytes:
+        """The response (`timeout` is passed on; mssim and swtpm TCTIs ignore it, so it is
+        called in the event loop only once the fd is readable)."""
         try:
-            rsp = bytes(ctx.receive(MAX_RESPONSE, int(self.timeout * 1000)))
+            rsp = bytes(self._ctx.receive(MAX_RESPONSE, int(timeout * 1000)))
         except Exception as e:
             self.drop()
             raise UpstreamError(f"receive: {e}", sent=True) from None
@@ -123,7 +185,8 @@ class PassthroughBackend:
         self.upstream = upstream
         self.guard = guard
         self.max_command_size = max_command_size
-        self._lock = trio.Lock()
+        self._slot = trio.Semaphore(1)  # one command at a time on the upstream connection
+        self._inflight = None           # a command execute_inline sent, not yet answered
         self._powered = True
         self.anchor = None
         self.reports = 0
@@ -317,9 +380,39 @@ class PassthroughBackend:
     # -- commands -------------------------------------------------------------------------
 
     def execute_inline(self, command: bytes, locality: int):
-        return None                         # every answer needs the upstream's I/O
+        """The swtpm fast path: answered right here when the upstream answers within 2 ms.
+        A command the upstream is still working on stays in flight, holding the instance's
+        slot, and `execute` (which the transport calls next with it) waits for its answer."""
+        if self._slot.value == 0 or not self.upstream.connected or self._served(command):
+            return None
+        try:
+            refusal = self.guard.check(command)
+        except (struct.error, IndexError):
+            return response(0x09A)
+        if refusal is not None:
+            return refusal
+        self._slot.acquire_nowait()
+        try:
+            fd = self.upstream.send(command, locality)
+            if fd is None or not _readable(fd, QUICK):
+                self._inflight = (command, fd)
+                return None
+            rsp = self.upstream.receive(self.upstream.timeout)
+        except UpstreamError as e:
+            rsp = self._failed(e)
+        finally:
+            if self._inflight is None:
+                self._slot.release()
+        return self._after(command, rsp)
 
     async def execute(self, command: bytes, locality: int) -> bytes:
+        if self._inflight is not None and self._inflight[0] == command:
+            fd = self._inflight[1]
+            self._inflight = None           # sent by execute_inline: its answer is ours
+            try:
+                return self._after(command, await self._wait(fd))
+            finally:
+                self._slot.release()
         try:
             if self._served(command):
                 return await self._serve_nv(command)
@@ -328,7 +421,9 @@ class PassthroughBackend:
             return response(0x09A)           # TPM_RC_INSUFFICIENT: cut short
         if refusal is not None:
             return refusal
-        rsp = await self._forward(command, locality)
+        return self._after(command, await self._forward(command, locality))
+
+    def _after(self, command: bytes, rsp: bytes) -> bytes:
         if command[6:10] == b"\0\0\x01\x7a":
             rsp = self.guard.filter_capability(command, rsp)
         if self.anchor is not None:
@@ -338,23 +433,67 @@ class PassthroughBackend:
                 pass                        # malformed: the upstream refused it anyway
         return rsp
 
-    async def _forward(self, command: bytes, locality: int) -> bytes:
+    def _failed(self, e: UpstreamError) -> bytes:
+        self.failures += 1
+        log.warning("upstream %s: %s", self.upstream.tcti, e)
+        return response(RC_FAILURE if e.sent else RC_RETRY)
+
+    async def _wait(self, fd) -> bytes:
+        """The answer to the command in flight: awaited in the event loop on `fd`, or
+        without one in a worker thread abandoned when it overruns."""
         import trio
         upstream = self.upstream
-        async with self._lock:
-            with trio.move_on_after(upstream.timeout + 2) as scope:
+        try:
+            if fd is not None:
+                with trio.move_on_after(upstream.timeout):
+                    await trio.lowlevel.wait_readable(fd)
+                    return upstream.receive(upstream.timeout)
+            else:
+                with trio.move_on_after(upstream.timeout + 2):
+                    return await trio.to_thread.run_sync(upstream.receive, upstream.timeout,
+                                                         abandon_on_cancel=True)
+                upstream._ctx = None        # the abandoned thread still holds it
+            upstream.drop()
+            raise UpstreamError(f"no answer in {upstream.timeout:.1f} s", sent=True)
+        except UpstreamError as e:
+            return self._failed(e)
+
+    async def _forward(self, command: bytes, locality: int) -> bytes:
+        """One command to the upstream. Connected: transmit here (a command fits the socket
+        buffer), take an answer that is readable within 2 ms (GetRandom, PCR_Read: a worker
+        thread would double their time), else await it (`_wait`). Not connected: opening
+        the TCTI and the whole call in a worker thread, abandoned when it overruns."""
+        import trio
+        upstream = self.upstream
+        with trio.move_on_after(2 * upstream.timeout + 5) as scope:
+            await self._slot.acquire()
+        if scope.cancelled_caught:          # a command in flight nobody came back for
+            self._inflight = None
+            upstream.drop()
+            self._slot.release()
+            return self._failed(UpstreamError("a command in flight was abandoned", sent=False))
+        try:
+            if upstream.connected:
+                try:
+                    fd = upstream.send(command, locality)
+                    if fd is not None and _readable(fd, QUICK):
+                        return upstream.receive(upstream.timeout)
+                    return await self._wait(fd)
+                except UpstreamError as e:
+                    return self._failed(e)
+            with trio.move_on_after(upstream.timeout + 2):
                 try:
                     return await trio.to_thread.run_sync(upstream.call, command, locality,
                                                          abandon_on_cancel=True)
                 except UpstreamError as e:
-                    self.failures += 1
-                    log.warning("upstream %s: %s", upstream.tcti, e)
-                    return response(RC_FAILURE if e.sent else RC_RETRY)
-            if scope.cancelled_caught:      # the TCTI call itself hung (connect, transmit)
-                self.failures += 1
-                log.warning("upstream %s: no answer in %.0f s", upstream.tcti, upstream.timeout)
-                upstream._ctx = None        # the abandoned thread still holds the old one
-                return response(RC_FAILURE)
+                    return self._failed(e)
+            # the TCTI call itself hung (connect, transmit); the abandoned thread keeps the
+            # old context
+            upstream._ctx = None
+            return self._failed(UpstreamError(f"no answer in {upstream.timeout:.0f} s",
+                                              sent=True))
+        finally:
+            self._slot.release()
 
     # -- platform signals and state: the hardware TPM's own ---------------------------------
 
