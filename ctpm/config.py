@@ -254,8 +254,10 @@ def _check_mode(config, raw):
     """The combinations a mode cannot have, each a one-line error."""
     where = raw.get("mode", (None, "[mode] mode"))[1]
     if config.mode != "standard" and config.state_dir is not None:
+        why = ("its state is the upstream TPM's" if config.mode == "passthrough" else
+               "every start is a new TPM")
         raise ConfigError(f"{raw['state_dir'][1]}: the {config.mode} mode keeps no state "
-                          f"(every start is a new TPM); drop it or use {where} standard")
+                          f"({why}); drop it or use {where} standard")
     if config.mode == "svsm" and not config.svsm:
         raise ConfigError(f"{where}: svsm needs an SVSM socket (--svsm unix:PATH, "
                           "[mode] svsm)")

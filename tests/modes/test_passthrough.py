@@ -369,3 +369,35 @@ def test_config_refusals(argv, message):
                 upstream_force=True).upstream_force
     with pytest.raises(ConfigError, match="only with --mode passthrough"):
         load(upstream="mssim:")
+
+
+def test_documented_passthrough_defaults_are_the_code(tmp_path):
+    """conf/ctpm.toml's [passthrough] defaults ("# key = value", continued lines too),
+    uncommented under mode passthrough, equal the code's."""
+    import re
+    from pathlib import Path
+
+    from ctpm.config import Config
+    from ctpm.modes.guard import DEFAULT_REFUSE
+    text = (Path(__file__).parents[2] / "conf" / "ctpm.toml").read_text()
+    section = text[text.index("[passthrough]"):]
+    lines, keys = [], []
+    for line in section.splitlines():
+        m = re.match(r"^# (\w+) = (.*)$", line)
+        if m:
+            keys.append(m.group(1))
+            lines.append(f"{m.group(1)} = {m.group(2)}")
+        elif re.match(r"^#\s{5,}\S", line) and lines:
+            lines[-1] += " " + line[1:].strip()
+    assert sorted(keys) == sorted(["upstream", "force", "timeout", "nv_range",
+                                   "persistent_range", "shared", "refuse", "pcr_writes",
+                                   "anchor"])
+    body = "\n".join(l for l in lines if not l.startswith(("nv_range", "persistent_range")))
+    path = tmp_path / "c.toml"
+    path.write_text(f'[mode]\nmode = "passthrough"\n[passthrough]\n{body}\n')
+    config = load(str(path))
+    assert config.upstream == "device:/dev/tpmrm0"
+    assert tuple(config.passthrough_refuse) == DEFAULT_REFUSE
+    for name in ("upstream_force", "upstream_timeout", "passthrough_shared",
+                 "passthrough_pcr_writes", "passthrough_anchor", "passthrough_nv_range"):
+        assert getattr(config, name) == getattr(Config(), name), name
