@@ -401,3 +401,57 @@ def test_documented_passthrough_defaults_are_the_code(tmp_path):
     for name in ("upstream_force", "upstream_timeout", "passthrough_shared",
                  "passthrough_pcr_writes", "passthrough_anchor", "passthrough_nv_range"):
         assert getattr(config, name) == getattr(Config(), name), name
+
+
+@pytest.fixture
+def abrmd(swtpm, tmp_path):
+    """tpm2-abrmd on a private D-Bus session bus, in front of swtpm: the shared upstream."""
+    if shutil.which("tpm2-abrmd") is None or shutil.which("dbus-daemon") is None:
+        pytest.skip("tpm2-abrmd or dbus-daemon is not installed")
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
+                            f"--address=unix:path={tmp_path}/bus"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    address = bus.stdout.readline().strip()
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address)
+    name = f"com.ctpm.Test{os.getpid()}"
+    broker = subprocess.Popen(["tpm2-abrmd", "--session", "--allow-root", f"--dbus-name={name}",
+                               f"--tcti={swtpm.tcti}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tcti = f"tabrmd:bus_type=session,bus_name={name}"
+    deadline = time.monotonic() + 10
+    while subprocess.run(["tpm2_getrandom", "-T", tcti, "4"], env=env,
+                         capture_output=True).returncode:
+        assert time.monotonic() < deadline and broker.poll() is None, "abrmd did not start"
+        time.sleep(0.1)
+    old = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    os.environ["DBUS_SESSION_BUS_ADDRESS"] = address     # for the ctpm processes we start
+    try:
+        yield tcti
+    finally:
+        if old is None:
+            del os.environ["DBUS_SESSION_BUS_ADDRESS"]
+        else:
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = old
+        for proc in (broker, bus):
+            proc.terminate()
+            proc.wait(5)
+
+
+def test_two_guests_through_one_abrmd_do_not_see_each_other(abrmd):
+    upstream = type("Upstream", (), {"tcti": abrmd, "disconnect": lambda self: None})()
+    with passthrough(upstream) as a, passthrough(upstream) as b:
+        ra, rb = Raw(a), Raw(b)
+        try:
+            rsp = ra(create_primary(OWNER, ak_template("ecc")))
+            assert rc(rsp) == 0
+            handle = struct.unpack(">I", rsp[10:14])[0]
+            assert cap_list(ra(get_cap(1, 0x80000000))) == [handle]
+            assert cap_list(rb(get_cap(1, 0x80000000))) == []
+            assert rc(ra(cmd(0x173, handles=[handle]))) == 0
+            assert rc(rb(cmd(0x173, handles=[handle]))) != 0
+            # tpm2-tools through guest B sees no transient object either
+            r = tool(b.tcti("mssim"), "tpm2_getcap", "handles-transient")
+            assert r.stdout.strip() == b""
+        finally:
+            ra.close()
+            rb.close()
