@@ -50,13 +50,17 @@ def _descriptors() -> set:
         return set()
 
 
-def _pollable(fd: int) -> bool:
+def _link(fd: int) -> str:
+    """What descriptor `fd` is ('socket:[inode]', a path), '' if it is not open."""
     import os
     try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
+        return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        return False
-    return target.startswith("socket:")
+        return ""
+
+
+def _pollable(fd: int) -> bool:
+    return _link(fd).startswith("socket:")
 
 
 def _readable(fd: int, timeout: float) -> bool:
@@ -76,6 +80,7 @@ class Upstream:
         self._ctx = None
         self._locality = 0
         self.reconnects = 0
+        self._hint = None
 
     def _open(self):
         from tpm2_pytss import TCTILdr
@@ -95,7 +100,8 @@ class Upstream:
             # Not passed on by mssim and swtpm (whose receive timeouts are not implemented
             # either: a receive blocks until the answer). mssim opens its command socket,
             # then its platform socket, at start: the lower new descriptor is the one to poll.
-            # swtpm connects anew for every command: `send` finds its socket each time.
+            # swtpm connects anew for every command: `send` finds its socket each time (a
+            # new socket, usually on the descriptor the last one had).
             new = sorted(fd for fd in _descriptors() - before if _pollable(fd))
             if self.tcti.partition(":")[0] == "mssim" and len(new) == 2:
                 self.fd = new[0]
@@ -126,7 +132,12 @@ class Upstream:
         if self._ctx is None:
             self._open()
         ctx = self._ctx
-        before = _descriptors() if self.fd is None else None
+        hint = before = None
+        if self.fd is None:
+            if self._hint is not None:
+                hint = (self._hint, _link(self._hint))
+            else:
+                before = {fd: _link(fd) for fd in _descriptors()}
         try:
             if locality != self._locality:
                 try:
@@ -138,10 +149,19 @@ class Upstream:
         except Exception as e:
             self.drop()
             raise UpstreamError(f"transmit: {e}", sent=True) from None
-        if before is None:
+        if self.fd is not None:
             return self.fd
-        new = [fd for fd in _descriptors() - before if _pollable(fd)]
-        return new[0] if len(new) == 1 else None
+        if hint is not None:        # the descriptor the last command's socket had
+            fd, link = hint
+            now = _link(fd)
+            if now.startswith("socket:") and now != link:
+                return fd
+            self._hint = None       # look everywhere next time
+            return None
+        new = [fd for fd in _descriptors() if _link(fd).startswith("socket:")
+               and _link(fd) != before.get(fd)]
+        self._hint = new[0] if len(new) == 1 else None
+        return self._hint
 
     def receive(self, timeout: float) -> bytes:
         """The response (`timeout` is passed on; mssim and swtpm TCTIs ignore it, so it is
