@@ -3,9 +3,10 @@
 Commands the guard (guard.py) lets through go to the upstream byte for byte, over one TCTI
 connection of this instance's own (tpm2-pytss's TCTI loader: `device:/dev/tpmrm0`,
 `tabrmd:...`, `mssim:...`, `swtpm:...`), and the upstream's bytes are the answer. TCTI calls
-block, so they run in a worker thread under a deadline; the upstream's own failures become
-response codes and the connection is opened again for the next command, so a guest never
-hangs:
+block (and the mssim and swtpm TCTIs ignore receive timeouts), so a command is transmitted in
+the event loop and its answer received only once the TCTI's socket is readable, under a
+deadline; connecting runs in a worker thread. The upstream's own failures become response
+codes and the connection is opened again for the next command, so a guest never hangs:
 
 * the upstream cannot be reached (nothing was sent): TPM_RC_RETRY (0x922), send it again;
 * it failed after the command went out (connection lost, TCTI error, no answer within

@@ -455,3 +455,30 @@ def test_two_guests_through_one_abrmd_do_not_see_each_other(abrmd):
         finally:
             ra.close()
             rb.close()
+
+
+def test_mssim_upstream_stopped_then_resumed(tmp_path):
+    """An mssim upstream (a ctpm standard daemon: the TCTI keeps its sockets, so ctpm waits on
+    the command socket in its event loop): stopped, the guest gets TPM_RC_FAILURE within the
+    deadline; continued, service resumes on a new connection."""
+    config = tmp_path / "ctpm.toml"
+    config.write_text("[passthrough]\ntimeout = 1.5\n")
+    with run_daemon("--mssim", "127.0.0.1:0", timeout=30) as upstream:
+        up = type("Upstream", (), {"tcti": upstream.tcti("mssim"),
+                                   "disconnect": lambda self: None})()
+        with passthrough(up, config=str(config)) as d:
+            raw = Raw(d)
+            try:
+                getrandom = cmd(0x17B, u16(8))
+                assert rc(raw(getrandom)) == 0
+                assert rc(raw(cmd(0x126, handles=[LOCKOUT], sessions=[pw_session()]))) == 0x143
+                os.kill(upstream.proc.pid, signal.SIGSTOP)
+                try:
+                    t0 = time.monotonic()
+                    assert rc(raw(getrandom)) == 0x101
+                    assert time.monotonic() - t0 < 5
+                finally:
+                    os.kill(upstream.proc.pid, signal.SIGCONT)
+                assert rc(raw(getrandom)) == 0
+            finally:
+                raw.close()
