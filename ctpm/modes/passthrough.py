@@ -245,7 +245,7 @@ class PassthroughBackend:
                                       for i in range(count))
         if config.passthrough_anchor:
             if provider is None:
-                from . import open_report_provider
+                from .report import open_report_provider
                 provider = open_report_provider(config)
             backend._bind(client, provider, config.ak)
         return backend
