@@ -235,7 +235,7 @@ class PassthroughBackend:
                 rsp = upstream.call(fixed)
             counts = _handle_counts(upstream.call)
         except UpstreamError as e:
-            from ..daemon import StartupError
+            from ..transport.bind import StartupError
             raise StartupError(f"upstream {config.upstream}: {e}") from None
         backend = cls(upstream, Guard(policy, counts),
                       max_command_size=config.max_command_size)
