@@ -32,6 +32,9 @@ _TOOLS = {
     "state": ("ctpm.state.admin", "register", "state directory tools (rekey, check)"),
     "manufacture": ("ctpm.manufacture", "register",
                     "provision a state directory with EKs and EK certificates"),
+    "verifier": ("ctpm.attest.service", "add_parsers",
+                 "the attestation verifier service (serve, keygen)"),
+    "token": ("ctpm.attest.relying", "add_parser", "check a verifier token (token verify)"),
 }
 
 
