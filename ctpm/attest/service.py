@@ -291,7 +291,10 @@ def add_parsers(commands):
     s.add_argument("--audience", metavar="X", help="the tokens' aud")
     s.add_argument("--token-ttl", metavar="SECONDS", type=int, default=300)
     s.add_argument("--nonce-ttl", metavar="SECONDS", type=int, default=60)
-    s.add_argument("--max-body", metavar="BYTES", type=int, default=MAX_BODY)
+    s.add_argument("--max-body", metavar="BYTES", type=int, default=MAX_BODY,
+                   help="largest request body (default 1 MiB; larger: 413)")
+    s.add_argument("--read-timeout", metavar="SECONDS", type=float, default=READ_TIMEOUT,
+                   help="time allowed to send a request body (default 10; then 408)")
     s.add_argument("--log-level", metavar="LEVEL", default="info")
     s.set_defaults(main=run_serve)
     k = sub.add_parser("keygen", help="a new token-signing key (PEM, mode 0600)")
@@ -334,7 +337,7 @@ def run_serve(args) -> int:
     from .verify import load_policy
     try:
         host, port = _listen_address(args.listen, args.allow_remote)
-        for name in ("token_ttl", "nonce_ttl", "max_body"):
+        for name in ("token_ttl", "nonce_ttl", "max_body", "read_timeout"):
             if getattr(args, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         policy = load_policy(args.policy)
@@ -345,7 +348,8 @@ def run_serve(args) -> int:
         return 2
     settings = Settings(key=key, store=store, appraise=appraiser(policy), issuer=args.issuer,
                         audience=args.audience, token_ttl=args.token_ttl,
-                        nonce_ttl=args.nonce_ttl, max_body=args.max_body)
+                        nonce_ttl=args.nonce_ttl, max_body=args.max_body,
+                        read_timeout=args.read_timeout)
     import trio
     try:
         trio.run(_serve, settings, host, port)
@@ -368,7 +372,7 @@ async def _serve(settings, host, port):
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("ctpm.verifier.http")
-    config.read_timeout = int(settings.read_timeout)
+    config.read_timeout = int(settings.read_timeout) + 5     # the app answers 408 first
     config.keep_alive_timeout = 15
     config.graceful_timeout = 2
     config.include_server_header = False
