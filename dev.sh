@@ -14,9 +14,10 @@ VENV=${CTPM_VENV:-.venv}
 # libtss2-dev + pkg-config + gcc: to build tpm2-pytss; tpm2-tools and swtpm: the test peers;
 # qemu-system-x86 + busybox-static: the guest-kernel tests (QEMU's -tpmdev emulator);
 # tpm2-abrmd + its TCTI (+ dbus for a private bus): the resource-manager tests; openssl:
-# certificate checks; systemd: systemd-socket-activate for the socket-activation test.
+# certificate checks; systemd: systemd-socket-activate for the socket-activation test;
+# redis-server: the verifier service's shared nonce store test (it starts its own).
 APT_PACKAGES=(libtss2-dev pkg-config gcc tpm2-tools swtpm swtpm-tools qemu-system-x86
-              busybox-static tpm2-abrmd libtss2-tcti-tabrmd0 openssl systemd dbus)
+              busybox-static tpm2-abrmd libtss2-tcti-tabrmd0 openssl systemd dbus redis-server)
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
 
