@@ -130,10 +130,10 @@ def ear_claims(claims: dict, nonce: bytes, *, issuer: str, audience: str | None,
         "submods": {
             "snp": {"ear.status": "affirming",
                     "ear.trustworthiness-vector": AFFIRMING_TV["snp"],
-                    "ear.appraisal-policy-id": policy_id, **{"ctpm.snp": snp}},
+                    "ear.appraisal-policy-id": policy_id, "ctpm.snp": snp},
             "vtpm": {"ear.status": "affirming",
                      "ear.trustworthiness-vector": AFFIRMING_TV["vtpm"],
-                     "ear.appraisal-policy-id": policy_id, **{"ctpm.vtpm": vtpm}},
+                     "ear.appraisal-policy-id": policy_id, "ctpm.vtpm": vtpm},
         },
         # the facts relying parties match on, at the top level
         "ctpm.instance-uuid": claims.get("instance_uuid"),
