@@ -58,6 +58,8 @@ class Signal(enum.Enum):
     HASH_DATA = "hash_data"            # _TPM_Hash_Data(bytes)
     HASH_END = "hash_end"              # _TPM_Hash_End
     RESET_ESTABLISHED = "reset_established"    # (locality)
+    PHYS_PRES_ON = "phys_pres_on"      # _plat__Signal_PhysicalPresenceOn (mssim 3)
+    PHYS_PRES_OFF = "phys_pres_off"    # _plat__Signal_PhysicalPresenceOff (mssim 4)
 
 
 class Backend(Protocol):

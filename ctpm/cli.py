@@ -173,12 +173,13 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
     import trio
 
     from .daemon import StartupError
+    from .errors import find_exception
     from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
         trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend)
     except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
-        error = _leaf(e, (StartupError, StoreError, ProviderError))
+        error = find_exception(e, (StartupError, StoreError, ProviderError))
         if error is None:
             raise
         prefix = {StoreError: "state error: ", ProviderError: "SNP report provider: "}.get(
@@ -186,17 +187,6 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
         print(f"ctpm: {prefix}{error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _leaf(error, types):
-    """The first exception of `types` in `error` or the exception groups nested in it."""
-    if isinstance(error, types):
-        return error
-    for inner in getattr(error, "exceptions", ()):
-        found = _leaf(inner, types)
-        if found is not None:
-            return found
-    return None
 
 
 async def _run(config, activated=False, prepare=None, after_ready=None, quiet=False,

@@ -99,6 +99,12 @@ class Tpm:
         policies with PolicyPhysicalPresence, need it."""
         self.physical_presence = bool(asserted)
 
+    def phys_pres_on(self):
+        self.signal_physical_presence(True)
+
+    def phys_pres_off(self):
+        self.signal_physical_presence(False)
+
     def tpm_init(self):
         """_TPM_Init (Part 1 §12.2.2): a TPM Reset indication; Startup is required next."""
         self.state.tpm_init()

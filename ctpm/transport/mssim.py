@@ -131,11 +131,12 @@ class MssimPlatformPort:
             POWER_ON: Signal.POWER_ON, POWER_OFF: Signal.POWER_OFF, RESET: Signal.RESET,
             NV_ON: Signal.NV_ON, NV_OFF: Signal.NV_OFF,
             CANCEL_ON: Signal.CANCEL_ON, CANCEL_OFF: Signal.CANCEL_OFF,
+            PHYS_PRES_ON: Signal.PHYS_PRES_ON, PHYS_PRES_OFF: Signal.PHYS_PRES_OFF,
         }
-        # Accepted and acknowledged; nothing in the engine depends on them:
-        # physical presence is not modelled, RESTART (a clock discontinuity in the
-        # simulator) needs no action as our clock is the host's, no RSA key cache.
-        self.no_ops = {PHYS_PRES_ON, PHYS_PRES_OFF, RESTART, KEY_CACHE_ON, KEY_CACHE_OFF}
+        # Accepted and acknowledged; nothing in the engine depends on them: RESTART (a
+        # clock discontinuity in the simulator) needs no action as our clock is the host's,
+        # no RSA key cache.
+        self.no_ops = {RESTART, KEY_CACHE_ON, KEY_CACHE_OFF}
 
     async def __call__(self, stream):
         reader = MessageReader(stream, self.host.stall_timeout)

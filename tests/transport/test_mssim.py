@@ -272,3 +272,38 @@ async def test_stop_on_command_port_stops_the_server(ctpm_server):
             except OSError:
                 break
             await trio.sleep(0.01)
+
+
+def test_physical_presence_through_the_platform_port():
+    """PHYS_PRES_ON/OFF (3/4) reach the engine: PP_Commands (which needs physical presence on
+    a new TPM) is refused with TPM_RC_PP before, accepted while asserted, refused after."""
+    import socket
+    import struct
+
+    from ctpm.testing.process import run_daemon
+    from tests.tpmcmd import STARTUP_CLEAR, cmd, pw_session, rc
+
+    def send(sock, command):
+        sock.sendall(struct.pack(">IBI", 8, 0, len(command)) + command)
+        size = struct.unpack(">I", sock.recv(4))[0]
+        body = b""
+        while len(body) < size + 4:
+            body += sock.recv(size + 4 - len(body))
+        return body[:size]
+
+    def platform(sock, code):
+        sock.sendall(struct.pack(">I", code))
+        assert struct.unpack(">I", sock.recv(4))[0] == 0
+
+    pp_commands = cmd(0x12D, struct.pack(">II", 1, 0x126) + struct.pack(">I", 0),
+                      handles=[0x4000000C], sessions=[pw_session()])   # set: Clear
+    with run_daemon() as d:
+        with socket.create_connection(("127.0.0.1", d.mssim_port)) as tpm, \
+                socket.create_connection(("127.0.0.1", d.mssim_port + 1)) as plat:
+            platform(plat, 1)                       # POWER_ON
+            assert rc(send(tpm, STARTUP_CLEAR)) == 0
+            assert rc(send(tpm, pp_commands)) == 0x990     # TPM_RC_PP, session 1
+            platform(plat, 3)
+            assert rc(send(tpm, pp_commands)) == 0
+            platform(plat, 4)
+            assert rc(send(tpm, pp_commands)) == 0x990
