@@ -10,7 +10,6 @@ benchmark's baseline; each round verified on its own):
 Three round trips instead of one, and nothing binds round 3's PCRs to round 1's TEE except
 the chain of checks the verifier keeps in its own memory.
 """
-import hashlib
 import hmac
 import os
 import struct
@@ -22,25 +21,16 @@ from ..crypto.kdf import kdfa
 from ..crypto.symcipher import cfb
 from ..wire.constants import TPM_ALG
 from . import evidence as E
-from .tpm import Reader, name_of
+from .tpm import name_of, public_key
 
 ALG_SHA256 = 0x000B
 
 
 def _ek_key(ek_public: bytes) -> rsa.RSAPublicKey:
-    r = Reader(ek_public)
-    kind, _, _ = r.u16(), r.u16(), r.u32()
-    r.b2()
-    if kind != 0x0001:
+    key = public_key(ek_public)[0]
+    if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("the baseline wraps credentials to the RSA EK")
-    sym = r.u16()
-    if sym != 0x0010:
-        r.u16(), r.u16()
-    if r.u16() != 0x0010:
-        r.u16()
-    _bits, exponent = r.u16(), r.u32()
-    n = r.b2()
-    return rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(n, "big")).public_key()
+    return key
 
 
 def make_credential(ek_public: bytes, ak_name: bytes, secret: bytes) -> tuple[bytes, bytes]:

@@ -7,7 +7,6 @@ ctpm.attest.verify's, run in worker threads (pure CPU, blocking) under a deadlin
 error a client sees is an RFC 9457 problem document naming a stable check; nothing of a
 Python exception reaches a client. Endpoints and problem types: docs/verifier.md.
 """
-import argparse
 import json
 import logging
 import os

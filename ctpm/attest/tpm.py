@@ -54,7 +54,8 @@ def public_key(public: bytes):
     """(cryptography public key, nameAlg, scheme, scheme hash) of a marshalled TPMT_PUBLIC
     of an RSA or ECC signing key."""
     r = Reader(public)
-    kind, name_alg, _attrs = r.u16(), r.u16(), r.u32()
+    kind, name_alg = r.u16(), r.u16()
+    r.u32()                                         # objectAttributes
     r.b2()                                          # authPolicy
     sym = r.u16()
     if sym != ALG_NULL:
@@ -73,7 +74,8 @@ def public_key(public: bytes):
         key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
                                             CURVES[curve]).public_key()
     elif kind == ALG_RSA:
-        _bits, exponent = r.u16(), r.u32()
+        r.u16()                                     # keyBits
+        exponent = r.u32()
         n = r.b2()
         r.end()
         key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(n, "big")).public_key()
@@ -151,7 +153,7 @@ def format_selection(selection) -> str:
     return "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection)
 
 
-def verify_signature(key, scheme_hint, signature: bytes, message: bytes, allowed: set):
+def verify_signature(key, signature: bytes, message: bytes, allowed: set):
     """Check a marshalled TPMT_SIGNATURE over `message`; returns (sigAlg, hash name).
     Raises ValueError (malformed, or a scheme not in `allowed`) or InvalidSignature."""
     r = Reader(signature)

@@ -269,7 +269,7 @@ def _verify_quote(quote_bytes: bytes, signature: bytes, pcr_values: dict, ak: by
     if quote.type != TPM_ST_ATTEST_QUOTE:
         raise AttestError("quote_type", f"type {quote.type:#x} is not TPM_ST_ATTEST_QUOTE")
     try:
-        verify_signature(key, None, signature, quote_bytes, set(policy.schemes))
+        verify_signature(key, signature, quote_bytes, set(policy.schemes))
     except ValueError as e:
         raise AttestError("quote_signature", str(e)) from None
     except InvalidSignature:

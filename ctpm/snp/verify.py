@@ -12,7 +12,7 @@ checking many reports from one machine pays for one ECDSA P-384 verification per
 import hashlib
 import hmac
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 

@@ -1,7 +1,6 @@
 """Composite attestation: the attester against a real `ctpm run --mode ephemeral` process,
 the verifier's every check made to fail on purpose, and tpm2_checkquote accepting the TPM part
 unchanged."""
-import base64
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ctpm.attest import evidence as E
-from ctpm.attest.verify import (AttestError, AttestPolicy, ClockHistory, qualified_name,
+from ctpm.attest.verify import (AttestPolicy, ClockHistory, qualified_name,
                                 verify_evidence)
 from ctpm.modes.identity import Identity, ek_rsa_template, name_of
 from ctpm.snp.errors import SnpError

@@ -1,7 +1,6 @@
 """Fixtures of the SVSM tests: a real `ctpm run --mode svsm --snp-provider simulated` process
 (its SVSM socket and an mssim listener) per test module, and the simulated AMD-SP whose ARK
 the verifier is told to trust (made once per session: RSA-4096 takes a few seconds)."""
-import importlib.util
 from dataclasses import dataclass
 
 import pytest
@@ -28,8 +27,6 @@ def verifier(sp):
 
 
 def start_svsm(sp, directory):
-    if importlib.util.find_spec("ctpm.snp.providers") is None:
-        pytest.skip("ctpm.snp.providers (the SNP issue's report providers) is not here yet")
     path = str(directory / "svsm.sock")
     config = directory / "ctpm.toml"
     config.write_text("[listen]\nstall_timeout = 1.0\n")     # half frames give up soon
