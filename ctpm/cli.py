@@ -35,6 +35,8 @@ _TOOLS = {
     "verifier": ("ctpm.attest.service", "add_parsers",
                  "the attestation verifier service (serve, keygen)"),
     "token": ("ctpm.attest.relying", "add_parser", "check a verifier token (token verify)"),
+    "secret": ("ctpm.channel.cli", "add_parsers",
+               "secrets over the TEE<->TPM trusted channel (seal, get)"),
 }
 
 

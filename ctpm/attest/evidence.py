@@ -29,7 +29,12 @@ MEDIA = {
     "pcrs": "application/vnd.ctpm.pcr-values+json",
     "event-log": "application/vnd.tcg.pcclient-event-log",
     "ima-log": "text/plain; charset=utf-8",
+    # the trusted channel (docs/channel.md): K's TPMT_PUBLIC, TPM2_Certify of K by the AK
+    "channel-key": "application/vnd.tcg.tpmt-public",
+    "channel-key-certify": "application/vnd.tcg.tpms-attest",
+    "channel-key-signature": "application/vnd.tcg.tpmt-signature",
 }
+CHANNEL_MEMBERS = ("channel-key", "channel-key-certify", "channel-key-signature")
 REQUIRED = ("meta", "snp-report", "manifest", "tpm-quote", "tpm-signature", "pcrs")
 DEFAULT_PCRS = "sha256:0,1,2,3,4,5,6,7"
 NV_REQUEST, NV_EVIDENCE, AK_HANDLE = 0x01400002, 0x01400001, 0x81020000
@@ -48,8 +53,9 @@ def unb64u(text: str) -> bytes:
 def build(*, report: bytes, cert_table: bytes | None, manifest: bytes, manifest_version: int,
           provider: str, quote: bytes, signature: bytes, pcrs: dict, selection: str,
           event_log: bytes | None = None, ima_log: bytes | None = None,
-          instance_uuid: str | None = None) -> dict:
-    """The evidence document. `pcrs`: {bank: {pcr: value bytes}}."""
+          instance_uuid: str | None = None, channel_key: tuple | None = None) -> dict:
+    """The evidence document. `pcrs`: {bank: {pcr: value bytes}}; `channel_key`: (K's
+    TPMT_PUBLIC, TPMS_ATTEST of TPM2_Certify(K) by the AK, its TPMT_SIGNATURE)."""
     meta = {"version": 1, "manifest_version": manifest_version, "provider": provider,
             "pcr_selection": selection, "nonce_binding": {
                 "snp-report": "REPORT_DATA = SHA-512(nonce || manifest)",
@@ -67,6 +73,10 @@ def build(*, report: bytes, cert_table: bytes | None, manifest: bytes, manifest_
         parts["event-log"] = event_log
     if ima_log:
         parts["ima-log"] = ima_log
+    if channel_key:
+        meta["nonce_binding"]["channel-key-certify"] = "extraData = SHA-256(nonce)"
+        parts["meta"] = json.dumps(meta, sort_keys=True).encode()
+        parts.update(zip(CHANNEL_MEMBERS, channel_key))
     doc = {"__cmwc_t": COLLECTION_TYPE}
     doc.update({label: [MEDIA[label], b64u(data)] for label, data in parts.items()})
     return doc
@@ -90,6 +100,9 @@ def parts(doc) -> dict:
             out[label] = unb64u(cmw[1])
         except (ValueError, TypeError):
             raise ValueError(f"member {label!r}: value is not base64url") from None
+    channel = [label for label in CHANNEL_MEMBERS if label in out]
+    if channel and len(channel) != len(CHANNEL_MEMBERS):
+        raise ValueError(f"the channel key needs all of {', '.join(CHANNEL_MEMBERS)}")
     missing = [label for label in REQUIRED if label not in out]
     if missing:
         raise ValueError(f"missing members: {', '.join(missing)}")

@@ -45,7 +45,7 @@ class Settings:
 
     def __init__(self, *, key, store, appraise, issuer, audience=None, token_ttl=300,
                  nonce_ttl=60, verifier_id=None, max_body=MAX_BODY, read_timeout=READ_TIMEOUT,
-                 verify_timeout=VERIFY_TIMEOUT, workers=2):
+                 verify_timeout=VERIFY_TIMEOUT, workers=2, tee_appraise=None, authority=None):
         self.key, self.store, self.appraise = key, store, appraise
         self.issuer, self.audience = issuer, audience
         self.token_ttl, self.nonce_ttl = token_ttl, nonce_ttl
@@ -54,6 +54,8 @@ class Settings:
         self.max_body, self.read_timeout, self.verify_timeout = max_body, read_timeout, \
             verify_timeout
         self.workers = workers
+        # the trusted channel (docs/channel.md): TEE tokens and the PolicySigned authority
+        self.tee_appraise, self.authority = tee_appraise, authority
 
 
 def appraiser(policy):
@@ -127,15 +129,12 @@ def build_app(settings: Settings):
                              "ttl": settings.nonce_ttl},
                             headers={"Cache-Control": "no-store"})
 
-    async def attest(request: Request):
-        body = await read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("nonce"), str) or \
-                not isinstance(body.get("evidence"), dict):
-            raise Problem(400, "request_format", "Bad Request",
-                          'the body must be {"nonce": HEX, "evidence": {...}}')
+    async def consume_nonce(text):
+        """The nonce (bytes) if this service issued it and it is unused and fresh; it is
+        used up here, atomically, whatever follows."""
         try:
-            nonce = bytes.fromhex(body["nonce"])
-        except ValueError:
+            nonce = bytes.fromhex(text)
+        except (ValueError, TypeError):
             nonce = b""
         if len(nonce) != NONCE_SIZE:
             raise Problem(400, "nonce_format", "Bad Request",
@@ -152,12 +151,14 @@ def build_app(settings: Settings):
                       "expired": "the nonce expired before the evidence arrived"}[state]
             LOG.info("attest refused: nonce_%s", state)
             raise Problem(403, f"nonce_{state}", "Forbidden", detail)
-        started = time.perf_counter()
+        return nonce
+
+    async def run_appraisal(appraise, *args):
+        """`appraise(*args)` in a worker thread under the deadline; SnpError -> 403."""
         with trio.move_on_after(settings.verify_timeout) as scope:
             try:
-                claims = await trio.to_thread.run_sync(settings.appraise, body["evidence"],
-                                                       nonce, limiter=limiter,
-                                                       abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(appraise, *args, limiter=limiter,
+                                                     abandon_on_cancel=True)
             except SnpError as e:
                 LOG.info("attest refused: %s", e.check)
                 raise Problem(403, e.check, "Evidence refused", e.message) from None
@@ -165,6 +166,16 @@ def build_app(settings: Settings):
             LOG.warning("attest: appraisal took longer than %g s", settings.verify_timeout)
             raise Problem(503, "verify_timeout", "Service Unavailable",
                           "the appraisal did not finish in time")
+
+    async def attest(request: Request):
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("nonce"), str) or \
+                not isinstance(body.get("evidence"), dict):
+            raise Problem(400, "request_format", "Bad Request",
+                          'the body must be {"nonce": HEX, "evidence": {...}}')
+        nonce = await consume_nonce(body["nonce"])
+        started = time.perf_counter()
+        claims = await run_appraisal(settings.appraise, body["evidence"], nonce)
         now = time.time()
         ear = tokens.ear_claims(claims, nonce, issuer=settings.issuer,
                                 audience=settings.audience, ttl=settings.token_ttl,
@@ -211,6 +222,10 @@ def build_app(settings: Settings):
               Route("/.well-known/jwks.json", jwks, methods=["GET"]),
               Route("/health", health, methods=["GET"]),
               Route("/openapi.json", openapi, methods=["GET"])]
+    if settings.tee_appraise is not None:
+        from ..channel.routes import routes as channel_routes
+        routes += channel_routes(settings, read_json=read_json, consume_nonce=consume_nonce,
+                                 run_appraisal=run_appraisal, Problem=Problem)
     return Starlette(routes=routes, exception_handlers={
         Problem: on_problem, HTTPException: on_http, Exception: on_error})
 
@@ -294,6 +309,12 @@ def add_parsers(commands):
                    help="largest request body (default 1 MiB; larger: 413)")
     s.add_argument("--read-timeout", metavar="SECONDS", type=float, default=READ_TIMEOUT,
                    help="time allowed to send a request body (default 10; then 408)")
+    s.add_argument("--authority-key", metavar="FILE",
+                   help="the trusted channel's PolicySigned key (EC P-256 PEM, e.g. from "
+                        "`ctpm verifier keygen`); enables /authority and /authorize")
+    s.add_argument("--secrets", metavar="DIR",
+                   help="the secrets' records (NAME.json from `ctpm secret seal`) the "
+                        "authority serves and authorizes")
     s.add_argument("--log-level", metavar="LEVEL", default="info")
     s.set_defaults(main=run_serve)
     k = sub.add_parser("keygen", help="a new token-signing key (PEM, mode 0600)")
@@ -341,14 +362,25 @@ def run_serve(args) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         policy = load_policy(args.policy)
         key = ServiceKey.load(args.key, args.cert_chain)
+        authority = None
+        if args.authority_key:
+            from ..channel.authority import Authority, SecretStore, load_key
+            if args.secrets and not os.path.isdir(args.secrets):
+                raise ValueError(f"--secrets {args.secrets}: not a directory")
+            authority = Authority(load_key(args.authority_key), SecretStore(args.secrets),
+                                  jwks=key.jwks(), issuer=args.issuer, audience=args.audience)
+        elif args.secrets:
+            raise ValueError("--secrets needs --authority-key")
         store = open_store(args.nonce_store)
     except ValueError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
+    from ..channel.routes import tee_appraiser
     settings = Settings(key=key, store=store, appraise=appraiser(policy), issuer=args.issuer,
                         audience=args.audience, token_ttl=args.token_ttl,
                         nonce_ttl=args.nonce_ttl, max_body=args.max_body,
-                        read_timeout=args.read_timeout)
+                        read_timeout=args.read_timeout, tee_appraise=tee_appraiser(policy),
+                        authority=authority)
     import trio
     try:
         trio.run(_serve, settings, host, port)

@@ -28,7 +28,8 @@ from .tpm import (ALG_ECDSA, ALG_RSAPSS, ALG_RSASSA, TPM_GENERATED_VALUE, TPM_ST
 
 CHECKS = ("evidence_format", "<ctpm.snp.verify.CHECKS>", "manifest", "manifest_ak",
           "quote_format", "quote_magic", "quote_type", "quote_signature", "qualified_signer",
-          "nonce", "pcr_selection", "pcr_digest", "clock", "event_log", "reference_pcrs")
+          "nonce", "pcr_selection", "pcr_digest", "clock", "<ctpm.attest.channelkey.CHECKS>",
+          "event_log", "reference_pcrs")
 
 DEFAULT_SCHEMES = frozenset({(ALG_ECDSA, "sha256"), (ALG_ECDSA, "sha384"),
                              (ALG_RSASSA, "sha256"), (ALG_RSASSA, "sha384"),
@@ -51,6 +52,7 @@ class AttestPolicy:
     reference: dict = field(default_factory=dict)   # {(bank, pcr): bytes}
     schemes: frozenset = DEFAULT_SCHEMES
     require_event_log: bool = False
+    tee: object = None                      # the SNP policy for TEE evidence (docs/channel.md)
 
     def __post_init__(self):
         object.__setattr__(self, "pcrs", format_selection(parse_selection(self.pcrs)))
@@ -61,7 +63,7 @@ def load_policy(path: str) -> AttestPolicy:
     import tomllib
 
     from ..snp import certs as C
-    from ..snp.verify import Policy, Trust
+    from ..snp.verify import Trust
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
@@ -69,7 +71,7 @@ def load_policy(path: str) -> AttestPolicy:
         raise ValueError(f"{path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: {e}") from None
-    unknown = set(doc) - {"id", "snp", "tpm"}
+    unknown = set(doc) - {"id", "snp", "tpm", "tee"}
     if unknown:
         raise ValueError(f"{path}: unknown key {sorted(unknown)[0]!r}")
     snp = dict(doc.get("snp", {}))
@@ -81,28 +83,11 @@ def load_policy(path: str) -> AttestPolicy:
                 arks.extend(C.load_certs(f.read()))
         except (OSError, SnpError) as e:
             raise ValueError(f"{path}: [snp] trust_ark {ark_path!r}: {e}") from None
-    hexes = {"measurements": 48, "id_key_digests": 48, "author_key_digests": 48}
-    kwargs = {}
-    for key, value in snp.items():
-        try:
-            if key in hexes:
-                kwargs[key] = [bytes.fromhex(v) for v in value]
-            elif key in ("report_data", "host_data", "family_id", "image_id"):
-                kwargs[key] = bytes.fromhex(value)
-            elif key == "vmpl":
-                kwargs[key] = None if value == "any" else int(value)
-            elif key == "min_firmware":
-                kwargs[key] = tuple(int(x) for x in str(value).split("."))
-            else:
-                kwargs[key] = value
-        except (ValueError, TypeError):
-            raise ValueError(f"{path}: [snp] {key}: {value!r} is not valid") from None
-    try:
-        snp_policy = Policy(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"{path}: [snp]: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{path}: [snp]: {e}") from None
+    snp_policy = _snp_policy(path, "snp", snp)
+    tee_section = dict(doc.get("tee", {}))
+    if tee_section.pop("trust_ark", None):
+        raise ValueError(f"{path}: [tee] trust_ark: the ARKs are [snp]'s, for both")
+    tee_policy = _snp_policy(path, "tee", tee_section) if "tee" in doc else None
     reference = {}
     for bank, values in tpm.pop("reference", {}).items():
         for pcr, value in values.items():
@@ -117,9 +102,35 @@ def load_policy(path: str) -> AttestPolicy:
         return AttestPolicy(id=str(doc.get("id", "ctpm-default")), snp=snp_policy,
                             trust=Trust(extra_arks=tuple(arks)),
                             pcrs=tpm.get("pcrs", E.DEFAULT_PCRS), reference=reference,
-                            require_event_log=bool(tpm.get("require_event_log", False)))
+                            require_event_log=bool(tpm.get("require_event_log", False)),
+                            tee=tee_policy)
     except ValueError as e:
         raise ValueError(f"{path}: [tpm] pcrs: {e}") from None
+
+
+def _snp_policy(path: str, section: str, values: dict):
+    """A ctpm.snp.verify.Policy from an [snp]-shaped TOML table."""
+    from ..snp.verify import Policy
+    hexes = {"measurements": 48, "id_key_digests": 48, "author_key_digests": 48}
+    kwargs = {}
+    for key, value in values.items():
+        try:
+            if key in hexes:
+                kwargs[key] = [bytes.fromhex(v) for v in value]
+            elif key in ("report_data", "host_data", "family_id", "image_id"):
+                kwargs[key] = bytes.fromhex(value)
+            elif key == "vmpl":
+                kwargs[key] = None if value == "any" else int(value)
+            elif key == "min_firmware":
+                kwargs[key] = tuple(int(x) for x in str(value).split("."))
+            else:
+                kwargs[key] = value
+        except (ValueError, TypeError):
+            raise ValueError(f"{path}: [{section}] {key}: {value!r} is not valid") from None
+    try:
+        return Policy(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: [{section}]: {e}") from None
 
 
 class ClockHistory:
@@ -156,13 +167,14 @@ class Appraisal:
     policy_id: str
     instance_uuid: str | None
     event_log_replayed: tuple   # (bank, pcr) the log accounted for
+    confirmed_key: dict | None = None   # the channel key K as a JWK (docs/channel.md)
 
     def claims(self) -> dict:
         s = self.snp
         return {
             "policy_id": self.policy_id,
             "instance_uuid": self.instance_uuid,
-            "confirmed_key": None,
+            "confirmed_key": self.confirmed_key,
             "snp": {"product": s.product.value, "root": s.root, "provider": self.provider,
                     "vmpl": s.vmpl, "measurement": s.measurement.hex(),
                     "host_data": s.host_data.hex(), "reported_tcb": s.reported_tcb.components(),
@@ -222,6 +234,14 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
     if history is not None:
         history.check(ak_name, quote)
 
+    confirmed = None
+    if "channel-key" in p:
+        from .channelkey import verify_channel_key
+        confirmed = verify_channel_key(p["channel-key"], p["channel-key-certify"],
+                                       p["channel-key-signature"], ak=ak,
+                                       ak_qualified_name=qualified_name(ak_name), nonce=nonce,
+                                       schemes=policy.schemes)
+
     # the event log
     replayed = ()
     if "event-log" in p:
@@ -251,7 +271,8 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
                      manifest_version=version, provider=str(meta.get("provider", "")),
                      quote=quote, pcrs={b: dict(v) for b, v in pcr_values.items()},
                      pcr_digest=quote.pcr_digest, policy_id=policy.id,
-                     instance_uuid=meta.get("instance_uuid"), event_log_replayed=replayed)
+                     instance_uuid=meta.get("instance_uuid"), event_log_replayed=replayed,
+                     confirmed_key=confirmed)
 
 
 def _verify_quote(quote_bytes: bytes, signature: bytes, pcr_values: dict, ak: bytes,

@@ -35,7 +35,7 @@ CC = {"NV_Write": 0x137, "NV_Read": 0x14E, "NV_ReadPublic": 0x169, "CreatePrimar
       "StartAuthSession": 0x176, "PolicySigned": 0x160, "PolicyPCR": 0x17F,
       "PolicyAuthValue": 0x16B, "PolicyGetDigest": 0x189, "LoadExternal": 0x167,
       "FlushContext": 0x165, "ReadPublic": 0x173, "GetRandom": 0x17B, "PCR_Read": 0x17E,
-      "EncryptDecrypt2": 0x193}
+      "EncryptDecrypt2": 0x193, "Startup": 0x144}
 
 
 class ChannelError(Exception):
@@ -202,6 +202,9 @@ class TpmChannel:
             raise ChannelError("tpm_format", f"TPM2_{name}: a response of {len(rsp)} bytes")
         rtag, rsize, rc = struct.unpack(">HII", rsp[:10])
         if rc:
+            if rc == 0x100:
+                raise ChannelError("tpm_not_started", f"TPM2_{name}: the TPM has not been "
+                                                      "started (TPM2_Startup; --startup)")
             raise TpmError(name, rc)
         if rsize != len(rsp):
             raise ChannelError("tpm_format", f"TPM2_{name}: responseSize {rsize} is not "

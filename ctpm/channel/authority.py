@@ -1,0 +1,174 @@
+"""The authority: the verifier service's PolicySigned signer (docs/channel.md).
+
+It signs aHash = SHA-256(nonceTPM || expiration || cpHashA || policyRef) only for a TEE whose
+valid TEE token (issued by this service) confirms the key Q_T that salted the session, only
+for an Unseal/NV_Read of a secret it knows, only with a short negative expiration (no
+ticket); and it answers with a JWE encrypted to Q_T (ECDH-ES+A256KW, A256GCM - Trustee's
+answer shape), so only the TEE holding Q_T's private key can use the signature.
+
+Refusals name their check: authorize_format, tee_token (with the token rule that failed),
+salt_key, unknown_secret, policy_ref, cp_hash, expiration, tee_measurement.
+"""
+import json
+import os
+import re
+import time
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from . import protocol as P
+
+CHECKS = ("authorize_format", "tee_token", "salt_key", "unknown_secret", "policy_ref",
+          "cp_hash", "expiration", "tee_measurement")
+MAX_EXPIRATION = 300            # seconds after nonceTPM an authorization may live
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class AuthorityError(Exception):
+    def __init__(self, check: str, message: str, status: int = 403):
+        super().__init__(f"{check}: {message}")
+        self.check, self.message, self.status = check, message, status
+
+
+def load_key(path: str) -> ec.EllipticCurvePrivateKey:
+    """The authority's P-256 key (PEM, as `ctpm verifier keygen` writes); ValueError."""
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or \
+            not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError(f"{path}: the authority key must be ECC P-256 (PolicySigned with "
+                         "ECDSA/SHA-256)")
+    return key
+
+
+class SecretStore:
+    """Records (ctpm.channel.secrets.seal) as DIR/NAME.json, read on each use: adding a
+    secret is writing a file; no restart."""
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+
+    def get(self, name: str) -> dict | None:
+        if not self.directory or not isinstance(name, str) or not NAME_RE.match(name):
+            return None
+        try:
+            with open(os.path.join(self.directory, name + ".json"), "rb") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and record.get("name") == name else None
+
+
+class Authority:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, store: SecretStore, *, jwks: dict,
+                 issuer: str, audience: str | None, max_expiration: int = MAX_EXPIRATION):
+        self.key, self.store, self.jwks = key, store, jwks
+        self.issuer, self.audience = issuer, audience
+        self.max_expiration = max_expiration
+        self.public = P.authority_public(key.public_key())
+        self.name = P.name_of(self.public)
+
+    def describe(self) -> dict:
+        """What `ctpm secret seal --authority URL` needs."""
+        pem = self.key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {"public": self.public.hex(), "name": self.name.hex(), "pem": pem.decode(),
+                "scheme": "ecdsa-sha256", "max_expiration": self.max_expiration}
+
+    def record(self, name: str) -> dict:
+        record = self.store.get(name)
+        if record is None:
+            raise AuthorityError("unknown_secret", f"no secret {name!r}", 404)
+        return record
+
+    def authorize(self, body, *, now: float | None = None) -> dict:
+        """The JWE answer ({"jwe": compact}) for a valid request, or AuthorityError."""
+        from ..attest.tokens import TokenError, verify_token
+        from .secrets import check_record
+        try:
+            if not isinstance(body, dict):
+                raise ValueError("the body is not an object")
+            token, secret = body["token"], body["secret"]
+            nonce_tpm = bytes.fromhex(body["nonce_tpm"])
+            cp_hash = bytes.fromhex(body["cp_hash"])
+            ref = bytes.fromhex(body["policy_ref"])
+            expiration = body["expiration"]
+            salt_key = body["salt_key"]
+            if not isinstance(expiration, int) or isinstance(expiration, bool):
+                raise ValueError("expiration is not an integer")
+            if not 16 <= len(nonce_tpm) <= 32 or len(cp_hash) != 32 or len(ref) > 64:
+                raise ValueError("nonce_tpm (16-32 bytes), cp_hash (32) or policy_ref (<= 64) "
+                                 "has the wrong size")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AuthorityError("authorize_format", f"the request: {e}", 400) from None
+        try:
+            claims = verify_token(token, self.jwks, audience=self.audience or self.issuer,
+                                  issuer=self.issuer, now=now)
+        except TokenError as e:
+            raise AuthorityError("tee_token", f"{e.reason}: {e.message}") from None
+        cnf = (claims.get("cnf") or {}).get("jwk")
+        if "tee" not in (claims.get("submods") or {}) or not isinstance(cnf, dict):
+            raise AuthorityError("tee_token", "type: not a TEE token (no tee submodule or no "
+                                              "confirmed key)")
+        if not P.same_point(salt_key, cnf):
+            raise AuthorityError("salt_key", "the session was salted with a key the token "
+                                             "does not confirm")
+        raw = self.store.get(secret)
+        if raw is None:
+            raise AuthorityError("unknown_secret", f"no secret {secret!r}")
+        try:
+            rec = check_record(raw)
+        except ValueError as e:
+            raise AuthorityError("unknown_secret", f"the record of {secret!r} is unusable: "
+                                                   f"{e}") from None
+        if ref != rec["policy_ref"]:
+            raise AuthorityError("policy_ref", "the policyRef is not the secret's")
+        allowed = {P.unseal_cp_hash(rec["object_name"])}
+        if cp_hash not in allowed:
+            raise AuthorityError("cp_hash", "the cpHash is not an Unseal of this secret")
+        if not -self.max_expiration <= expiration < 0:
+            raise AuthorityError("expiration", f"expiration must be in [-{self.max_expiration}"
+                                               ", -1] s (negative: no ticket)")
+        measurements = raw.get("tee_measurements")
+        if measurements:
+            got = ((claims["submods"]["tee"].get("ctpm.tee") or {}).get("measurement") or "")
+            if got.lower() not in {m.lower() for m in measurements}:
+                raise AuthorityError("tee_measurement", "the TEE's launch measurement is not "
+                                                        "one this secret allows")
+        signature = P.sign_authorization(self.key, nonce_tpm, expiration, cp_hash, ref)
+        payload = {"signature": signature.hex(), "nonce_tpm": nonce_tpm.hex(),
+                   "cp_hash": cp_hash.hex(), "policy_ref": ref.hex(), "expiration": expiration,
+                   "issued": int(time.time() if now is None else now)}
+        return {"jwe": encrypt_to(cnf, json.dumps(payload, sort_keys=True).encode())}
+
+
+def encrypt_to(jwk: dict, payload: bytes) -> str:
+    """A compact JWE of `payload` to the P-256 key `jwk` (ECDH-ES+A256KW, A256GCM)."""
+    from jwcrypto import jwe, jwk as jwkmod
+    recipient = jwkmod.JWK(**{k: jwk[k] for k in ("kty", "crv", "x", "y")})
+    token = jwe.JWE(payload, protected={"alg": "ECDH-ES+A256KW", "enc": "A256GCM"})
+    token.add_recipient(recipient)
+    return token.serialize(compact=True)
+
+
+def decrypt_with(private: ec.EllipticCurvePrivateKey, compact: str) -> bytes:
+    """The payload of a JWE to the TEE's key; ValueError when it does not open."""
+    from jwcrypto import jwe, jwk as jwkmod
+    from jwcrypto.common import JWException
+    key = jwkmod.JWK.from_pyca(private)
+    try:
+        token = jwe.JWE()
+        token.deserialize(compact, key=key)
+    except (JWException, ValueError, TypeError) as e:
+        raise ValueError(f"the authority's answer does not open with this TEE's key: {e}") \
+            from None
+    header = token.jose_header
+    if header.get("alg") != "ECDH-ES+A256KW" or header.get("enc") != "A256GCM":
+        raise ValueError("the authority's answer uses another JWE algorithm")
+    return token.payload

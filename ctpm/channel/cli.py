@@ -1,0 +1,191 @@
+"""`ctpm secret seal` (the operator) and `ctpm secret get` (the TEE application).
+
+Exit codes: 0 done; 1 refused or failed (one line naming the check); 2 usage or unusable
+input. Neither prints a secret; `get` writes it to a file created with mode 0600 (or stdout
+with `-o -`).
+"""
+import json
+import os
+import sys
+
+
+def add_parsers(commands):
+    p = commands.add_parser("secret", help="secrets over the TEE<->TPM trusted channel "
+                                           "(seal, get): docs/channel.md")
+    sub = p.add_subparsers(dest="secret_command", metavar="SUBCOMMAND", required=True)
+    s = sub.add_parser("seal", help="seal a secret in a TPM for attested TEEs")
+    s.add_argument("--tcti", required=True, metavar="TCTI", help="the TPM (tpm2-tools form)")
+    s.add_argument("--name", required=True, help="the secret's name (letters, digits, -_.)")
+    s.add_argument("--in", dest="input", required=True, metavar="FILE", help="'-': stdin")
+    s.add_argument("--pcrs", default="sha256:0,7", metavar="SEL",
+                   help="PCRs whose current values the secret needs (default sha256:0,7)")
+    s.add_argument("--authority", required=True, metavar="URL|PEM",
+                   help="the verifier service (its /authority) or the authority's public "
+                        "key file")
+    s.add_argument("--tee-measurement", metavar="HEX", action="append", default=[],
+                   help="launch measurements of the TEEs this secret is for (repeatable; "
+                        "default: any the verifier's policy accepts)")
+    s.add_argument("--ek-name", metavar="HEX",
+                   help="the TPM's EK Name: `secret get` then refuses a token for another TPM")
+    s.add_argument("-o", "--output", metavar="FILE",
+                   help="the record (default: NAME.json here); put it in the verifier's "
+                        "--secrets directory")
+    s.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
+    s.set_defaults(main=run_seal)
+
+    g = sub.add_parser("get", help="the TEE side: attest both ends and unseal a secret")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcti", metavar="TCTI", help="the TPM (tpm2-tools form)")
+    where.add_argument("--svsm", metavar="unix:PATH", help="the vTPM behind the SVSM "
+                                                           "protocols")
+    g.add_argument("--name", required=True)
+    g.add_argument("--verifier", required=True, metavar="URL")
+    g.add_argument("--audience", required=True, metavar="X",
+                   help="the audience the verifier's tokens carry")
+    g.add_argument("-o", "--output", required=True, metavar="FILE", help="'-': stdout")
+    g.add_argument("--pcrs", metavar="SEL", help="PCRs the TPM quotes (the verifier policy's; "
+                                                 "default sha256:0-7)")
+    g.add_argument("--snp-provider", default="auto", metavar="NAME",
+                   help="this TEE's SNP report source: auto | configfs | sev-guest | "
+                        "simulated (with --snp-sim-dir; no verifier trusts it by default)")
+    g.add_argument("--snp-sim-dir", metavar="DIR")
+    g.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
+    g.set_defaults(main=run_get)
+
+
+def startup(tpm):
+    """TPM2_Startup(CLEAR); a TPM already started (TPM_RC_INITIALIZE) is fine."""
+    from .tpm import TpmError, u16
+    try:
+        tpm.call("Startup", u16(0))
+    except TpmError as e:
+        if e.rc != 0x100:
+            raise
+
+
+def _fail(command, message, status):
+    print(f"ctpm: secret {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _authority_public(source: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from . import protocol as P
+    if source.startswith(("http://", "https://")):
+        from .client import VerifierClient
+        info = VerifierClient(source).authority()
+        public = bytes.fromhex(info["public"])
+        P.parse_ecc_public(public)
+        return public
+    with open(source, "rb") as f:
+        data = f.read()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        key = serialization.load_pem_private_key(data, None).public_key()
+    return P.authority_public(key)
+
+
+def run_seal(args) -> int:
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    from ..attest.tpm import parse_selection
+    from .secrets import seal
+    from .tpm import ChannelError, TpmChannel
+    from .transport import TctiTransport
+    try:
+        selection = parse_selection(args.pcrs)
+        for m in args.tee_measurement:
+            if len(bytes.fromhex(m)) != 48:
+                raise ValueError(f"--tee-measurement {m[:16]}...: not 48 bytes of hex")
+        ek_name = bytes.fromhex(args.ek_name) if args.ek_name else None
+    except ValueError as e:
+        return _fail("seal", str(e), 2)
+    try:
+        if args.input == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.input, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        return _fail("seal", f"cannot read {args.input}: {e.strerror}", 2)
+    try:
+        authority = _authority_public(args.authority)
+    except ChannelError as e:
+        return _fail("seal", f"{e.check}: {e.message}", 1)
+    except (OSError, ValueError, KeyError) as e:
+        return _fail("seal", f"--authority {args.authority}: {e}", 2)
+    output = args.output or f"{args.name}.json"
+    try:
+        transport = TctiTransport(args.tcti)
+    except Exception as e:
+        return _fail("seal", f"{args.tcti}: {type(e).__name__}: {e}", 1)
+    try:
+        tpm = TpmChannel(transport)
+        if args.startup:
+            startup(tpm)
+        record = seal(tpm, args.name, data, selection, authority, ek_name=ek_name)
+    except ValueError as e:
+        return _fail("seal", str(e), 2)
+    except ChannelError as e:
+        return _fail("seal", f"{e.check}: {e.message}", 1)
+    except Exception as e:          # a TCTI failure (tpm2_pytss.TSS2_Exception)
+        return _fail("seal", f"{args.tcti}: {type(e).__name__}: {e}", 1)
+    finally:
+        transport.close()
+    if args.tee_measurement:
+        record["tee_measurements"] = [m.lower() for m in args.tee_measurement]
+    try:
+        tmp = output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, output)
+    except OSError as e:
+        return _fail("seal", f"cannot write {output}: {e.strerror}", 1)
+    print(f"sealed {args.name!r}: object {record['object_name'][:16]}..., PCRs {record['pcrs']}"
+          f"{' (enveloped)' if 'envelope' in record else ''}; record {output}")
+    return 0
+
+
+def run_get(args) -> int:
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    from ..snp.providers import open_provider
+    from .client import get_secret
+    from .tpm import ChannelError
+    from .transport import SvsmTransport, TctiTransport
+    if args.snp_provider == "simulated" and not args.snp_sim_dir:
+        return _fail("get", "--snp-provider simulated needs --snp-sim-dir", 2)
+    try:
+        options = {"directory": args.snp_sim_dir} if args.snp_provider == "simulated" else {}
+        provider = open_provider(args.snp_provider, **options)
+    except Exception as e:
+        return _fail("get", f"--snp-provider {args.snp_provider}: {e}", 2)
+    try:
+        transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
+    except Exception as e:
+        return _fail("get", f"{args.tcti or args.svsm}: {type(e).__name__}: {e}", 1)
+    try:
+        if args.startup:
+            from .tpm import TpmChannel
+            startup(TpmChannel(transport))
+        data = get_secret(transport, args.name, args.verifier, audience=args.audience,
+                          provider=provider, pcrs=args.pcrs,
+                          svsm_client=transport.client if args.svsm else None)
+    except ChannelError as e:
+        return _fail("get", f"refused: {e.check}: {e.message}", 1)
+    except Exception as e:
+        return _fail("get", f"{type(e).__name__}: {e}", 1)
+    finally:
+        transport.close()
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    try:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        return _fail("get", f"cannot write {args.output}: {e.strerror}", 1)
+    print(f"got {args.name!r}: {len(data)} bytes -> {args.output}", file=sys.stderr)
+    return 0
