@@ -35,7 +35,8 @@ CC = {"NV_Write": 0x137, "NV_Read": 0x14E, "NV_ReadPublic": 0x169, "CreatePrimar
       "StartAuthSession": 0x176, "PolicySigned": 0x160, "PolicyPCR": 0x17F,
       "PolicyAuthValue": 0x16B, "PolicyGetDigest": 0x189, "LoadExternal": 0x167,
       "FlushContext": 0x165, "ReadPublic": 0x173, "GetRandom": 0x17B, "PCR_Read": 0x17E,
-      "EncryptDecrypt2": 0x193, "Startup": 0x144}
+      "EncryptDecrypt2": 0x193, "Startup": 0x144,
+      "PCR_Extend": 0x182, "PCR_Reset": 0x13D}
 
 
 class ChannelError(Exception):
