@@ -256,6 +256,28 @@ def openapi_document(settings) -> dict:
                 "description": "JWK set", "content": {"application/jwk-set+json": {}}}}}},
             "/.well-known/jwks.json": {"get": {"summary": "same as /jwks", "responses": {
                 "200": {"description": "JWK set"}}}},
+            "/attest/tee": {"post": {
+                "summary": "appraise a TEE's Attestation payload (docs/channel.md); a TEE "
+                           "token whose cnf is the TEE's key",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["nonce", "tee-pubkey",
+                                                              "tee-evidence"]}}}},
+                "responses": {"200": {"description": "the token", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Token"}}}},
+                    "400": problem, "403": problem, "413": problem, "415": problem,
+                    "503": problem}}},
+            "/authority": {"get": {"summary": "the PolicySigned key for `ctpm secret seal`",
+                                   "responses": {"200": {"description": "TPMT_PUBLIC, Name, "
+                                                                        "PEM"},
+                                                 "404": problem}}},
+            "/secrets/{name}": {"get": {"summary": "a sealed secret's record (no secret)",
+                                        "responses": {"200": {"description": "the record"},
+                                                      "404": problem}}},
+            "/authorize": {"post": {
+                "summary": "a PolicySigned authorization for a TEE token's session, as a JWE "
+                           "to the token's key",
+                "responses": {"200": {"description": '{"jwe": COMPACT}'}, "400": problem,
+                              "403": problem, "404": problem}}},
             "/health": {"get": {"summary": "liveness and nonce-store reachability",
                                 "responses": {"200": {"description": "ok"},
                                               "503": {"description": "store unreachable"}}}},
