@@ -337,6 +337,9 @@ def add_parsers(commands):
     s.add_argument("--secrets", metavar="DIR",
                    help="the secrets' records (NAME.json from `ctpm secret seal`) the "
                         "authority serves and authorizes")
+    s.add_argument("--allow-tee-provisioning", action="store_true",
+                   help="accept records of secrets that attested TEEs provisioned into a TPM "
+                        "(POST /secrets; never overwrites)")
     s.add_argument("--log-level", metavar="LEVEL", default="info")
     s.set_defaults(main=run_serve)
     k = sub.add_parser("keygen", help="a new token-signing key (PEM, mode 0600)")
@@ -389,10 +392,13 @@ def run_serve(args) -> int:
             from ..channel.authority import Authority, SecretStore, load_key
             if args.secrets and not os.path.isdir(args.secrets):
                 raise ValueError(f"--secrets {args.secrets}: not a directory")
+            if args.allow_tee_provisioning and not args.secrets:
+                raise ValueError("--allow-tee-provisioning needs --secrets")
             authority = Authority(load_key(args.authority_key), SecretStore(args.secrets),
-                                  jwks=key.jwks(), issuer=args.issuer, audience=args.audience)
-        elif args.secrets:
-            raise ValueError("--secrets needs --authority-key")
+                                  jwks=key.jwks(), issuer=args.issuer, audience=args.audience,
+                                  allow_registration=args.allow_tee_provisioning)
+        elif args.secrets or args.allow_tee_provisioning:
+            raise ValueError("--secrets and --allow-tee-provisioning need --authority-key")
         store = open_store(args.nonce_store)
     except ValueError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)

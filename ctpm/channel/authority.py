@@ -21,6 +21,8 @@ from . import protocol as P
 
 CHECKS = ("authorize_format", "tee_token", "salt_key", "unknown_secret", "policy_ref",
           "cp_hash", "expiration", "tee_measurement")
+REGISTER_CHECKS = ("registration_disabled", "authorize_format", "tee_token", "record",
+                   "secret_exists")
 MAX_EXPIRATION = 300            # seconds after nonceTPM an authorization may live
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -64,11 +66,29 @@ class SecretStore:
             return None
         return record if isinstance(record, dict) and record.get("name") == name else None
 
+    def put(self, name: str, record: dict) -> bool:
+        """Write NAME.json if it does not exist (False if it does)."""
+        if not self.directory or not NAME_RE.match(name):
+            return False
+        path = os.path.join(self.directory, name + ".json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        try:
+            os.link(tmp, path)          # atomic, and never replaces an existing record
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
 
 class Authority:
     def __init__(self, key: ec.EllipticCurvePrivateKey, store: SecretStore, *, jwks: dict,
-                 issuer: str, audience: str | None, max_expiration: int = MAX_EXPIRATION):
+                 issuer: str, audience: str | None, max_expiration: int = MAX_EXPIRATION,
+                 allow_registration: bool = False):
         self.key, self.store, self.jwks = key, store, jwks
+        self.allow_registration = allow_registration
         self.issuer, self.audience = issuer, audience
         self.max_expiration = max_expiration
         self.public = P.authority_public(key.public_key())
@@ -87,9 +107,47 @@ class Authority:
             raise AuthorityError("unknown_secret", f"no secret {name!r}", 404)
         return record
 
+    def _tee_claims(self, token, now=None) -> dict:
+        from ..attest.tokens import TokenError, verify_token
+        try:
+            claims = verify_token(token, self.jwks, audience=self.audience or self.issuer,
+                                  issuer=self.issuer, now=now)
+        except TokenError as e:
+            raise AuthorityError("tee_token", f"{e.reason}: {e.message}") from None
+        cnf = (claims.get("cnf") or {}).get("jwk")
+        if "tee" not in (claims.get("submods") or {}) or not isinstance(cnf, dict):
+            raise AuthorityError("tee_token", "type: not a TEE token (no tee submodule or no "
+                                              "confirmed key)")
+        return claims
+
+    def register(self, body, *, now: float | None = None) -> dict:
+        """A TEE's record of a secret it provisioned into a TPM (POST /secrets), kept when
+        the service allows TEE provisioning, the token is a valid TEE token, the record is
+        well formed and for this authority, and the name is free (never overwritten)."""
+        from .secrets import check_record
+        if not self.allow_registration:
+            raise AuthorityError("registration_disabled", "this verifier does not take secrets "
+                                                          "from TEEs (--allow-tee-provisioning)",
+                                 403)
+        if not isinstance(body, dict) or not isinstance(body.get("record"), dict):
+            raise AuthorityError("authorize_format", 'the body must be {"token": JWT, '
+                                                     '"record": {...}}', 400)
+        claims = self._tee_claims(body.get("token"), now)
+        record = body["record"]
+        try:
+            rec = check_record(record)
+        except ValueError as e:
+            raise AuthorityError("record", str(e), 400) from None
+        if rec["authority"] != self.public:
+            raise AuthorityError("record", "the secret is sealed to another authority key", 400)
+        if not self.store.put(rec["name"], record):
+            raise AuthorityError("secret_exists", f"a secret {rec['name']!r} exists already",
+                                 409)
+        return {"name": rec["name"], "registered_by":
+                (claims["submods"]["tee"].get("ctpm.tee") or {}).get("measurement")}
+
     def authorize(self, body, *, now: float | None = None) -> dict:
         """The JWE answer ({"jwe": compact}) for a valid request, or AuthorityError."""
-        from ..attest.tokens import TokenError, verify_token
         from .secrets import check_record
         try:
             if not isinstance(body, dict):
@@ -107,15 +165,8 @@ class Authority:
                                  "has the wrong size")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AuthorityError("authorize_format", f"the request: {e}", 400) from None
-        try:
-            claims = verify_token(token, self.jwks, audience=self.audience or self.issuer,
-                                  issuer=self.issuer, now=now)
-        except TokenError as e:
-            raise AuthorityError("tee_token", f"{e.reason}: {e.message}") from None
-        cnf = (claims.get("cnf") or {}).get("jwk")
-        if "tee" not in (claims.get("submods") or {}) or not isinstance(cnf, dict):
-            raise AuthorityError("tee_token", "type: not a TEE token (no tee submodule or no "
-                                              "confirmed key)")
+        claims = self._tee_claims(token, now)
+        cnf = claims["cnf"]["jwk"]
         if not P.same_point(salt_key, cnf):
             raise AuthorityError("salt_key", "the session was salted with a key the token "
                                              "does not confirm")
@@ -129,9 +180,9 @@ class Authority:
                                                    f"{e}") from None
         if ref != rec["policy_ref"]:
             raise AuthorityError("policy_ref", "the policyRef is not the secret's")
-        allowed = {P.unseal_cp_hash(rec["object_name"])}
-        if cp_hash not in allowed:
-            raise AuthorityError("cp_hash", "the cpHash is not an Unseal of this secret")
+        if cp_hash != rec["cp_hash"]:
+            raise AuthorityError("cp_hash", "the cpHash is not the Unseal (or the NV_Read) of "
+                                            "this secret")
         if not -self.max_expiration <= expiration < 0:
             raise AuthorityError("expiration", f"expiration must be in [-{self.max_expiration}"
                                                ", -1] s (negative: no ticket)")

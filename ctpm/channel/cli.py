@@ -27,6 +27,10 @@ def add_parsers(commands):
                         "default: any the verifier's policy accepts)")
     s.add_argument("--ek-name", metavar="HEX",
                    help="the TPM's EK Name: `secret get` then refuses a token for another TPM")
+    s.add_argument("--nv-index", metavar="HEX",
+                   help="keep the secret in this NV index (read only through the policy, "
+                        "written once) instead of a sealed object whose blobs the record "
+                        "carries")
     s.add_argument("-o", "--output", metavar="FILE",
                    help="the record (default: NAME.json here); put it in the verifier's "
                         "--secrets directory")
@@ -52,6 +56,28 @@ def add_parsers(commands):
     g.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
     g.set_defaults(main=run_get)
 
+    u = sub.add_parser("put", help="the TEE side: attest the TPM and provision a secret into "
+                                   "it over the channel")
+    where = u.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcti", metavar="TCTI")
+    where.add_argument("--svsm", metavar="unix:PATH")
+    u.add_argument("--name", required=True)
+    u.add_argument("--in", dest="input", required=True, metavar="FILE", help="'-': stdin")
+    u.add_argument("--verifier", required=True, metavar="URL")
+    u.add_argument("--audience", required=True, metavar="X")
+    u.add_argument("--seal-pcrs", default="sha256:0,7", metavar="SEL",
+                   help="PCRs the secret is sealed to, at the values the verified quote "
+                        "shows (default sha256:0,7)")
+    u.add_argument("--pcrs", metavar="SEL", help="PCRs the TPM quotes (the verifier policy's)")
+    u.add_argument("--nv-index", metavar="HEX")
+    u.add_argument("--no-register", action="store_true",
+                   help="do not send the record to the verifier (write it with -o)")
+    u.add_argument("-o", "--output", metavar="FILE", help="also write the record here")
+    u.add_argument("--snp-provider", default="auto", metavar="NAME")
+    u.add_argument("--snp-sim-dir", metavar="DIR")
+    u.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
+    u.set_defaults(main=run_put)
+
 
 def startup(tpm):
     """TPM2_Startup(CLEAR); a TPM already started (TPM_RC_INITIALIZE) is fine."""
@@ -66,6 +92,34 @@ def startup(tpm):
 def _fail(command, message, status):
     print(f"ctpm: secret {command}: {message}", file=sys.stderr)
     return status
+
+
+def _nv_index(text):
+    if text is None:
+        return None
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise ValueError(f"--nv-index {text!r} is not hex") from None
+
+
+def _write_record(record, output):
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, output)
+
+
+def _provider(args):
+    from ..snp.providers import open_provider
+    if args.snp_provider == "simulated" and not args.snp_sim_dir:
+        raise ValueError("--snp-provider simulated needs --snp-sim-dir")
+    options = {"directory": args.snp_sim_dir} if args.snp_provider == "simulated" else {}
+    try:
+        return open_provider(args.snp_provider, **options)
+    except Exception as e:
+        raise ValueError(f"--snp-provider {args.snp_provider}: {e}") from None
 
 
 def _authority_public(source: str) -> bytes:
@@ -99,6 +153,7 @@ def run_seal(args) -> int:
             if len(bytes.fromhex(m)) != 48:
                 raise ValueError(f"--tee-measurement {m[:16]}...: not 48 bytes of hex")
         ek_name = bytes.fromhex(args.ek_name) if args.ek_name else None
+        nv_index = _nv_index(args.nv_index)
     except ValueError as e:
         return _fail("seal", str(e), 2)
     try:
@@ -124,7 +179,8 @@ def run_seal(args) -> int:
         tpm = TpmChannel(transport)
         if args.startup:
             startup(tpm)
-        record = seal(tpm, args.name, data, selection, authority, ek_name=ek_name)
+        record = seal(tpm, args.name, data, selection, authority, ek_name=ek_name,
+                      nv_index=nv_index)
     except ValueError as e:
         return _fail("seal", str(e), 2)
     except ChannelError as e:
@@ -136,11 +192,7 @@ def run_seal(args) -> int:
     if args.tee_measurement:
         record["tee_measurements"] = [m.lower() for m in args.tee_measurement]
     try:
-        tmp = output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, output)
+        _write_record(record, output)
     except OSError as e:
         return _fail("seal", f"cannot write {output}: {e.strerror}", 1)
     print(f"sealed {args.name!r}: object {record['object_name'][:16]}..., PCRs {record['pcrs']}"
@@ -150,17 +202,13 @@ def run_seal(args) -> int:
 
 def run_get(args) -> int:
     os.environ.setdefault("TSS2_LOG", "all+NONE")
-    from ..snp.providers import open_provider
     from .client import get_secret
     from .tpm import ChannelError
     from .transport import SvsmTransport, TctiTransport
-    if args.snp_provider == "simulated" and not args.snp_sim_dir:
-        return _fail("get", "--snp-provider simulated needs --snp-sim-dir", 2)
     try:
-        options = {"directory": args.snp_sim_dir} if args.snp_provider == "simulated" else {}
-        provider = open_provider(args.snp_provider, **options)
-    except Exception as e:
-        return _fail("get", f"--snp-provider {args.snp_provider}: {e}", 2)
+        provider = _provider(args)
+    except ValueError as e:
+        return _fail("get", str(e), 2)
     try:
         transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
     except Exception as e:
@@ -188,4 +236,55 @@ def run_get(args) -> int:
     except OSError as e:
         return _fail("get", f"cannot write {args.output}: {e.strerror}", 1)
     print(f"got {args.name!r}: {len(data)} bytes -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_put(args) -> int:
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    from ..attest.tpm import parse_selection
+    from .client import provision_secret
+    from .tpm import ChannelError, TpmChannel
+    from .transport import SvsmTransport, TctiTransport
+    try:
+        provider = _provider(args)
+        parse_selection(args.seal_pcrs)
+        nv_index = _nv_index(args.nv_index)
+        if args.no_register and not args.output:
+            raise ValueError("--no-register needs -o (the record would be lost)")
+        if args.input == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.input, "rb") as f:
+                data = f.read()
+    except ValueError as e:
+        return _fail("put", str(e), 2)
+    except OSError as e:
+        return _fail("put", f"cannot read {args.input}: {e.strerror}", 2)
+    try:
+        transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
+    except Exception as e:
+        return _fail("put", f"{args.tcti or args.svsm}: {type(e).__name__}: {e}", 1)
+    try:
+        if args.startup:
+            startup(TpmChannel(transport))
+        record = provision_secret(transport, args.name, data, args.verifier,
+                                  audience=args.audience, provider=provider,
+                                  seal_pcrs=args.seal_pcrs, pcrs=args.pcrs, nv_index=nv_index,
+                                  register=not args.no_register,
+                                  svsm_client=transport.client if args.svsm else None)
+    except ValueError as e:
+        return _fail("put", str(e), 2)
+    except ChannelError as e:
+        return _fail("put", f"refused: {e.check}: {e.message}", 1)
+    except Exception as e:
+        return _fail("put", f"{type(e).__name__}: {e}", 1)
+    finally:
+        transport.close()
+    if args.output:
+        try:
+            _write_record(record, args.output)
+        except OSError as e:
+            return _fail("put", f"cannot write {args.output}: {e.strerror}", 1)
+    print(f"provisioned {args.name!r} ({record['kind']}, PCRs {record['pcrs']})"
+          f"{'' if args.no_register else ', registered with the verifier'}", file=sys.stderr)
     return 0

@@ -79,6 +79,9 @@ class VerifierClient:
     def authorize(self, body: dict) -> dict:
         return self._request("POST", "/authorize", body)
 
+    def register(self, token: str, record: dict) -> dict:
+        return self._request("POST", "/secrets", {"token": token, "record": record})
+
 
 def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,
                     ek_name: bytes | None = None) -> dict:
@@ -110,8 +113,6 @@ def get_secret(transport, name: str, verifier, *, audience: str, provider, pcrs:
     VerifierClient; `provider`: the TEE's SNP report provider (ctpm.snp.providers);
     `svsm_client`: the SVSM connection whose attestation call gives the vTPM's report (SVSM
     mode), else ctpm's NV indices give it."""
-    from ..attest import evidence as E
-    from . import tpmside
     from .authority import decrypt_with
     from .secrets import Unsealer, check_record
     from .tee import TeeKey, tee_evidence
@@ -126,18 +127,10 @@ def get_secret(transport, name: str, verifier, *, audience: str, provider, pcrs:
         raise ChannelError("record", str(e)) from None
     jwks = vc.jwks()
 
-    # the TPM's side: composite evidence + K -> TPM token (cnf = K)
-    nonce = vc.challenge()
-    snp = None
-    if svsm_client is not None:
-        got = svsm_client.attest_vtpm(nonce, 1)
-        snp = (got.report, got.cert_table, got.manifest, 1, "svsm")
-    doc, key = tpmside.attest(tpm, nonce, pcrs=pcrs or E.DEFAULT_PCRS, snp=snp,
-                              owner_auth=owner_auth)
+    # the TPM's side: composite evidence + K -> TPM token (cnf = K), checked here
+    key, _ = _attest_tpm(tpm, vc, jwks, audience=audience, pcrs=pcrs, svsm_client=svsm_client,
+                         owner_auth=owner_auth, ek_name=record["ek_name"])
     try:
-        tpm_token = vc.attest(nonce, doc)
-        check_tpm_token(tpm_token, jwks, audience=audience, k_point=key.point,
-                        ek_name=record["ek_name"])
         t["tpm_attest"] = time.perf_counter() - t0
 
         # the TEE's side: SNP report binding Q_T -> TEE token (cnf = Q_T)
@@ -172,3 +165,65 @@ def get_secret(transport, name: str, verifier, *, audience: str, provider, pcrs:
     t["tpm_commands"] = tpm.commands
     t["http_requests"] = vc.requests
     return data
+
+
+def _attest_tpm(tpm, vc, jwks, *, audience, pcrs, svsm_client, owner_auth, ek_name=None):
+    """The TPM's side of mutual attestation: (K, the TPM token's claims)."""
+    from ..attest import evidence as E
+    from . import tpmside
+    nonce = vc.challenge()
+    snp = None
+    if svsm_client is not None:
+        got = svsm_client.attest_vtpm(nonce, 1)
+        snp = (got.report, got.cert_table, got.manifest, 1, "svsm")
+    doc, key = tpmside.attest(tpm, nonce, pcrs=pcrs or E.DEFAULT_PCRS, snp=snp,
+                              owner_auth=owner_auth)
+    try:
+        claims = check_tpm_token(vc.attest(nonce, doc), jwks, audience=audience,
+                                 k_point=key.point, ek_name=ek_name)
+    except BaseException:
+        tpm.flush(key.handle)
+        raise
+    return key, claims
+
+
+def provision_secret(transport, name: str, data: bytes, verifier, *, audience: str, provider,
+                     seal_pcrs: str = "sha256:0,7", pcrs: str | None = None,
+                     nv_index: int | None = None, register: bool = True, svsm_client=None,
+                     owner_auth: bytes = b"") -> dict:
+    """Provision a secret *into* the TPM over the channel (the TEE is the sealer): the TPM is
+    attested first (its token confirms K), the secret travels parameter-encrypted in a
+    session salted to K with a fresh attested Q_T, sealed to the PCR values the verified
+    quote showed (`seal_pcrs` must be among the quoted ones) and to the authority's key. With
+    `register`, the record goes to the authority (POST /secrets, with this TEE's token; the
+    service must allow it). The record."""
+    from ..attest.tpm import parse_selection
+    from .secrets import seal
+    from .tee import TeeKey, tee_evidence
+    vc = verifier if isinstance(verifier, VerifierClient) else VerifierClient(verifier)
+    tpm = TpmChannel(transport)
+    jwks = vc.jwks()
+    authority = bytes.fromhex(vc.authority()["public"])
+    selection = parse_selection(seal_pcrs)
+    key, claims = _attest_tpm(tpm, vc, jwks, audience=audience, pcrs=pcrs,
+                              svsm_client=svsm_client, owner_auth=owner_auth)
+    try:
+        quoted = ((claims["submods"]["vtpm"].get("ctpm.vtpm") or {}).get("pcrs") or {})
+        try:
+            values = {bank: {i: bytes.fromhex(quoted[bank][str(i)]) for i in indices}
+                      for bank, indices in selection}
+        except (KeyError, ValueError):
+            raise ChannelError("seal_pcrs", f"{seal_pcrs} is not among the PCRs the TPM "
+                                            "quoted (give them in --pcrs too)") from None
+        tee = TeeKey()
+        record = seal(tpm, name, data, selection, authority, nv_index=nv_index,
+                      session_key=(key.handle, key.point, tee.private), pcr_values=values,
+                      ek_name=bytes.fromhex(claims["ctpm.ek-name"])
+                      if claims.get("ctpm.ek-name") else None)
+    finally:
+        tpm.flush(key.handle)
+    if register:
+        nonce = vc.challenge()
+        token = vc.attest_tee(nonce, tee_evidence(provider, nonce.hex(), tee))
+        vc.register(token, record)
+    return record

@@ -37,6 +37,13 @@ K_ATTRIBUTES = FIXED_TPM | FIXED_PARENT | SDO | USER_WITH_AUTH | NO_DA | RESTRIC
 SRK_ATTRIBUTES = K_ATTRIBUTES           # the TCG storage-key template's attributes
 SEALED_ATTRIBUTES = FIXED_TPM | FIXED_PARENT | NO_DA      # policy only: no userWithAuth
 MAX_SEALED = 128                        # MAX_SYM_DATA: what TPM2_Create seals
+MAX_NV_SECRET = 1024                    # one NV_Read (MAX_NV_BUFFER_SIZE): one authorization
+# TPMA_NV bits of a secret index: the owner writes it once (WRITEDEFINE + NV_WriteLock), only
+# the policy reads it (no OWNERREAD/AUTHREAD), no dictionary-attack lockout
+NV_OWNERWRITE, NV_WRITEDEFINE, NV_POLICYREAD = 0x00000002, 0x00002000, 0x00080000
+NV_NO_DA, NV_WRITELOCKED, NV_WRITTEN = 0x02000000, 0x00000800, 0x20000000
+NV_SECRET_ATTRIBUTES = NV_OWNERWRITE | NV_WRITEDEFINE | NV_POLICYREAD | NV_NO_DA
+NV_FIRST, NV_LAST = 0x01000000, 0x01BFFFFF      # ordinary indices (not the EK-certificate range)
 TEE_KEY_ALG = "ECDH-ES+A256KW"          # the "alg" of Trustee's EC tee-pubkey
 
 
@@ -92,6 +99,15 @@ def parse_ecc_public(public: bytes) -> dict:
     return {"name_alg": name_alg, "attributes": attrs, "auth_policy": policy, "symmetric": sym,
             "sym_bits": sym_bits, "sym_mode": sym_mode, "scheme": scheme, "curve": curve,
             "kdf": kdf, "x": x, "y": y}
+
+
+def nv_public(index: int, attributes: int, policy: bytes, size: int) -> bytes:
+    """TPMS_NV_PUBLIC (nameAlg SHA-256)."""
+    return u32(index) + u16(SHA256) + u32(attributes) + b2(policy) + u16(size)
+
+
+def nv_name(public: bytes) -> bytes:
+    return u16(SHA256) + hashlib.sha256(public).digest()
 
 
 def name_of(public: bytes) -> bytes:

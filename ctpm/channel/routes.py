@@ -105,7 +105,20 @@ def routes(settings, *, read_json, consume_nonce, run_appraisal, Problem):
         LOG.info("authorize ok: secret %s", str(body.get("secret"))[:64])
         return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
+    async def register(request):
+        body = await read_json(request)
+        auth = authority()
+        import trio
+        try:
+            answer = await trio.to_thread.run_sync(auth.register, body)
+        except AuthorityError as e:
+            LOG.info("register refused: %s", e.check)
+            raise Problem(e.status, e.check, "Registration refused", e.message) from None
+        LOG.info("register ok: secret %s", answer["name"])
+        return JSONResponse(answer, status_code=201)
+
     return [Route("/attest/tee", attest_tee, methods=["POST"]),
+            Route("/secrets", register, methods=["POST"]),
             Route("/authority", describe, methods=["GET"]),
             Route("/secrets/{name}", secret, methods=["GET"]),
             Route("/authorize", authorize, methods=["POST"])]

@@ -36,7 +36,8 @@ CC = {"NV_Write": 0x137, "NV_Read": 0x14E, "NV_ReadPublic": 0x169, "CreatePrimar
       "PolicyAuthValue": 0x16B, "PolicyGetDigest": 0x189, "LoadExternal": 0x167,
       "FlushContext": 0x165, "ReadPublic": 0x173, "GetRandom": 0x17B, "PCR_Read": 0x17E,
       "EncryptDecrypt2": 0x193, "Startup": 0x144,
-      "PCR_Extend": 0x182, "PCR_Reset": 0x13D}
+      "PCR_Extend": 0x182, "PCR_Reset": 0x13D, "NV_DefineSpace": 0x12A,
+      "NV_UndefineSpace": 0x122, "NV_WriteLock": 0x138}
 
 
 class ChannelError(Exception):

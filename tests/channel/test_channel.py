@@ -46,11 +46,11 @@ class Env:
     def provider(self, **fields):
         return SimulatedProvider(self.sim, **fields)
 
-    def seal(self, name, data, pcrs="sha256:0,7", **extra):
+    def seal(self, name, data, pcrs="sha256:0,7", nv_index=None, **extra):
         t = TctiTransport(self.tpm.tcti())
         try:
             record = seal(TpmChannel(t), name, data, parse_selection(pcrs),
-                          self.authority_public)
+                          self.authority_public, nv_index=nv_index)
         finally:
             t.close()
         record.update(extra)
@@ -81,7 +81,8 @@ def env(tmp_path_factory):
     os.mkdir(secrets)
     with run_daemon("--mode", "ephemeral", "--snp-provider", "simulated", "--snp-sim-dir",
                     sim.directory, timeout=30) as tpm, \
-            run_service(policy, key, "--authority-key", akey, "--secrets", secrets) as svc:
+            run_service(policy, key, "--authority-key", akey, "--secrets", secrets,
+                        "--allow-tee-provisioning") as svc:
         t = TctiTransport(tpm.tcti())
         TpmChannel(t).call("Startup", u16(0))
         t.close()
@@ -151,6 +152,99 @@ def test_secret_never_crosses_the_relay_in_clear(env):
     assert len(wire) > 5000
     assert secret not in wire and secret[7:] not in wire
     assert CC_UNSEAL.to_bytes(4, "big") in wire          # the unseal did cross the relay
+
+
+def test_secret_in_an_nv_index(env, tmp_path):
+    """`seal --nv-index`: the secret lives in the TPM's NV, readable only through the policy
+    (the owner's own NV_Read is refused), written once."""
+    (tmp_path / "s.bin").write_bytes(b"nv secret \xff")
+    r = ctpm("secret", "seal", "--tcti", env.tpm.tcti(), "--name", "nvs", "--in",
+             str(tmp_path / "s.bin"), "--authority", env.svc.url, "--nv-index", "01500040",
+             "-o", os.path.join(env.secrets, "nvs.json"))
+    assert r.returncode == 0, r.stderr
+    record = json.load(open(os.path.join(env.secrets, "nvs.json")))
+    assert record["kind"] == "nv-index" and "private" not in record
+    assert env.get("nvs") == b"nv secret \xff"
+    t = TctiTransport(env.tpm.tcti())
+    tpm = TpmChannel(t)
+    try:
+        with pytest.raises(TpmError) as e:              # the owner cannot read it
+            tpm.call("NV_Read", u16(4) + u16(0), handles=[0x40000001, 0x01500040],
+                     auths=[b""])
+        assert e.value.rc == 0x149                      # TPM_RC_NV_AUTHORIZATION
+        with pytest.raises(TpmError):                   # nor write it again
+            tpm.call("NV_Write", b2(b"x") + u16(0), handles=[0x40000001, 0x01500040],
+                     auths=[b""])
+    finally:
+        t.close()
+    big = os.urandom(2000)                              # over one NV_Read: enveloped
+    env.seal("nvbig", big, nv_index=0x01500041)
+    assert env.get("nvbig") == big
+
+
+def test_a_tee_provisions_a_secret_into_the_tpm(env):
+    """`secret put`'s library: the TPM attested first, the secret parameter-encrypted in a
+    session salted to K with the TEE's key, sealed to the quoted PCR values, the record
+    registered with a TEE token; then any attested TEE gets it. Through the relay, in clear
+    nowhere; a second registration of the name is refused."""
+    from ctpm.channel.client import provision_secret
+    secret = b"provisioned-" + os.urandom(12).hex().encode()
+    with Relay(env.tpm.mssim_port) as relay:
+        t = TctiTransport(relay.tcti)
+        try:
+            record = provision_secret(t, "from-tee", secret, env.svc.url, audience=AUDIENCE,
+                                      provider=env.provider(), pcrs=PCRS)
+        finally:
+            t.close()
+        assert env.get("from-tee", tcti=relay.tcti) == secret
+        assert secret not in bytes(relay.wire)
+    assert os.path.exists(os.path.join(env.secrets, "from-tee.json"))
+    t = TctiTransport(env.tpm.tcti())
+    try:
+        with pytest.raises(ChannelError) as e:
+            provision_secret(t, "from-tee", b"again", env.svc.url, audience=AUDIENCE,
+                             provider=env.provider(), pcrs=PCRS)
+        assert e.value.check == "secret_exists"
+        with pytest.raises(ChannelError) as e:
+            provision_secret(t, "not-quoted", b"x", env.svc.url, audience=AUDIENCE,
+                             provider=env.provider(), pcrs=PCRS, seal_pcrs="sha256:16")
+        assert e.value.check == "seal_pcrs"
+    finally:
+        t.close()
+    key, token = _tee_token(env)
+    vc = VerifierClient(env.svc.url)
+    bad = dict(record, name="foreign", authority=P.authority_public(
+        ec.generate_private_key(ec.SECP256R1()).public_key()).hex())
+    with pytest.raises(ChannelError) as e:
+        vc.register(token, bad)
+    assert e.value.check == "record"
+    with pytest.raises(ChannelError) as e:
+        vc.register("not.a.token", dict(record, name="x2"))
+    assert e.value.check == "tee_token"
+    from ctpm.attest.tokens import ServiceKey
+    closed = Authority(load_key(env.authority_key), SecretStore(env.secrets),
+                       jwks=ServiceKey.load(env.key).jwks(), issuer=env.svc.url,
+                       audience=AUDIENCE)
+    with pytest.raises(AuthorityError) as e:
+        closed.register({"token": token, "record": dict(record, name="x3")})
+    assert e.value.check == "registration_disabled"
+
+
+def test_put_on_the_command_line(env, tmp_path):
+    (tmp_path / "s.bin").write_bytes(b"put by a TEE")
+    sim = ("--snp-provider", "simulated", "--snp-sim-dir", env.sim.directory)
+    r = ctpm("secret", "put", "--tcti", env.tpm.tcti(), "--name", "cli-put", "--in",
+             str(tmp_path / "s.bin"), "--verifier", env.svc.url, "--audience", AUDIENCE,
+             "--nv-index", "01500042", "-o", str(tmp_path / "rec.json"), *sim)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "rec.json").read_text())["kind"] == "nv-index"
+    r = ctpm("secret", "get", "--tcti", env.tpm.tcti(), "--name", "cli-put", "--verifier",
+             env.svc.url, "--audience", AUDIENCE, "-o", "-", *sim)
+    assert r.returncode == 0 and r.stdout == b"put by a TEE", r.stderr
+    r = ctpm("secret", "put", "--tcti", env.tpm.tcti(), "--name", "cli-put2", "--in",
+             str(tmp_path / "s.bin"), "--verifier", env.svc.url, "--audience", AUDIENCE,
+             "--no-register", *sim)
+    assert r.returncode == 2 and b"--no-register needs -o" in r.stderr
 
 
 def test_the_svsm_mode_vtpm(env, tmp_path):
