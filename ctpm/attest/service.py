@@ -270,6 +270,11 @@ def openapi_document(settings) -> dict:
                                    "responses": {"200": {"description": "TPMT_PUBLIC, Name, "
                                                                         "PEM"},
                                                  "404": problem}}},
+            "/secrets": {"post": {"summary": "a record of a secret a TEE provisioned "
+                                              "(--allow-tee-provisioning)",
+                                  "responses": {"201": {"description": "kept"},
+                                                "400": problem, "403": problem,
+                                                "409": problem}}},
             "/secrets/{name}": {"get": {"summary": "a sealed secret's record (no secret)",
                                         "responses": {"200": {"description": "the record"},
                                                       "404": problem}}},
