@@ -647,3 +647,70 @@ def test_channel_key_checks_each_fail_on_purpose(env):
     partial = dict(doc)
     del partial["channel-key-signature"]
     refused(partial, "evidence_format")
+
+
+# --- standard TPM commands only: swtpm as the TPM ----------------------------------------------
+
+def test_the_channel_with_swtpm_as_the_tpm():
+    """The key agreement, the sealed object and the NV secret need nothing of ctpm: libtpms
+    (swtpm) does every step, with this library's sessions, HMACs and parameter encryption."""
+    from ctpm.channel.secrets import Unsealer
+    from tests.peers import Swtpm
+    swtpm = Swtpm()
+    try:
+        swtpm.execute(bytes.fromhex("80010000000c000001440000"))       # Startup(CLEAR)
+        tpm = TpmChannel(swtpm.execute)
+        authority = ec.generate_private_key(ec.SECP256R1())
+        public = P.authority_public(authority.public_key())
+        sel = parse_selection("sha256:0,7")
+        records = [seal(tpm, "obj", b"object secret", sel, public),
+                   seal(tpm, "big", b"B" * 500, sel, public),
+                   seal(tpm, "nv", b"nv secret", sel, public, nv_index=0x01500050)]
+        k, kpub = create_primary(tpm, P.channel_key_template())
+        info = P.parse_ecc_public(kpub)
+        tee = TeeKey()
+        asked = []
+
+        def authorize(nonce_tpm, cp_hash, ref, expiration):
+            asked.append(cp_hash)
+            return P.sign_authorization(authority, nonce_tpm, expiration, cp_hash, ref)
+        got = [Unsealer(tpm, rec, k_handle=k, k_point=(info["x"], info["y"]),
+                        tee_key=tee.private).run(authorize) for rec in records]
+        assert got == [b"object secret", b"B" * 500, b"nv secret"]
+        assert len(set(asked)) == 3
+        # a signature by another key: libtpms refuses PolicySigned
+        other = ec.generate_private_key(ec.SECP256R1())
+        with pytest.raises(TpmError) as e:
+            Unsealer(tpm, records[0], k_handle=k, k_point=(info["x"], info["y"]),
+                     tee_key=tee.private).run(
+                lambda n, c, r, x: P.sign_authorization(other, n, x, c, r))
+        assert e.value.command == "PolicySigned"
+    finally:
+        swtpm.close()
+
+
+def test_bad_requests_to_the_channel_endpoints(env):
+    import urllib.request
+    from urllib.error import HTTPError
+
+    def send(method, path, data=None, ctype="application/json"):
+        req = urllib.request.Request(env.svc.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", ctype)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except HTTPError as e:
+            assert e.headers["Content-Type"] == "application/problem+json"
+            return e.code, json.loads(e.read())
+    assert send("POST", "/authorize", b"{not json")[1]["check"] == "malformed_json"
+    assert send("POST", "/authorize", b"{}", "text/plain")[1]["check"] == "content_type"
+    assert send("POST", "/authorize", b"[1, 2]")[1]["check"] == "authorize_format"
+    assert send("POST", "/authorize", b"x" * (2 << 20))[0] == 413
+    assert send("POST", "/attest/tee", b'{"nonce": "zz"}')[1]["check"] == "nonce_format"
+    assert send("POST", "/attest/tee", b'{"nonce": 5}')[1]["check"] == "request_format"
+    for name in ("..%2F..%2Fetc%2Fpasswd", "a" * 65, "%00", "x.json"):
+        status, body = send("GET", "/secrets/" + name)
+        assert status == 404 and body["check"] in ("unknown_secret", "not_found"), name
+    assert send("POST", "/secrets", b'{"record": 1}')[1]["check"] == "authorize_format"
+    assert "Traceback" not in env.svc.log()
