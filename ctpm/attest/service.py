@@ -393,6 +393,9 @@ def run_serve(args) -> int:
         policy = load_policy(args.policy)
         key = ServiceKey.load(args.key, args.cert_chain)
         authority = None
+        if args.authority_key and not args.audience:
+            raise ValueError("--authority-key needs --audience: the trusted channel's tokens "
+                             "are checked for it on both sides")
         if args.authority_key:
             from ..channel.authority import Authority, SecretStore, load_key
             if args.secrets and not os.path.isdir(args.secrets):

@@ -84,9 +84,10 @@ class VerifierClient:
 
 
 def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,
-                    ek_name: bytes | None = None) -> dict:
+                    ek_name: bytes | None = None, nonce: bytes | None = None) -> dict:
     """The TEE's check of the TPM's token: valid (ctpm.attest.tokens.verify_token), a vTPM
-    token, confirming exactly the K this TPM made, for the EK the record names."""
+    token for this attestation's nonce, confirming exactly the K this TPM made, for the EK the
+    record names."""
     from ..attest.tokens import TokenError, verify_token
     try:
         claims = verify_token(token, jwks, audience=audience)
@@ -95,6 +96,8 @@ def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,
     submods = claims.get("submods") or {}
     if "vtpm" not in submods or "snp" not in submods:
         raise ChannelError("tpm_token", "type: not a composite (snp + vtpm) token")
+    if nonce is not None and claims.get("eat_nonce") != P._b64u(nonce):
+        raise ChannelError("tpm_token", "eat_nonce: the token is for another attestation")
     cnf = (claims.get("cnf") or {}).get("jwk")
     try:
         if P.jwk_point(cnf) != tuple(k_point):
@@ -180,7 +183,7 @@ def _attest_tpm(tpm, vc, jwks, *, audience, pcrs, svsm_client, owner_auth, ek_na
                               owner_auth=owner_auth)
     try:
         claims = check_tpm_token(vc.attest(nonce, doc), jwks, audience=audience,
-                                 k_point=key.point, ek_name=ek_name)
+                                 k_point=key.point, ek_name=ek_name, nonce=nonce)
     except BaseException:
         tpm.flush(key.handle)
         raise

@@ -580,8 +580,11 @@ def test_tee_checks_the_tpm_token(env):
         tpm.flush(k.handle)
     finally:
         t.close()
-    claims = check_tpm_token(token, jwks, audience=AUDIENCE, k_point=k.point)
+    claims = check_tpm_token(token, jwks, audience=AUDIENCE, k_point=k.point, nonce=nonce)
     assert claims["cnf"]["jwk"]["kid"] == k.name.hex()
+    with pytest.raises(ChannelError) as e:
+        check_tpm_token(token, jwks, audience=AUDIENCE, k_point=k.point, nonce=os.urandom(64))
+    assert e.value.check == "tpm_token" and "eat_nonce" in e.value.message
     with pytest.raises(ChannelError) as e:
         check_tpm_token(token, jwks, audience=AUDIENCE, k_point=(bytes(32), bytes(32)))
     assert e.value.check == "tpm_token_key"
@@ -687,6 +690,16 @@ def test_the_channel_with_swtpm_as_the_tpm():
         assert e.value.command == "PolicySigned"
     finally:
         swtpm.close()
+
+
+def test_the_authority_needs_an_audience(env):
+    r = ctpm("verifier", "serve", "--listen", "127.0.0.1:0", "--policy", env.policy, "--key",
+             env.key, "--authority-key", env.authority_key)
+    assert r.returncode == 2 and b"--authority-key needs --audience" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = ctpm("verifier", "serve", "--listen", "127.0.0.1:0", "--policy", env.policy, "--key",
+             env.key, "--secrets", env.secrets, "--audience", "x")
+    assert r.returncode == 2 and b"need --authority-key" in r.stderr
 
 
 def test_bad_requests_to_the_channel_endpoints(env):
