@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import struct
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -149,9 +150,19 @@ class TpmChannel:
 
     # -- the command layer -------------------------------------------------------------------
 
+    RETRY_CODES = (0x908, 0x90A, 0x922)       # TPM_RC_YIELDED, TESTING, RETRY
+
     def raw(self, command: bytes) -> bytes:
-        self.commands += 1
-        return self._execute(command)
+        """One command; a TPM that asks to be asked again (libtpms answers TPM_RC_RETRY
+        after writing its DA state, for example) gets the same bytes again: the command did
+        not run, so no session nonce moved."""
+        for attempt in range(20):
+            self.commands += 1
+            rsp = self._execute(command)
+            if len(rsp) < 10 or int.from_bytes(rsp[6:10], "big") not in self.RETRY_CODES:
+                return rsp
+            time.sleep(min(0.001 * 2 ** attempt, 0.1))
+        return rsp
 
     def call(self, name: str, params: bytes = b"", *, handles=(), names=None, auths=(),
              session: Session | None = None, session_attrs: int = A_CONTINUE,
