@@ -94,6 +94,28 @@ def _fail(command, message, status):
     return status
 
 
+def _open(args, command):
+    """The TEE's transport to the TPM (--tcti or --svsm), started with --startup; or the exit
+    status after one line saying why not."""
+    from .tpm import ChannelError, TpmChannel
+    from .transport import SvsmTransport, TctiTransport
+    where = args.tcti or args.svsm
+    try:
+        transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
+    except Exception as e:
+        return _fail(command, f"{where}: {type(e).__name__}: {e}", 1)
+    if args.startup:
+        try:
+            startup(TpmChannel(transport))
+        except ChannelError as e:
+            transport.close()
+            return _fail(command, f"{where}: {e.check}: {e.message}", 1)
+        except Exception as e:
+            transport.close()
+            return _fail(command, f"{where}: {type(e).__name__}: {e}", 1)
+    return transport
+
+
 def _nv_index(text):
     if text is None:
         return None
@@ -204,19 +226,14 @@ def run_get(args) -> int:
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     from .client import get_secret
     from .tpm import ChannelError
-    from .transport import SvsmTransport, TctiTransport
     try:
         provider = _provider(args)
     except ValueError as e:
         return _fail("get", str(e), 2)
+    transport = _open(args, "get")
+    if isinstance(transport, int):
+        return transport
     try:
-        transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
-    except Exception as e:
-        return _fail("get", f"{args.tcti or args.svsm}: {type(e).__name__}: {e}", 1)
-    try:
-        if args.startup:
-            from .tpm import TpmChannel
-            startup(TpmChannel(transport))
         data = get_secret(transport, args.name, args.verifier, audience=args.audience,
                           provider=provider, pcrs=args.pcrs,
                           svsm_client=transport.client if args.svsm else None)
@@ -243,8 +260,7 @@ def run_put(args) -> int:
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     from ..attest.tpm import parse_selection
     from .client import provision_secret
-    from .tpm import ChannelError, TpmChannel
-    from .transport import SvsmTransport, TctiTransport
+    from .tpm import ChannelError
     try:
         provider = _provider(args)
         parse_selection(args.seal_pcrs)
@@ -260,13 +276,10 @@ def run_put(args) -> int:
         return _fail("put", str(e), 2)
     except OSError as e:
         return _fail("put", f"cannot read {args.input}: {e.strerror}", 2)
+    transport = _open(args, "put")
+    if isinstance(transport, int):
+        return transport
     try:
-        transport = TctiTransport(args.tcti) if args.tcti else SvsmTransport(args.svsm)
-    except Exception as e:
-        return _fail("put", f"{args.tcti or args.svsm}: {type(e).__name__}: {e}", 1)
-    try:
-        if args.startup:
-            startup(TpmChannel(transport))
         record = provision_secret(transport, args.name, data, args.verifier,
                                   audience=args.audience, provider=provider,
                                   seal_pcrs=args.seal_pcrs, pcrs=args.pcrs, nv_index=nv_index,

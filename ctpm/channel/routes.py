@@ -93,29 +93,25 @@ def routes(settings, *, read_json, consume_nonce, run_appraisal, Problem):
         except AuthorityError as e:
             raise Problem(e.status, e.check, "Not Found", e.message) from None
 
-    async def authorize(request):
+    async def call_authority(request, method: str, title: str, status: int = 200):
+        """The authority's `method` on the JSON body, in a worker thread (it verifies tokens
+        and signs); AuthorityError -> a problem document naming the check."""
+        import trio
         body = await read_json(request)
         auth = authority()
-        import trio
         try:
-            answer = await trio.to_thread.run_sync(auth.authorize, body)
+            answer = await trio.to_thread.run_sync(getattr(auth, method), body)
         except AuthorityError as e:
-            LOG.info("authorize refused: %s", e.check)
-            raise Problem(e.status, e.check, "Authorization refused", e.message) from None
-        LOG.info("authorize ok: secret %s", str(body.get("secret"))[:64])
-        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+            LOG.info("%s refused: %s", method, e.check)
+            raise Problem(e.status, e.check, title, e.message) from None
+        LOG.info("%s ok: secret %s", method, str(body.get("secret") or answer.get("name"))[:64])
+        return JSONResponse(answer, status_code=status, headers={"Cache-Control": "no-store"})
+
+    async def authorize(request):
+        return await call_authority(request, "authorize", "Authorization refused")
 
     async def register(request):
-        body = await read_json(request)
-        auth = authority()
-        import trio
-        try:
-            answer = await trio.to_thread.run_sync(auth.register, body)
-        except AuthorityError as e:
-            LOG.info("register refused: %s", e.check)
-            raise Problem(e.status, e.check, "Registration refused", e.message) from None
-        LOG.info("register ok: secret %s", answer["name"])
-        return JSONResponse(answer, status_code=201)
+        return await call_authority(request, "register", "Registration refused", 201)
 
     return [Route("/attest/tee", attest_tee, methods=["POST"]),
             Route("/secrets", register, methods=["POST"]),

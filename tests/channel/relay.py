@@ -5,17 +5,9 @@ import socket
 import struct
 import threading
 
+from tests.peers import _recv_exact
+
 SEND_COMMAND = 8
-
-
-def _recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
 
 
 def _bind_pair():

@@ -719,7 +719,17 @@ def test_bad_requests_to_the_channel_endpoints(env):
     assert send("POST", "/authorize", b"{not json")[1]["check"] == "malformed_json"
     assert send("POST", "/authorize", b"{}", "text/plain")[1]["check"] == "content_type"
     assert send("POST", "/authorize", b"[1, 2]")[1]["check"] == "authorize_format"
-    assert send("POST", "/authorize", b"x" * (2 << 20))[0] == 413
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(env.svc.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.putrequest("POST", "/authorize")       # announces 2 MiB: refused before reading
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2 << 20))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["check"] == "body_too_large"
+    conn.close()
     assert send("POST", "/attest/tee", b'{"nonce": "zz"}')[1]["check"] == "nonce_format"
     assert send("POST", "/attest/tee", b'{"nonce": 5}')[1]["check"] == "request_format"
     for name in ("..%2F..%2Fetc%2Fpasswd", "a" * 65, "%00", "x.json"):
