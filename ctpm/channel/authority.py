@@ -99,7 +99,8 @@ class Authority:
         pem = self.key.public_key().public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
         return {"public": self.public.hex(), "name": self.name.hex(), "pem": pem.decode(),
-                "scheme": "ecdsa-sha256", "max_expiration": self.max_expiration}
+                "scheme": "ecdsa-sha256", "max_expiration": self.max_expiration,
+                "issuer": self.issuer, "audience": self.audience}
 
     def record(self, name: str) -> dict:
         record = self.store.get(name)

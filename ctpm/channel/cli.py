@@ -44,8 +44,9 @@ def add_parsers(commands):
                                                            "protocols")
     g.add_argument("--name", required=True)
     g.add_argument("--verifier", required=True, metavar="URL")
-    g.add_argument("--audience", required=True, metavar="X",
-                   help="the audience the verifier's tokens carry")
+    g.add_argument("--audience", metavar="X",
+                   help="the audience the verifier's tokens carry (default: the one the "
+                        "verifier's /authority names)")
     g.add_argument("-o", "--output", required=True, metavar="FILE", help="'-': stdout")
     g.add_argument("--pcrs", metavar="SEL", help="PCRs the TPM quotes (the verifier policy's; "
                                                  "default sha256:0-7)")
@@ -64,7 +65,7 @@ def add_parsers(commands):
     u.add_argument("--name", required=True)
     u.add_argument("--in", dest="input", required=True, metavar="FILE", help="'-': stdin")
     u.add_argument("--verifier", required=True, metavar="URL")
-    u.add_argument("--audience", required=True, metavar="X")
+    u.add_argument("--audience", metavar="X", help="as for get")
     u.add_argument("--seal-pcrs", default="sha256:0,7", metavar="SEL",
                    help="PCRs the secret is sealed to, at the values the verified quote "
                         "shows (default sha256:0,7)")

@@ -110,7 +110,18 @@ def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,
     return claims
 
 
-def get_secret(transport, name: str, verifier, *, audience: str, provider, pcrs: str | None = None,
+def _audience(vc, audience):
+    """The tokens' audience: given, or the one the verifier says it issues for."""
+    if audience:
+        return audience
+    got = vc.authority().get("audience")
+    if not got:
+        raise ChannelError("audience", "the verifier names no audience; give one")
+    return got
+
+
+def get_secret(transport, name: str, verifier, *, audience: str | None, provider,
+               pcrs: str | None = None,
                svsm_client=None, timings: dict | None = None, owner_auth: bytes = b"") -> bytes:
     """The secret `name`, unsealed over the trusted channel. `verifier`: a URL or a
     VerifierClient; `provider`: the TEE's SNP report provider (ctpm.snp.providers);
@@ -123,6 +134,7 @@ def get_secret(transport, name: str, verifier, *, audience: str, provider, pcrs:
     vc = verifier if isinstance(verifier, VerifierClient) else VerifierClient(verifier)
     tpm = TpmChannel(transport)
     t0 = time.perf_counter()
+    audience = _audience(vc, audience)
     raw_record = vc.record(name)
     try:
         record = check_record(raw_record)
@@ -190,7 +202,8 @@ def _attest_tpm(tpm, vc, jwks, *, audience, pcrs, svsm_client, owner_auth, ek_na
     return key, claims
 
 
-def provision_secret(transport, name: str, data: bytes, verifier, *, audience: str, provider,
+def provision_secret(transport, name: str, data: bytes, verifier, *, audience: str | None,
+                     provider,
                      seal_pcrs: str = "sha256:0,7", pcrs: str | None = None,
                      nv_index: int | None = None, register: bool = True, svsm_client=None,
                      owner_auth: bytes = b"") -> dict:
@@ -206,6 +219,7 @@ def provision_secret(transport, name: str, data: bytes, verifier, *, audience: s
     vc = verifier if isinstance(verifier, VerifierClient) else VerifierClient(verifier)
     tpm = TpmChannel(transport)
     jwks = vc.jwks()
+    audience = _audience(vc, audience)
     authority = bytes.fromhex(vc.authority()["public"])
     selection = parse_selection(seal_pcrs)
     key, claims = _attest_tpm(tpm, vc, jwks, audience=audience, pcrs=pcrs,

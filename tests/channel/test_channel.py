@@ -104,9 +104,10 @@ def test_seal_and_get_on_the_command_line(env, tmp_path):
              os.path.join(env.secrets, "cli-disk.json"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "got.bin"
+    # the command line: the audience is the one the verifier names
     r = ctpm("secret", "get", "--tcti", env.tpm.tcti(), "--name", "cli-disk", "--verifier",
-             env.svc.url, "--audience", AUDIENCE, "-o", str(out), "--snp-provider",
-             "simulated", "--snp-sim-dir", env.sim.directory)
+             env.svc.url, "-o", str(out), "--snp-provider", "simulated", "--snp-sim-dir",
+             env.sim.directory)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == b"the disk key \x00\x01\x02"
     assert os.stat(out).st_mode & 0o777 == 0o600
