@@ -342,6 +342,9 @@ def add_parsers(commands):
     s.add_argument("--secrets", metavar="DIR",
                    help="the secrets' records (NAME.json from `ctpm secret seal`) the "
                         "authority serves and authorizes")
+    s.add_argument("--admin-token-file", metavar="FILE",
+                   help="the operator's bearer token: `ctpm secret seal --register` may then "
+                        "POST records to /secrets (never overwriting)")
     s.add_argument("--allow-tee-provisioning", action="store_true",
                    help="accept records of secrets that attested TEEs provisioned into a TPM "
                         "(POST /secrets; never overwrites)")
@@ -400,13 +403,18 @@ def run_serve(args) -> int:
             from ..channel.authority import Authority, SecretStore, load_key
             if args.secrets and not os.path.isdir(args.secrets):
                 raise ValueError(f"--secrets {args.secrets}: not a directory")
-            if args.allow_tee_provisioning and not args.secrets:
-                raise ValueError("--allow-tee-provisioning needs --secrets")
+            from ..channel.authority import load_admin_token
+            if (args.allow_tee_provisioning or args.admin_token_file) and not args.secrets:
+                raise ValueError("--allow-tee-provisioning and --admin-token-file need "
+                                 "--secrets")
+            admin = load_admin_token(args.admin_token_file) if args.admin_token_file else None
             authority = Authority(load_key(args.authority_key), SecretStore(args.secrets),
                                   jwks=key.jwks(), issuer=args.issuer, audience=args.audience,
-                                  allow_registration=args.allow_tee_provisioning)
-        elif args.secrets or args.allow_tee_provisioning:
-            raise ValueError("--secrets and --allow-tee-provisioning need --authority-key")
+                                  allow_registration=args.allow_tee_provisioning,
+                                  admin_token=admin)
+        elif args.secrets or args.allow_tee_provisioning or args.admin_token_file:
+            raise ValueError("--secrets, --allow-tee-provisioning and --admin-token-file need "
+                             "--authority-key")
         store = open_store(args.nonce_store)
     except ValueError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)

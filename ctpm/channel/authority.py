@@ -9,6 +9,7 @@ answer shape), so only the TEE holding Q_T's private key can use the signature.
 Refusals name their check: authorize_format, tee_token (with the token rule that failed),
 salt_key, unknown_secret, policy_ref, cp_hash, expiration, tee_measurement.
 """
+import hmac
 import json
 import os
 import re
@@ -31,6 +32,19 @@ class AuthorityError(Exception):
     def __init__(self, check: str, message: str, status: int = 403):
         super().__init__(f"{check}: {message}")
         self.check, self.message, self.status = check, message, status
+
+
+def load_admin_token(path: str) -> str:
+    """The operator's bearer token (--admin-token-file): at least 32 characters; ValueError."""
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"--admin-token-file {path}: {e.strerror}") from None
+    if len(token) < 32 or any(c.isspace() for c in token):
+        raise ValueError(f"--admin-token-file {path}: the token must be one word of at least "
+                         "32 characters (e.g. `openssl rand -hex 32`)")
+    return token
 
 
 def load_key(path: str) -> ec.EllipticCurvePrivateKey:
@@ -86,9 +100,10 @@ class SecretStore:
 class Authority:
     def __init__(self, key: ec.EllipticCurvePrivateKey, store: SecretStore, *, jwks: dict,
                  issuer: str, audience: str | None, max_expiration: int = MAX_EXPIRATION,
-                 allow_registration: bool = False):
+                 allow_registration: bool = False, admin_token: str | None = None):
         self.key, self.store, self.jwks = key, store, jwks
         self.allow_registration = allow_registration
+        self.admin_token = admin_token
         self.issuer, self.audience = issuer, audience
         self.max_expiration = max_expiration
         self.public = P.authority_public(key.public_key())
@@ -121,19 +136,28 @@ class Authority:
                                               "confirmed key)")
         return claims
 
-    def register(self, body, *, now: float | None = None) -> dict:
-        """A TEE's record of a secret it provisioned into a TPM (POST /secrets), kept when
-        the service allows TEE provisioning, the token is a valid TEE token, the record is
-        well formed and for this authority, and the name is free (never overwritten)."""
+    def is_admin(self, authorization: str | None) -> bool:
+        """`Authorization: Bearer TOKEN` with the operator's token (constant time)."""
+        if not self.admin_token or not isinstance(authorization, str):
+            return False
+        scheme, _, token = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.admin_token.encode())
+
+    def register(self, body, *, now: float | None = None, admin: bool = False) -> dict:
+        """A record of a sealed secret (POST /secrets), kept when it comes from the operator
+        (`admin`: the --admin-token-file bearer token, what `secret seal --register` sends)
+        or from a TEE with a valid TEE token when the service allows TEE provisioning; the
+        record well formed and for this authority, the name free (never overwritten)."""
         from .secrets import check_record
-        if not self.allow_registration:
-            raise AuthorityError("registration_disabled", "this verifier does not take secrets "
-                                                          "from TEEs (--allow-tee-provisioning)",
-                                 403)
+        if not admin and not self.allow_registration:
+            raise AuthorityError("registration_disabled", "this verifier takes secrets only "
+                                                          "from its operator (TEEs: "
+                                                          "--allow-tee-provisioning)", 403)
         if not isinstance(body, dict) or not isinstance(body.get("record"), dict):
             raise AuthorityError("authorize_format", 'the body must be {"token": JWT, '
                                                      '"record": {...}}', 400)
-        claims = self._tee_claims(body.get("token"), now)
+        claims = {} if admin else self._tee_claims(body.get("token"), now)
         record = body["record"]
         try:
             rec = check_record(record)
@@ -144,6 +168,8 @@ class Authority:
         if not self.store.put(rec["name"], record):
             raise AuthorityError("secret_exists", f"a secret {rec['name']!r} exists already",
                                  409)
+        if admin:
+            return {"name": rec["name"], "registered_by": "operator"}
         return {"name": rec["name"], "registered_by":
                 (claims["submods"]["tee"].get("ctpm.tee") or {}).get("measurement")}
 

@@ -33,7 +33,10 @@ def add_parsers(commands):
                         "carries")
     s.add_argument("-o", "--output", metavar="FILE",
                    help="the record (default: NAME.json here); put it in the verifier's "
-                        "--secrets directory")
+                        "--secrets directory, or --register it")
+    s.add_argument("--register", metavar="TOKEN_FILE",
+                   help="send the record to the --authority URL's /secrets with this "
+                        "operator token (the service's --admin-token-file)")
     s.add_argument("--startup", action="store_true", help="send TPM2_Startup(CLEAR) first")
     s.set_defaults(main=run_seal)
 
@@ -194,6 +197,15 @@ def run_seal(args) -> int:
     except (OSError, ValueError, KeyError) as e:
         return _fail("seal", f"--authority {args.authority}: {e}", 2)
     output = args.output or f"{args.name}.json"
+    admin = None
+    if args.register:
+        if not args.authority.startswith(("http://", "https://")):
+            return _fail("seal", "--register needs --authority URL", 2)
+        try:
+            with open(args.register) as f:
+                admin = f.read().strip()
+        except OSError as e:
+            return _fail("seal", f"--register {args.register}: {e.strerror}", 2)
     try:
         transport = TctiTransport(args.tcti)
     except Exception as e:
@@ -218,8 +230,16 @@ def run_seal(args) -> int:
         _write_record(record, output)
     except OSError as e:
         return _fail("seal", f"cannot write {output}: {e.strerror}", 1)
+    if admin is not None:
+        from .client import VerifierClient
+        try:
+            VerifierClient(args.authority, admin_token=admin).register(None, record)
+        except ChannelError as e:
+            return _fail("seal", f"sealed, record {output}, but not registered: {e.check}: "
+                                 f"{e.message}", 1)
     print(f"sealed {args.name!r}: object {record['object_name'][:16]}..., PCRs {record['pcrs']}"
-          f"{' (enveloped)' if 'envelope' in record else ''}; record {output}")
+          f"{' (enveloped)' if 'envelope' in record else ''}; record {output}"
+          f"{', registered' if admin is not None else ''}")
     return 0
 
 

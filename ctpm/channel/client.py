@@ -23,8 +23,9 @@ class VerifierClient:
     """The verifier service's HTTP API (sync, stdlib); problem documents -> ChannelError
     with the service's check name."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0):
+    def __init__(self, url: str, *, timeout: float = 30.0, admin_token: str | None = None):
         self.url = url.rstrip("/")
+        self.admin_token = admin_token
         self.timeout = timeout
         self.requests = 0
         self.bytes_out = self.bytes_in = 0
@@ -34,6 +35,8 @@ class VerifierClient:
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.admin_token and path == "/secrets":
+            req.add_header("Authorization", f"Bearer {self.admin_token}")
         self.requests += 1
         self.bytes_out += len(data or b"")
         try:
@@ -79,8 +82,9 @@ class VerifierClient:
     def authorize(self, body: dict) -> dict:
         return self._request("POST", "/authorize", body)
 
-    def register(self, token: str, record: dict) -> dict:
-        return self._request("POST", "/secrets", {"token": token, "record": record})
+    def register(self, token: str | None, record: dict) -> dict:
+        body = {"record": record} if token is None else {"token": token, "record": record}
+        return self._request("POST", "/secrets", body)
 
 
 def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,

@@ -96,11 +96,17 @@ def routes(settings, *, read_json, consume_nonce, run_appraisal, Problem):
     async def call_authority(request, method: str, title: str, status: int = 200):
         """The authority's `method` on the JSON body, in a worker thread (it verifies tokens
         and signs); AuthorityError -> a problem document naming the check."""
+        import functools
+
         import trio
         body = await read_json(request)
         auth = authority()
+        call = getattr(auth, method)
+        if method == "register":
+            call = functools.partial(call, admin=auth.is_admin(
+                request.headers.get("authorization")))
         try:
-            answer = await trio.to_thread.run_sync(getattr(auth, method), body)
+            answer = await trio.to_thread.run_sync(call, body)
         except AuthorityError as e:
             LOG.info("%s refused: %s", method, e.check)
             raise Problem(e.status, e.check, title, e.message) from None

@@ -79,10 +79,13 @@ def env(tmp_path_factory):
                    capture_output=True)
     secrets = os.path.join(d, "secrets")
     os.mkdir(secrets)
+    with open(os.path.join(d, "admin.token"), "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
     with run_daemon("--mode", "ephemeral", "--snp-provider", "simulated", "--snp-sim-dir",
                     sim.directory, timeout=30) as tpm, \
             run_service(policy, key, "--authority-key", akey, "--secrets", secrets,
-                        "--allow-tee-provisioning") as svc:
+                        "--allow-tee-provisioning", "--admin-token-file",
+                        os.path.join(d, "admin.token")) as svc:
         t = TctiTransport(tpm.tcti())
         TpmChannel(t).call("Startup", u16(0))
         t.close()
@@ -99,10 +102,18 @@ def ctpm(*args):
 
 def test_seal_and_get_on_the_command_line(env, tmp_path):
     (tmp_path / "s.bin").write_bytes(b"the disk key \x00\x01\x02")
-    r = ctpm("secret", "seal", "--tcti", env.tpm.tcti(), "--name", "cli-disk", "--in",
-             str(tmp_path / "s.bin"), "--authority", env.svc.url, "-o",
-             os.path.join(env.secrets, "cli-disk.json"))
-    assert r.returncode == 0, r.stderr
+    (tmp_path / "wrong.token").write_text("w" * 64)
+    seal_args = ("secret", "seal", "--tcti", env.tpm.tcti(), "--name", "cli-disk", "--in",
+                 str(tmp_path / "s.bin"), "--authority", env.svc.url, "-o",
+                 str(tmp_path / "cli-disk.json"))
+    r = ctpm(*seal_args, "--register", str(tmp_path / "wrong.token"))
+    assert r.returncode == 1 and b"not registered: tee_token" in r.stderr, r.stderr
+    # the operator's token registers the record with the verifier (POST /secrets)
+    r = ctpm(*seal_args, "--register", os.path.join(env.dir, "admin.token"))
+    assert r.returncode == 0 and b"registered" in r.stdout, r.stderr
+    assert os.path.exists(os.path.join(env.secrets, "cli-disk.json"))
+    r = ctpm(*seal_args, "--register", os.path.join(env.dir, "admin.token"))
+    assert r.returncode == 1 and b"secret_exists" in r.stderr         # never overwritten
     out = tmp_path / "got.bin"
     # the command line: the audience is the one the verifier names
     r = ctpm("secret", "get", "--tcti", env.tpm.tcti(), "--name", "cli-disk", "--verifier",
@@ -691,6 +702,14 @@ def test_the_channel_with_swtpm_as_the_tpm():
         assert e.value.command == "PolicySigned"
     finally:
         swtpm.close()
+
+
+def test_admin_token_file_is_checked(env, tmp_path):
+    (tmp_path / "short").write_text("abc")
+    r = ctpm("verifier", "serve", "--listen", "127.0.0.1:0", "--policy", env.policy, "--key",
+             env.key, "--authority-key", env.authority_key, "--audience", "x", "--secrets",
+             env.secrets, "--admin-token-file", str(tmp_path / "short"))
+    assert r.returncode == 2 and b"at least 32 characters" in r.stderr
 
 
 def test_the_authority_needs_an_audience(env):
