@@ -163,7 +163,10 @@ def _authority_public(source: str) -> bytes:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        key = serialization.load_pem_private_key(data, None).public_key()
+        try:
+            key = serialization.load_pem_private_key(data, None).public_key()
+        except (ValueError, TypeError):
+            raise ValueError("not a PEM public key (or unencrypted private key)") from None
     return P.authority_public(key)
 
 
