@@ -90,6 +90,12 @@ def _parser(wanted=None):
                      help="--mode passthrough: this guest's NV indices")
     run.add_argument("--persistent-range", metavar="FIRST-LAST",
                      help="--mode passthrough: this guest's persistent handles")
+    for hierarchy in ("owner", "endorsement"):
+        run.add_argument(f"--upstream-{hierarchy}-auth-file", metavar="FILE",
+                         help=f"--mode passthrough: the upstream's {hierarchy} authorization "
+                              "(the file's bytes)")
+        run.add_argument(f"--upstream-{hierarchy}-auth-fd", metavar="N", type=int,
+                         help=f"--mode passthrough: ... read from descriptor N")
     commands.add_parser("host", help="serve many TPM instances in one process "
                                      "(ctpm host --help)", add_help=False)
     from .state import admin
@@ -147,7 +153,10 @@ def main(argv=None) -> int:
                       state_passphrase_file=args.state_passphrase_file,
                       upstream=args.upstream, upstream_force=args.upstream_force,
                       anchor=args.anchor, nv_range=args.nv_range,
-                      persistent_range=args.persistent_range)
+                      persistent_range=args.persistent_range,
+                      upstream_auth={
+                          (h, k): getattr(args, f"upstream_{h}_auth_{k}")
+                          for h in ("owner", "endorsement") for k in ("file", "fd")})
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2

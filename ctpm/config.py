@@ -71,6 +71,12 @@ class Config:
     passthrough_shared: tuple = ((0x01C00000, 0x01C07FFF), (0x81010000, 0x810100FF))
     passthrough_refuse: tuple = ()  # () = the guard's DEFAULT_REFUSE
     passthrough_pcr_writes: bool = False
+    # the upstream's ownerAuth / endorsementAuth: a file's bytes or what a descriptor gives
+    # (never logged); empty when not given
+    upstream_owner_auth_file: str | None = None
+    upstream_owner_auth_fd: int | None = None
+    upstream_endorsement_auth_file: str | None = None
+    upstream_endorsement_auth_fd: int | None = None
 
 
 DEFAULTS = Config()
@@ -93,7 +99,9 @@ SCHEMA = {
                     "nv_range": "passthrough_nv_range",
                     "persistent_range": "passthrough_persistent_range",
                     "shared": "passthrough_shared", "refuse": "passthrough_refuse",
-                    "pcr_writes": "passthrough_pcr_writes"},
+                    "pcr_writes": "passthrough_pcr_writes",
+                    "owner_auth_file": "upstream_owner_auth_file",
+                    "endorsement_auth_file": "upstream_endorsement_auth_file"},
 }
 MODES = ("standard", "ephemeral", "svsm", "passthrough")
 SNP_PROVIDERS = ("auto", "configfs", "sev-guest", "simulated")
@@ -192,7 +200,7 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          snp_sim_dir=None, svsm=None, vtpm_proxy=False, state_key=None, state_key_fd=None,
          state_passphrase_fd=None, state_passphrase_file=None,
          default_listener=True, upstream=None, upstream_force=False, anchor=False,
-         nv_range=None, persistent_range=None) -> Config:
+         nv_range=None, persistent_range=None, upstream_auth=None) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it.
     `default_listener=False` (socket activation): no mssim on 2321 when none is given."""
     raw = read_toml(path) if path is not None else {}
@@ -208,6 +216,9 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
              "upstream": (upstream, "--upstream"),
              "passthrough_nv_range": (nv_range, "--nv-range"),
              "passthrough_persistent_range": (persistent_range, "--persistent-range")}
+    for (hierarchy, kind), value in (upstream_auth or {}).items():   # CLI: file or fd
+        flag = f"--upstream-{hierarchy}-auth-{kind}"
+        flags[f"upstream_{hierarchy}_auth_{kind}"] = (value, flag)
     if any(v is not None for v, _ in (flags[k] for k in KEY_SOURCES)):
         for k in KEY_SOURCES:      # a key on the command line replaces the file's
             raw.pop(k, None)
@@ -298,6 +309,12 @@ def _check_passthrough(config, raw, where):
             raise ConfigError(f"{raw['upstream'][1]}: {path} has no resource manager (guests "
                               "would share transient objects and sessions): use /dev/tpmrmN "
                               "or tabrmd, or --upstream-force")
+    for hierarchy in ("owner", "endorsement"):
+        given = [raw[f"upstream_{hierarchy}_auth_{k}"][1] for k in ("file", "fd")
+                 if f"upstream_{hierarchy}_auth_{k}" in raw]
+        if len(given) > 1:
+            raise ConfigError(f"{given[1]}: only one source of the {hierarchy} "
+                              f"authorization ({given[0]} was given)")
 
 
 def _validate(name, value, where):
@@ -369,11 +386,13 @@ def _validate(name, value, where):
         if not _check_type(value, str, where):
             raise ConfigError(f"{where}: must not be empty")
         return value
-    if name in ("state_key", "state_passphrase_file"):
+    if name in ("state_key", "state_passphrase_file", "upstream_owner_auth_file",
+                "upstream_endorsement_auth_file"):
         if not _check_type(value, str, where):
             raise ConfigError(f"{where}: must not be empty")
         return value
-    if name in ("state_key_fd", "state_passphrase_fd"):
+    if name in ("state_key_fd", "state_passphrase_fd", "upstream_owner_auth_fd",
+                "upstream_endorsement_auth_fd"):
         if isinstance(value, str) and value.isdigit():
             value = int(value)
         value = _check_type(value, int, where)

@@ -20,6 +20,7 @@ mode itself, on top of the upstream: NV_Write of 0x01400002, NV_Read and NV_Read
 0x01400001 and 0x01400002 are answered by ctpm and never reach the upstream.
 """
 import hashlib
+import hmac
 import logging
 import struct
 
@@ -32,7 +33,8 @@ RC_RETRY, RC_FAILURE, RC_INITIALIZE = 0x922, 0x101, 0x100
 RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
 MAX_RESPONSE = 16384
 QUICK = 0.002                   # seconds to poll for an answer before awaiting it
-RS_PW = 0x40000009
+RC_AUTH_FAIL, RC_AUTH_MISSING = 0x98E, 0x125     # AUTH_FAIL + session 1
+RS_PW, OWNER = 0x40000009, 0x40000001
 EVIDENCE_INDEX, REQUEST_INDEX = 0x01400001, 0x01400002
 _NV_WRITTEN = 1 << 29
 
@@ -178,9 +180,10 @@ class Upstream:
         return rsp
 
 
-def _handle_counts(client_call) -> dict:
-    """{command code: handles in its handle area} from the upstream's TPMA_CC list."""
-    counts, first = {}, 0x11F
+def _handle_counts(client_call) -> tuple[dict, frozenset]:
+    """({command code: handles in its handle area}, {codes whose response has a handle})
+    from the upstream's TPMA_CC list."""
+    counts, rhandle, first = {}, set(), 0x11F
     while True:
         rsp = client_call(struct.pack(">HIIIII", 0x8001, 22, 0x17A, 2, first, 256))
         rc = struct.unpack(">I", rsp[6:10])[0]
@@ -191,9 +194,39 @@ def _handle_counts(client_call) -> dict:
         for a in attrs:
             code = a & 0xFFFF | (0x20000000 if a & (1 << 29) else 0)
             counts[code] = a >> 25 & 7
+            if a & (1 << 28):
+                rhandle.add(code)
         if not more or not attrs:
-            return counts
+            return counts, frozenset(rhandle)
         first = (attrs[-1] & 0x2000FFFF) + 1
+
+
+def read_auth(config, hierarchy: str) -> bytes:
+    """The upstream's `hierarchy` ('owner', 'endorsement') authorization value from its file
+    or descriptor (read once, the descriptor closed), b'' if none is configured. Errors name
+    the source, never the value."""
+    path = getattr(config, f"upstream_{hierarchy}_auth_file")
+    fd = getattr(config, f"upstream_{hierarchy}_auth_fd")
+    import os
+    try:
+        if path is not None:
+            with open(path, "rb") as f:
+                value = f.read(65)
+        elif fd is not None:
+            with os.fdopen(fd, "rb", closefd=True) as f:
+                value = f.read(65)
+        else:
+            return b""
+    except OSError as e:
+        from ..transport.bind import StartupError
+        where = path if path is not None else f"descriptor {fd}"
+        raise StartupError(f"the upstream's {hierarchy} authorization ({where}): "
+                           f"{e.strerror or e}") from None
+    if len(value) > 64:
+        from ..transport.bind import StartupError
+        raise StartupError(f"the upstream's {hierarchy} authorization is longer than 64 "
+                           "bytes (a TPM's authValue is at most a digest)")
+    return value
 
 
 class PassthroughBackend:
@@ -214,6 +247,8 @@ class PassthroughBackend:
         self.failures = 0
         self.properties = {}
         self._sessions = {}         # HMAC sessions the served indices can answer (_reply)
+        self.response_handles = frozenset()     # command codes whose response has a handle
+        self.owner_auth = b""       # the upstream's ownerAuth (served indices' HMACs)
 
     @classmethod
     def build(cls, config, provider=None):
@@ -233,12 +268,14 @@ class PassthroughBackend:
                 log.warning("the upstream TPM was not started: sending TPM2_Startup(CLEAR)")
                 client.startup()
                 rsp = upstream.call(fixed)
-            counts = _handle_counts(upstream.call)
+            counts, rhandle = _handle_counts(upstream.call)
         except UpstreamError as e:
             from ..transport.bind import StartupError
             raise StartupError(f"upstream {config.upstream}: {e}") from None
         backend = cls(upstream, Guard(policy, counts),
                       max_command_size=config.max_command_size)
+        backend.response_handles = rhandle
+        backend.owner_auth = read_auth(config, "owner")
         if rsp[6:10] == bytes(4):
             count = struct.unpack(">I", rsp[15:19])[0]
             backend.properties = dict(struct.unpack(">II", rsp[19 + 8 * i:27 + 8 * i])
@@ -291,9 +328,12 @@ class PassthroughBackend:
         return index in (EVIDENCE_INDEX, REQUEST_INDEX)
 
     async def _serve_nv(self, command: bytes) -> bytes:
-        """NV_ReadPublic / NV_Read / NV_Write of the request/evidence pair, answered here.
-        Only password sessions (their responses carry no HMAC ctpm could not compute); the
-        password is not checked: the request is a nonce, the evidence is public."""
+        """NV_ReadPublic / NV_Read / NV_Write of the request/evidence pair, answered here as
+        the TPM would: one authorization session, a password or an HMAC session ctpm saw
+        started unbound and unsalted (`_track_sessions`), checked against ownerAuth (the
+        upstream's, `owner_auth`) or the indices' empty authValue. The answer leaves the
+        session's nonceTPM as it was, so the upstream, which never saw this command, still
+        holds the nonce the guest will use next."""
         tag, _, cc = struct.unpack(">HII", command[:10])
         if cc == GUARD_CC["NV_ReadPublic"]:
             if tag != 0x8001:
@@ -302,21 +342,33 @@ class PassthroughBackend:
             body = struct.pack(">H", len(public)) + public + struct.pack(">H", len(name)) + name
             return struct.pack(">HII", 0x8001, 10 + len(body), 0) + body
         auth, index = struct.unpack(">II", command[10:18])
-        if auth not in (index, 0x40000001) or tag != 0x8002:
+        if tag != 0x8002:
+            return response(RC_AUTH_MISSING)
+        if auth not in (index, OWNER):
             return response(RC_HANDLE | 0x100)
         auth_size = struct.unpack(">I", command[18:22])[0]
         area, params = command[22:22 + auth_size], command[22 + auth_size:]
-        sessions = []
-        pos = 0
-        while pos < len(area):
-            handle, nonce_size = struct.unpack(">IH", area[pos:pos + 6])
-            nonce_caller = area[pos + 6:pos + 6 + nonce_size]
-            attrs = area[pos + 6 + nonce_size]
-            hmac_size = struct.unpack(">H", area[pos + 7 + nonce_size:pos + 9 + nonce_size])[0]
-            if handle != RS_PW and (handle not in self._sessions or attrs & 0xE0):
+        handle, nonce_size = struct.unpack(">IH", area[:6])
+        nonce_caller = area[6:6 + nonce_size]
+        attrs = area[6 + nonce_size]
+        hmac_size = struct.unpack(">H", area[7 + nonce_size:9 + nonce_size])[0]
+        proof = area[9 + nonce_size:9 + nonce_size + hmac_size]
+        if 9 + nonce_size + hmac_size != len(area) or len(proof) != hmac_size:
+            return response(RC_AUTH_UNAVAILABLE)      # one session, and only one
+        auth_value = self.owner_auth if auth == OWNER else b""
+        names = [self._name(auth), self._name(index)]
+        if handle == RS_PW:
+            if not hmac.compare_digest(proof, auth_value):
+                return response(RC_AUTH_FAIL)
+        else:
+            if handle not in self._sessions or attrs & 0xE0:
                 return response(RC_AUTH_UNAVAILABLE)
-            sessions.append((handle, nonce_caller, attrs))
-            pos += 9 + nonce_size + hmac_size
+            alg, nonce_tpm = self._sessions[handle]
+            cp = hashlib.new(alg, struct.pack(">I", cc) + b"".join(names) + params).digest()
+            expected = hmac.new(auth_value, cp + nonce_caller + nonce_tpm + bytes([attrs]),
+                                alg).digest()
+            if not hmac.compare_digest(proof, expected):
+                return response(RC_AUTH_FAIL)
         if cc == GUARD_CC["NV_Read"]:
             size, offset = struct.unpack(">HH", params[:4])
             data = (self.request if index == REQUEST_INDEX
@@ -343,35 +395,43 @@ class PassthroughBackend:
             self.request, self.evidence = nonce, evidence
             self.evidence_size = max(self.evidence_size, len(evidence))
             body = struct.pack(">I", 0)
-        body += b"".join(self._reply(cc, body[4:], *session) for session in sessions)
+        body += self._reply(cc, body[4:], handle, nonce_caller, attrs, auth_value)
+        if handle != RS_PW and not attrs & 1:
+            # the guest ends the session with this command: end it on the upstream too
+            self._sessions.pop(handle, None)
+            await self._forward(struct.pack(">HIII", 0x8001, 14, 0x165, handle), 0)
         return struct.pack(">HII", 0x8002, 10 + len(body), 0) + body
 
-    def _reply(self, cc, params, handle, nonce_caller, attrs):
-        """The TPMS_AUTH_RESPONSE for one session of a command answered here. A password
-        session needs none; an HMAC session ctpm saw started unbound and unsalted (so its
-        sessionKey is empty) gets its HMAC with the entity's authValue taken as empty, and a
-        new nonceTPM ctpm keeps for its next use here."""
+    def _name(self, handle: int) -> bytes:
+        if handle >> 24 == 0x01:
+            return self._nv_public(handle)[1]
+        return struct.pack(">I", handle)
+
+    def _reply(self, cc, params, handle, nonce_caller, attrs, auth_value):
+        """The TPMS_AUTH_RESPONSE for the session of a command answered here: none for a
+        password; for an HMAC session (sessionKey empty: unbound, unsalted) the HMAC with the
+        entity's authValue over the unchanged nonceTPM."""
         if handle == RS_PW:
             return b"\0\0" + bytes([attrs & 1]) + b"\0\0"
-        import hmac
-        import os
-        alg, _ = self._sessions.pop(handle)
-        rp_hash = hashlib.new(alg, struct.pack(">II", 0, cc) + params).digest()
-        nonce = os.urandom(len(nonce_caller) or hashlib.new(alg).digest_size)
-        if attrs & 1:
-            self._sessions[handle] = (alg, nonce)
-        mac = hmac.new(b"", rp_hash + nonce + nonce_caller + bytes([attrs & 1]), alg).digest()
-        return struct.pack(">H", len(nonce)) + nonce + bytes([attrs & 1]) + \
+        alg, nonce_tpm = self._sessions[handle]
+        rp = hashlib.new(alg, struct.pack(">II", 0, cc) + params).digest()
+        mac = hmac.new(auth_value, rp + nonce_tpm + nonce_caller + bytes([attrs & 1]),
+                       alg).digest()
+        return struct.pack(">H", len(nonce_tpm)) + nonce_tpm + bytes([attrs & 1]) + \
             struct.pack(">H", len(mac)) + mac
 
     _HASHES = {0x04: "sha1", 0x0B: "sha256", 0x0C: "sha384", 0x0D: "sha512"}
 
     def _track_sessions(self, command: bytes, rsp: bytes):
-        """Remember unbound, unsalted HMAC sessions the guest starts (their nonceTPM), so the
-        request/evidence indices served here can answer them; forget a session as soon as
-        the upstream uses or flushes it (its nonce moved on where ctpm cannot see it)."""
+        """Follow the unbound, unsalted HMAC sessions the guest starts: their nonceTPM as the
+        upstream rolls it (read from each response's authorization area), so that the
+        indices served here answer with the nonce the upstream holds; forgotten when the
+        upstream flushes them."""
         cc = command[6:10]
-        if cc == b"\0\0\x01\x76" and rsp[6:10] == bytes(4):           # StartAuthSession
+        ok = rsp[6:10] == bytes(4)
+        if cc == b"\0\0\x01\x76":                                   # StartAuthSession
+            if not ok:
+                return
             tpm_key, bind = struct.unpack(">II", command[10:18])
             pos = 18
             for _ in range(2):                                          # nonceCaller, salt
@@ -386,17 +446,32 @@ class PassthroughBackend:
         elif not self._sessions:
             return
         elif cc == b"\0\0\x01\x65":                                   # FlushContext
-            self._sessions.pop(struct.unpack(">I", command[10:14])[0], None)
-        elif command[:2] == b"\x80\x02":
-            n = self.guard.handle_counts.get(struct.unpack(">I", cc)[0], 0)
-            pos = 10 + 4 * n
+            if ok:
+                self._sessions.pop(struct.unpack(">I", command[10:14])[0], None)
+        elif command[:2] == b"\x80\x02" and ok and rsp[:2] == b"\x80\x02":
+            code = struct.unpack(">I", cc)[0]
+            pos = 10 + 4 * self.guard.handle_counts.get(code, 0)
             end = pos + 4 + struct.unpack(">I", command[pos:pos + 4])[0]
             pos += 4
+            used = []
             while pos < end:
-                self._sessions.pop(struct.unpack(">I", command[pos:pos + 4])[0], None)
-                nonce = struct.unpack(">H", command[pos + 4:pos + 6])[0]
-                pos += 7 + nonce
-                pos += 2 + struct.unpack(">H", command[pos:pos + 2])[0]
+                handle, nonce = struct.unpack(">IH", command[pos:pos + 6])
+                pos += 6 + nonce
+                used.append((handle, command[pos] & 1))
+                pos += 3 + struct.unpack(">H", command[pos + 1:pos + 3])[0]
+            # the response: handle?, parameterSize, parameters, one auth per session
+            pos = 14 if code in self.response_handles else 10
+            pos += 4 + struct.unpack(">I", rsp[pos:pos + 4])[0]
+            for handle, keep in used:
+                size = struct.unpack(">H", rsp[pos:pos + 2])[0]
+                nonce_tpm = rsp[pos + 2:pos + 2 + size]
+                pos += 3 + size
+                pos += 2 + struct.unpack(">H", rsp[pos:pos + 2])[0]
+                if handle in self._sessions:
+                    if keep:
+                        self._sessions[handle] = (self._sessions[handle][0], nonce_tpm)
+                    else:
+                        del self._sessions[handle]
 
     # -- commands -------------------------------------------------------------------------
 

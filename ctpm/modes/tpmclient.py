@@ -89,11 +89,13 @@ class TpmClient:
     def shutdown(self, clear=True):
         self.call("Shutdown", u16(0 if clear else 1))
 
-    def create_primary(self, hierarchy: int, template: bytes) -> tuple[int, bytes, bytes]:
+    def create_primary(self, hierarchy: int, template: bytes,
+                       auth: bytes = b"") -> tuple[int, bytes, bytes]:
         """(handle, TPMT_PUBLIC bytes, Name) of a primary key made from `template`
-        (a marshalled TPMT_PUBLIC)."""
+        (a marshalled TPMT_PUBLIC); `auth` is the hierarchy's authorization value."""
         body = b2(u16(0) + u16(0)) + b2(template) + u16(0) + u32(0)
-        rsp = self.call("CreatePrimary", body, handles=[hierarchy], sessions=[pw()])
+        rsp = self.call("CreatePrimary", body, handles=[hierarchy],
+                        sessions=[pw(auth)])
         (handle,), params = self._split(rsp, 1)
         size = struct.unpack(">H", params[:2])[0]
         public = params[2:2 + size]

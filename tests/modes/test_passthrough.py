@@ -482,3 +482,60 @@ def test_mssim_upstream_stopped_then_resumed(tmp_path):
                 assert rc(raw(getrandom)) == 0
             finally:
                 raw.close()
+
+
+def _owner_auth(sw, value):
+    """Set swtpm's owner authorization directly (a guest may not: HierarchyChangeAuth is
+    refused by the guard)."""
+    execute = retrying(sw.execute)
+    assert rc(execute(cmd(0x129, b2(value), handles=[OWNER], sessions=[pw_session()]))) == 0
+    sw.disconnect()
+
+
+@pytest.mark.parametrize("owner_auth", [b"", b"owner-secret"])
+def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, owner_auth):
+    """One ESAPI HMAC session used for the evidence index (answered by ctpm) and for commands
+    forwarded to swtpm, in both orders: every response HMAC verifies (ESAPI checks them) and
+    swtpm accepts the session afterwards (its nonceTPM is the one the guest holds). Under a
+    non-empty owner authorization, given to ctpm by file."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+    from tpm2_pytss.types import TPM2B_PUBLIC
+    from ctpm.modes.anchor import decode_evidence
+
+    extra = []
+    if owner_auth:
+        _owner_auth(swtpm, owner_auth)
+        (tmp_path / "owner").write_bytes(owner_auth)
+        extra = ["--upstream-owner-auth-file", str(tmp_path / "owner")]
+    with passthrough(swtpm, "--anchor", "--snp-provider", "simulated",
+                     "--snp-sim-dir", sp.directory, *extra) as d:
+        esapi = ESAPI(TCTILdr.parse(d.tcti("mssim")))
+        try:
+            esapi.tr_set_auth(ESYS_TR.OWNER, owner_auth)
+            session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC,
+                                               _aes_cfb(), TPM2_ALG.SHA256)
+            evidence = esapi.tr_from_tpmpublic(0x01400001)
+            request = esapi.tr_from_tpmpublic(0x01400002)
+            template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=0x00040072)
+            nonce = os.urandom(64)
+            for _ in range(2):
+                esapi.nv_write(request, nonce, 0, ESYS_TR.OWNER, session1=session)
+                head = bytes(esapi.nv_read(evidence, 64, 0, ESYS_TR.OWNER, session1=session))
+                assert head.startswith(b"CTPMEVID")
+                key = esapi.create_primary(None, template, ESYS_TR.OWNER,
+                                           session1=session)[0]
+                esapi.flush_context(key)
+            blob = b"".join(bytes(esapi.nv_read(evidence, 1024, off, ESYS_TR.OWNER,
+                                                session1=session))
+                            for off in range(0, 8192, 1024))
+            assert decode_evidence(blob).nonce == nonce
+            esapi.flush_context(session)
+            # a wrong owner authorization is refused as the TPM refuses it
+            from tpm2_pytss import TSS2_Exception
+            esapi.tr_set_auth(ESYS_TR.OWNER, owner_auth + b"x")
+            with pytest.raises(TSS2_Exception) as e:
+                esapi.nv_read(evidence, 64, 0, ESYS_TR.OWNER, session1=ESYS_TR.PASSWORD)
+            assert e.value.rc == 0x98E
+        finally:
+            esapi.close()
