@@ -87,7 +87,7 @@ def decode_evidence(blob: bytes) -> NvEvidence:
 
 # --- the verifier's side ---------------------------------------------------------------------
 
-ANCHOR_CHECKS = ("manifest", "ek_name", "ak_name", "nonce")
+ANCHOR_CHECKS = ("manifest", "ek_name", "ak_name", "activation", "ek_certificate", "nonce")
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,15 @@ def _public_area(data: bytes) -> bytes:
 
 def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version: int, *,
                   ek_public: bytes | None = None, ak_public: bytes | None = None,
+                  require_activation: bool = False, ek_cas=None,
                   verifier=None, policy=None, **snp_kwargs) -> AnchoredIdentity:
     """Check an anchor: the whole SNP verification with REPORT_DATA required to be
     SHA-512(nonce || manifest); the manifest well formed; the EK the TPM presents
     (`ek_public`, by Name) equal to the manifest's; with manifest v1 the AK too.
+    `require_activation`: the manifest records that the TPM opened a credential made for
+    its EK and AK (the passthrough mode's record; what it proves: docs/modes.md).
+    `ek_cas` (`cryptography` certificates): the manifest carries an EK certificate for its
+    RSA EK issued by one of them.
     Raises SnpError naming the check (the SNP checks, or one of ANCHOR_CHECKS)."""
     from dataclasses import replace
 
@@ -153,4 +158,15 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
             raise SnpError("ak_name", f"the AK given is unusable: {e}") from None
         if not hmac.compare_digest(presented, name_of(identity.ak)):
             raise SnpError("ak_name", "the AK given is not the AK the report binds")
+    if require_activation and not identity.activated():
+        raise SnpError("activation", "the manifest records no credential activation of its "
+                                     "AK against its EK")
+    if ek_cas is not None:
+        from .credential import CredentialError, check_ek_certificate
+        if not identity.ek_certs:
+            raise SnpError("ek_certificate", "the manifest carries no EK certificate")
+        try:
+            check_ek_certificate(identity.ek_certs[0][1], identity.ek_rsa, list(ek_cas))
+        except CredentialError as e:
+            raise SnpError("ek_certificate", str(e)) from None
     return AnchoredIdentity(snp=snp, identity=identity, manifest_version=manifest_version)

@@ -18,7 +18,10 @@ Manifests (what REPORT_DATA = SHA-512(nonce || manifest) binds):
   service manifest (go-tpm-tools' verify_svsm reads it that way);
 * version 1 (ctpm's own): "CTPMMANI" | u16 version = 1 | u16 count | count entries of
   (u32 persistent handle | u16 role: 1 EK, 2 AK | u16 size | TPMT_PUBLIC). A verifier learns
-  the AK from the report itself, without a MakeCredential round trip.
+  the AK from the report itself, without a MakeCredential round trip. The passthrough mode
+  adds role 3 (the EK certificate, DER, under the NV index it was read from) and role 4
+  (under the AK's handle: EK Name || AK Name, present only when the TPM opened a credential
+  made for that EK and AK); readers that do not know a role skip it.
 """
 import hashlib
 import struct
@@ -78,7 +81,7 @@ def name_of(public: bytes) -> bytes:
     return struct.pack(">H", ALG_SHA256) + hashlib.sha256(public).digest()
 
 
-ROLE_EK, ROLE_AK = 1, 2
+ROLE_EK, ROLE_AK, ROLE_EK_CERT, ROLE_ACTIVATION = 1, 2, 3, 4
 MANIFEST_MAGIC = b"CTPMMANI"
 MANIFEST_VERSIONS = (0, 1)
 
@@ -90,6 +93,13 @@ class Identity:
     ek_rsa: bytes
     ek_ecc: bytes | None = None
     ak: bytes | None = None
+    ek_certs: tuple = ()            # ((NV index, DER), ...) read from the TPM (passthrough)
+    activation: bytes | None = None     # EK Name || AK Name the TPM opened a credential for
+
+    def activated(self) -> bool:
+        """Whether the manifest records that this AK was activated against this RSA EK."""
+        return (self.ak is not None and self.activation is not None
+                and self.activation == name_of(self.ek_rsa) + name_of(self.ak))
 
     def manifest(self, version: int) -> bytes:
         if version == 0:
@@ -100,6 +110,9 @@ class Identity:
                 entries.append((EK_ECC_HANDLE, ROLE_EK, self.ek_ecc))
             if self.ak is not None:
                 entries.append((AK_HANDLE, ROLE_AK, self.ak))
+            entries += [(index, ROLE_EK_CERT, der) for index, der in self.ek_certs]
+            if self.activation is not None:
+                entries.append((AK_HANDLE, ROLE_ACTIVATION, self.activation))
             out = MANIFEST_MAGIC + struct.pack(">HH", 1, len(entries))
             for handle, role, public in entries:
                 out += struct.pack(">IHH", handle, role, len(public)) + public
@@ -119,7 +132,7 @@ class Identity:
         layout, count = struct.unpack(">HH", data[8:12])
         if layout != 1:
             raise ValueError(f"manifest layout {layout} is unknown")
-        pos, found = 12, {}
+        pos, found, certs = 12, {}, []
         for _ in range(count):
             if pos + 8 > len(data):
                 raise ValueError("manifest v1 is truncated")
@@ -127,7 +140,10 @@ class Identity:
             public = data[pos + 8:pos + 8 + size]
             if len(public) != size:
                 raise ValueError("manifest v1 is truncated")
-            found[(handle, role)] = public
+            if role == ROLE_EK_CERT:
+                certs.append((handle, public))
+            else:
+                found[(handle, role)] = public
             pos += 8 + size
         if pos != len(data):
             raise ValueError("manifest v1 has trailing bytes")
@@ -135,7 +151,8 @@ class Identity:
             raise ValueError("manifest v1 names no RSA EK")
         return cls(ek_rsa=found[(EK_RSA_HANDLE, ROLE_EK)],
                    ek_ecc=found.get((EK_ECC_HANDLE, ROLE_EK)),
-                   ak=found.get((AK_HANDLE, ROLE_AK)))
+                   ak=found.get((AK_HANDLE, ROLE_AK)), ek_certs=tuple(certs),
+                   activation=found.get((AK_HANDLE, ROLE_ACTIVATION)))
 
 
 def report_data(nonce: bytes, manifest: bytes) -> bytes:

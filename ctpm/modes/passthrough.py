@@ -284,20 +284,45 @@ class PassthroughBackend:
             if provider is None:
                 from .report import open_report_provider
                 provider = open_report_provider(config)
-            backend._bind(client, provider, config.ak)
+            backend._bind(client, provider, config.ak, read_auth(config, "endorsement"))
         return backend
 
     # -- binding to the TEE ---------------------------------------------------------------
 
-    def _bind(self, client, provider, ak_kind):
+    def _bind(self, client, provider, ak_kind, endorsement_auth=b""):
+        """Make the EK and the AK on the upstream, prove the AK is on the EK's TPM (a
+        credential ctpm makes for the EK and the AK's Name, opened by the TPM), read the EK
+        certificate if the vendor left one, and get the first report."""
         from .anchor import Anchor, encode_evidence
+        from .credential import RSA_EK_CERT_INDEX, CredentialError, prove_same_tpm, read_nv
         from .identity import Identity, ak_template, ek_rsa_template
-        publics = []
-        for template in (ek_rsa_template(), ak_template(ak_kind)):
-            handle, public, _ = client.create_primary(RH_ENDORSEMENT, template)
-            client.flush(handle)
-            publics.append(public)
-        self.anchor = Anchor(Identity(ek_rsa=publics[0], ak=publics[1]), provider)
+        from .tpmclient import TpmCommandError
+        from ..transport.bind import StartupError
+        loaded = []
+        try:
+            ek, ek_public, ek_name = client.create_primary(RH_ENDORSEMENT, ek_rsa_template(),
+                                                           endorsement_auth)
+            loaded.append(ek)
+            ak, ak_public, ak_name = client.create_primary(RH_ENDORSEMENT,
+                                                           ak_template(ak_kind),
+                                                           endorsement_auth)
+            loaded.append(ak)
+            prove_same_tpm(client, ek, ek_public, ak, ak_name,
+                           endorsement_auth=endorsement_auth)
+            cert = read_nv(client, RSA_EK_CERT_INDEX)
+        except TpmCommandError as e:
+            raise StartupError(f"binding the upstream TPM: {e}") from None
+        except CredentialError as e:
+            raise StartupError(f"the AK is not on the EK's TPM: {e}") from None
+        finally:
+            for handle in loaded:
+                client.flush(handle)
+        identity = Identity(ek_rsa=ek_public, ak=ak_public,
+                            ek_certs=((RSA_EK_CERT_INDEX, cert),) if cert else (),
+                            activation=ek_name + ak_name)
+        log.info("upstream EK %s, AK %s activated against it; EK certificate: %s",
+                 ek_name.hex()[:16], ak_name.hex()[:16], "present" if cert else "none")
+        self.anchor = Anchor(identity, provider)
         self._encode = encode_evidence
         self.request = bytes(64)
         self.evidence = self._evidence(self.request)

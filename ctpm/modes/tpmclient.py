@@ -18,7 +18,13 @@ RH_PLATFORM = 0x4000000C
 CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "NV_Write": 0x137, "NV_Read": 0x14E, "StartAuthSession": 0x176, "PolicySigned": 0x160,
       "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
-      "ReadPublic": 0x173, "NV_ReadPublic": 0x169}
+      "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
+      "ActivateCredential": 0x147}
+
+
+# TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: the command was not started, send it again
+# (libtpms answers RETRY to the first ActivateCredential with a new RSA EK)
+_TRY_AGAIN = (0x922, 0x908, 0x90A)
 
 
 class TpmCommandError(Exception):
@@ -67,8 +73,12 @@ class TpmClient:
         else:
             area = b"".join(sessions)
             payload, tag = hbytes + u32(len(area)) + area + body, ST_SESSIONS
-        rsp = self._execute(struct.pack(">HII", tag, 10 + len(payload), CC[name]) + payload)
-        rc = struct.unpack(">I", rsp[6:10])[0]
+        command = struct.pack(">HII", tag, 10 + len(payload), CC[name]) + payload
+        for _ in range(8):
+            rsp = self._execute(command)
+            rc = struct.unpack(">I", rsp[6:10])[0]
+            if rc not in _TRY_AGAIN:
+                break
         if rc:
             raise TpmCommandError(name, rc)
         return rsp[10:]
@@ -125,9 +135,10 @@ class TpmClient:
         public = u32(index) + u16(name_alg) + u32(attributes) + b2(auth_policy) + u16(size)
         self.call("NV_DefineSpace", b2(b"") + b2(public), handles=[auth], sessions=[pw()])
 
-    def nv_read(self, auth: int, index: int, size: int, offset: int = 0) -> bytes:
+    def nv_read(self, auth: int, index: int, size: int, offset: int = 0,
+                password: bytes = b"") -> bytes:
         rsp = self.call("NV_Read", u16(size) + u16(offset), handles=[auth, index],
-                        sessions=[pw()])
+                        sessions=[pw(password)])
         _, params = self._split(rsp, 0)
         return params[2:2 + struct.unpack(">H", params[:2])[0]]
 

@@ -29,6 +29,12 @@ def add_parser(commands):
     p.add_argument("--ek", metavar="FILE",
                    help="the RSA EK public from the TPM (TPM2B_PUBLIC or TPMT_PUBLIC)")
     p.add_argument("--ak", metavar="FILE", help="the AK public from the TPM (manifest v1)")
+    p.add_argument("--ek-ca", metavar="PEM",
+                   help="require an EK certificate in the manifest issued by a CA of this "
+                        "bundle (passthrough: the TPM vendor's)")
+    p.add_argument("--require-activation", action="store_true",
+                   help="require the manifest's record that the TPM opened a credential for "
+                        "its EK and AK (passthrough)")
     add_snp_options(p)
     p.add_argument("--json", action="store_true")
     return p
@@ -65,7 +71,15 @@ def _run(args) -> int:
     verifier, kwargs = snp_inputs(args, report, cert_table=table)
     ek = _read(args.ek) if args.ek else None
     ak = _read(args.ak) if args.ak else None
+    cas = None
+    if args.ek_ca:
+        from .credential import load_ca_bundle
+        try:
+            cas = load_ca_bundle(args.ek_ca)
+        except (OSError, ValueError) as e:
+            raise _Unusable(f"--ek-ca {args.ek_ca}: {e}") from None
     anchored = verify_anchor(report, nonce, manifest, version, ek_public=ek, ak_public=ak,
+                             require_activation=args.require_activation, ek_cas=cas,
                              verifier=verifier, **kwargs)
     extra = {"manifest": f"v{version}", "ek_name": anchored.ek_name.hex(),
              "ek_checked": ek is not None}
@@ -74,6 +88,10 @@ def _run(args) -> int:
         extra["ak_checked"] = ak is not None
     if provider:
         extra["provider"] = provider
+    if anchored.identity.activation is not None:
+        extra["activation"] = anchored.identity.activated()
+    if cas is not None:
+        extra["ek_certificate"] = "verified"
     print_verified(anchored.snp, args.json, extra)
     if ek is None:
         print("ctpm: verify-ek: warning: no --ek given: the TPM's own EK was not compared",

@@ -343,7 +343,7 @@ def test_binding_evidence_names_upstream_ek_and_ak(swtpm, sp, tmp_path):
     assert ev.nonce == nonce and ev.provider == "simulated" and ev.manifest_version == 1
     verifier = Verifier(Trust(extra_arks=(sp.ark,)))
     anchored = verify_anchor(ev.report, nonce, ev.manifest, 1, ek_public=ek, ak_public=ak,
-                             verifier=verifier, cert_table=ev.cert_table or sp.cert_table())
+                             require_activation=True, verifier=verifier, cert_table=ev.cert_table or sp.cert_table())
     assert anchored.ek_name == name_of(ek) and anchored.ak_name == name_of(ak)
     assert name_of((tmp_path / "ek.pub").read_bytes()[2:]) == name_of(ek)
     from ctpm.snp.errors import SnpError
@@ -539,3 +539,99 @@ def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, ow
             assert e.value.rc == 0x98E
         finally:
             esapi.close()
+
+
+def _vendor_ek_certificate(sw, ca_dir):
+    """What a TPM vendor leaves: the RSA EK's certificate (ctpm manufacture's format, from a
+    local CA) in NV 0x01C00002, written with platform authorization directly on swtpm."""
+    from ctpm import manufacture as m
+    from ctpm.modes.credential import public_key
+    from ctpm.modes.tpmclient import RH_PLATFORM, TpmClient
+    ca = m.load_or_create_ca(ca_dir=str(ca_dir))
+    client = TpmClient(retrying(sw.execute))
+    handle, ek, _ = client.create_primary(ENDORSEMENT, ek_rsa_template())
+    client.flush(handle)
+    der = m.ek_certificate(ca, public_key(ek), "rsa", {})
+    attrs = (m.NV_PLATFORMCREATE | m.NV_AUTHREAD | m.NV_OWNERREAD | m.NV_PPREAD
+             | m.NV_PPWRITE | m.NV_NO_DA)
+    client.nv_define(RH_PLATFORM, EK_CERT, attrs, len(der))
+    for offset in range(0, len(der), 1024):
+        client.nv_write(RH_PLATFORM, EK_CERT, der[offset:offset + 1024], offset)
+    sw.disconnect()
+    return ek, ca[1]
+
+
+def test_activation_ek_certificate_and_verifier_challenge(swtpm, sp, tmp_path):
+    """With a vendor EK certificate on the TPM: the evidence carries it and the activation
+    record; `ctpm verify-ek --ek-ca --require-activation` accepts it and refuses another CA;
+    and a verifier's own challenge (MakeCredential in software with the manifest's EK and
+    AK) is opened through passthrough by the guest (PolicySecret + ActivateCredential on
+    the chip), while a credential for another AK is not."""
+    import sys
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from ctpm.modes.anchor import decode_evidence, verify_anchor
+    from ctpm.modes.credential import CredentialError, activate, make_credential
+    from ctpm.modes.identity import Identity
+    from ctpm.modes.tpmclient import TpmClient, TpmCommandError
+    from ctpm.snp.errors import SnpError
+    from ctpm.snp.verify import Trust, Verifier
+
+    ek, ca_cert = _vendor_ek_certificate(swtpm, tmp_path / "ca")
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(Encoding.PEM))
+    from ctpm import manufacture as m
+    other = m.load_or_create_ca(ca_dir=str(tmp_path / "other"))[1]
+    (tmp_path / "other.pem").write_bytes(other.public_bytes(Encoding.PEM))
+    with passthrough(swtpm, "--anchor", "--snp-provider", "simulated",
+                     "--snp-sim-dir", sp.directory) as d:
+        nonce = os.urandom(64)
+        (tmp_path / "nonce.bin").write_bytes(nonce)
+        tcti = d.tcti("mssim")
+        tool(tcti, "tpm2_nvwrite", "0x01400002", "-C", "o", "-i", str(tmp_path / "nonce.bin"))
+        tool(tcti, "tpm2_nvread", "0x01400001", "-C", "o", "-o", str(tmp_path / "ev.bin"))
+        ev = decode_evidence((tmp_path / "ev.bin").read_bytes())
+        identity = Identity.from_manifest(ev.manifest, 1)
+        assert identity.ek_rsa == ek and identity.activated()
+        assert identity.ek_certs[0][0] == EK_CERT
+
+        # the verifier's challenge, answered by the guest on the chip through ctpm
+        raw = Raw(d)
+        try:
+            client = TpmClient(raw)
+            ek_handle, _, _ = client.create_primary(ENDORSEMENT, ek_rsa_template())
+            ak_handle, _, ak_name = client.create_primary(ENDORSEMENT, ak_template("ecc"))
+            assert ak_name == name_of(identity.ak)
+            secret = os.urandom(32)
+            blob, enc = make_credential(identity.ek_rsa, name_of(identity.ak), secret)
+            assert activate(client, ek_handle, ak_handle, blob, enc) == secret
+            blob, enc = make_credential(identity.ek_rsa, name_of(ek), secret)  # another Name
+            with pytest.raises(TpmCommandError) as e:
+                activate(client, ek_handle, ak_handle, blob, enc)
+            assert e.value.rc & 0xBF == 0x9F        # TPM_RC_INTEGRITY
+            for handle in (ek_handle, ak_handle):
+                client.flush(handle)
+        finally:
+            raw.close()
+
+    verifier = Verifier(Trust(extra_arks=(sp.ark,)))
+    table = ev.cert_table or sp.cert_table()
+    verify_anchor(ev.report, nonce, ev.manifest, 1, ek_public=ek, require_activation=True,
+                  ek_cas=[ca_cert], verifier=verifier, cert_table=table)
+    with pytest.raises(SnpError) as e:
+        verify_anchor(ev.report, nonce, ev.manifest, 1, ek_cas=[other], verifier=verifier,
+                      cert_table=table)
+    assert e.value.check == "ek_certificate"
+    # the CLI, with the simulated SP's ARK
+    (tmp_path / "ark.pem").write_bytes(open(os.path.join(sp.directory, "ark.pem"), "rb").read())
+    base = [sys.executable, "-m", "ctpm", "verify-ek", "--evidence", str(tmp_path / "ev.bin"),
+            "--nonce", nonce.hex(), "--trust-ark", str(tmp_path / "ark.pem"),
+            "--require-activation"]
+    r = subprocess.run(base + ["--ek-ca", str(tmp_path / "ca.pem"), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert '"activation": true' in r.stdout and '"ek_certificate": "verified"' in r.stdout
+    r = subprocess.run(base + ["--ek-ca", str(tmp_path / "other.pem")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("ctpm: refused: ek_certificate: ")
+    with pytest.raises(CredentialError):
+        from ctpm.modes.credential import check_ek_certificate
+        check_ek_certificate(identity.ek_certs[0][1], identity.ak, [ca_cert])

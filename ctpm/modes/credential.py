@@ -1,0 +1,161 @@
+"""Credential activation against an EK (Part 1 §24), the proof that an AK lives in the same
+TPM as an EK, and the EK certificate check.
+
+* `make_credential(ek_public, ak_name, secret)`: TPM2_MakeCredential in software: what a
+  verifier (or ctpm inside the CVM) does with nothing but the EK's public area. Only the TPM
+  holding that EK's private key can open it, and it opens it only for an object with that
+  Name loaded beside the EK (ActivateCredential checks the HMAC over the AK's Name).
+* `activate(client, ...)`: ActivateCredential on the TPM, with the EK's PolicySecret
+  (TPM_RH_ENDORSEMENT) session, as a TCG EK requires.
+* `check_ek_certificate(der, ek_public, cas)`: the EK certificate chains to one of the CAs
+  (issuer signatures, validity) and certifies exactly this EK's public key.
+"""
+import datetime
+import os
+import struct
+
+from .tpmclient import RH_ENDORSEMENT, b2, policy_session, pw, u16, u32
+
+RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX = 0x01C00002, 0x01C0000A
+CC_POLICY_SECRET, CC_ACTIVATE_CREDENTIAL = 0x151, 0x147
+
+
+class CredentialError(Exception):
+    """The credential did not open, or an EK certificate does not hold (str(): why)."""
+
+
+def make_credential(ek_public: bytes, ak_name: bytes, secret: bytes) -> tuple[bytes, bytes]:
+    """(credentialBlob, encryptedSecret) - the TPM2B buffers TPM2_MakeCredential returns -
+    for `secret` (at most the EK's nameAlg digest) bound to `ak_name`, under the EK whose
+    TPMT_PUBLIC is `ek_public`."""
+    from ..crypto import protect, secret as seeds
+    from ..wire.constants import TPM_ALG
+    from ..wire.objects import TPMT_PUBLIC
+    public = TPMT_PUBLIC.parse(bytes(ek_public))
+    if len(secret) > seeds.digest_size(public.nameAlg):
+        raise ValueError("the credential is longer than the EK's nameAlg digest")
+    seed, encrypted = seeds.encrypt_seed(public, seeds.LABEL_IDENTITY, os.urandom)
+    sym = public.parameters.symmetric
+    blob = protect.protect(u16(len(secret)) + bytes(secret), bytes(ak_name), seed,
+                           public.nameAlg, sym.keyBits,
+                           sym_alg=sym.algorithm if sym.algorithm != TPM_ALG.NULL
+                           else TPM_ALG.AES)
+    return blob, encrypted
+
+
+def activate(client, ek_handle: int, ak_handle: int, blob: bytes, encrypted: bytes, *,
+             endorsement_auth: bytes = b"", ak_auth: bytes = b"") -> bytes:
+    """TPM2_ActivateCredential(activateHandle = the AK, keyHandle = the EK): the secret, or
+    TpmCommandError (TPM_RC_INTEGRITY when the AK is not the object the credential names or
+    the EK is not the key it was made for)."""
+    session, _ = client.start_policy_session()
+    try:
+        client.call("PolicySecret", b2(b"") + b2(b"") + b2(b"") + u32(0),
+                    handles=[RH_ENDORSEMENT, session], sessions=[pw(endorsement_auth)])
+        rsp = client.call("ActivateCredential", b2(blob) + b2(encrypted),
+                          handles=[ak_handle, ek_handle],
+                          sessions=[pw(ak_auth), policy_session(session)])
+    except Exception:
+        try:
+            client.flush(session)
+        except Exception:
+            pass
+        raise
+    size = struct.unpack(">I", rsp[:4])[0]
+    params = rsp[4:4 + size]
+    return params[2:2 + struct.unpack(">H", params[:2])[0]]
+
+
+def prove_same_tpm(client, ek_handle, ek_public, ak_handle, ak_name, *,
+                   endorsement_auth: bytes = b"") -> None:
+    """Make a credential for a fresh random secret and have the TPM open it: returns when the
+    AK (loaded at `ak_handle`) is in the TPM that holds the EK, raises CredentialError
+    otherwise."""
+    secret = os.urandom(32)
+    blob, encrypted = make_credential(ek_public, ak_name, secret)
+    from .tpmclient import TpmCommandError
+    try:
+        opened = activate(client, ek_handle, ak_handle, blob, encrypted,
+                          endorsement_auth=endorsement_auth)
+    except TpmCommandError as e:
+        raise CredentialError(f"the TPM did not open the credential: {e}") from None
+    import hmac
+    if not hmac.compare_digest(opened, secret):
+        raise CredentialError("the TPM opened the credential to another secret")
+
+
+def read_nv(client, index: int, auth: int | None = None, password: bytes = b"") -> bytes | None:
+    """The whole content of NV `index` (None if it is not defined), read in 1024-byte pieces
+    with the index's own (empty) authorization unless `auth` is given."""
+    from .tpmclient import TpmCommandError
+    try:
+        rsp = client.call("NV_ReadPublic", handles=[index])
+    except TpmCommandError as e:
+        if e.rc & 0xBF == 0x8B:     # TPM_RC_HANDLE: not defined
+            return None
+        raise
+    public = rsp[2:2 + struct.unpack(">H", rsp[:2])[0]]
+    size = struct.unpack(">H", public[-2:])[0]
+    out = b""
+    while len(out) < size:
+        out += client.nv_read(index if auth is None else auth, index,
+                              min(1024, size - len(out)), len(out), password=password)
+    return out
+
+
+def public_key(ek_public: bytes):
+    """The `cryptography` public key of an RSA or ECC TPMT_PUBLIC."""
+    from ..crypto import keys
+    from ..wire.constants import TPM_ALG
+    from ..wire.objects import TPMT_PUBLIC
+    p = TPMT_PUBLIC.parse(bytes(ek_public))
+    if p.type == TPM_ALG.RSA:
+        return keys.rsa_public_key(int.from_bytes(p.unique, "big"),
+                                   p.parameters.exponent or 65537)
+    if p.type == TPM_ALG.ECC:
+        return keys.ecc_public_key(p.parameters.curveID, p.unique.x, p.unique.y)
+    raise ValueError("the EK is neither RSA nor ECC")
+
+
+def load_ca_bundle(path: str) -> list:
+    """The certificates of a PEM bundle (or one DER certificate)."""
+    from cryptography import x509
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+def check_ek_certificate(der: bytes, ek_public: bytes, cas, *, now=None):
+    """The certificate if it certifies `ek_public` and was issued (signature, validity
+    period) by one of `cas` (`cryptography` certificates, each a trust anchor: the vendor's
+    root, or the intermediate that signs EK certificates); CredentialError otherwise."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    try:
+        cert = x509.load_der_x509_certificate(bytes(der))
+    except ValueError as e:
+        raise CredentialError(f"the EK certificate is not DER X.509: {e}") from None
+    try:
+        certified = cert.public_key().public_numbers()
+        expected = public_key(ek_public).public_numbers()
+    except (ValueError, AttributeError) as e:
+        raise CredentialError(f"the EK certificate's key is unusable: {e}") from None
+    if certified != expected:
+        raise CredentialError("the EK certificate certifies another key than this EK")
+    what = cert.subject.rfc4514_string() or "the EK certificate"
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise CredentialError(f"{what} is outside its validity period")
+    for issuer in (c for c in cas if c.subject == cert.issuer):
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        if not issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc:
+            raise CredentialError(f"the CA {issuer.subject.rfc4514_string()} is outside "
+                                  "its validity period")
+        return cert
+    raise CredentialError(f"no CA given issued {what} (issuer "
+                          f"{cert.issuer.rfc4514_string()})")
