@@ -33,7 +33,13 @@ def parser():
     add.add_argument("--swtpm", metavar="HOST:PORT|unix:PATH", action="append")
     add.add_argument("--state", metavar="DIR")
     add.add_argument("--resource-manager", action="store_true")
-    add.add_argument("--mode", metavar="MODE", help="standard (default) | ephemeral")
+    add.add_argument("--mode", metavar="MODE",
+                     help="standard (default) | ephemeral | passthrough (with --upstream)")
+    add.add_argument("--upstream", metavar="TCTI", help="passthrough: the TPM to guard")
+    add.add_argument("--anchor", action="store_true", help="passthrough: bind it to the SNP "
+                                                          "report")
+    add.add_argument("--nv-range", metavar="FIRST-LAST")
+    add.add_argument("--persistent-range", metavar="FIRST-LAST")
     add.add_argument("--ak", metavar="ecc|rsa")
     add.add_argument("--snp-provider", metavar="P")
     add.add_argument("--snp-sim-dir", metavar="DIR")
@@ -68,6 +74,8 @@ def main(argv) -> int:
                    config=os.path.abspath(args.config) if args.config else None,
                    resource_manager=args.resource_manager, allow_remote=args.allow_remote,
                    mode=args.mode, ak=args.ak, snp_provider=args.snp_provider,
+                   upstream=args.upstream, anchor=args.anchor, nv_range=args.nv_range,
+                   persistent_range=args.persistent_range,
                    snp_sim_dir=os.path.abspath(args.snp_sim_dir) if args.snp_sim_dir else None)
     elif args.host_command in ("remove", "status"):
         req["name"] = args.name

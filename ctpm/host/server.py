@@ -350,7 +350,9 @@ def _config(req):
                 state_dir=req.get("state"), allow_remote=bool(req.get("allow_remote")),
                 resource_manager=bool(req.get("resource_manager")), mode=req.get("mode"),
                 ak=req.get("ak"), snp_provider=req.get("snp_provider"),
-                snp_sim_dir=req.get("snp_sim_dir"), default_listener=False)
+                snp_sim_dir=req.get("snp_sim_dir"), upstream=req.get("upstream"),
+                anchor=bool(req.get("anchor")), nv_range=req.get("nv_range"),
+                persistent_range=req.get("persistent_range"), default_listener=False)
 
 
 def _bindings(req, fds) -> Bindings:

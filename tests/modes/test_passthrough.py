@@ -635,3 +635,67 @@ def test_activation_ek_certificate_and_verifier_challenge(swtpm, sp, tmp_path):
     with pytest.raises(CredentialError):
         from ctpm.modes.credential import check_ek_certificate
         check_ek_certificate(identity.ek_certs[0][1], identity.ak, [ca_cert])
+
+
+def test_passthrough_instances_in_ctpm_host(swtpm, sp, tmp_path):
+    """`ctpm host serve` with an instance directory: a passthrough instance (anchored, owner
+    auth from a file) beside a standard one; the guest is served and guarded through the
+    host, the evidence index answers, `ctpm host status` describes the upstream, and
+    removing the instance closes its upstream connection (swtpm then serves another
+    client)."""
+    import json
+    import re
+    from ctpm.testing.process import command, environment, run_host
+    (tmp_path / "owner").write_bytes(b"")
+    d = tmp_path / "instances"
+    d.mkdir()
+    (d / "pt.toml").write_text(f'''
+[listen]
+mssim = "127.0.0.1:0"
+[mode]
+mode = "passthrough"
+[snp]
+provider = "simulated"
+sim_dir = "{sp.directory}"
+[passthrough]
+upstream = "{swtpm.tcti}"
+anchor = true
+nv_range = "{OWN_NV}"
+persistent_range = "{OWN_PERSISTENT}"
+owner_auth_file = "{tmp_path / 'owner'}"
+''')
+    (d / "std.toml").write_text('[listen]\nmssim = "127.0.0.1:0"\n')
+    swtpm.disconnect()
+    ctl = tmp_path / "host.sock"
+
+    def host(*args):
+        r = subprocess.run(command("host", *args, "--control", str(ctl)), capture_output=True,
+                           text=True, env=environment(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    with run_host(ctl, "--dir", str(d)) as proc:
+        status = json.loads(host("status", "pt"))["instances"][0]
+        assert status["backend"]["backend"] == "passthrough", status
+        assert status["backend"]["reports"] == 1
+        port = re.search(r"mssim=127\.0\.0\.1:(\d+)", json.dumps(status)).group(1)
+        tcti = f"mssim:host=127.0.0.1,port={port}"
+        assert len(bytes.fromhex(tool(tcti, "tpm2_getrandom", "--hex", "8").stdout.decode())) == 8
+        r = tool(tcti, "tpm2_clear", "-c", "l", check=False)
+        assert r.returncode != 0 and b"0x143" in r.stderr.lower() + r.stdout.lower()
+        tool(tcti, "tpm2_nvread", "0x01400001", "-C", "o", "-s", "8", "-o",
+             str(tmp_path / "head"))
+        assert (tmp_path / "head").read_bytes() == b"CTPMEVID"
+        host("remove", "pt")
+        assert proc.poll() is None and json.loads(host("status", "std"))["instances"]
+        # added at runtime: the same upstream, now free again
+        host("add", "pt2", "--mssim", "127.0.0.1:0", "--mode", "passthrough",
+             "--upstream", swtpm.tcti, "--nv-range", OWN_NV)
+        status = json.loads(host("status", "pt2"))["instances"][0]
+        port = re.search(r"mssim=127\.0\.0\.1:(\d+)", json.dumps(status)).group(1)
+        tcti = f"mssim:host=127.0.0.1,port={port}"
+        tool(tcti, "tpm2_nvdefine", "0x01500001", "-C", "o", "-s", "8")
+        r = tool(tcti, "tpm2_nvdefine", "0x01600001", "-C", "o", "-s", "8", check=False)
+        assert r.returncode != 0
+        host("remove", "pt2")
+    assert rc(retrying(swtpm.execute)(get_cap(6, 0x200, 1))) == 0
