@@ -9,8 +9,11 @@ one behind ctpm passthrough, whose own listener the client reaches over the same
 Unix sockets throughout: the swtpm TCTI connects anew for every command, which over TCP
 leaves a TIME_WAIT socket per command (tens of thousands in a run).
 Best rounds count; the ratio is passthrough / direct (1.00 = no overhead), overhead the time
-per command added. ctpm standard (its own engine, same listener and TCTI) is shown for scale:
-the listener's cost is in both. PCR_Extend is not measured: the guard refuses it by default.
+per command added. Two passthrough daemons: ctpm's own swtpm protocol on one kept connection
+(the default) and tpm2-pytss's TCTI loader (`tcti_loader = true`, a connection per command:
+how passthrough forwarded before). ctpm standard (its own engine, same listener and TCTI) is
+shown for scale: the listener's cost is in all three. PCR_Extend is not measured: the guard
+refuses it by default.
 """
 import argparse
 import sys
@@ -66,14 +69,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    direct, upstream = UnixSwtpm(), UnixSwtpm()
+    direct, upstream, upstream2 = UnixSwtpm(), UnixSwtpm(), UnixSwtpm()
     daemon = run_daemon("--mode", "passthrough", "--upstream", upstream.tcti(),
                         "--swtpm", f"unix:{upstream.dir}/ctpm", timeout=60)
+    with open(f"{upstream2.dir}/loader.toml", "w") as f:
+        f.write("[passthrough]\ntcti_loader = true\n")
+    loader = run_daemon("--mode", "passthrough", "--upstream", upstream2.tcti(),
+                        "--config", f"{upstream2.dir}/loader.toml",
+                        "--swtpm", f"unix:{upstream2.dir}/ctpm", timeout=60)
     standard = run_daemon("--swtpm", f"unix:{direct.dir}/ctpm", timeout=60)
-    d, s = daemon.__enter__(), standard.__enter__()
+    d, l, s = daemon.__enter__(), loader.__enter__(), standard.__enter__()
     try:
         clients = {"swtpm direct": Workloads(open_esapi(direct.tcti(), False)),
                    "ctpm passthrough": Workloads(open_esapi(d.tcti("swtpm"), False)),
+                   "passthrough via loader": Workloads(open_esapi(l.tcti("swtpm"), False)),
                    "ctpm standard": Workloads(open_esapi(s.tcti("swtpm"), True))}
         best = {(n, w): 0.0 for n in clients for w in WORKLOADS}
         for _ in range(args.rounds):
@@ -81,18 +90,20 @@ def main():
                 for n, c in clients.items():
                     best[n, w] = max(best[n, w], measure(c.calls[w], args.seconds))
                     c.flush()
-        print(f"{'workload (ops/s)':26}{'swtpm direct':>14}{'ctpm passthrough':>18}{'ratio':>8}"
-              f"{'overhead':>10}{'ctpm standard':>15}{'ratio':>8}")
+        print(f"{'workload (ops/s)':26}{'swtpm direct':>13}{'passthrough':>12}{'ratio':>7}"
+              f"{'overhead':>9}{'via loader':>11}{'ratio':>7}{'ctpm standard':>14}{'ratio':>7}")
         for w in WORKLOADS:
             a, b = best["swtpm direct", w], best["ctpm passthrough", w]
-            c = best["ctpm standard", w]
-            print(f"{w:26}{a:14.0f}{b:18.0f}{b / a:8.2f}{(a / b - 1) * 100:9.1f}%"
-                  f"{c:15.0f}{c / a:8.2f}")
+            c, e = best["ctpm standard", w], best["passthrough via loader", w]
+            print(f"{w:26}{a:13.0f}{b:12.0f}{b / a:7.2f}{(a / b - 1) * 100:8.1f}%"
+                  f"{e:11.0f}{e / a:7.2f}{c:14.0f}{c / a:7.2f}")
     finally:
         standard.__exit__(None, None, None)
+        loader.__exit__(None, None, None)
         daemon.__exit__(None, None, None)
         direct.close()
         upstream.close()
+        upstream2.close()
 
 
 if __name__ == "__main__":

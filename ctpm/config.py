@@ -73,6 +73,7 @@ class Config:
     passthrough_pcr_writes: bool = False
     # the upstream's ownerAuth / endorsementAuth: a file's bytes or what a descriptor gives
     # (never logged); empty when not given
+    upstream_tcti_loader: bool = False  # always tpm2-pytss's TCTI loader (no native protocol)
     upstream_owner_auth_file: str | None = None
     upstream_owner_auth_fd: int | None = None
     upstream_endorsement_auth_file: str | None = None
@@ -100,6 +101,7 @@ SCHEMA = {
                     "persistent_range": "passthrough_persistent_range",
                     "shared": "passthrough_shared", "refuse": "passthrough_refuse",
                     "pcr_writes": "passthrough_pcr_writes",
+                    "tcti_loader": "upstream_tcti_loader",
                     "owner_auth_file": "upstream_owner_auth_file",
                     "endorsement_auth_file": "upstream_endorsement_auth_file"},
 }
@@ -350,7 +352,8 @@ def _validate(name, value, where):
         if not 0 < value <= 600:
             raise ConfigError(f"{where}: {value!r} is not between 0 and 600 seconds")
         return float(value)
-    if name in ("upstream_force", "passthrough_anchor", "passthrough_pcr_writes"):
+    if name in ("upstream_force", "passthrough_anchor", "passthrough_pcr_writes",
+                "upstream_tcti_loader"):
         return _check_type(value, bool, where)
     if name in ("mode", "ak", "snp_provider"):
         allowed = {"mode": MODES, "ak": ("ecc", "rsa"), "snp_provider": SNP_PROVIDERS}[name]

@@ -280,9 +280,12 @@ def test_guard_refuses_and_swtpm_state_is_untouched(swtpm):
     assert after == before
 
 
-def test_upstream_killed_and_restarted(swtpm, tmp_path):
+@pytest.mark.parametrize("loader", [False, True], ids=["native", "tcti-loader"])
+def test_upstream_killed_and_restarted(swtpm, tmp_path, loader):
+    """swtpm stopped, continued, killed and restarted under the guest, over ctpm's own
+    swtpm protocol (one connection kept open) and over tpm2-pytss's TCTI loader."""
     config = tmp_path / "ctpm.toml"
-    config.write_text("[passthrough]\ntimeout = 1.5\n")
+    config.write_text(f"[passthrough]\ntimeout = 1.5\ntcti_loader = {str(loader).lower()}\n")
     with passthrough(swtpm, config=str(config)) as d:
         raw = Raw(d)
         try:
@@ -391,15 +394,18 @@ def test_documented_passthrough_defaults_are_the_code(tmp_path):
             lines[-1] += " " + line[1:].strip()
     assert sorted(keys) == sorted(["upstream", "force", "timeout", "nv_range",
                                    "persistent_range", "shared", "refuse", "pcr_writes",
-                                   "anchor"])
-    body = "\n".join(l for l in lines if not l.startswith(("nv_range", "persistent_range")))
+                                   "anchor", "tcti_loader", "owner_auth_file",
+                                   "endorsement_auth_file"])
+    body = "\n".join(l for l in lines if not l.startswith(("nv_range", "persistent_range",
+                                                             "owner_auth", "endorsement_auth")))
     path = tmp_path / "c.toml"
     path.write_text(f'[mode]\nmode = "passthrough"\n[passthrough]\n{body}\n')
     config = load(str(path))
     assert config.upstream == "device:/dev/tpmrm0"
     assert tuple(config.passthrough_refuse) == DEFAULT_REFUSE
     for name in ("upstream_force", "upstream_timeout", "passthrough_shared",
-                 "passthrough_pcr_writes", "passthrough_anchor", "passthrough_nv_range"):
+                 "passthrough_pcr_writes", "passthrough_anchor", "passthrough_nv_range",
+                 "upstream_tcti_loader", "upstream_owner_auth_file"):
         assert getattr(config, name) == getattr(Config(), name), name
 
 
