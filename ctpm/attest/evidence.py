@@ -144,10 +144,15 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
                 raise ValueError("the evidence index answered another nonce")
             snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
         report, cert_table, manifest, manifest_version, provider = snp
-        ak = esapi.tr_from_tpmpublic(AK_HANDLE)
+        ak, made = _ak(esapi, manifest, manifest_version)
         tpm_selection = TPML_PCR_SELECTION.parse(selection)
-        quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
-                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        try:
+            quoted, signature = esapi.quote(ak, tpm_selection,
+                                            TPM2B_DATA(qualifying_data(nonce)),
+                                            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        finally:
+            if made:
+                esapi.flush_context(ak)
         values = read_pcrs(esapi, selection)
         quote_bytes = bytes(quoted.attestationData)
         sig_bytes = signature.marshal()
@@ -157,6 +162,31 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
                  manifest_version=manifest_version, provider=provider, quote=quote_bytes,
                  signature=sig_bytes, pcrs=values, selection=selection, event_log=event_log,
                  ima_log=ima_log, instance_uuid=instance_uuid)
+
+
+def _ak(esapi, manifest: bytes, manifest_version: int):
+    """(ESYS_TR of the AK, whether it was made here): the persistent AK at 0x81020000, or,
+    where there is none (the passthrough mode persists nothing on the hardware TPM), the
+    manifest's AK made again as the primary it is (its template: the public area with the
+    unique field zeroed, as ctpm made it)."""
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+
+    from ..modes.identity import Identity, ak_template
+    try:
+        return esapi.tr_from_tpmpublic(AK_HANDLE), False
+    except TSS2_Exception:
+        if manifest_version != 1:
+            raise
+    public = Identity.from_manifest(manifest, 1).ak
+    if public is None:
+        raise ValueError("no AK at 0x81020000 and the manifest names none")
+    kind = "ecc" if public[:2] == b"\x00\x23" else "rsa"
+    template, _ = TPM2B_PUBLIC.unmarshal(len(ak_template(kind)).to_bytes(2, "big")
+                                         + ak_template(kind))
+    handle = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)[0]
+    return handle, True
 
 
 def collect_snp_only(esapi, nonce: bytes) -> bytes:

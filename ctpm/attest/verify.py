@@ -4,6 +4,9 @@
 1. the document (`evidence_format`);
 2. the SNP report: every check of ctpm.snp.verify with the policy's VMPL, measurements, TCB...,
    REPORT_DATA = SHA-512(nonce || manifest) (`report_data`), the manifest (`manifest`);
+   with the policy's `require_activation`, the manifest's record that the TPM opened a
+   credential for its EK and AK (`activation`); with `ek_ca`, an EK certificate in the
+   manifest issued by one of those CAs for its EK (`ek_certificate`);
 3. the AK: named by manifest v1 (`manifest_ak`);
 4. the quote: TPMS_ATTEST magic (`quote_magic`) and type (`quote_type`), signature by that
    AK with an allowed scheme and hash (`quote_signature`), qualifiedSigner = Name(AK)
@@ -26,7 +29,8 @@ from .tpm import (ALG_ECDSA, ALG_RSAPSS, ALG_RSASSA, TPM_GENERATED_VALUE, TPM_ST
                   InvalidSignature, Quote, format_selection, name_of, parse_selection,
                   public_key, verify_signature)
 
-CHECKS = ("evidence_format", "<ctpm.snp.verify.CHECKS>", "manifest", "manifest_ak",
+CHECKS = ("evidence_format", "<ctpm.snp.verify.CHECKS>", "manifest", "activation",
+          "ek_certificate", "manifest_ak",
           "quote_format", "quote_magic", "quote_type", "quote_signature", "qualified_signer",
           "nonce", "pcr_selection", "pcr_digest", "clock", "<ctpm.attest.channelkey.CHECKS>",
           "event_log", "reference_pcrs")
@@ -53,6 +57,8 @@ class AttestPolicy:
     schemes: frozenset = DEFAULT_SCHEMES
     require_event_log: bool = False
     tee: object = None                      # the SNP policy for TEE evidence (docs/channel.md)
+    require_activation: bool = False        # the passthrough mode's credential activation
+    ek_cas: tuple | None = None             # CA certificates an EK certificate must chain to
 
     def __post_init__(self):
         object.__setattr__(self, "pcrs", format_selection(parse_selection(self.pcrs)))
@@ -95,7 +101,17 @@ def load_policy(path: str) -> AttestPolicy:
                 reference[bank.lower(), int(pcr)] = bytes.fromhex(value)
             except (ValueError, TypeError):
                 raise ValueError(f"{path}: [tpm.reference] {bank}.{pcr} is not hex") from None
-    extra = set(tpm) - {"pcrs", "require_event_log"}
+    cas = None
+    if "ek_ca" in tpm:
+        from ..modes.credential import load_ca_bundle
+        cas = []
+        for ca_path in tpm.pop("ek_ca"):
+            try:
+                cas.extend(load_ca_bundle(ca_path))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path}: [tpm] ek_ca {ca_path!r}: {e}") from None
+        cas = tuple(cas)
+    extra = set(tpm) - {"pcrs", "require_event_log", "require_activation"}
     if extra:
         raise ValueError(f"{path}: [tpm]: unknown key {sorted(extra)[0]!r}")
     try:
@@ -103,7 +119,9 @@ def load_policy(path: str) -> AttestPolicy:
                             trust=Trust(extra_arks=tuple(arks)),
                             pcrs=tpm.get("pcrs", E.DEFAULT_PCRS), reference=reference,
                             require_event_log=bool(tpm.get("require_event_log", False)),
-                            tee=tee_policy)
+                            tee=tee_policy,
+                            require_activation=bool(tpm.get("require_activation", False)),
+                            ek_cas=cas)
     except ValueError as e:
         raise ValueError(f"{path}: [tpm] pcrs: {e}") from None
 
@@ -221,7 +239,8 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
     verifier = verifier or Verifier(policy.trust)
     anchored = verify_anchor(p["snp-report"], nonce, p["manifest"], version,
                              verifier=verifier, policy=policy.snp,
-                             cert_table=p.get("snp-certs"))
+                             require_activation=policy.require_activation,
+                             ek_cas=policy.ek_cas, cert_table=p.get("snp-certs"))
     ak = anchored.identity.ak
     if ak is None:
         raise AttestError("manifest_ak", "the manifest names no AK (manifest v0 needs the "

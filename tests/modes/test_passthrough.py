@@ -618,6 +618,26 @@ def test_activation_ek_certificate_and_verifier_challenge(swtpm, sp, tmp_path):
         finally:
             raw.close()
 
+        # the composite flow: ctpm attest through passthrough (the AK made again from the
+        # manifest: nothing is persisted on the chip), ctpm verify with a policy that
+        # requires the activation and the vendor's EK certificate
+        n2 = os.urandom(64).hex()
+        r = subprocess.run([sys.executable, "-m", "ctpm", "attest", "--tcti", tcti,
+                            "--nonce", n2, "-o", str(tmp_path / "composite.json")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    ark = os.path.join(sp.directory, "ark.pem")
+    for ca, code in (("ca.pem", 0), ("other.pem", 1)):
+        (tmp_path / "policy.toml").write_text(
+            f'[snp]\ntrust_ark = ["{ark}"]\n[tpm]\nrequire_activation = true\n'
+            f'ek_ca = ["{tmp_path / ca}"]\n')
+        r = subprocess.run([sys.executable, "-m", "ctpm", "verify",
+                            str(tmp_path / "composite.json"), "--nonce", n2,
+                            "--policy", str(tmp_path / "policy.toml")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == code, r.stderr
+        assert code == 0 or "ek_certificate" in r.stderr
+
     verifier = Verifier(Trust(extra_arks=(sp.ark,)))
     table = ev.cert_table or sp.cert_table()
     verify_anchor(ev.report, nonce, ev.manifest, 1, ek_public=ek, require_activation=True,
