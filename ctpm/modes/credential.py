@@ -104,16 +104,34 @@ def read_nv(client, index: int, auth: int | None = None, password: bytes = b"") 
 
 
 def public_key(ek_public: bytes):
-    """The `cryptography` public key of an RSA or ECC TPMT_PUBLIC."""
-    from ..crypto import keys
-    from ..wire.constants import TPM_ALG
-    from ..wire.objects import TPMT_PUBLIC
-    p = TPMT_PUBLIC.parse(bytes(ek_public))
-    if p.type == TPM_ALG.RSA:
-        return keys.rsa_public_key(int.from_bytes(p.unique, "big"),
-                                   p.parameters.exponent or 65537)
-    if p.type == TPM_ALG.ECC:
-        return keys.ecc_public_key(p.parameters.curveID, p.unique.x, p.unique.y)
+    """The `cryptography` public key of an RSA or ECC (NIST P-256/384/521) TPMT_PUBLIC, read
+    here (a verifier's side: no engine code)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    p = bytes(ek_public)
+    kind = struct.unpack(">H", p[:2])[0]
+    pos = 8 + 2 + struct.unpack(">H", p[8:10])[0]             # type, nameAlg, attrs, policy
+    sym = struct.unpack(">H", p[pos:pos + 2])[0]
+    pos += 2 if sym == 0x10 else 6                              # TPMT_SYM_DEF_OBJECT
+    scheme = struct.unpack(">H", p[pos:pos + 2])[0]
+    pos += 2 if scheme == 0x10 else 4                           # TPMT_*_SCHEME
+    if kind == 0x01:
+        _bits, exponent = struct.unpack(">HI", p[pos:pos + 6])
+        pos += 6
+        size = struct.unpack(">H", p[pos:pos + 2])[0]
+        n = int.from_bytes(p[pos + 2:pos + 2 + size], "big")
+        return rsa.RSAPublicNumbers(exponent or 65537, n).public_key()
+    if kind == 0x23:
+        curve_id, kdf = struct.unpack(">HH", p[pos:pos + 4])
+        pos += 4 if kdf == 0x10 else 6
+        curve = {3: ec.SECP256R1, 4: ec.SECP384R1, 5: ec.SECP521R1}.get(curve_id)
+        if curve is None:
+            raise ValueError(f"ECC curve {curve_id:#x} is not a NIST curve")
+        xs = struct.unpack(">H", p[pos:pos + 2])[0]
+        x = int.from_bytes(p[pos + 2:pos + 2 + xs], "big")
+        pos += 2 + xs
+        ys = struct.unpack(">H", p[pos:pos + 2])[0]
+        y = int.from_bytes(p[pos + 2:pos + 2 + ys], "big")
+        return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
     raise ValueError("the EK is neither RSA nor ECC")
 
 
@@ -141,7 +159,7 @@ def check_ek_certificate(der: bytes, ek_public: bytes, cas, *, now=None):
     try:
         certified = cert.public_key().public_numbers()
         expected = public_key(ek_public).public_numbers()
-    except (ValueError, AttributeError) as e:
+    except (ValueError, AttributeError, struct.error) as e:
         raise CredentialError(f"the EK certificate's key is unusable: {e}") from None
     if certified != expected:
         raise CredentialError("the EK certificate certifies another key than this EK")
