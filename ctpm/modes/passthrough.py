@@ -1,12 +1,13 @@
-"""The passthrough mode: a guarded path to a (hardware) TPM behind a TCTI.
+"""The passthrough mode: a guarded path to a (hardware) TPM.
 
-Commands the guard (guard.py) lets through go to the upstream byte for byte, over one TCTI
-connection of this instance's own (tpm2-pytss's TCTI loader: `device:/dev/tpmrm0`,
-`tabrmd:...`, `mssim:...`, `swtpm:...`), and the upstream's bytes are the answer. TCTI calls
-block (and the mssim and swtpm TCTIs ignore receive timeouts), so a command is transmitted in
-the event loop and its answer received only once the TCTI's socket is readable, under a
-deadline; connecting runs in a worker thread. The upstream's own failures become response
-codes and the connection is opened again for the next command, so a guest never hangs:
+Commands the guard (guard.py) lets through go to the upstream byte for byte, over one
+connection of this instance's own, and the upstream's bytes are the answer. swtpm, mssim and
+device upstreams are spoken to directly over a connection kept open (`RawUpstream`); other
+TCTI strings (`tabrmd:...`, library names) go through tpm2-pytss's TCTI loader (`Upstream`).
+A command is transmitted in the event loop and its answer taken when the connection is
+readable (polled 2 ms, then awaited), under a deadline; connecting through the loader runs in
+a worker thread. The upstream's own failures become response codes and the connection is
+opened again for the next command, so a guest never hangs:
 
 * the upstream cannot be reached (nothing was sent): TPM_RC_RETRY (0x922), send it again;
 * it failed after the command went out (connection lost, TCTI error, no answer within
@@ -15,9 +16,11 @@ codes and the connection is opened again for the next command, so a guest never 
 With `anchor`, the instance binds the upstream to the SNP report of the CVM it runs in: at
 boot it makes the upstream's RSA EK (TCG template L-1) and ctpm's AK (identity.py), both
 primaries of the endorsement hierarchy (so any client re-creates them with the same
-templates; neither is left loaded), and serves the NV request/evidence pair of the ephemeral
-mode itself, on top of the upstream: NV_Write of 0x01400002, NV_Read and NV_ReadPublic of
-0x01400001 and 0x01400002 are answered by ctpm and never reach the upstream.
+templates; neither is left loaded), proves the AK is on the EK's TPM by credential
+activation (credential.py), reads the vendor's EK certificate, and serves the NV
+request/evidence pair of the ephemeral mode itself, on top of the upstream: NV_Write of
+0x01400002, NV_Read and NV_ReadPublic of 0x01400001 and 0x01400002 are answered by ctpm and
+never reach the upstream (`_serve_nv`, keeping the guest's HMAC sessions in step with it).
 """
 import hashlib
 import hmac
