@@ -63,11 +63,97 @@ WORKLOADS = ("GetRandom(32)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)",
              "Sign RSASSA-2048", "Sign ECDSA P-256", "Quote ECDSA P-256")
 
 
+def forwarding(seconds, rounds):
+    """The forwarding path alone, without a listener or a client TCTI: raw commands on one
+    kept socket to swtpm (the floor) against PassthroughBackend (guard, upstream, answer: the
+    listener's fast path `execute_inline`, then `execute` when the answer takes over 2 ms)
+    over the direct protocol and over the TCTI loader. Microseconds per command, best of the
+    rounds; each on its own swtpm, in one run."""
+    import dataclasses
+    import socket
+    import struct
+    import time
+
+    import trio
+
+    from ctpm.config import load
+    from ctpm.modes.passthrough import PassthroughBackend
+
+    getrandom = bytes.fromhex("80010000000c0000017b0020")
+    pcr_read = bytes.fromhex("8001000000140000017e00000001000b03ff0000")
+    # CreatePrimary(owner) of an ECC P-256 restricted decryption key (AES-128-CFB)
+    template = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
+    body = (struct.pack(">I", 0x40000001) + struct.pack(">I", 9)
+            + struct.pack(">IHBH", 0x40000009, 0, 1, 0) + struct.pack(">H", 4) + bytes(4)
+            + struct.pack(">H", len(template)) + template + bytes(2) + bytes(4))
+    create = struct.pack(">HII", 0x8002, 10 + len(body), 0x131) + body
+    flush = bytes.fromhex("80010000000e00000165")
+    swtpms = [UnixSwtpm() for _ in range(3)]
+    try:
+        raw = socket.socket(socket.AF_UNIX)
+        raw.connect(swtpms[0].path)
+
+        async def direct(command):
+            raw.sendall(command)
+            return raw.recv(16384)
+        paths = {"swtpm, raw socket": direct}
+        for sw, loader in ((swtpms[1], False), (swtpms[2], True)):
+            config = dataclasses.replace(
+                load(mode="passthrough", upstream=sw.tcti(), default_listener=False),
+                upstream_tcti_loader=loader)
+            backend = PassthroughBackend.build(config)
+
+            async def through(command, b=backend):
+                rsp = b.execute_inline(command, 0)
+                return rsp if rsp is not None else await b.execute(command, 0)
+            paths["passthrough, " + ("TCTI loader" if loader else "direct protocol")] = through
+
+        async def primary(fn):
+            rsp = await fn(create)
+            assert rsp[6:10] == bytes(4), rsp[6:10].hex()
+            await fn(flush + rsp[10:14])
+
+        async def one(fn, command):
+            await fn(command)
+        work = {"GetRandom(32)": lambda fn: one(fn, getrandom),
+                "PCR_Read(sha256 0-7)": lambda fn: one(fn, pcr_read),
+                "CreatePrimary ECC + Flush": primary}
+        best = {}
+
+        async def measure_all():
+            for _ in range(rounds):
+                for w, run in work.items():
+                    for name, fn in paths.items():
+                        n, t0 = 0, time.perf_counter()
+                        while time.perf_counter() - t0 < seconds:
+                            await run(fn)
+                            n += 1
+                        us = (time.perf_counter() - t0) / n * 1e6
+                        best[w, name] = min(best.get((w, name), us), us)
+        trio.run(measure_all)
+        names = list(paths)
+        print(f"forwarding path alone (us per command, best of {rounds}; in brackets: added "
+              "us and speed ratio to the raw socket)")
+        print(f"{'workload':28}" + "".join(f"{n:>32}" for n in names))
+        for w in work:
+            base = best[w, names[0]]
+            cells = [f"{best[w, n]:.1f} (+{best[w, n] - base:.1f}, {base / best[w, n]:.2f}x)"
+                     if n != names[0] else f"{base:.1f}" for n in names]
+            print(f"{w:28}" + "".join(f"{c:>32}" for c in cells))
+    finally:
+        for sw in swtpms:
+            sw.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forwarding-only", action="store_true",
+                    help="only the forwarding path without listener and client TCTI")
     args = ap.parse_args()
+    if args.forwarding_only:
+        return forwarding(args.seconds, args.rounds)
 
     direct, upstream, upstream2 = UnixSwtpm(), UnixSwtpm(), UnixSwtpm()
     daemon = run_daemon("--mode", "passthrough", "--upstream", upstream.tcti(),
