@@ -124,8 +124,9 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
     (`ek_public`, by Name) equal to the manifest's; with manifest v1 the AK too.
     `require_activation`: the manifest records that the TPM opened a credential made for
     its EK and AK (the passthrough mode's record; what it proves: docs/modes.md).
-    `ek_cas` (`cryptography` certificates): the manifest carries an EK certificate for its
-    RSA EK issued by one of them.
+    `ek_cas` (`cryptography` certificates): the manifest carries a certificate for its RSA
+    EK (the one the activation used), and every EK certificate it carries (RSA 0x01C00002,
+    ECC 0x01C0000A) certifies its EK and was issued by one of them.
     Raises SnpError naming the check (the SNP checks, or one of ANCHOR_CHECKS)."""
     from dataclasses import replace
 
@@ -162,11 +163,21 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
         raise SnpError("activation", "the manifest records no credential activation of its "
                                      "AK against its EK")
     if ek_cas is not None:
-        from .credential import CredentialError, check_ek_certificate
-        if not identity.ek_certs:
-            raise SnpError("ek_certificate", "the manifest carries no EK certificate")
-        try:
-            check_ek_certificate(identity.ek_certs[0][1], identity.ek_rsa, list(ek_cas))
-        except CredentialError as e:
-            raise SnpError("ek_certificate", str(e)) from None
+        from .credential import (ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX, CredentialError,
+                                 check_ek_certificate)
+        certs = dict(identity.ek_certs)
+        if RSA_EK_CERT_INDEX not in certs:
+            raise SnpError("ek_certificate", "the manifest carries no certificate for its RSA "
+                                             "EK (NV 0x01C00002)")
+        for index, key in ((RSA_EK_CERT_INDEX, identity.ek_rsa),
+                           (ECC_EK_CERT_INDEX, identity.ek_ecc)):
+            if index not in certs:
+                continue
+            if key is None:
+                raise SnpError("ek_certificate", f"a certificate from {index:#010x} but no "
+                                                 "ECC EK in the manifest")
+            try:
+                check_ek_certificate(certs[index], key, list(ek_cas))
+            except CredentialError as e:
+                raise SnpError("ek_certificate", f"{index:#010x}: {e}") from None
     return AnchoredIdentity(snp=snp, identity=identity, manifest_version=manifest_version)

@@ -469,26 +469,29 @@ class PassthroughBackend:
     # -- binding to the TEE ---------------------------------------------------------------
 
     def _bind(self, client, provider, ak_kind, endorsement_auth=b""):
-        """Make the EK and the AK on the upstream, prove the AK is on the EK's TPM (a
-        credential ctpm makes for the EK and the AK's Name, opened by the TPM), read the EK
-        certificate if the vendor left one, and get the first report."""
+        """Make the EKs (RSA L-1, ECC L-2) and the AK on the upstream, prove the AK is on the
+        RSA EK's TPM (a credential ctpm makes for that EK and the AK's Name, opened by the
+        TPM), read the EK certificates the vendor left (0x01C00002, 0x01C0000A), and get
+        the first report."""
         from .anchor import Anchor, encode_evidence
-        from .credential import RSA_EK_CERT_INDEX, CredentialError, prove_same_tpm, read_nv
-        from .identity import Identity, ak_template, ek_rsa_template
+        from .credential import (ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX, CredentialError,
+                                 prove_same_tpm, read_nv)
+        from .identity import Identity, ak_template, ek_ecc_template, ek_rsa_template
         from .tpmclient import TpmCommandError
         from ..transport.bind import StartupError
         loaded = []
         try:
-            ek, ek_public, ek_name = client.create_primary(RH_ENDORSEMENT, ek_rsa_template(),
-                                                           endorsement_auth)
-            loaded.append(ek)
-            ak, ak_public, ak_name = client.create_primary(RH_ENDORSEMENT,
-                                                           ak_template(ak_kind),
-                                                           endorsement_auth)
-            loaded.append(ak)
+            made = []
+            for template in (ek_rsa_template(), ek_ecc_template(), ak_template(ak_kind)):
+                handle, public, name = client.create_primary(RH_ENDORSEMENT, template,
+                                                             endorsement_auth)
+                loaded.append(handle)
+                made.append((handle, public, name))
+            (ek, ek_public, ek_name), (_, ecc_public, _), (ak, ak_public, ak_name) = made
             prove_same_tpm(client, ek, ek_public, ak, ak_name,
                            endorsement_auth=endorsement_auth)
-            cert = read_nv(client, RSA_EK_CERT_INDEX)
+            certs = tuple((index, der) for index in (RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX)
+                          if (der := read_nv(client, index)))
         except TpmCommandError as e:
             raise StartupError(f"binding the upstream TPM: {e}") from None
         except CredentialError as e:
@@ -496,11 +499,11 @@ class PassthroughBackend:
         finally:
             for handle in loaded:
                 client.flush(handle)
-        identity = Identity(ek_rsa=ek_public, ak=ak_public,
-                            ek_certs=((RSA_EK_CERT_INDEX, cert),) if cert else (),
+        identity = Identity(ek_rsa=ek_public, ek_ecc=ecc_public, ak=ak_public, ek_certs=certs,
                             activation=ek_name + ak_name)
-        log.info("upstream EK %s, AK %s activated against it; EK certificate: %s",
-                 ek_name.hex()[:16], ak_name.hex()[:16], "present" if cert else "none")
+        log.info("upstream EK %s, AK %s activated against it; EK certificates: %s",
+                 ek_name.hex()[:16], ak_name.hex()[:16],
+                 ", ".join(f"{index:#010x}" for index, _ in certs) or "none")
         self.anchor = Anchor(identity, provider)
         self._encode = encode_evidence
         self.request = bytes(64)

@@ -554,17 +554,22 @@ def _vendor_ek_certificate(sw, ca_dir):
     from ctpm.modes.credential import public_key
     from ctpm.modes.tpmclient import RH_PLATFORM, TpmClient
     ca = m.load_or_create_ca(ca_dir=str(ca_dir))
+    from ctpm.modes.identity import ek_ecc_template
     client = TpmClient(retrying(sw.execute))
-    handle, ek, _ = client.create_primary(ENDORSEMENT, ek_rsa_template())
-    client.flush(handle)
-    der = m.ek_certificate(ca, public_key(ek), "rsa", {})
     attrs = (m.NV_PLATFORMCREATE | m.NV_AUTHREAD | m.NV_OWNERREAD | m.NV_PPREAD
              | m.NV_PPWRITE | m.NV_NO_DA)
-    client.nv_define(RH_PLATFORM, EK_CERT, attrs, len(der))
-    for offset in range(0, len(der), 1024):
-        client.nv_write(RH_PLATFORM, EK_CERT, der[offset:offset + 1024], offset)
+    publics = []
+    for template, kind, index in ((ek_rsa_template(), "rsa", EK_CERT),
+                                  (ek_ecc_template(), "ecc", 0x01C0000A)):
+        handle, ek, _ = client.create_primary(ENDORSEMENT, template)
+        client.flush(handle)
+        publics.append(ek)
+        der = m.ek_certificate(ca, public_key(ek), kind, {})
+        client.nv_define(RH_PLATFORM, index, attrs, len(der))
+        for offset in range(0, len(der), 1024):
+            client.nv_write(RH_PLATFORM, index, der[offset:offset + 1024], offset)
     sw.disconnect()
-    return ek, ca[1]
+    return publics[0], ca[1]
 
 
 def test_activation_ek_certificate_and_verifier_challenge(swtpm, sp, tmp_path):
@@ -597,7 +602,8 @@ def test_activation_ek_certificate_and_verifier_challenge(swtpm, sp, tmp_path):
         ev = decode_evidence((tmp_path / "ev.bin").read_bytes())
         identity = Identity.from_manifest(ev.manifest, 1)
         assert identity.ek_rsa == ek and identity.activated()
-        assert identity.ek_certs[0][0] == EK_CERT
+        assert [index for index, _ in identity.ek_certs] == [EK_CERT, 0x01C0000A]
+        assert identity.ek_ecc is not None
 
         # the verifier's challenge, answered by the guest on the chip through ctpm
         raw = Raw(d)
