@@ -731,3 +731,21 @@ owner_auth_file = "{tmp_path / 'owner'}"
         assert r.returncode != 0
         host("remove", "pt2")
     assert rc(retrying(swtpm.execute)(get_cap(6, 0x200, 1))) == 0
+
+
+def test_authorization_sources(swtpm, tmp_path):
+    """Two sources for one authorization: a config error naming both; an unreadable file or
+    a value longer than a digest: one line naming the source (never the value), exit 1."""
+    import sys
+    with pytest.raises(ConfigError, match="only one source of the owner authorization"):
+        load(mode="passthrough", upstream=swtpm.tcti,
+             upstream_auth={("owner", "file"): "/x", ("owner", "fd"): 5})
+    (tmp_path / "long").write_bytes(b"s3cret" * 11)
+    for path, message in ((tmp_path / "missing", "No such file"),
+                          (tmp_path / "long", "longer than 64 bytes")):
+        r = subprocess.run([sys.executable, "-m", "ctpm", "run", "--mode", "passthrough",
+                            "--upstream", swtpm.tcti, "--mssim", "127.0.0.1:0",
+                            "--upstream-owner-auth-file", str(path)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "s3cret" not in r.stderr
