@@ -342,6 +342,27 @@ def test_binding_evidence_names_upstream_ek_and_ak(swtpm, sp, tmp_path):
         # the EK a guest makes through ctpm with tpm2_createek is the one the manifest names
         tool(tcti, "tpm2_createek", "-G", "rsa", "-c", str(tmp_path / "ek.ctx"),
              "-u", str(tmp_path / "ek.pub"))
+        # malformed commands for the served indices: a response code, never a dropped daemon
+        raw = Raw(d)
+        try:
+            good = nv_read(0x01400001)
+            for bad in (good[:16], good[:21], good[:24], good[:-3],
+                        good[:18] + u32(200) + good[22:],
+                        cmd(0x14E, u16(8) + u16(0), handles=[0x01400001, 0x01400001],
+                            sessions=[pw_session(), pw_session()]),
+                        cmd(0x137, b2(b"x" * 65) + u16(0), handles=[0x01400002, 0x01400002],
+                            sessions=[pw_session()]),
+                        cmd(0x137, b2(b"x") + u16(0), handles=[0x01400001, 0x01400001],
+                            sessions=[pw_session()]),
+                        cmd(0x14E, u16(8) + u16(0), handles=[0x40000001, 0x01400001])):
+                bad = bad[:2] + u32(len(bad)) + bad[6:]
+                assert rc(raw(bad)) != 0
+            assert rc(raw(good)) == 0
+        finally:
+            raw.close()
+        assert d.proc.poll() is None
+        d._stderr.seek(0)
+        assert b"Traceback" not in d._stderr.read()
     ev = decode_evidence((tmp_path / "ev.bin").read_bytes())
     assert ev.nonce == nonce and ev.provider == "simulated" and ev.manifest_version == 1
     verifier = Verifier(Trust(extra_arks=(sp.ark,)))
