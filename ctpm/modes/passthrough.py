@@ -37,6 +37,7 @@ RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
 MAX_RESPONSE = 16384
 QUICK = 0.002                   # seconds to poll for an answer before awaiting it
 RC_AUTH_FAIL, RC_AUTH_MISSING = 0x98E, 0x125     # AUTH_FAIL + session 1
+RC_ATTRIBUTES_S1 = 0x982                           # TPM_RC_ATTRIBUTES + session 1
 RS_PW, OWNER = 0x40000009, 0x40000001
 EVIDENCE_INDEX, REQUEST_INDEX = 0x01400001, 0x01400002
 _NV_WRITTEN = 1 << 29
@@ -359,6 +360,23 @@ def open_upstream(config):
     return Upstream(config.upstream, config.upstream_timeout)
 
 
+def _crypt(symmetric, hash_id: int, key: bytes, nonce_newer: bytes, nonce_older: bytes,
+           data: bytes, encrypt: bool) -> bytes:
+    """Session parameter encryption (Part 1 §21) with an unsalted, unbound session, whose
+    sessionKey is empty: the key is the entity's authValue alone. `nonce_newer` is the
+    sender's nonce (nonceCaller for a command, nonceTPM for a response). AES-CFB or XOR."""
+    from ..crypto.kdf import kdfa
+    if symmetric[0] == "xor":
+        mask = kdfa(hash_id, key, b"XOR", nonce_newer, nonce_older, 8 * len(data))
+        return bytes(a ^ b for a, b in zip(data, mask))
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    bits = symmetric[1]
+    material = kdfa(hash_id, key, b"CFB", nonce_newer, nonce_older, bits + 128)
+    cipher = Cipher(algorithms.AES(material[:bits // 8]), modes.CFB(material[bits // 8:]))
+    op = cipher.encryptor() if encrypt else cipher.decryptor()
+    return op.update(data) + op.finalize()
+
+
 def _handle_counts(client_call) -> tuple[dict, frozenset]:
     """({command code: handles in its handle area}, {codes whose response has a handle})
     from the upstream's TPMA_CC list."""
@@ -568,14 +586,25 @@ class PassthroughBackend:
             if not hmac.compare_digest(proof, auth_value):
                 return response(RC_AUTH_FAIL)
         else:
-            if handle not in self._sessions or attrs & 0xE0:
-                return response(RC_AUTH_UNAVAILABLE)
-            alg, nonce_tpm = self._sessions[handle]
+            if handle not in self._sessions or attrs & 0x80:
+                return response(RC_AUTH_UNAVAILABLE)       # not ours, or an audit session
+            alg, nonce_tpm, symmetric, alg_id = self._sessions[handle]
+            if attrs & 0x60 and (symmetric is None or symmetric[0] not in ("xor", 0x06)
+                                 or symmetric[0] == 0x06 and symmetric[2] != 0x43):
+                return response(RC_AUTH_UNAVAILABLE)       # only AES-CFB and XOR here
+            if (attrs & 0x20 and cc != GUARD_CC["NV_Write"]) or (
+                    attrs & 0x40 and cc != GUARD_CC["NV_Read"]):
+                return response(RC_ATTRIBUTES_S1)          # no sized first parameter
             cp = hashlib.new(alg, struct.pack(">I", cc) + b"".join(names) + params).digest()
             expected = hmac.new(auth_value, cp + nonce_caller + nonce_tpm + bytes([attrs]),
                                 alg).digest()
             if not hmac.compare_digest(proof, expected):
                 return response(RC_AUTH_FAIL)
+            if attrs & 0x20:        # the guest encrypted NV_Write's data
+                size = struct.unpack(">H", params[:2])[0]
+                params = params[:2] + _crypt(symmetric, alg_id, auth_value, nonce_caller,
+                                             nonce_tpm, params[2:2 + size], False) \
+                    + params[2 + size:]
         if cc == GUARD_CC["NV_Read"]:
             size, offset = struct.unpack(">HH", params[:4])
             data = (self.request if index == REQUEST_INDEX
@@ -583,6 +612,10 @@ class PassthroughBackend:
             if offset + size > len(data):
                 return response(RC_NV_RANGE)
             chunk = data[offset:offset + size]
+            if handle != RS_PW and attrs & 0x40:   # the guest wants the data encrypted
+                alg, nonce_tpm, symmetric, alg_id = self._sessions[handle]
+                chunk = _crypt(symmetric, alg_id, auth_value, nonce_tpm, nonce_caller, chunk,
+                               True)
             body = struct.pack(">IH", 2 + len(chunk), len(chunk)) + chunk
         else:
             if index != REQUEST_INDEX:
@@ -620,7 +653,7 @@ class PassthroughBackend:
         entity's authValue over the unchanged nonceTPM."""
         if handle == RS_PW:
             return b"\0\0" + bytes([attrs & 1]) + b"\0\0"
-        alg, nonce_tpm = self._sessions[handle]
+        alg, nonce_tpm = self._sessions[handle][:2]
         rp = hashlib.new(alg, struct.pack(">II", 0, cc) + params).digest()
         mac = hmac.new(auth_value, rp + nonce_tpm + nonce_caller + bytes([attrs & 1]),
                        alg).digest()
@@ -645,11 +678,18 @@ class PassthroughBackend:
                 pos += 2 + struct.unpack(">H", command[pos:pos + 2])[0]
             kind = command[pos]
             sym = struct.unpack(">H", command[pos + 1:pos + 3])[0]
-            pos += 3 if sym == 0x10 else 7
-            alg = self._HASHES.get(struct.unpack(">H", command[pos:pos + 2])[0])
+            if sym == 0x10:
+                symmetric, pos = None, pos + 3
+            elif sym == 0x0A:                                       # XOR: its hash
+                symmetric, pos = ("xor", 0, 0), pos + 5
+            else:
+                bits, mode = struct.unpack(">HH", command[pos + 3:pos + 7])
+                symmetric, pos = (sym, bits, mode), pos + 7
+            alg_id = struct.unpack(">H", command[pos:pos + 2])[0]
+            alg = self._HASHES.get(alg_id)
             if tpm_key == bind == 0x40000007 and kind == 0 and alg:
                 handle, size = struct.unpack(">IH", rsp[10:16])
-                self._sessions[handle] = (alg, rsp[16:16 + size])
+                self._sessions[handle] = (alg, rsp[16:16 + size], symmetric, alg_id)
         elif not self._sessions:
             return
         elif cc == b"\0\0\x01\x65":                                   # FlushContext
@@ -676,7 +716,8 @@ class PassthroughBackend:
                 pos += 2 + struct.unpack(">H", rsp[pos:pos + 2])[0]
                 if handle in self._sessions:
                     if keep:
-                        self._sessions[handle] = (self._sessions[handle][0], nonce_tpm)
+                        self._sessions[handle] = (self._sessions[handle][0], nonce_tpm,
+                                                  *self._sessions[handle][2:])
                     else:
                         del self._sessions[handle]
 

@@ -519,8 +519,10 @@ def _owner_auth(sw, value):
     sw.disconnect()
 
 
-@pytest.mark.parametrize("owner_auth", [b"", b"owner-secret"])
-def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, owner_auth):
+@pytest.mark.parametrize("owner_auth, encrypted", [(b"", False), (b"owner-secret", False),
+                                                    (b"owner-secret", "aes"), (b"", "xor")])
+def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, owner_auth,
+                                                         encrypted):
     """One ESAPI HMAC session used for the evidence index (answered by ctpm) and for commands
     forwarded to swtpm, in both orders: every response HMAC verifies (ESAPI checks them) and
     swtpm accepts the session afterwards (its nonceTPM is the one the guest holds). Under a
@@ -540,8 +542,17 @@ def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, ow
         esapi = ESAPI(TCTILdr.parse(d.tcti("mssim")))
         try:
             esapi.tr_set_auth(ESYS_TR.OWNER, owner_auth)
+            from tpm2_pytss.constants import TPMA_SESSION
+            from tpm2_pytss.types import TPMT_SYM_DEF
+            sym = _aes_cfb()
+            if encrypted == "xor":
+                sym = TPMT_SYM_DEF(algorithm=TPM2_ALG.XOR)
+                sym.keyBits.exclusiveOr = TPM2_ALG.SHA256
             session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC,
-                                               _aes_cfb(), TPM2_ALG.SHA256)
+                                               sym, TPM2_ALG.SHA256)
+            if encrypted:       # the guest's parameters encrypted both ways
+                esapi.trsess_set_attributes(session, TPMA_SESSION.CONTINUESESSION
+                                            | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT)
             evidence = esapi.tr_from_tpmpublic(0x01400001)
             request = esapi.tr_from_tpmpublic(0x01400002)
             template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=0x00040072)
