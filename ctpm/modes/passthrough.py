@@ -903,5 +903,8 @@ class PassthroughBackend:
                 "firmware_version": f"{p.get(0x10B, 0):08X}", "model": "passthrough",
                 "connections": self.upstream.reconnects, "failures": self.failures}
         if self.anchor is not None:
-            info.update(snp_provider=self.anchor.provider.name, reports=self.reports)
+            identity = self.anchor.identity
+            info.update(snp_provider=self.anchor.provider.name, reports=self.reports,
+                        activated=identity.activated(),
+                        ek_certificates=[f"{i:#010x}" for i, _ in identity.ek_certs])
         return info

@@ -741,7 +741,8 @@ owner_auth_file = "{tmp_path / 'owner'}"
     with run_host(ctl, "--dir", str(d)) as proc:
         status = json.loads(host("status", "pt"))["instances"][0]
         assert status["backend"]["backend"] == "passthrough", status
-        assert status["backend"]["reports"] == 1
+        assert status["backend"]["reports"] == 1 and status["backend"]["activated"] is True
+        assert status["backend"]["ek_certificates"] == []
         port = re.search(r"mssim=127\.0\.0\.1:(\d+)", json.dumps(status)).group(1)
         tcti = f"mssim:host=127.0.0.1,port={port}"
         assert len(bytes.fromhex(tool(tcti, "tpm2_getrandom", "--hex", "8").stdout.decode())) == 8
