@@ -3,7 +3,6 @@ verifier's nonce N plus the channel key K, certified by the anchored AK with TPM
 the same nonce (qualifyingData = SHA-256(N)). Everything goes through one TPM connection with
 raw commands, so the transient K is still loaded when the TEE salts its session to it (a
 resource manager flushes a connection's objects when it closes)."""
-import hashlib
 import struct
 
 from ..attest import evidence as E
@@ -70,7 +69,13 @@ def attest(tpm: TpmChannel, nonce: bytes, *, pcrs: str = E.DEFAULT_PCRS, snp=Non
         snp = snp_from_nv(tpm, nonce, owner_auth)
     report, cert_table, manifest, manifest_version, provider = snp
     qd = E.qualifying_data(nonce)
-    handle, public = create_primary(tpm, P.channel_key_template(), RH_OWNER, owner_auth)
+    ak_handle, made = _ak(tpm, ak_handle, manifest, manifest_version)
+    try:
+        handle, public = create_primary(tpm, P.channel_key_template(), RH_OWNER, owner_auth)
+    except BaseException:
+        if made:
+            tpm.flush(ak_handle)
+        raise
     key = ChannelKey(handle, public)
     try:
         _, rparams = tpm.call("Certify", b2(qd) + u16(ALG_NULL),
@@ -85,6 +90,9 @@ def attest(tpm: TpmChannel, nonce: bytes, *, pcrs: str = E.DEFAULT_PCRS, snp=Non
     except BaseException:
         tpm.flush(handle)
         raise
+    finally:
+        if made:
+            tpm.flush(ak_handle)
     doc = E.build(report=report, cert_table=cert_table, manifest=manifest,
                   manifest_version=manifest_version, provider=provider, quote=quote,
                   signature=quote_sig, pcrs=values, selection=format_selection(selection),
@@ -93,5 +101,25 @@ def attest(tpm: TpmChannel, nonce: bytes, *, pcrs: str = E.DEFAULT_PCRS, snp=Non
     return doc, key
 
 
-def key_digest(public: bytes) -> str:
-    return hashlib.sha256(public).hexdigest()
+def _ak(tpm: TpmChannel, handle: int, manifest: bytes, manifest_version: int):
+    """(the AK's handle, whether it was made here): the persistent AK, or - where there is
+    none, as in passthrough mode, which persists nothing on the hardware TPM - the manifest's
+    AK made again as the endorsement primary it is (same template, same key)."""
+    from ..modes.identity import Identity, ak_template
+    from .tpm import RH_ENDORSEMENT, TpmError
+    try:
+        tpm.call("ReadPublic", handles=[handle])
+        return handle, False
+    except TpmError:
+        if manifest_version != 1:
+            raise
+    public = Identity.from_manifest(manifest, 1).ak
+    if public is None:
+        raise ChannelError("tpm_evidence", f"no AK at {handle:#x} and the manifest names none")
+    kind = "ecc" if public[:2] == b"\x00\x23" else "rsa"
+    made, made_public = create_primary(tpm, ak_template(kind), RH_ENDORSEMENT)
+    if made_public != public:
+        tpm.flush(made)
+        raise ChannelError("tpm_evidence", "the AK made from its template is not the one the "
+                                           "manifest names")
+    return made, True

@@ -757,3 +757,41 @@ def test_bad_requests_to_the_channel_endpoints(env):
         assert status == 404 and body["check"] in ("unknown_secret", "not_found"), name
     assert send("POST", "/secrets", b'{"record": 1}')[1]["check"] == "authorize_format"
     assert "Traceback" not in env.svc.log()
+
+
+def test_through_passthrough_mode(env, tmp_path):
+    """A hardware TPM (swtpm standing in) behind `ctpm run --mode passthrough --anchor`: K is
+    made and certified on the chip by the chip's AK (made again from its template: passthrough
+    persists nothing there), the evidence indices are ctpm's; seal, put and get work, and the
+    secret is sealed in the chip."""
+    from tests.modes.test_passthrough import TctiSwtpm, passthrough
+    from tests.tpmcmd import STARTUP_CLEAR, rc
+    sw = TctiSwtpm()
+    try:
+        assert rc(sw.execute(STARTUP_CLEAR)) == 0
+        with passthrough(sw, "--anchor", "--snp-provider", "simulated", "--snp-sim-dir",
+                         env.sim.directory) as d:
+            t = TctiTransport(d.tcti("mssim"))
+            try:
+                rec = seal(TpmChannel(t), "chip", b"in the chip", parse_selection("sha256:0,7"),
+                           env.authority_public, nv_index=0x015000F0)
+            finally:
+                t.close()
+            with open(os.path.join(env.secrets, "chip.json"), "w") as f:
+                json.dump(rec, f)
+            assert env.get("chip", tcti=d.tcti("mssim")) == b"in the chip"
+            from ctpm.channel.client import provision_secret
+            t = TctiTransport(d.tcti("mssim"))
+            try:
+                provision_secret(t, "chip-put", b"put in the chip", env.svc.url,
+                                 audience=AUDIENCE, provider=env.provider(), pcrs=PCRS,
+                                 nv_index=0x015000F1)
+            finally:
+                t.close()
+            assert env.get("chip-put", tcti=d.tcti("mssim")) == b"put in the chip"
+        # the NV secret is the chip's own index now (passthrough forwarded the define)
+        sw.disconnect()
+        out = sw.execute(bytes.fromhex("80010000000e00000169015000f0"))
+        assert rc(out) == 0
+    finally:
+        sw.close()
