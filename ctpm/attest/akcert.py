@@ -141,13 +141,12 @@ class Certifier:
     def challenge(self, nonce: bytes, ek_public: bytes) -> dict:
         """What the challenge response carries for the attester (base64url, no padding):
         K's public area and its duplicate and seed for TPM2_Import under the EK."""
-        from .evidence import b64u
         ek_public = public_area(ek_public)
         private = self.key(nonce, name_of(ek_public))
         public = key_public(private)
         duplicate, seed = wrap(ek_public, public, private)
-        return {"public": b64u(public), "duplicate": b64u(duplicate),
-                "in_sym_seed": b64u(seed)}
+        return {"public": _b64u(public), "duplicate": _b64u(duplicate),
+                "in_sym_seed": _b64u(seed)}
 
     def check(self, *, nonce: bytes, ek_public: bytes, ak_public: bytes, attest: bytes,
               signature: bytes) -> bytes:
@@ -178,8 +177,7 @@ class Certifier:
             raise CertifyError("ak_certify_signature", "the AK's certification is not signed "
                                                        "by the key this verifier wrapped to "
                                                        "the report's EK for this nonce") from None
-        from .verify import qualified_name
-        expected = qualified_name(name_of(public), parent=qualified_name(ek_name))
+        expected = _qualified_name(name_of(public), parent=_qualified_name(ek_name))
         if not hmac.compare_digest(info["signer"], expected):
             raise CertifyError("ak_certify_signer", "qualifiedSigner is not the wrapped key "
                                                     "as a child of the EK")
@@ -187,7 +185,7 @@ class Certifier:
             raise CertifyError("ak_certify_nonce", "the certification's extraData is not "
                                                    "SHA-256(nonce)")
         if not hmac.compare_digest(info["name"], ak_name) or not hmac.compare_digest(
-                info["qualified_name"], qualified_name(ak_name)):
+                info["qualified_name"], _qualified_name(ak_name)):
             raise CertifyError("ak_certify_name", "the certified object is not the AK given "
                                                   "(Name, or Qualified Name of a primary key "
                                                   "of the endorsement hierarchy)")
@@ -203,6 +201,26 @@ def load_secret(path: str) -> Certifier:
         raise ValueError(f"{path}: {e.strerror}") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _qualified_name(name: bytes, parent: bytes = RH_ENDORSEMENT) -> bytes:
+    """QN = nameAlg || H(QN(parent) || Name) (Part 1 §16.6); a hierarchy's QN is its handle.
+    (The same rule as ctpm.attest.verify.qualified_name; kept here so that this module
+    imports neither verify nor evidence, which import it.)"""
+    from .tpm import HASHES
+    return name[:2] + hashlib.new(HASHES[int.from_bytes(name[:2], "big")], parent + name).digest()
+
+
+def _b64u(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode()
+
+
+def _unb64u(text: str) -> bytes:
+    import base64
+    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
+        raise ValueError("not base64url without padding")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _certify_info(data: bytes) -> dict:
@@ -235,10 +253,9 @@ def certify_ak(esapi, wrapped: dict, nonce: bytes, *, ek_handle: int = 0x8101000
                                   TPM2B_PUBLIC, TPMT_SIG_SCHEME, TPMT_SYM_DEF,
                                   TPMT_SYM_DEF_OBJECT)
 
-    from .evidence import unb64u
-    public = TPM2B_PUBLIC.unmarshal(_b2(unb64u(wrapped["public"])))[0]
-    duplicate = TPM2B_PRIVATE(unb64u(wrapped["duplicate"]))
-    seed = TPM2B_ENCRYPTED_SECRET(unb64u(wrapped["in_sym_seed"]))
+    public = TPM2B_PUBLIC.unmarshal(_b2(_unb64u(wrapped["public"])))[0]
+    duplicate = TPM2B_PRIVATE(_unb64u(wrapped["duplicate"]))
+    seed = TPM2B_ENCRYPTED_SECRET(_unb64u(wrapped["in_sym_seed"]))
     ek = esapi.tr_from_tpmpublic(ek_handle) if ek is None else ek
     ak = esapi.tr_from_tpmpublic(ak_handle) if ak is None else ak
     session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
