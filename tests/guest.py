@@ -43,6 +43,11 @@ for bank in sha1 sha256 sha384 sha512; do
 done
 log=/sys/kernel/security/tpm0/binary_bios_measurements
 [ -r $log ] && hexdump -v -e '32/1 "%02x" "\n"' $log | sed 's/^/GUEST log /'
+ima=/sys/kernel/security/ima
+[ -r $ima/binary_runtime_measurements ] && hexdump -v -e '32/1 "%02x" "\n"' \
+  $ima/binary_runtime_measurements | sed 's/^/GUEST ima /'
+[ -r $ima/ascii_runtime_measurements ] && sed 's/^/GUEST imatext /' \
+  $ima/ascii_runtime_measurements
 printf '\200\001\000\000\000\014\000\000\001\173\000\020' > /tmp/getrandom
 @PAUSE@
 exec 3<>/dev/tpm0
@@ -140,7 +145,7 @@ class Boot:
         self.version = None
         self.pcrs = {}
         self.after = {}                 # read again after a pause (a live migration)
-        log = []
+        log, ima, ima_text = [], [], []
         self.getrandom = None
         self.done = False
         for line in console.splitlines():
@@ -156,11 +161,17 @@ class Boot:
                 self.after[parts[2], int(parts[3])] = bytes.fromhex(parts[4])
             elif parts[1] == "log" and len(parts) == 3:
                 log.append(parts[2])
+            elif parts[1] == "ima" and len(parts) == 3:
+                ima.append(parts[2])
+            elif parts[1] == "imatext":
+                ima_text.append(line[start + len("GUEST imatext "):] + "\n")
             elif parts[1] == "getrandom" and len(parts) == 3:
                 self.getrandom = bytes.fromhex(parts[2])
             elif parts[1] == "done":
                 self.done = True
         self.event_log = bytes.fromhex("".join(log))
+        self.ima_log = bytes.fromhex("".join(ima))            # binary, SHA-1 digests
+        self.ima_text = "".join(ima_text).encode()              # ASCII, SHA-1 digests
 
 
 def _qemu(ctrl_socket: str, initrd: Path, device: str, *extra) -> list:

@@ -33,6 +33,11 @@ MEDIA = {
     "channel-key": "application/vnd.tcg.tpmt-public",
     "channel-key-certify": "application/vnd.tcg.tpms-attest",
     "channel-key-signature": "application/vnd.tcg.tpmt-signature",
+    # manifest v0 (names only the EK): the AK and its TPM2_Certify by a key the verifier
+    # wrapped to the EK (ctpm.attest.akcert)
+    "ak-public": "application/vnd.tcg.tpmt-public",
+    "ak-certify": "application/vnd.tcg.tpms-attest",
+    "ak-certify-signature": "application/vnd.tcg.tpmt-signature",
 }
 CHANNEL_MEMBERS = ("channel-key", "channel-key-certify", "channel-key-signature")
 REQUIRED = ("meta", "snp-report", "manifest", "tpm-quote", "tpm-signature", "pcrs")
@@ -53,9 +58,12 @@ def unb64u(text: str) -> bytes:
 def build(*, report: bytes, cert_table: bytes | None, manifest: bytes, manifest_version: int,
           provider: str, quote: bytes, signature: bytes, pcrs: dict, selection: str,
           event_log: bytes | None = None, ima_log: bytes | None = None,
-          instance_uuid: str | None = None, channel_key: tuple | None = None) -> dict:
+          instance_uuid: str | None = None, channel_key: tuple | None = None,
+          ak_certification: tuple | None = None) -> dict:
     """The evidence document. `pcrs`: {bank: {pcr: value bytes}}; `channel_key`: (K's
-    TPMT_PUBLIC, TPMS_ATTEST of TPM2_Certify(K) by the AK, its TPMT_SIGNATURE)."""
+    TPMT_PUBLIC, TPMS_ATTEST of TPM2_Certify(K) by the AK, its TPMT_SIGNATURE);
+    `ak_certification`: (AK TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE) of
+    ctpm.attest.akcert (manifest v0)."""
     meta = {"version": 1, "manifest_version": manifest_version, "provider": provider,
             "pcr_selection": selection, "nonce_binding": {
                 "snp-report": "REPORT_DATA = SHA-512(nonce || manifest)",
@@ -77,6 +85,9 @@ def build(*, report: bytes, cert_table: bytes | None, manifest: bytes, manifest_
         meta["nonce_binding"]["channel-key-certify"] = "extraData = SHA-256(nonce)"
         parts["meta"] = json.dumps(meta, sort_keys=True).encode()
         parts.update(zip(CHANNEL_MEMBERS, channel_key))
+    if ak_certification:
+        parts["ak-public"], parts["ak-certify"], parts["ak-certify-signature"] = \
+            ak_certification
     doc = {"__cmwc_t": COLLECTION_TYPE}
     doc.update({label: [MEDIA[label], b64u(data)] for label, data in parts.items()})
     return doc
@@ -117,13 +128,16 @@ def qualifying_data(nonce: bytes) -> bytes:
 
 def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
             event_log: bytes | None = None, ima_log: bytes | None = None,
-            instance_uuid: str | None = None, snp=None, startup: bool = False) -> dict:
+            instance_uuid: str | None = None, snp=None, startup: bool = False,
+            ak_certify: dict | None = None) -> dict:
     """Evidence from the TPM behind `tcti` (tpm2-tools' TCTI string) for `nonce` (64 bytes).
 
     The SNP part: `snp` = (report, cert_table, manifest, manifest_version, provider) when the
     caller got it elsewhere (e.g. the SVSM attestation call); otherwise it is requested from
     ctpm's NV indices (write N to 0x01400002, read 0x01400001). The quote is by the AK at
-    0x81020000 over `pcrs` (tpm2-tools form, e.g. "sha256:0,1,2,3,4,5,6,7")."""
+    0x81020000 over `pcrs` (tpm2-tools form, e.g. "sha256:0,1,2,3,4,5,6,7").
+    `ak_certify`: the challenge's `ak_certify` object (manifest v0): the AK is certified by
+    the key the verifier wrapped to the EK (ctpm.attest.akcert) in the same session."""
     from tpm2_pytss import ESAPI, TCTILdr
     from tpm2_pytss.constants import TPM2_ALG, TPM2_SU
     from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
@@ -143,49 +157,58 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
             if ev.nonce != nonce:
                 raise ValueError("the evidence index answered another nonce")
             snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
-        report, cert_table, manifest, manifest_version, provider = snp
-        ak, made = _ak(esapi, manifest, manifest_version)
+        ak, made = _persistent_ak(esapi), False
+        if ak is None:
+            ak, made = _ak(esapi, snp[2], snp[3])
         tpm_selection = TPML_PCR_SELECTION.parse(selection)
-        try:
-            quoted, signature = esapi.quote(ak, tpm_selection,
-                                            TPM2B_DATA(qualifying_data(nonce)),
-                                            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        finally:
-            if made:
-                esapi.flush_context(ak)
+        quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
+                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
         values = read_pcrs(esapi, selection)
         quote_bytes = bytes(quoted.attestationData)
         sig_bytes = signature.marshal()
+        certification = None
+        if ak_certify is not None:
+            from .akcert import certify_ak
+            certification = certify_ak(esapi, ak_certify, nonce, ak=ak)
+        report, cert_table, manifest, manifest_version, provider = snp
+        if made:
+            esapi.flush_context(ak)
     finally:
         esapi.close()
     return build(report=report, cert_table=cert_table, manifest=manifest,
                  manifest_version=manifest_version, provider=provider, quote=quote_bytes,
                  signature=sig_bytes, pcrs=values, selection=selection, event_log=event_log,
-                 ima_log=ima_log, instance_uuid=instance_uuid)
+                 ima_log=ima_log, instance_uuid=instance_uuid, ak_certification=certification)
 
 
-def _ak(esapi, manifest: bytes, manifest_version: int):
-    """(ESYS_TR of the AK, whether it was made here): the persistent AK at 0x81020000, or,
-    where there is none (the passthrough mode persists nothing on the hardware TPM), the
-    manifest's AK made again as the primary it is (its template: the public area with the
-    unique field zeroed, as ctpm made it)."""
+def _persistent_ak(esapi):
     from tpm2_pytss import TSS2_Exception
+    try:
+        return esapi.tr_from_tpmpublic(AK_HANDLE)
+    except TSS2_Exception:
+        return None
+
+
+def _ak(esapi, manifest: bytes, manifest_version: int) -> tuple:
+    """(ESYS_TR of the AK, True) where there is no persistent AK, as in the passthrough mode
+    whose anchor names a primary it does not keep: the AK the manifest v1 names, made again
+    from its template (CreatePrimary is deterministic)."""
+    if manifest_version != 1:
+        raise LookupError("no AK at 0x81020000 and manifest v0 names none")
     from tpm2_pytss.constants import ESYS_TR
     from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
 
     from ..modes.identity import Identity, ak_template
-    try:
-        return esapi.tr_from_tpmpublic(AK_HANDLE), False
-    except TSS2_Exception:
-        if manifest_version != 1:
-            raise
-    public = Identity.from_manifest(manifest, 1).ak
-    if public is None:
-        raise ValueError("no AK at 0x81020000 and the manifest names none")
-    kind = "ecc" if public[:2] == b"\x00\x23" else "rsa"
-    template, _ = TPM2B_PUBLIC.unmarshal(len(ak_template(kind)).to_bytes(2, "big")
-                                         + ak_template(kind))
-    handle = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)[0]
+    named = Identity.from_manifest(manifest, 1).ak
+    if named is None:
+        raise LookupError("no AK at 0x81020000 and the manifest names none")
+    template = ak_template("ecc" if named[:2] == b"\x00\x23" else "rsa")
+    public = TPM2B_PUBLIC.unmarshal(len(template).to_bytes(2, "big") + template)[0]
+    handle, out, _, _, _ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public,
+                                                primary_handle=ESYS_TR.ENDORSEMENT)
+    if bytes(out.publicArea.marshal()) != named:
+        esapi.flush_context(handle)
+        raise LookupError("the AK made from the template is not the AK the manifest names")
     return handle, True
 
 
@@ -202,11 +225,24 @@ def collect_snp_only(esapi, nonce: bytes) -> bytes:
                           "anchored; in the SVSM mode give --svsm)") from None
     esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
     index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
-    public, _ = esapi.nv_read_public(index)
-    size = public.nvPublic.dataSize
-    return b"".join(bytes(esapi.nv_read(index, min(1024, size - off), off,
-                                        auth_handle=ESYS_TR.OWNER))
-                    for off in range(0, size, 1024))
+    try:        # ctpm's index is always larger than one read: its size is asked only if not
+        blob, size = bytes(esapi.nv_read(index, 1024, 0, auth_handle=ESYS_TR.OWNER)), None
+    except TSS2_Exception:
+        blob = None
+    if blob is None:
+        size = esapi.nv_read_public(index)[0].nvPublic.dataSize
+        blob = bytes(esapi.nv_read(index, min(1024, size), 0, auth_handle=ESYS_TR.OWNER))
+    # the header's lengths say where the evidence ends: the padding after it is not read
+    want = size
+    if len(blob) >= 28 and blob[:8] == b"CTPMEVID":
+        import struct
+        want = 28 + sum(struct.unpack(">HHIII", blob[12:28]))
+        want = want if size is None else min(size, want)
+    elif size is None:
+        size = want = esapi.nv_read_public(index)[0].nvPublic.dataSize
+    return blob[:want] + b"".join(bytes(esapi.nv_read(index, min(1024, want - off), off,
+                                               auth_handle=ESYS_TR.OWNER))
+                           for off in range(len(blob), want, 1024))
 
 
 def read_pcrs(esapi, selection: str) -> dict:

@@ -45,7 +45,8 @@ class Settings:
 
     def __init__(self, *, key, store, appraise, issuer, audience=None, token_ttl=300,
                  nonce_ttl=60, verifier_id=None, max_body=MAX_BODY, read_timeout=READ_TIMEOUT,
-                 verify_timeout=VERIFY_TIMEOUT, workers=2, tee_appraise=None, authority=None):
+                 verify_timeout=VERIFY_TIMEOUT, workers=2, tee_appraise=None, authority=None,
+                 certifier=None):
         self.key, self.store, self.appraise = key, store, appraise
         self.issuer, self.audience = issuer, audience
         self.token_ttl, self.nonce_ttl = token_ttl, nonce_ttl
@@ -56,23 +57,25 @@ class Settings:
         self.workers = workers
         # the trusted channel (docs/channel.md): TEE tokens and the PolicySigned authority
         self.tee_appraise, self.authority = tee_appraise, authority
+        # manifest v0: the key a challenge wraps to the attester's EK (ctpm.attest.akcert)
+        self.certifier = certifier
 
 
-def appraiser(policy):
+def appraiser(policy, certifier=None, history=None):
     """`appraise(evidence, nonce) -> claims` with ctpm.attest.verify: one SNP Verifier per
     worker thread (its certificate-chain cache is not thread-safe, and a cached VCEK chain is
     what makes an appraisal cheap), one clock history for the service."""
     from ..snp.verify import Verifier
     from .verify import ClockHistory, verify_evidence
     local = threading.local()
-    history = ClockHistory()
+    history = history or ClockHistory()     # or ctpm.attest.clockstore.RedisClockHistory
 
     def appraise(evidence, nonce):
         verifier = getattr(local, "verifier", None)
         if verifier is None:
             verifier = local.verifier = Verifier(policy.trust)
         return verify_evidence(evidence, nonce, policy, verifier=verifier,
-                               history=history).claims()
+                               history=history, certifier=certifier).claims()
     return appraise
 
 
@@ -118,6 +121,7 @@ def build_app(settings: Settings):
                           f"the body is not JSON: {str(e)[:200]}") from None
 
     async def challenge(request: Request):
+        ek = await challenge_ek(request)
         nonce = os.urandom(NONCE_SIZE)
         try:
             expires = await settings.store.issue(nonce, settings.nonce_ttl)
@@ -125,9 +129,36 @@ def build_app(settings: Settings):
             LOG.warning("challenge: nonce store: %s", e)
             raise Problem(503, "nonce_store_unavailable", "Service Unavailable",
                           "the nonce store cannot take a new challenge") from None
-        return JSONResponse({"nonce": nonce.hex(), "expires": int(expires),
-                             "ttl": settings.nonce_ttl},
-                            headers={"Cache-Control": "no-store"})
+        answer = {"nonce": nonce.hex(), "expires": int(expires), "ttl": settings.nonce_ttl}
+        if ek is not None:
+            answer["ak_certify"] = await trio.to_thread.run_sync(
+                settings.certifier.challenge, nonce, ek, limiter=limiter)
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+    async def challenge_ek(request: Request):
+        """The attester's RSA EK (TPMT_PUBLIC or TPM2B_PUBLIC, base64url) when the challenge
+        body names one: manifest v0, whose AK the verifier has certified in the exchange."""
+        if request.headers.get("content-length", "0") == "0" and \
+                "transfer-encoding" not in request.headers:
+            return None
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"ek"}:
+            raise Problem(400, "challenge_format", "Bad Request",
+                          'the body is empty or {"ek": base64url TPMT_PUBLIC}')
+        if "ek" not in body:
+            return None
+        if settings.certifier is None:
+            raise Problem(400, "challenge_format", "Bad Request",
+                          "this service does not certify AKs (no certifier)")
+        from .akcert import _ek_key, public_area
+        try:
+            from .evidence import unb64u
+            ek = public_area(unb64u(body["ek"]))
+            _ek_key(ek)
+        except (ValueError, TypeError, IndexError) as e:
+            raise Problem(400, "ek_format", "Bad Request",
+                          f"ek is not a base64url TCG RSA EK public area: {e}") from None
+        return ek
 
     async def consume_nonce(text):
         """The nonce (bytes) if this service issued it and it is unused and fresh; it is
@@ -162,6 +193,10 @@ def build_app(settings: Settings):
             except SnpError as e:
                 LOG.info("attest refused: %s", e.check)
                 raise Problem(403, e.check, "Evidence refused", e.message) from None
+            except StoreError as e:         # the shared clock history
+                LOG.warning("attest: clock history: %s", e)
+                raise Problem(503, "clock_store_unavailable", "Service Unavailable",
+                              "the clock history cannot be reached") from None
         if scope.cancelled_caught:
             LOG.warning("attest: appraisal took longer than %g s", settings.verify_timeout)
             raise Problem(503, "verify_timeout", "Service Unavailable",
@@ -240,7 +275,13 @@ def openapi_document(settings) -> dict:
                  "description": "Composite (SEV-SNP + vTPM) attestation: challenge, attest, "
                                 "EAR tokens; see docs/verifier.md"},
         "paths": {
-            "/challenge": {"post": {"summary": "a fresh single-use nonce", "responses": {
+            "/challenge": {"post": {"summary": "a fresh single-use nonce (and, given the "
+                                               "attester's EK, a key wrapped to it that "
+                                               "certifies the AK: manifest v0)",
+                                    "requestBody": {"required": False, "content": {
+                                        "application/json": {"schema": {
+                                            "$ref": "#/components/schemas/ChallengeRequest"}}}},
+                                    "responses": {
                 "200": {"description": "the nonce", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Challenge"}}}},
                 "503": problem}}},
@@ -291,7 +332,13 @@ def openapi_document(settings) -> dict:
             "Challenge": {"type": "object", "required": ["nonce", "expires"], "properties": {
                 "nonce": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
                 "expires": {"type": "integer", "description": "Unix time"},
-                "ttl": {"type": "integer"}}},
+                "ttl": {"type": "integer"},
+                "ak_certify": {"type": "object", "description": "base64url public, duplicate, "
+                               "in_sym_seed for TPM2_Import under the EK (docs/attestation.md)",
+                               "properties": {k: {"type": "string"} for k in (
+                                   "public", "duplicate", "in_sym_seed")}}}},
+            "ChallengeRequest": {"type": "object", "properties": {"ek": {
+                "type": "string", "description": "the RSA EK's TPMT_PUBLIC, base64url"}}},
             "AttestRequest": {"type": "object", "required": ["nonce", "evidence"],
                               "properties": {"nonce": {"type": "string",
                                                        "pattern": "^[0-9a-fA-F]{128}$"},
@@ -349,7 +396,23 @@ def add_parsers(commands):
                    help="accept records of secrets that attested TEEs provisioned into a TPM "
                         "(POST /secrets; never overwrites)")
     s.add_argument("--log-level", metavar="LEVEL", default="info")
+    s.add_argument("--certify-secret", metavar="FILE",
+                   help="32+ bytes from which challenges' AK-certification keys are derived "
+                        "(manifest v0); services sharing a nonce store share it too "
+                        "(default: random per process)")
+    s.add_argument("--clock-history", choices=("memory", "nonce-store"), default="memory",
+                   help="where each AK's last TPM clock is kept: this process, or the "
+                        "nonce store's Redis (shared by the services using it)")
     s.set_defaults(main=run_serve)
+    c = sub.add_parser("challenge", help="a challenge for manifest v0 without the service: a "
+                                         "nonce and a key wrapped to the attester's EK")
+    c.add_argument("--ek", metavar="FILE", required=True,
+                   help="the attester's RSA EK public area (tpm2_readpublic -o)")
+    c.add_argument("--certify-secret", metavar="FILE", required=True,
+                   help="32+ bytes; give the same file to ctpm verify")
+    c.add_argument("--nonce", metavar="HEX", help="default: 64 random bytes")
+    c.add_argument("-o", "--output", metavar="FILE", default="-")
+    c.set_defaults(main=run_challenge)
     k = sub.add_parser("keygen", help="a new token-signing key (PEM, mode 0600)")
     k.add_argument("file", metavar="FILE")
     k.add_argument("--curve", choices=("P-256", "P-384"), default="P-256")
@@ -364,6 +427,31 @@ def run_keygen(args) -> int:
         print(f"ctpm: {args.file}: {e.strerror}", file=sys.stderr)
         return 2
     print(f"kid {key.kid} alg {key.alg}")
+    return 0
+
+
+def run_challenge(args) -> int:
+    from .akcert import load_secret, public_area
+    try:
+        certifier = load_secret(args.certify_secret)
+        with open(args.ek, "rb") as f:
+            ek = public_area(f.read())
+        nonce = bytes.fromhex(args.nonce) if args.nonce else os.urandom(NONCE_SIZE)
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"--nonce must be {NONCE_SIZE} bytes")
+        answer = {"nonce": nonce.hex(), "ak_certify": certifier.challenge(nonce, ek)}
+    except OSError as e:
+        print(f"ctpm: {args.ek}: {e.strerror}", file=sys.stderr)
+        return 2
+    except (ValueError, IndexError) as e:
+        print(f"ctpm: verifier challenge: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(answer, indent=1) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
     return 0
 
 
@@ -415,12 +503,21 @@ def run_serve(args) -> int:
         elif args.secrets or args.allow_tee_provisioning or args.admin_token_file:
             raise ValueError("--secrets, --allow-tee-provisioning and --admin-token-file need "
                              "--authority-key")
+        from .akcert import Certifier, load_secret
+        certifier = load_secret(args.certify_secret) if args.certify_secret else Certifier()
         store = open_store(args.nonce_store)
+        history = None
+        if args.clock_history == "nonce-store":
+            if not args.nonce_store.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("--clock-history nonce-store needs --nonce-store redis://...")
+            from .clockstore import RedisClockHistory
+            history = RedisClockHistory(args.nonce_store)
     except ValueError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
     from ..channel.routes import tee_appraiser
-    settings = Settings(key=key, store=store, appraise=appraiser(policy), issuer=args.issuer,
+    settings = Settings(key=key, store=store, appraise=appraiser(policy, certifier, history),
+                        certifier=certifier, issuer=args.issuer,
                         audience=args.audience, token_ttl=args.token_ttl,
                         nonce_ttl=args.nonce_ttl, max_body=args.max_body,
                         read_timeout=args.read_timeout, tee_appraise=tee_appraiser(policy),
@@ -433,6 +530,8 @@ def run_serve(args) -> int:
         return 1
     finally:
         store.close()
+        if history is not None:
+            history.close()
     return 0
 
 

@@ -7,7 +7,9 @@
    with the policy's `require_activation`, the manifest's record that the TPM opened a
    credential for its EK and AK (`activation`); with `ek_ca`, an EK certificate in the
    manifest issued by one of those CAs for its EK (`ek_certificate`);
-3. the AK: named by manifest v1 (`manifest_ak`);
+3. the AK: named by manifest v1, or (manifest v0, which names only the EK) certified in the
+   same exchange by a key the verifier wrapped to the EK (`manifest_ak`, then the checks of
+   ctpm.attest.akcert: `ak_certify_format` ... `ak_certify_name`);
 4. the quote: TPMS_ATTEST magic (`quote_magic`) and type (`quote_type`), signature by that
    AK with an allowed scheme and hash (`quote_signature`), qualifiedSigner = Name(AK)
    (`qualified_signer`), extraData = SHA-256(nonce) in constant time (`nonce`), the PCR
@@ -34,6 +36,19 @@ CHECKS = ("evidence_format", "<ctpm.snp.verify.CHECKS>", "manifest", "activation
           "quote_format", "quote_magic", "quote_type", "quote_signature", "qualified_signer",
           "nonce", "pcr_selection", "pcr_digest", "clock", "<ctpm.attest.channelkey.CHECKS>",
           "event_log", "reference_pcrs")
+
+
+def _after(checks: tuple, name: str, added: tuple) -> tuple:
+    i = checks.index(name) + 1
+    return checks[:i] + added + checks[i:]
+
+
+# added: manifest v0's AK certification (after manifest_ak), the IMA log (after event_log)
+CHECKS = _after(CHECKS, "manifest_ak", ("ak_certify_format", "ak_attributes",
+                                        "ak_certify_type", "ak_certify_signature",
+                                        "ak_certify_signer", "ak_certify_nonce",
+                                        "ak_certify_name"))
+CHECKS = _after(CHECKS, "event_log", ("ima_log",))
 
 DEFAULT_SCHEMES = frozenset({(ALG_ECDSA, "sha256"), (ALG_ECDSA, "sha384"),
                              (ALG_RSASSA, "sha256"), (ALG_RSASSA, "sha384"),
@@ -186,6 +201,9 @@ class Appraisal:
     instance_uuid: str | None
     event_log_replayed: tuple   # (bank, pcr) the log accounted for
     confirmed_key: dict | None = None   # the channel key K as a JWK (docs/channel.md)
+    ak_certified: bool = False  # manifest v0: the AK certified by a key wrapped to the EK
+    ima_log_replayed: tuple = ()    # (bank, pcr) the IMA log accounted for
+    ima_log_entries: int = 0
 
     def claims(self) -> dict:
         s = self.snp
@@ -200,6 +218,7 @@ class Appraisal:
                     "policy": f"{s.report.policy:#x}", "signing_key": s.signing_key},
             "vtpm": {"ek_name": self.ek_name.hex(), "ak_name": self.ak_name.hex(),
                      "manifest_version": self.manifest_version,
+                     "ak_binding": "ek-certify" if self.ak_certified else "manifest",
                      "pcr_selection": format_selection(self.quote.selection),
                      "pcr_digest": self.pcr_digest.hex(),
                      "pcrs": {b: {str(i): v.hex() for i, v in sorted(p.items())}
@@ -207,14 +226,19 @@ class Appraisal:
                      "clock": {"clock": self.quote.clock, "reset_count": self.quote.reset_count,
                                "restart_count": self.quote.restart_count,
                                "safe": bool(self.quote.safe)},
-                     "event_log_pcrs": [f"{b}:{p}" for b, p in self.event_log_replayed]},
+                     "event_log_pcrs": [f"{b}:{p}" for b, p in self.event_log_replayed],
+                     "ima_log": {"pcrs": [f"{b}:{p}" for b, p in self.ima_log_replayed],
+                                 "entries": self.ima_log_entries}
+                     if self.ima_log_replayed else None},
         }
 
 
 def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, verifier=None,
-                    history: ClockHistory | None = None) -> Appraisal:
+                    history: ClockHistory | None = None, certifier=None) -> Appraisal:
     """Check composite evidence for `nonce` (see the module docstring). Raises AttestError
-    (or SnpError, a superclass, from the SNP checks) naming the failed check."""
+    (or SnpError, a superclass, from the SNP checks) naming the failed check. `certifier`
+    (ctpm.attest.akcert.Certifier): the one that made the challenge's AK-certification key,
+    needed for manifest v0."""
     from ..modes.anchor import verify_anchor
     from ..snp.verify import Verifier
 
@@ -242,10 +266,10 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
                              require_activation=policy.require_activation,
                              ek_cas=policy.ek_cas, cert_table=p.get("snp-certs"))
     ak = anchored.identity.ak
+    certified = False
     if ak is None:
-        raise AttestError("manifest_ak", "the manifest names no AK (manifest v0 needs the "
-                                         "EK-based AK certification round, which ctpm does "
-                                         "not do: use manifest v1)")
+        ak = _certified_ak(p, nonce, anchored.identity.ek_rsa, certifier)
+        certified = True
     ak_name = name_of(ak)
 
     quote, quoted = _verify_quote(p["tpm-quote"], p["tpm-signature"], pcr_values, ak, nonce,
@@ -278,6 +302,9 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
     elif policy.require_event_log:
         raise AttestError("event_log", "the policy needs an event log; the evidence has none")
 
+    ima_replayed, ima_entries = _replay_ima(p["ima-log"], quoted) if "ima-log" in p \
+        else ((), 0)
+
     for (bank, pcr), want in sorted(policy.reference.items()):
         got = quoted.get((bank, pcr))
         if got is None:
@@ -291,7 +318,52 @@ def verify_evidence(doc, nonce: bytes, policy: AttestPolicy | None = None, *, ve
                      quote=quote, pcrs={b: dict(v) for b, v in pcr_values.items()},
                      pcr_digest=quote.pcr_digest, policy_id=policy.id,
                      instance_uuid=meta.get("instance_uuid"), event_log_replayed=replayed,
-                     confirmed_key=confirmed)
+                     confirmed_key=confirmed, ak_certified=certified,
+                     ima_log_replayed=ima_replayed, ima_log_entries=ima_entries)
+
+
+def _replay_ima(log: bytes, quoted: dict) -> tuple:
+    """The IMA log replayed to the quoted PCRs it extends (`ima_log`): ((bank, pcr), ...),
+    entries. A log whose PCR is not quoted in a bank it can be replayed to is refused: it
+    would be carried unchecked."""
+    from .ima import ImaLogError, replay as replay_ima
+    banks = sorted({bank for bank, _ in quoted})
+    try:
+        values, entries = replay_ima(log, banks)
+    except ImaLogError as e:
+        raise AttestError("ima_log", str(e)) from None
+    covered = sorted(k for k in values if k in quoted)
+    if not covered:
+        raise AttestError("ima_log", "the IMA log extends PCR(s) "
+                                     f"{sorted({k[1] for k in values}) or '(none)'} in "
+                                     f"{banks}, none of which is quoted (quote sha256:10)")
+    for k in covered:
+        if not hmac.compare_digest(values[k], quoted[k]):
+            raise AttestError("ima_log", f"the IMA log replays {k[0]}:{k[1]} to "
+                                         f"{values[k].hex()[:16]}..., the quote says "
+                                         f"{quoted[k].hex()[:16]}...")
+    return tuple(covered), entries
+
+
+def _certified_ak(p: dict, nonce: bytes, ek_public: bytes, certifier) -> bytes:
+    """Manifest v0: the AK from the evidence, certified by the key `certifier` wrapped to
+    the report's EK for this nonce (ctpm.attest.akcert); its TPMT_PUBLIC."""
+    from .akcert import CertifyError
+    members = ("ak-public", "ak-certify", "ak-certify-signature")
+    if certifier is None:
+        raise AttestError("manifest_ak", "the manifest names no AK and this verifier made no "
+                                         "AK-certification key (manifest v0 needs the "
+                                         "challenge to carry the EK)")
+    if not all(m in p for m in members):
+        raise AttestError("manifest_ak", "the manifest names no AK and the evidence carries no "
+                                         "AK certification (ak-public, ak-certify, "
+                                         "ak-certify-signature)")
+    try:
+        certifier.check(nonce=nonce, ek_public=ek_public, ak_public=p["ak-public"],
+                        attest=p["ak-certify"], signature=p["ak-certify-signature"])
+    except CertifyError as e:
+        raise AttestError(e.check, e.message) from None
+    return p["ak-public"]
 
 
 def _verify_quote(quote_bytes: bytes, signature: bytes, pcr_values: dict, ak: bytes,

@@ -78,12 +78,20 @@ class PlatformSigner:
         return (struct.pack(">HH", 0x18, 0x0B) + b2(r.to_bytes(32, "big"))
                 + b2(s.to_bytes(32, "big")))
 
-    def write(self, client: TpmClient, index: int, data: bytes):
+    def write(self, client: TpmClient, index: int, data: bytes, previous: bytes | None = None):
         """Write `data` into `index` in NV_Write-sized pieces, each authorized by a fresh
-        policy session (a policy session's digest is spent by the command it authorizes)."""
+        policy session (a policy session's digest is spent by the command it authorizes).
+        `previous`: what the index holds now (only this process writes it): pieces equal to
+        it are not written again (a new report changes the nonce and the report, not the
+        certificate table and the manifest that make most of the evidence)."""
+        offsets = [offset for offset in range(0, len(data), NV_CHUNK)
+                   if previous is None or len(previous) != len(data)
+                   or previous[offset:offset + NV_CHUNK] != data[offset:offset + NV_CHUNK]]
+        if not offsets:
+            return
         key, _ = client.load_external_public(self.public)
         try:
-            for offset in range(0, len(data), NV_CHUNK):
+            for offset in offsets:
                 session, nonce_tpm = client.start_policy_session()
                 client.policy_signed(key, session, nonce_tpm, self.signature(nonce_tpm))
                 client.nv_write(index, index, data[offset:offset + NV_CHUNK], offset,
@@ -133,7 +141,8 @@ class EphemeralBackend(EngineBackend):
         client.nv_define(RH_PLATFORM, EVIDENCE_INDEX, EVIDENCE_ATTRS, size, self.signer.policy)
         client.nv_define(RH_PLATFORM, REQUEST_INDEX, REQUEST_ATTRS, 64, self.signer.policy)
         self.evidence_size = size
-        self.signer.write(client, EVIDENCE_INDEX, first.ljust(size, b"\0"))
+        self.written = first.ljust(size, b"\0")
+        self.signer.write(client, EVIDENCE_INDEX, self.written)
         client.shutdown()
         tpm.power_off()
         tpm.power_on()          # the client's Startup is the first command of this boot
@@ -171,8 +180,11 @@ class EphemeralBackend(EngineBackend):
         if len(blob) > self.evidence_size:
             raise ValueError(f"evidence of {len(blob)} bytes does not fit the index "
                              f"({self.evidence_size})")
+        blob = blob.ljust(self.evidence_size, b"\0")
+        previous, self.written = self.written, None     # unknown if the write fails midway
         await self.run_exclusive(lambda tpm: self.signer.write(
-            TpmClient(tpm.execute), EVIDENCE_INDEX, blob.ljust(self.evidence_size, b"\0")))
+            TpmClient(tpm.execute), EVIDENCE_INDEX, blob, previous))
+        self.written = blob
         self.reports += 1
 
     # -- what an ephemeral TPM refuses ------------------------------------------------------

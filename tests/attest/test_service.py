@@ -200,3 +200,65 @@ def test_end_to_end_with_an_ephemeral_ctpm(sim, files, tmp_path):
                                   audience=AUDIENCE, uuid="5A0C8E1E-9A6F-4C1E-8A43-3C2D1B0E9F11")
             assert claims["submods"]["vtpm"]["ear.appraisal-policy-id"] == "e2e"
             assert claims["ctpm.ek-name"] and claims["ctpm.ak-name"]
+
+
+def test_manifest_v0_through_the_service_in_svsm_mode(sim, files, tmp_path):
+    """The challenge carries the EK; its answer a key wrapped to it; the attester gets
+    manifest v0 from the SVSM attestation call and certifies the AK with that key; the
+    service appraises it and the token says how the AK was bound. Two services sharing a
+    --certify-secret accept each other's wrapped keys; one with another secret refuses."""
+    from ctpm.svsm.client import SvsmClient
+    from .test_akcert import ek_public
+    policy = write_policy(str(tmp_path), sim, pcrs=E.DEFAULT_PCRS, policy_id="v0")
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(32))
+    sock = tmp_path / "vm.svsm"
+    with run_daemon("--mode", "svsm", "--svsm", f"unix:{sock}", "--snp-provider", "simulated",
+                    "--snp-sim-dir", sim.directory, timeout=30) as d, \
+            run_service(policy, files["key"], "--certify-secret", str(secret)) as s, \
+            run_service(policy, files["key"]) as other:
+        tcti = d.tcti()
+        from tpm2_pytss import ESAPI, TCTILdr
+        from tpm2_pytss.constants import TPM2_SU
+        with ESAPI(TCTILdr.parse(tcti)) as esapi:
+            esapi.startup(TPM2_SU.CLEAR)
+        ek = ek_public(tcti)
+
+        def v0(url):
+            r = httpx.post(url + "/challenge", json={"ek": E.b64u(ek)})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            nonce = bytes.fromhex(body["nonce"])
+            with SvsmClient(str(sock)) as c:
+                got = c.attest_vtpm(nonce, 0)
+            return nonce, E.collect(tcti, nonce, ak_certify=body["ak_certify"], snp=(
+                got.report, got.cert_table, got.manifest, 0, "svsm"))
+
+        nonce, doc = v0(s.url)
+        r = httpx.post(s.url + "/attest", json={"nonce": nonce.hex(), "evidence": doc})
+        assert r.status_code == 200, r.text
+        claims = verify_token(r.json()["token"], httpx.get(s.url + "/jwks").json(),
+                              audience=AUDIENCE)
+        vtpm = claims["submods"]["vtpm"]["ctpm.vtpm"]
+        assert vtpm["manifest_version"] == 0 and vtpm["ak_binding"] == "ek-certify"
+        # the same evidence without its certification: manifest_ak
+        nonce, doc = v0(s.url)
+        bare = {k: v for k, v in doc.items() if not k.startswith("ak-")}
+        problem(httpx.post(s.url + "/attest", json={"nonce": nonce.hex(), "evidence": bare}),
+                403, "manifest_ak")
+        # a service with another secret did not wrap that key: it refuses the certification
+        from ctpm.attest.akcert import Certifier
+        nonce = bytes.fromhex(httpx.post(other.url + "/challenge").json()["nonce"])
+        with SvsmClient(str(sock)) as c:
+            got = c.attest_vtpm(nonce, 0)
+        doc = E.collect(tcti, nonce, ak_certify=Certifier(secret.read_bytes()).challenge(
+            nonce, ek), snp=(got.report, got.cert_table, got.manifest, 0, "svsm"))
+        problem(httpx.post(other.url + "/attest", json={"nonce": nonce.hex(), "evidence": doc}),
+                403, "ak_certify_signature")
+        # bad challenge bodies
+        problem(httpx.post(s.url + "/challenge", json={"ek": "!!"}), 400, "ek_format")
+        problem(httpx.post(s.url + "/challenge", json={"ek": E.b64u(b"\0\x23" + bytes(40))}),
+                400, "ek_format")
+        problem(httpx.post(s.url + "/challenge", json={"ak": "x"}), 400, "challenge_format")
+        problem(httpx.post(s.url + "/challenge", content=b"{", headers={
+            "content-type": "application/json"}), 400, "malformed_json")

@@ -132,3 +132,69 @@ async def test_memory_store():
     clock[0] += GRACE + 1                   # forgotten entries make room again
     await store.issue(b"d" * 64, 60)
     assert await store.consume(b"c" * 64) == "unknown"
+
+
+def test_clock_history_shared_through_redis(sim, redis, tmp_path):
+    """With --clock-history nonce-store a quote from the past is refused by the other
+    service too; with the default (per process) only by the one that saw the later quote."""
+    from .test_composite import SoftAk
+    policy = write_policy(str(tmp_path), sim)
+    key = make_key(str(tmp_path))
+    shared = ("--nonce-store", redis.url, "--clock-history", "nonce-store")
+    with run_service(policy, key, *shared) as a, run_service(policy, key, *shared) as b, \
+            run_service(policy, key, "--nonce-store", redis.url) as own:
+        ak = SoftAk()
+
+        def quote_at(url, clock, resets=0):
+            nonce = bytes.fromhex(httpx.post(url + "/challenge").json()["nonce"])
+            return attest(url, nonce, crafted(sim, nonce, ak, clock=clock, resets=resets)[0])
+        assert quote_at(a.url, 5000).status_code == 200
+        r = quote_at(b.url, 4000)                            # the other shared service
+        assert r.status_code == 403 and r.json()["check"] == "clock", r.text
+        assert quote_at(own.url, 4000).status_code == 200   # a per-process history: unseen
+        assert quote_at(b.url, 6000).status_code == 200
+        r = quote_at(a.url, 5500)
+        assert r.status_code == 403 and r.json()["check"] == "clock"
+        assert quote_at(a.url, 10, resets=1).status_code == 200     # a TPM reset: new epoch
+        # the history's Redis gone: 503 naming the store, no crash (the nonce store is the
+        # same Redis, so the challenge already fails)
+        redis.stop()
+        r = httpx.post(a.url + "/challenge")
+        assert r.status_code == 503
+
+
+def test_clock_history_needs_redis(tmp_path, sim):
+    import subprocess as sp
+
+    from ctpm.testing.process import command, environment
+    policy, key = write_policy(str(tmp_path), sim), make_key(str(tmp_path))
+    r = sp.run(command("verifier", "serve", "--listen", "127.0.0.1:0", "--policy", policy,
+                       "--key", key, "--clock-history", "nonce-store"), capture_output=True,
+               text=True, env=environment(), timeout=60)
+    assert r.returncode == 2 and "--clock-history nonce-store needs" in r.stderr
+
+
+def test_redis_clock_history_directly(redis):
+    """The script's rule, and a Redis fault as StoreError (not a refusal)."""
+    from ctpm.attest.clockstore import RedisClockHistory
+    from ctpm.attest.noncestore import StoreError
+    from ctpm.attest.verify import AttestError
+
+    class Q:
+        def __init__(self, reset, clock, restart=0):
+            self.reset_count, self.clock, self.restart_count = reset, clock, restart
+    h = RedisClockHistory(redis.url)
+    try:
+        h.check(b"ak", Q(2, 100))
+        h.check(b"ak", Q(2, 100))               # the same instant: not going back
+        with pytest.raises(AttestError, match="went back"):
+            h.check(b"ak", Q(2, 99))
+        with pytest.raises(AttestError):
+            h.check(b"ak", Q(1, 10 ** 12))
+        h.check(b"other", Q(0, 1))              # per AK
+        h.check(b"ak", Q(3, 0))
+        redis.stop()
+        with pytest.raises(StoreError):
+            h.check(b"ak", Q(4, 0))
+    finally:
+        h.close()

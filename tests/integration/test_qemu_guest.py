@@ -47,6 +47,20 @@ def tis_boot(tmp_path_factory):
     return boot_with_ctpm(tmp_path_factory.mktemp("tis"))
 
 
+def test_guest_ima_log_replays_to_pcr_10(tis_boot):
+    """The guest kernel's own IMA log (binary and ASCII), replayed by the verifier's
+    ctpm.attest.ima, gives the PCR 10 the guest reads from ctpm, in both banks."""
+    from ctpm.attest.ima import replay
+    result, _ = tis_boot
+    assert result.ima_log, result.console[-2000:]
+    values, entries = replay(result.ima_log, ("sha1", "sha256"))
+    assert entries >= 1
+    assert values == {("sha1", 10): result.pcrs["sha1", 10],
+                      ("sha256", 10): result.pcrs["sha256", 10]}
+    text_values, text_entries = replay(result.ima_text, ("sha1", "sha256"))
+    assert text_entries == entries and text_values == {("sha1", 10): result.pcrs["sha1", 10]}
+
+
 def test_guest_uses_ctpm_through_tis(tis_boot):
     result, returncode = tis_boot
     check(result)

@@ -782,3 +782,54 @@ def test_authorization_sources(swtpm, tmp_path):
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "s3cret" not in r.stderr
+
+
+def test_composite_attestation_through_passthrough(swtpm, sp, tmp_path):
+    """`ctpm attest`'s library path through a passthrough instance with --anchor in front of
+    swtpm (libtpms quotes): the AK the manifest names is made again from its template, the
+    evidence verifies; a quote over PCRs changed afterwards does not. Then the manifest-v0
+    AK certification's wrapped key imported by libtpms under its EK (the wrapper is the
+    spec's, not only ctpm's)."""
+    from tpm2_pytss import ESAPI, TCTILdr
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+
+    from ctpm.attest import evidence as E
+    from ctpm.attest.akcert import Certifier
+    from ctpm.attest.verify import AttestPolicy, verify_evidence
+    from ctpm.snp.errors import SnpError
+    from ctpm.snp.verify import Trust
+    pol = AttestPolicy(trust=Trust(extra_arks=(sp.ark,)))
+    certifier = Certifier()
+    config = tmp_path / "ctpm.toml"
+    config.write_text("[passthrough]\npcr_writes = true\n")     # to move PCR 7 on
+    with passthrough(swtpm, "--anchor", "--snp-provider", "simulated",
+                     "--snp-sim-dir", sp.directory, config=str(config)) as d:
+        tcti = d.tcti("mssim")
+        nonce = os.urandom(64)
+        doc = E.collect(tcti, nonce)
+        a = verify_evidence(doc, nonce, pol)
+        assert a.provider == "simulated" and a.manifest_version == 1
+        tool(tcti, "tpm2_pcrextend", "7:sha256=" + "ab" * 32)
+        later = E.collect(tcti, nonce)
+        pcrs_then = E.unb64u(doc["pcrs"][1])
+        with pytest.raises(SnpError) as e:
+            verify_evidence(dict(later, pcrs=[E.MEDIA["pcrs"], E.b64u(pcrs_then)]), nonce, pol)
+        assert e.value.check == "pcr_digest"
+
+        with ESAPI(TCTILdr.parse(tcti)) as esapi:
+            handles = []
+            for template in (ek_rsa_template(), ak_template("ecc")):
+                public = TPM2B_PUBLIC.unmarshal(len(template).to_bytes(2, "big") + template)[0]
+                handles.append(esapi.create_primary(TPM2B_SENSITIVE_CREATE(), public,
+                                                    primary_handle=ESYS_TR.ENDORSEMENT))
+            (ek, ek_pub, *_), (ak, ak_pub, *_) = handles
+            ek_public = bytes(ek_pub.publicArea.marshal())
+            from ctpm.attest.akcert import certify_ak
+            got = certify_ak(esapi, certifier.challenge(nonce, ek_public), nonce, ek=ek, ak=ak)
+            esapi.flush_context(ek)
+            esapi.flush_context(ak)
+    ak_public, attest, signature = got
+    assert ak_public == bytes(ak_pub.publicArea.marshal())
+    assert certifier.check(nonce=nonce, ek_public=ek_public, ak_public=ak_public,
+                           attest=attest, signature=signature) == name_of(ak_public)
