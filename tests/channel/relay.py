@@ -11,13 +11,15 @@ SEND_COMMAND = 8
 
 
 def _bind_pair():
-    """Two listening sockets on consecutive ports (mssim: commands on P, platform on P+1)."""
-    for _ in range(100):
-        a = socket.socket()
-        a.bind(("127.0.0.1", 0))
-        port = a.getsockname()[1]
-        b = socket.socket()
+    """Two listening sockets on consecutive ports (mssim: commands on P, platform on P+1),
+    drawn below the ephemeral range as the daemon does (bind(0) gives even ports whose odd
+    neighbours outgoing connections keep taking)."""
+    from ctpm.transport.bind import _pair_candidates
+    for candidate in _pair_candidates():
+        a, b = socket.socket(), socket.socket()
         try:
+            a.bind(("127.0.0.1", candidate))
+            port = a.getsockname()[1]
             b.bind(("127.0.0.1", port + 1))
         except OSError:
             a.close()
