@@ -7,12 +7,10 @@ configuration mistake. Exactly one line goes to stdout, when every socket listen
 Start-up time matters (harnesses give a TPM about a second), so the heavy imports happen
 only on the path that needs them.
 """
-import argparse
 import os
 import sys
 
 from . import __version__
-from .config import LOG_LEVELS, ConfigError, load
 
 
 # Commands beside `run`, each in its own module, imported only when it is the one asked for
@@ -43,7 +41,10 @@ _TOOLS = {
 def _parser(wanted=None):
     """The argument parser; of the commands in _TOOLS only `wanted` is built for real (the
     others are listed for --help)."""
+    import argparse
     import importlib
+
+    from .config import LOG_LEVELS
     parser = argparse.ArgumentParser(prog="ctpm", description="A TPM 2.0 emulator daemon.")
     parser.add_argument("--version", action="version", version=f"ctpm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -111,6 +112,12 @@ def _parser(wanted=None):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"] and ("CTPM_HOST" in os.environ or any(
+            a == "--host" or a.startswith("--host=") for a in argv)):
+        from .host import warmlite          # the warm path's common case imports nothing
+        status = warmlite.run(argv[1:])
+        if status is not None:
+            return status
     if argv[:1] == ["host"]:            # its own parser, built only when used
         from .host.cli import main as host_main
         return host_main(argv[1:])
@@ -140,6 +147,7 @@ def main(argv=None) -> int:
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
+    from .config import ConfigError, load
     activated = "LISTEN_FDS" in os.environ           # systemd passes the sockets
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,

@@ -34,7 +34,7 @@ def parser():
     add.add_argument("--state", metavar="DIR")
     add.add_argument("--resource-manager", action="store_true")
     add.add_argument("--mode", metavar="MODE",
-                     help="standard (default) | ephemeral | passthrough (with --upstream)")
+                     help="standard (default) | ephemeral | svsm | passthrough (--upstream)")
     add.add_argument("--upstream", metavar="TCTI", help="passthrough: the TPM to guard")
     add.add_argument("--anchor", action="store_true", help="passthrough: bind it to the SNP "
                                                           "report")
@@ -43,6 +43,7 @@ def parser():
     add.add_argument("--ak", metavar="ecc|rsa")
     add.add_argument("--snp-provider", metavar="P")
     add.add_argument("--snp-sim-dir", metavar="DIR")
+    add.add_argument("--svsm", metavar="unix:PATH", action="append")
     add.add_argument("--allow-remote", action="store_true")
     sub.add_parser("remove", help="stop an instance (its NV is saved)").add_argument("name")
     sub.add_parser("list", help="the running instances")
@@ -70,6 +71,7 @@ def main(argv) -> int:
     req = {"op": args.host_command}
     if args.host_command == "add":
         req.update(name=args.name, mssim=_absolute(args.mssim), swtpm=_absolute(args.swtpm),
+                   svsm=_absolute(args.svsm),
                    state=os.path.abspath(args.state) if args.state else None,
                    config=os.path.abspath(args.config) if args.config else None,
                    resource_manager=args.resource_manager, allow_remote=args.allow_remote,
