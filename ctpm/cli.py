@@ -189,6 +189,25 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
     if log_setup is not None:
         log_setup()
+    early = None
+    if _ready_early(config, activated, prepare, after_ready, quiet, make_backend):
+        # SIGINT/SIGTERM before trio listens for them: noted, acted on once it does
+        import signal
+        stops = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda n, _f: stops.append(n))
+        from .transport.bind import Listening, StartupError, bind_all
+        try:
+            early = bind_all(config)
+        except StartupError as e:
+            print(f"ctpm: {e}", file=sys.stderr)
+            return 1
+        try:
+            print(f"ctpm: ready {Listening(early.bound)}", flush=True)
+        except OSError as e:
+            logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
+        quiet = True
+        early = (early, stops)
     import trio
 
     from .daemon import StartupError
@@ -196,7 +215,7 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
     from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
-        trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend)
+        trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend, early)
     except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
         error = find_exception(e, (StartupError, StoreError, ProviderError))
         if error is None:
@@ -208,8 +227,18 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
     return 0
 
 
+def _ready_early(config, activated, prepare, after_ready, quiet, make_backend) -> bool:
+    """Whether the ready line may go out once the sockets listen, before trio and the engine
+    are imported (~150-250 ms): only when nothing after binding can fail for a reason of the
+    user's (a TPM in memory, standard mode, no systemd sockets, no swtpm command line or
+    bridge hooks). Until the engine is loaded, connections wait in the listen backlog."""
+    return (config.mode == "standard" and config.state_dir is None and not activated
+            and not config.vtpm_proxy and prepare is None and after_ready is None
+            and not quiet and make_backend is None)
+
+
 async def _run(config, activated=False, prepare=None, after_ready=None, quiet=False,
-               make_backend=None):
+               make_backend=None, early=None):
     import logging
     import signal
 
@@ -227,7 +256,8 @@ async def _run(config, activated=False, prepare=None, after_ready=None, quiet=Fa
         async with trio.open_nursery() as nursery:
             async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
                 backend = await make_backend() if make_backend else None
-                await serve(config, backend=backend, task_status=task_status, **extra)
+                await serve(config, backend=backend, task_status=task_status,
+                            bindings=early[0] if early else None, **extra)
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)
@@ -238,6 +268,10 @@ async def _run(config, activated=False, prepare=None, after_ready=None, quiet=Fa
                 logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
             if after_ready is not None:
                 after_ready()
+            if early and early[1]:
+                logging.getLogger("ctpm").info("stopping on %s", signal.Signals(early[1][0]).name)
+                nursery.cancel_scope.cancel()
+                return
             async for signum in signals:
                 logging.getLogger("ctpm").info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
