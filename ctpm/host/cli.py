@@ -1,9 +1,9 @@
 """`ctpm host ...`: serve many instances, or talk to a running host's control socket.
 
-    ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL]
+    ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL] [--workers N]
     ctpm host add NAME [--config FILE] [--mssim A]... [--swtpm A]... [--state DIR]
                        [--resource-manager] [--allow-remote] [--mode M] [--ak A]
-                       [--snp-provider P] [--snp-sim-dir DIR]
+                       [--snp-provider P] [--snp-sim-dir DIR] [--svsm unix:PATH]...
     ctpm host remove NAME | list | status [NAME] | reload     [--control PATH]
 
 The control socket is `--control PATH`, else $CTPM_HOST, else /run/ctpm/host.sock.
@@ -26,6 +26,10 @@ def parser():
                        help="instance files NAME.toml (read at start and on SIGHUP)")
     serve.add_argument("--log-level", metavar="LEVEL", default="info",
                        help="|".join(LOG_LEVELS))
+    serve.add_argument("--workers", metavar="N", type=int, default=0,
+                       help="serve the instances in N worker processes (one core each; "
+                            "default 0: in this process)")
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)   # parent's pid
     add = sub.add_parser("add", help="start an instance; returns once it listens")
     add.add_argument("name")
     add.add_argument("--config", metavar="FILE")
@@ -116,6 +120,9 @@ def _serve(args, path) -> int:
         print(f"ctpm host: --log-level: {args.log_level!r} is not one of "
               f"{', '.join(LOG_LEVELS)}", file=sys.stderr)
         return 2
+    if not 0 <= args.workers <= 256:
+        print(f"ctpm host: --workers: {args.workers} is not 0-256", file=sys.stderr)
+        return 2
     if args.dir and not os.path.isdir(args.dir):
         print(f"ctpm host: --dir: {args.dir} is not a directory", file=sys.stderr)
         return 2
@@ -126,7 +133,7 @@ def _serve(args, path) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     from ..transport.bind import StartupError
     try:
-        trio.run(serve_main, args.dir, path)
+        trio.run(serve_main, args.dir, path, args.workers, args.log_level, args.worker_of)
     except (StartupError, BaseExceptionGroup) as e:
         from ..errors import find_exception      # (not ..cli: ctpm.cli imports this module)
         error = find_exception(e, (StartupError,))
