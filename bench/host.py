@@ -14,7 +14,8 @@ process; figures are ratios measured in the same run on the same machine.
   with every command run inline on the event loop (what a one-loop host without the worker
   threads would do), and two swtpm processes.
 - throughput: 100 instances, each with one client connection, one GetRandom(8) outstanding
-  per connection, for a fixed time: the host against 100 swtpm processes.
+  per connection, for a fixed time: the host in one process and with --workers (one per
+  core by default) against 100 swtpm processes.
 - cycle: start a TPM, Startup, GetCapability, CreatePrimary ECC P-256, stop; ctpm cold
   (`ctpm run`), ctpm warm (`ctpm run --host`), swtpm. "ready" is when the ready line was read
   (swtpm prints none: when the process was started), "first answer" when the Startup
@@ -107,10 +108,12 @@ def rss_kib(pid):
 class Host:
     """A `ctpm host serve` process in a temporary directory."""
 
-    def __init__(self, inline=False):
+    def __init__(self, inline=False, workers=0):
         self.dir = tempfile.mkdtemp(prefix="ctpm-bench-host-")
         self.control = os.path.join(self.dir, "control.sock")
         argv = CTPM + ["host", "serve", "--control", self.control, "--log-level", "warning"]
+        if workers:
+            argv += ["--workers", str(workers)]
         if inline:      # baseline: no worker threads, every command on the event loop
             argv = [sys.executable, "-c",
                     "import sys, ctpm.backend as b; b._SLOW_CODES = frozenset(); "
@@ -280,23 +283,28 @@ def drive(paths, seconds):
     return done / elapsed
 
 
-def throughput(n, seconds, rounds):
+def throughput(n, seconds, rounds, workers):
     print(f"\n## throughput: {n} TPMs, GetRandom(8), one client connection each "
-          f"(best of {rounds} alternating rounds)")
-    host = Host()
+          f"(best of {rounds} alternating rounds; {os.cpu_count()} cores)")
+    hosts = {"ctpm host (one process)": Host(),
+             f"ctpm host --workers {workers}": Host(workers=workers)}
     sws = [Swtpm() for _ in range(n)]
     try:
-        paths = [host.add(f"t{i}") for i in range(n)]
-        ctpm_ops = swtpm_ops = 0
+        paths = {label: [h.add(f"t{i}") for i in range(n)] for label, h in hosts.items()}
+        ops = dict.fromkeys([*hosts, f"{n} swtpm processes"], 0)
         for _ in range(rounds):
-            ctpm_ops = max(ctpm_ops, drive(paths, seconds))
-            swtpm_ops = max(swtpm_ops, drive([s.path for s in sws], seconds))
+            for label in hosts:
+                ops[label] = max(ops[label], drive(paths[label], seconds))
+            ops[f"{n} swtpm processes"] = max(ops[f"{n} swtpm processes"],
+                                              drive([s.path for s in sws], seconds))
     finally:
-        host.close()
+        for h in hosts.values():
+            h.close()
         for s in sws:
             s.close()
-    print(f"ctpm host: {ctpm_ops:.0f} ops/s   {n} swtpm processes: {swtpm_ops:.0f} ops/s   "
-          f"ratio {ctpm_ops / swtpm_ops:.2f}x")
+    swtpm_ops = ops[f"{n} swtpm processes"]
+    for label, value in ops.items():
+        print(f"{label:32} {value:>9.0f} ops/s   {value / swtpm_ops:.2f}x swtpm")
 
 
 def cycle_once(kind, tmp, control=None):
@@ -373,6 +381,8 @@ def main():
     p.add_argument("--cycles", type=int, default=100)
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="worker processes of the sharded host (throughput)")
     args = p.parse_args()
     if not shutil.which("swtpm"):
         sys.exit("bench: swtpm is not installed (apt-get install swtpm)")
@@ -385,7 +395,7 @@ def main():
     if "fairness" in only:
         fairness(args.seconds, args.rounds)
     if "throughput" in only:
-        throughput(args.throughput_instances, args.seconds, args.rounds)
+        throughput(args.throughput_instances, args.seconds, args.rounds, args.workers)
     if "cycle" in only:
         cycle(args.cycles)
 
