@@ -359,7 +359,8 @@ def cycle(n):
             results[kind] = statistics.median(totals)
             print(f"{kind:22} {statistics.median(readies) * 1000:>13.1f} "
                   f"{statistics.median(firsts) * 1000:>15.1f} "
-                  f"{statistics.median(totals) * 1000:>13.1f} {statistics.mean(totals) * 1000:>14.1f}")
+                  f"{statistics.median(totals) * 1000:>13.1f} "
+                  f"{statistics.mean(totals) * 1000:>14.1f}")
     finally:
         host.close()
     print(f"(ratios of the cycle p50 to swtpm: cold {results['ctpm cold'] / results['swtpm']:.2f}x,"
