@@ -125,3 +125,26 @@ def test_a_dead_worker_costs_its_instances_only(tmp_path):
             for _ in range(100):
                 os.kill(pid, 0)
                 time.sleep(0.05)
+
+
+def test_instance_directory_with_workers(tmp_path):
+    ctl, d = tmp_path / "host.sock", tmp_path / "instances"
+    d.mkdir()
+    (d / "a.toml").write_text(f'[listen]\nswtpm = "unix:{tmp_path}/a.sock"\n')
+    (d / "b.toml").write_text(f'[listen]\nswtpm = "unix:{tmp_path}/b.sock"\n'
+                              f'[state]\ndir = "{tmp_path}/b"\n')
+    with run_host(ctl, "--dir", str(d), "--workers", "2") as host:
+        st = status(ctl)
+        assert sorted((i["name"], i["source"]) for i in st["instances"]) == [
+            ("a", "dir"), ("b", "dir")]
+        assert {i["worker"] for i in st["instances"]} == {0, 1}
+        assert transact(tmp_path / "b.sock", STARTUP)[0][6:10] == b"\0\0\0\0"
+        (d / "a.toml").unlink()
+        host.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if [i["name"] for i in status(ctl)["instances"]] == ["b"]:
+                break
+            time.sleep(0.05)
+        assert [i["name"] for i in status(ctl)["instances"]] == ["b"]
+        assert not (tmp_path / "a.sock").exists()
+    assert (tmp_path / "b" / "nv.snap").exists()            # the host's SIGTERM: saved
