@@ -79,8 +79,14 @@ async def _watch(worker, log_level, directory):
             log.error("worker %d (pid %d) exited with %s: its instances are gone; "
                       "starting it again", worker.index, worker.proc.pid, status)
             worker.load = 0
-            unlink_quietly(worker.control)
-            await trio.to_thread.run_sync(_spawn, worker, log_level)
+            while not worker.stopping:
+                unlink_quietly(worker.control)
+                try:
+                    await trio.to_thread.run_sync(_spawn, worker, log_level)
+                    break
+                except (OSError, RuntimeError) as e:     # the others go on meanwhile
+                    log.error("worker %d: %s; trying again in 1 s", worker.index, e)
+                    await trio.sleep(1)
     finally:
         if worker.stopping and worker.index == 0:
             shutil.rmtree(directory, ignore_errors=True)
