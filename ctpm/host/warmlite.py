@@ -228,22 +228,20 @@ def run(argv):
         listeners["mssim"] = [(_socket.AF_INET, "127.0.0.1", 2321)]
     path = host[5:] if host.startswith("unix:") else host
     bound = _Bound()
-    groups, layout, ready = [], [], []
+    layout, ready = [], []      # the adopt request's socket layout; the ready line
     try:
         for kind in ("mssim", "swtpm", "svsm"):
             for a in listeners[kind]:
                 if a[0] == "unix":
-                    first = bound.unix(a[1])
+                    bound.unix(a[1])
                     second = [bound.unix(a[1] + ".ctrl")] if kind != "svsm" else []
-                    groups.append((kind, [first], second))
                     layout.append([kind, True, f"{kind} unix:{a[1]}", 1, len(second)])
                     ready.append((kind, [kind, None, None, a[1]],
                                   f"unix:{a[1]}" + (f",{a[1]}.ctrl" if second else "")))
                 else:
                     family, h, port = a
                     shown = f"[{h}]" if ":" in h else h
-                    port, first, second = bound.tcp_pair(family, h, port, f"{shown}:{a[2]}")
-                    groups.append((kind, [first], [second]))
+                    port, _, _ = bound.tcp_pair(family, h, port, f"{shown}:{a[2]}")
                     layout.append([kind, False, f"{kind} {shown}:{a[2]}", 1, 1])
                     ready.append((kind, [kind, h, port, None], f"{shown}:{port},{port + 1}"))
     except OSError as e:

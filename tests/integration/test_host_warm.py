@@ -134,3 +134,29 @@ def test_environment_variable_names_the_host(host, tmp_path):
         proc.send_signal(2)                     # SIGINT: as SIGTERM
         assert proc.wait(30) == 0
         proc.stdout.close()
+
+
+def test_lite_path_tcp_pairs(host):
+    """Loopback TCP listeners of the lite path: port 0 picks an adjacent pair; IPv6 too."""
+    families = [("127.0.0.1", socket.AF_INET)]
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        families.append(("[::1]", socket.AF_INET6))
+    except OSError:
+        pass
+    for shown, family in families:
+        d = start("--host", f"unix:{host.control}", "--mssim", f"{shown}:0", free_ports=False)
+        try:
+            listening = d.ready_line.split("mssim=")[1]
+            assert listening.startswith(shown + ":")
+            port, platform = (int(p) for p in listening[len(shown) + 1:].split(","))
+            assert platform == port + 1
+            with socket.socket(family) as s:
+                s.settimeout(10)
+                s.connect((shown.strip("[]"), port))
+                s.sendall(struct.pack(">IBI", 8, 0, len(STARTUP)) + STARTUP)
+                size = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+                assert s.recv(size + 4, socket.MSG_WAITALL)[6:10] == b"\0\0\0\0"
+        finally:
+            assert d.stop() == 0
