@@ -406,7 +406,8 @@ def _config(req):
 
 
 _DEFINING = ("config", "mssim", "swtpm", "svsm", "state", "allow_remote", "resource_manager",
-             "mode", "ak", "snp_provider", "snp_sim_dir")
+             "mode", "ak", "snp_provider", "snp_sim_dir", "upstream", "anchor", "nv_range",
+             "persistent_range")
 
 
 def _defining(req) -> dict:

@@ -42,6 +42,8 @@ def run_warm(config, args, path: str) -> int:
             "mssim": [str(b).split(",")[0] for b in bindings.bound if b.kind == "mssim"],
             "swtpm": [str(b).split(",")[0] for b in bindings.bound if b.kind == "swtpm"],
             "svsm": [str(b) for b in bindings.bound if b.kind == "svsm"],
+            "upstream": args.upstream, "anchor": args.anchor, "nv_range": args.nv_range,
+            "persistent_range": args.persistent_range,
             "state": os.path.abspath(config.state_dir) if config.state_dir else None,
             "allow_remote": config.allow_remote,
             "resource_manager": config.resource_manager,
