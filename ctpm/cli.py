@@ -7,12 +7,10 @@ configuration mistake. Exactly one line goes to stdout, when every socket listen
 Start-up time matters (harnesses give a TPM about a second), so the heavy imports happen
 only on the path that needs them.
 """
-import argparse
 import os
 import sys
 
 from . import __version__
-from .config import LOG_LEVELS, ConfigError, load
 
 
 # Commands beside `run`, each in its own module, imported only when it is the one asked for
@@ -43,7 +41,10 @@ _TOOLS = {
 def _parser(wanted=None):
     """The argument parser; of the commands in _TOOLS only `wanted` is built for real (the
     others are listed for --help)."""
+    import argparse
     import importlib
+
+    from .config import LOG_LEVELS
     parser = argparse.ArgumentParser(prog="ctpm", description="A TPM 2.0 emulator daemon.")
     parser.add_argument("--version", action="version", version=f"ctpm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -110,7 +111,30 @@ def _parser(wanted=None):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None and sys.argv[1:2] == ["run"]:
+        _exit_now(_main(sys.argv[1:]))
+    return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _exit_now(status):
+    """End `ctpm run` without the interpreter's teardown of every module (~30-60 ms after
+    trio and the engine): by now the state is saved and the sockets are closed."""
+    if "logging" in sys.modules:            # the warm path never loads it
+        sys.modules["logging"].shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
+
+
+def _main(argv) -> int:
+    if argv[:1] == ["run"] and ("CTPM_HOST" in os.environ or any(
+            a == "--host" or a.startswith("--host=") for a in argv)):
+        from .host import warmlite          # the warm path's common case imports nothing
+        status = warmlite.run(argv[1:])
+        if status is not None:
+            return status
     if argv[:1] == ["host"]:            # its own parser, built only when used
         from .host.cli import main as host_main
         return host_main(argv[1:])
@@ -140,6 +164,7 @@ def main(argv=None) -> int:
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
+    from .config import ConfigError, load
     activated = "LISTEN_FDS" in os.environ           # systemd passes the sockets
     try:
         config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
@@ -181,6 +206,25 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
                         format="ctpm: %(levelname)s: %(name)s: %(message)s")
     if log_setup is not None:
         log_setup()
+    early = None
+    if _ready_early(config, activated, prepare, after_ready, quiet, make_backend):
+        # SIGINT/SIGTERM before trio listens for them: noted, acted on once it does
+        import signal
+        stops = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda n, _f: stops.append(n))
+        from .transport.bind import Listening, StartupError, bind_all
+        try:
+            early = bind_all(config)
+        except StartupError as e:
+            print(f"ctpm: {e}", file=sys.stderr)
+            return 1
+        try:
+            print(f"ctpm: ready {Listening(early.bound)}", flush=True)
+        except OSError as e:
+            logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
+        quiet = True
+        early = (early, stops)
     import trio
 
     from .daemon import StartupError
@@ -188,7 +232,7 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
     from .snp.errors import ProviderError
     from .state.store import StoreError
     try:
-        trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend)
+        trio.run(_run, config, activated, prepare, after_ready, quiet, make_backend, early)
     except (StartupError, StoreError, ProviderError, BaseExceptionGroup) as e:
         error = find_exception(e, (StartupError, StoreError, ProviderError))
         if error is None:
@@ -200,8 +244,18 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
     return 0
 
 
+def _ready_early(config, activated, prepare, after_ready, quiet, make_backend) -> bool:
+    """Whether the ready line may go out once the sockets listen, before trio and the engine
+    are imported (~150-250 ms): only when nothing after binding can fail for a reason of the
+    user's (a TPM in memory, standard mode, no systemd sockets, no swtpm command line or
+    bridge hooks). Until the engine is loaded, connections wait in the listen backlog."""
+    return (config.mode == "standard" and config.state_dir is None and not activated
+            and not config.vtpm_proxy and prepare is None and after_ready is None
+            and not quiet and make_backend is None)
+
+
 async def _run(config, activated=False, prepare=None, after_ready=None, quiet=False,
-               make_backend=None):
+               make_backend=None, early=None):
     import logging
     import signal
 
@@ -219,7 +273,8 @@ async def _run(config, activated=False, prepare=None, after_ready=None, quiet=Fa
         async with trio.open_nursery() as nursery:
             async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
                 backend = await make_backend() if make_backend else None
-                await serve(config, backend=backend, task_status=task_status, **extra)
+                await serve(config, backend=backend, task_status=task_status,
+                            bindings=early[0] if early else None, **extra)
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)
@@ -230,6 +285,10 @@ async def _run(config, activated=False, prepare=None, after_ready=None, quiet=Fa
                 logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
             if after_ready is not None:
                 after_ready()
+            if early and early[1]:
+                logging.getLogger("ctpm").info("stopping on %s", signal.Signals(early[1][0]).name)
+                nursery.cancel_scope.cancel()
+                return
             async for signum in signals:
                 logging.getLogger("ctpm").info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

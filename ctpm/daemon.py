@@ -36,7 +36,8 @@ def build_backend(config):
 
 
 async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
-                terminate_on_ctrl_close=False, task_status=trio.TASK_STATUS_IGNORED):
+                terminate_on_ctrl_close=False, bindings=None,
+                task_status=trio.TASK_STATUS_IGNORED):
     """Serve `config`'s listeners and the `prebound` sockets (systemd's, or those swtpm's
     command line names: `Prebound`) for one TPM (built from `config` unless a `tpm` engine
     or a `backend` is given).
@@ -44,11 +45,18 @@ async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
     Reports a `Listening` through `task_status` once every socket is bound and listening,
     after `on_ready(tpm)` (run as the platform: swtpm's --flags startup-clear).
     `terminate_on_ctrl_close`: stop when a swtpm control connection ends (swtpm -t).
-    Raises `StartupError` (before reporting) when a socket cannot be bound.
+    Raises `StartupError` (before reporting) when a socket cannot be bound. `bindings`:
+    `config`'s listeners already bound (`ctpm run`'s early ready line).
     """
     if backend is None:
-        backend = EngineBackend(tpm) if tpm is not None else build_backend(config)
-    bindings = bind_all(config)
+        try:
+            backend = EngineBackend(tpm) if tpm is not None else build_backend(config)
+        except BaseException:
+            if bindings is not None:
+                bindings.close()
+            raise
+    if bindings is None:
+        bindings = bind_all(config)
     add_prebound(bindings, prebound)
     if on_ready is not None:
         await backend.run_exclusive(on_ready)

@@ -1,9 +1,9 @@
 """`ctpm host ...`: serve many instances, or talk to a running host's control socket.
 
-    ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL]
+    ctpm host serve [--dir DIR] [--control PATH] [--log-level LEVEL] [--workers N]
     ctpm host add NAME [--config FILE] [--mssim A]... [--swtpm A]... [--state DIR]
                        [--resource-manager] [--allow-remote] [--mode M] [--ak A]
-                       [--snp-provider P] [--snp-sim-dir DIR]
+                       [--snp-provider P] [--snp-sim-dir DIR] [--svsm unix:PATH]...
     ctpm host remove NAME | list | status [NAME] | reload     [--control PATH]
 
 The control socket is `--control PATH`, else $CTPM_HOST, else /run/ctpm/host.sock.
@@ -26,6 +26,10 @@ def parser():
                        help="instance files NAME.toml (read at start and on SIGHUP)")
     serve.add_argument("--log-level", metavar="LEVEL", default="info",
                        help="|".join(LOG_LEVELS))
+    serve.add_argument("--workers", metavar="N", type=int, default=0,
+                       help="serve the instances in N worker processes (one core each; "
+                            "default 0: in this process)")
+    serve.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)   # parent's pid
     add = sub.add_parser("add", help="start an instance; returns once it listens")
     add.add_argument("name")
     add.add_argument("--config", metavar="FILE")
@@ -34,7 +38,7 @@ def parser():
     add.add_argument("--state", metavar="DIR")
     add.add_argument("--resource-manager", action="store_true")
     add.add_argument("--mode", metavar="MODE",
-                     help="standard (default) | ephemeral | passthrough (with --upstream)")
+                     help="standard (default) | ephemeral | svsm | passthrough (--upstream)")
     add.add_argument("--upstream", metavar="TCTI", help="passthrough: the TPM to guard")
     add.add_argument("--anchor", action="store_true", help="passthrough: bind it to the SNP "
                                                           "report")
@@ -43,6 +47,7 @@ def parser():
     add.add_argument("--ak", metavar="ecc|rsa")
     add.add_argument("--snp-provider", metavar="P")
     add.add_argument("--snp-sim-dir", metavar="DIR")
+    add.add_argument("--svsm", metavar="unix:PATH", action="append")
     add.add_argument("--allow-remote", action="store_true")
     sub.add_parser("remove", help="stop an instance (its NV is saved)").add_argument("name")
     sub.add_parser("list", help="the running instances")
@@ -70,6 +75,7 @@ def main(argv) -> int:
     req = {"op": args.host_command}
     if args.host_command == "add":
         req.update(name=args.name, mssim=_absolute(args.mssim), swtpm=_absolute(args.swtpm),
+                   svsm=_absolute(args.svsm),
                    state=os.path.abspath(args.state) if args.state else None,
                    config=os.path.abspath(args.config) if args.config else None,
                    resource_manager=args.resource_manager, allow_remote=args.allow_remote,
@@ -114,6 +120,9 @@ def _serve(args, path) -> int:
         print(f"ctpm host: --log-level: {args.log_level!r} is not one of "
               f"{', '.join(LOG_LEVELS)}", file=sys.stderr)
         return 2
+    if not 0 <= args.workers <= 256:
+        print(f"ctpm host: --workers: {args.workers} is not 0-256", file=sys.stderr)
+        return 2
     if args.dir and not os.path.isdir(args.dir):
         print(f"ctpm host: --dir: {args.dir} is not a directory", file=sys.stderr)
         return 2
@@ -124,7 +133,7 @@ def _serve(args, path) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     from ..transport.bind import StartupError
     try:
-        trio.run(serve_main, args.dir, path)
+        trio.run(serve_main, args.dir, path, args.workers, args.log_level, args.worker_of)
     except (StartupError, BaseExceptionGroup) as e:
         from ..errors import find_exception      # (not ..cli: ctpm.cli imports this module)
         error = find_exception(e, (StartupError,))

@@ -55,13 +55,15 @@ class InstanceFilter(logging.Filter):
 
 class Instance:
     __slots__ = ("name", "config", "source", "stamp", "scope", "tpmhost", "listening",
-                 "started", "stopped", "reason")
+                 "started", "stopped", "reason", "request", "worker")
 
-    def __init__(self, name, config, source, stamp=None):
+    def __init__(self, name, config, source, stamp=None, request=None):
         self.name = name
         self.config = config
         self.source = source            # "dir", "runtime" or "warm"
         self.stamp = stamp              # the instance file's (mtime_ns, size) for reload
+        self.request = request          # what defines `config` (a worker rebuilds it)
+        self.worker = None              # the Worker serving it (a host with workers)
         self.scope = trio.CancelScope()
         self.tpmhost = None
         self.listening = None
@@ -70,9 +72,12 @@ class Instance:
         self.reason = None
 
     def summary(self) -> dict:
-        return {"name": self.name, "source": self.source,
-                "listening": str(self.listening) if self.listening else None,
-                "state": self.config.state_dir}
+        out = {"name": self.name, "source": self.source,
+               "listening": str(self.listening) if self.listening else None,
+               "state": self.config.state_dir}
+        if self.worker is not None:
+            out["worker"] = self.worker.index
+        return out
 
     def status(self) -> dict:
         out = self.summary()
@@ -84,22 +89,36 @@ class Instance:
 
 
 class Host:
-    def __init__(self, directory=None, control_path=None):
+    def __init__(self, directory=None, control_path=None, workers=0, log_level="info"):
         self.directory = directory
         self.control_path = control_path
         self.instances = {}
         self.nursery = None
         self.epoll_set = None       # the swtpm fast paths of all instances share it
+        # workers > 0: the instances live in that many worker processes (ctpm/host/
+        # workers.py), this process is only the control plane
+        self.worker_count = workers
+        self.workers = []
+        self.log_level = log_level
 
     # -- instances ------------------------------------------------------------------------
 
-    async def add(self, name, config, *, source="runtime", stamp=None, bindings=None):
+    async def add(self, name, config, *, source="runtime", stamp=None, bindings=None,
+                  request=None):
         """Start an instance; returns its `Instance` once every socket listens."""
         if not NAME.match(name or ""):
             raise HostError(f"bad instance name {name!r} (letters, digits, _.@- ; 64 at most)")
         if name in self.instances:
             raise HostError(f"instance {name} exists")
-        instance = Instance(name, config, source, stamp)
+        if config.state_dir:
+            # the directory's lock is a POSIX lock, which one process holds once: two
+            # instances of this process would both get it
+            mine = os.path.realpath(config.state_dir)
+            for other in self.instances.values():
+                if other.config.state_dir and os.path.realpath(other.config.state_dir) == mine:
+                    raise HostError(f"state directory {config.state_dir} is in use by "
+                                    f"instance {other.name}")
+        instance = Instance(name, config, source, stamp, request)
         self.instances[name] = instance
         try:
             await self.nursery.start(self._run, instance, bindings)
@@ -122,6 +141,13 @@ class Host:
 
         try:
             with instance.scope:
+                if self.workers:
+                    from .workers import run_in_worker
+                    instance.reason = await run_in_worker(self.workers, instance, bindings,
+                                                          report)
+                    bindings = None             # handed over, or closed there
+                    log.info("stopped (%s)", instance.reason or "removed")
+                    return
                 backend = await trio.to_thread.run_sync(build_backend, instance.config)
                 if bindings is None:
                     bindings = bind_all(instance.config)
@@ -148,7 +174,8 @@ class Host:
             raise HostError(f"no instance {name}")
         if instance.tpmhost is not None:
             instance.tpmhost.request_stop(why)      # a clean stop: NV saved
-        else:
+        else:           # not started yet, or in a worker (which stops it cleanly)
+            instance.reason = instance.reason or why
             instance.scope.cancel()
         await instance.stopped.wait()
 
@@ -189,7 +216,8 @@ class Host:
                 continue
             try:
                 config = load(path, default_listener=False)
-                await self.add(name, config, source="dir", stamp=stamp)
+                await self.add(name, config, source="dir", stamp=stamp,
+                               request={"config": path})
                 report["started"].append(name)
             except (ConfigError, StartupError, HostError, OSError) as e:
                 report["failed"][name] = _one_line(e)
@@ -207,8 +235,14 @@ class Host:
             with trio.open_signal_receiver(signal.SIGHUP) as hups:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
-                    self.epoll_set = EpollSet()
-                    nursery.start_soon(self.epoll_set.watch)
+                    if self.worker_count:
+                        from .workers import start_workers
+                        self.workers = await start_workers(nursery, self.worker_count,
+                                                           self.log_level)
+                    else:
+                        await trio.to_thread.run_sync(_preload)
+                        self.epoll_set = EpollSet()
+                        nursery.start_soon(self.epoll_set.watch)
                     report = await self.reload()
                     nursery.start_soon(self._control_loop, listener)
                     nursery.start_soon(self._on_hup, hups)
@@ -226,6 +260,9 @@ class Host:
         async with trio.open_nursery() as nursery:
             for name in list(self.instances):
                 nursery.start_soon(self.remove, name, "host stopping")
+        if self.workers:
+            from .workers import stop_workers
+            await stop_workers(self.workers)
         self.nursery.cancel_scope.cancel()
 
     async def _on_hup(self, hups):
@@ -292,11 +329,15 @@ class Host:
                 list(self.instances.values()) if name is None else None)
             if chosen is None:
                 raise HostError(f"no instance {name}")
-            return {"ok": True, "pid": os.getpid(), "rss_kib": _rss_kib(),
-                    "instances": [i.status() for i in chosen]}
+            out = {"ok": True, "pid": os.getpid(), "rss_kib": _rss_kib(),
+                   "instances": [i.status() for i in chosen]}
+            if self.workers:
+                from .workers import worker_status
+                await worker_status(self.workers, out)
+            return out
         if op == "add":
             config = _config(req)
-            instance = await self.add(req["name"], config)
+            instance = await self.add(req["name"], config, request=_defining(req))
             return {"ok": True, "name": instance.name, "listening": str(instance.listening)}
         if op == "remove":
             await self.remove(req["name"])
@@ -313,18 +354,26 @@ class Host:
             bindings = _bindings(req, fds)
             fds.clear()                                 # owned by the bindings now
             name = req.get("name") or f"run-{req.get('pid', 'x')}"
-            instance = await self.add(name, config, source="warm", bindings=bindings)
+            instance = await self.add(name, config, source="warm", bindings=bindings,
+                                      request=_defining(req))
         except Exception as e:
-            await _send_line(sock, {"ok": False, "error": _one_line(e)})
+            await _send_line(sock, {"ok": False, "error": _one_line(e),
+                                    "config_error": isinstance(e, ConfigError)})
             return False
         await _send_line(sock, {"ok": True, "name": instance.name,
                                 "listening": str(instance.listening)})
         async with trio.open_nursery() as nursery:
             async def client_gone():
-                while await sock.recv(4096):
+                said = b""          # a host with workers says why: {"stop": REASON}
+                while data := await sock.recv(4096):
+                    said = (said + data)[-1024:]
+                why = "warm client gone"
+                try:
+                    why = str(json.loads(said)["stop"]) if said.strip() else why
+                except (ValueError, KeyError, TypeError):
                     pass
                 if self.instances.get(instance.name) is instance:
-                    await self.remove(instance.name, "warm client gone")
+                    await self.remove(instance.name, why)
                 nursery.cancel_scope.cancel()
             nursery.start_soon(client_gone)
             await instance.stopped.wait()
@@ -352,7 +401,18 @@ def _config(req):
                 ak=req.get("ak"), snp_provider=req.get("snp_provider"),
                 snp_sim_dir=req.get("snp_sim_dir"), upstream=req.get("upstream"),
                 anchor=bool(req.get("anchor")), nv_range=req.get("nv_range"),
-                persistent_range=req.get("persistent_range"), default_listener=False)
+                persistent_range=req.get("persistent_range"), svsm=req.get("svsm") or None,
+                default_listener=False)
+
+
+_DEFINING = ("config", "mssim", "swtpm", "svsm", "state", "allow_remote", "resource_manager",
+             "mode", "ak", "snp_provider", "snp_sim_dir", "upstream", "anchor", "nv_range",
+             "persistent_range")
+
+
+def _defining(req) -> dict:
+    """The keys of an add/adopt request that `_config` builds the configuration from."""
+    return {k: req[k] for k in _DEFINING if req.get(k) is not None}
 
 
 def _bindings(req, fds) -> Bindings:
@@ -360,7 +420,7 @@ def _bindings(req, fds) -> Bindings:
     groups, used, made = [], 0, []
     try:
         for kind, unix, label, n_first, n_second in req["groups"]:
-            if kind not in ("mssim", "swtpm") or used + n_first + n_second > len(fds):
+            if kind not in ("mssim", "swtpm", "svsm") or used + n_first + n_second > len(fds):
                 raise HostError("bad socket layout")
             socks = []
             for fd in fds[used:used + n_first + n_second]:
@@ -413,6 +473,15 @@ def _rss_kib():
     return None
 
 
+def _preload():
+    """Import what every instance needs before the host says it is ready, so the first
+    `add` or warm `ctpm run` does not wait ~130 ms for the engine's imports."""
+    from .. import modes  # noqa: F401
+    from ..engine import tpm  # noqa: F401
+    from ..svsm import server  # noqa: F401
+    from ..transport import resmgr  # noqa: F401
+
+
 def _one_line(e) -> str:
     return (str(e) or type(e).__name__).splitlines()[0]
 
@@ -425,14 +494,23 @@ def raise_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def main(directory, control_path):
-    """`ctpm host serve`: until SIGINT/SIGTERM (every instance saves its state first)."""
+async def main(directory, control_path, workers=0, log_level="info", worker_of=None):
+    """`ctpm host serve`: until SIGINT/SIGTERM (every instance saves its state first).
+    `worker_of`: this is a worker of that host process, and stops (cleanly) without it."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     raise_fd_limit()
-    host = Host(directory, control_path)
+    host = Host(directory, control_path, workers, log_level)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as stops:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
+            if worker_of is not None:
+                async def orphaned():
+                    while os.getppid() == worker_of:
+                        await trio.sleep(1)
+                    log.error("the host process %d is gone: stopping", worker_of)
+                    await host.stop_all()
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(orphaned)
             try:
                 print(f"ctpm host: ready control={control_path} "
                       f"instances={len(host.instances)}", flush=True)

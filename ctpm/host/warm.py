@@ -26,10 +26,6 @@ def _raise_stop(signum, frame):
 
 
 def run_warm(config, args, path: str) -> int:
-    if config.svsm:
-        print("ctpm: --svsm is not served through a host (run it without --host)",
-              file=sys.stderr)
-        return 2
     try:
         bindings = bind_all(config)
     except StartupError as e:
@@ -45,6 +41,9 @@ def run_warm(config, args, path: str) -> int:
             "config": os.path.abspath(args.config) if args.config else None,
             "mssim": [str(b).split(",")[0] for b in bindings.bound if b.kind == "mssim"],
             "swtpm": [str(b).split(",")[0] for b in bindings.bound if b.kind == "swtpm"],
+            "svsm": [str(b) for b in bindings.bound if b.kind == "svsm"],
+            "upstream": args.upstream, "anchor": args.anchor, "nv_range": args.nv_range,
+            "persistent_range": args.persistent_range,
             "state": os.path.abspath(config.state_dir) if config.state_dir else None,
             "allow_remote": config.allow_remote,
             "resource_manager": config.resource_manager,
@@ -58,6 +57,9 @@ def run_warm(config, args, path: str) -> int:
         control.send(sock, request, [s.fileno() for s in bindings.sockets()])
         answer, buf = control.receive(sock)
         if not answer.get("ok"):
+            if answer.get("config_error"):
+                print(f"ctpm: config error: {answer.get('error')}", file=sys.stderr)
+                return 2
             print(f"ctpm: the host refused: {answer.get('error')}", file=sys.stderr)
             return 1
         try:

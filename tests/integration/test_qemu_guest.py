@@ -128,16 +128,17 @@ def test_live_migration(tmp_path):
     assert "Could not cleanly shutdown" not in second.stderr
 
 
-def test_guest_on_an_instance_of_a_host(tmp_path):
-    """The same boot with the TPM served by one instance of a `ctpm host`; QEMU's SHUTDOWN
-    at exit stops that instance only."""
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "workers"])
+def test_guest_on_an_instance_of_a_host(tmp_path, workers):
+    """The same boot with the TPM served by one instance of a `ctpm host` (in the host
+    process, or in one of its workers); QEMU's SHUTDOWN at exit stops that instance only."""
     import time
 
     from ctpm.testing.process import run_host
     from tests.integration.test_host_process import ctpm, get_random, mssim_port
 
     ctl, sock = tmp_path / "host.sock", tmp_path / "vm.sock"
-    with run_host(ctl) as host:
+    with run_host(ctl, "--workers", str(workers)) as host:
         ctpm("host", "add", "vm", "--swtpm", f"unix:{sock}", "--state", str(tmp_path / "vm"),
              control=ctl)
         other = mssim_port(ctpm("host", "add", "other", "--mssim", "127.0.0.1:0",
