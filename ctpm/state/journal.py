@@ -51,6 +51,8 @@ _REC = struct.Struct(">IQ")
 _SUM = 8
 MAX_RECORD = 64 << 20
 COMPACT_BYTES = 1 << 20
+PREALLOCATE = 1 << 20          # the journal grows by up to this much at a time
+_ZERO_HEAD = bytes(_REC.size)
 
 
 def _checksum(*parts) -> bytes:
@@ -65,6 +67,13 @@ def _write_all(fd, data):
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _fsync_dir(path):
@@ -134,7 +143,8 @@ class DirStore:
         self.state_id = None
         self.appended_seq = self.durable_seq = 0
         self._shadow = None                # the NV dict as the files hold it (plus pending)
-        self._journal_bytes = 0
+        self._journal_bytes = 0            # where the next record goes (the journal's end)
+        self._journal_alloc = 0            # the journal file's size (zeros past the end)
         self.failed = None
         if not os.path.isdir(self.path):
             try:
@@ -289,6 +299,8 @@ class DirStore:
                              f"snapshot)")
         expected = base + 1
         while pos < len(data):
+            if data[pos:pos + _REC.size] == _ZERO_HEAD and not data[pos:].strip(b"\0"):
+                break                   # the preallocated rest of the file
             rec = _parse_record(data, pos)
             if rec is None:
                 if _torn(data, pos):
@@ -400,8 +412,28 @@ class DirStore:
     def _open_journal(self, size):
         if self._journal_fd is not None:
             os.close(self._journal_fd)
-        self._journal_fd = os.open(self._file(JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._journal_fd = os.open(self._file(JOURNAL), os.O_WRONLY | os.O_CLOEXEC)
         self._journal_bytes = size
+        self._journal_alloc = os.fstat(self._journal_fd).st_size
+        self._preallocate(size)
+        if self._journal_alloc > size:
+            os.fsync(self._journal_fd)      # the file's new size, once, not per record
+
+    def _preallocate(self, need):
+        """Make the file at least `need` bytes, rounded up to a chunk, so that records are
+        written over allocated blocks: then an fdatasync has no file size or block map to
+        write, only the record (and no per-record metadata journal commit on ext4/xfs).
+        Zeros past the last record mark the end (see `_replay`)."""
+        if need <= self._journal_alloc:
+            return
+        chunk = max(4096, min(self.compact_bytes, PREALLOCATE) + 4095 & ~4095)
+        size = -(-need // chunk) * chunk
+        try:
+            os.posix_fallocate(self._journal_fd, self._journal_alloc,
+                               size - self._journal_alloc)
+        except OSError:
+            return                          # then records extend the file, as without
+        self._journal_alloc = size
 
     def save(self, blob):
         raise TypeError("DirStore keeps an NV dict: the engine calls save_nv")
@@ -442,7 +474,8 @@ class DirStore:
         if not batch:
             return
         try:
-            _write_all(self._journal_fd, b"".join(batch))
+            self._preallocate(self._journal_bytes + nbytes)
+            _pwrite_all(self._journal_fd, b"".join(batch), self._journal_bytes)
             if self.sync:
                 os.fdatasync(self._journal_fd)
         except OSError as e:
@@ -476,6 +509,9 @@ class DirStore:
         try:
             if self._pending and not self.failed:
                 self.flush()
+            if self._journal_fd is not None and self._journal_alloc > self._journal_bytes \
+                    and not self.failed:
+                os.ftruncate(self._journal_fd, self._journal_bytes)   # a tidy file
         finally:
             for fd in (self._journal_fd, self._lock_fd):
                 if fd is not None:
