@@ -128,7 +128,8 @@ class EngineBackend:
         from .state.keys import key_from_config
 
         store = (DirStore(config.state_dir, key=key_from_config(config),
-                          durability=config.durability, compact_bytes=config.compact_bytes)
+                          durability=config.durability, compact_bytes=config.compact_bytes,
+                          anchor=config.state_anchor)
                  if config.state_dir else MemoryStore())
         engine_config = EngineConfig(max_command_size=config.max_command_size,
                                      max_objects=config.max_objects,

@@ -101,6 +101,7 @@ def _parser(wanted=None):
                                      "(ctpm host --help)", add_help=False)
     from .state import admin
     admin.add_key_options(run)
+    admin.add_anchor_option(run)
     if wanted in _TOOLS:
         module, register, _ = _TOOLS[wanted]
         getattr(importlib.import_module(module), register)(commands)
@@ -181,7 +182,8 @@ def _main(argv) -> int:
                       persistent_range=args.persistent_range,
                       upstream_auth={
                           (h, k): getattr(args, f"upstream_{h}_auth_{k}")
-                          for h in ("owner", "endorsement") for k in ("file", "fd")})
+                          for h in ("owner", "endorsement") for k in ("file", "fd")},
+                      state_anchor=args.state_anchor)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,7 @@ class Config:
     state_passphrase_fd: int | None = None
     durability: str = "fdatasync"                   # or "write" (see conf/ctpm.toml)
     compact_bytes: int = 1 << 20                    # journal size that triggers a snapshot
+    state_anchor: str | None = None                 # rollback anchor file (state/anchor.py)
     max_command_size: int = 4096
     max_objects: int = 64           # transient objects loaded at once (libtpms: 3)
     max_sessions: int = 64          # sessions loaded at once (libtpms: 3)
@@ -87,7 +88,8 @@ SCHEMA = {
     "listen": {"mssim": "mssim", "swtpm": "swtpm", "allow_remote": "allow_remote",
                "stall_timeout": "stall_timeout"},
     "state": {"dir": "state_dir", "key": "state_key", "passphrase_file": "state_passphrase_file",
-              "durability": "durability", "compact_bytes": "compact_bytes"},
+              "durability": "durability", "compact_bytes": "compact_bytes",
+              "anchor": "state_anchor"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
@@ -202,7 +204,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          snp_sim_dir=None, svsm=None, vtpm_proxy=False, state_key=None, state_key_fd=None,
          state_passphrase_fd=None, state_passphrase_file=None,
          default_listener=True, upstream=None, upstream_force=False, anchor=False,
-         nv_range=None, persistent_range=None, upstream_auth=None) -> Config:
+         nv_range=None, persistent_range=None, upstream_auth=None,
+         state_anchor=None) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it.
     `default_listener=False` (socket activation): no mssim on 2321 when none is given."""
     raw = read_toml(path) if path is not None else {}
@@ -215,6 +218,7 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
              "state_key_fd": (state_key_fd, "--state-key-fd"),
              "state_passphrase_file": (state_passphrase_file, "--state-passphrase-file"),
              "state_passphrase_fd": (state_passphrase_fd, "--state-passphrase-fd"),
+             "state_anchor": (state_anchor, "--state-anchor"),
              "upstream": (upstream, "--upstream"),
              "passthrough_nv_range": (nv_range, "--nv-range"),
              "passthrough_persistent_range": (persistent_range, "--persistent-range")}
@@ -250,6 +254,9 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raise ConfigError(f"{given[1]}: only one state key source ({given[0]} was given)")
     if given and not config.state_dir:
         raise ConfigError(f"{given[0]}: a state key needs a state directory (--state)")
+    if config.state_anchor and not config.state_dir:
+        raise ConfigError(f"{raw['state_anchor'][1]}: an anchor needs a state directory "
+                          f"(--state)")
     if not config.mssim and not config.swtpm and not config.svsm and default_listener:
         raise ConfigError("no listener configured ([listen] mssim / swtpm are both empty)")
     if not config.allow_remote:
@@ -390,7 +397,7 @@ def _validate(name, value, where):
             raise ConfigError(f"{where}: must not be empty")
         return value
     if name in ("state_key", "state_passphrase_file", "upstream_owner_auth_file",
-                "upstream_endorsement_auth_file"):
+                "upstream_endorsement_auth_file", "state_anchor"):
         if not _check_type(value, str, where):
             raise ConfigError(f"{where}: must not be empty")
         return value

@@ -2,10 +2,13 @@
 directory's lock says so).
 
     ctpm state rekey --state DIR [old key options] [--new-state-key FILE | ...| --decrypt]
-    ctpm state check --state DIR [key options]
+    ctpm state check --state DIR [key options] [--state-anchor FILE]
+    ctpm state anchor --state DIR [key options] --state-anchor FILE
 
 `rekey` writes the whole state as a new snapshot under the new key (or none, with
---decrypt) and starts an empty journal; the state's id stays, so nothing else changes.
+--decrypt) and starts an empty journal; the state's id stays, so nothing else changes. `anchor` (re)binds a rollback anchor
+(state/anchor.py) to the state as it is now: after a deliberate restore from a backup, or
+to start using an anchor.
 """
 import sys
 
@@ -27,6 +30,12 @@ def add_key_options(parser, prefix=""):
                         help="... with a key derived from the passphrase in FILE")
 
 
+def add_anchor_option(parser, required=False):
+    parser.add_argument("--state-anchor", metavar="FILE", required=required,
+                        help="refuse the state if it is older than this anchor (a file "
+                             "outside the state directory), and keep the anchor up to date")
+
+
 def register(commands):
     state = commands.add_parser("state", help="offline operations on a state directory")
     sub = state.add_subparsers(dest="state_command", metavar="OPERATION", required=True)
@@ -35,11 +44,18 @@ def register(commands):
     add_key_options(rekey)
     add_key_options(rekey, prefix="new-")
     rekey.add_argument("--decrypt", action="store_true", help="store the state unencrypted")
+    add_anchor_option(rekey)
     rekey.set_defaults(main=main_rekey)
     check = sub.add_parser("check", help="read the whole state; report damage or a wrong key")
     check.add_argument("--state", metavar="DIR", required=True)
     add_key_options(check)
+    add_anchor_option(check)
     check.set_defaults(main=main_check)
+    bind = sub.add_parser("anchor", help="bind a rollback anchor to the state as it is now")
+    bind.add_argument("--state", metavar="DIR", required=True)
+    add_key_options(bind)
+    add_anchor_option(bind, required=True)
+    bind.set_defaults(main=main_anchor)
 
 
 def key_from(args, prefix=""):
@@ -62,9 +78,10 @@ def key_from(args, prefix=""):
     return StateKey.from_passphrase_file(value)
 
 
-def _open(args):
+def _open(args, anchor=True):
     from .journal import DirStore
-    store = DirStore(args.state, key=key_from(args))
+    store = DirStore(args.state, key=key_from(args),
+                     anchor=args.state_anchor if anchor else None)
     try:
         if store.load_nv() is None:
             raise StoreError(f"{args.state} holds no TPM state")
@@ -98,9 +115,24 @@ def main_check(args) -> int:
     try:
         store = _open(args)
         print(f"ctpm: {args.state}: intact, sequence number {store.durable_seq}, "
+              f"generation {store.generation}, "
               f"{'encrypted' if store.key else 'not encrypted'}")
         store.close()
     except StoreError as e:
         print(f"ctpm: state error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def main_anchor(args) -> int:
+    try:
+        store = _open(args, anchor=False)
+        try:
+            store.bind_anchor(args.state_anchor)
+        finally:
+            store.close()
+    except StoreError as e:
+        print(f"ctpm: state error: {e}", file=sys.stderr)
+        return 1
+    print(f"ctpm: {args.state_anchor} anchors {args.state} at generation {store.generation}")
     return 0

@@ -41,7 +41,7 @@ class GroupCommit:
         store = self.store
         if store.durable_seq >= store.appended_seq:
             return False
-        if store.sync or self._flushing is not None or store.needs_compaction():
+        if store.sync or self._flushing is not None or store.needs_slow_flush():
             return True
         try:
             store.flush()
@@ -56,7 +56,7 @@ class GroupCommit:
             if self._flushing is not None:
                 await self._flushing.wait()
                 continue
-            if self.flush_time < INLINE_FLUSH and not self.store.needs_compaction():
+            if self.flush_time < INLINE_FLUSH and not self.store.needs_slow_flush():
                 # first let every command that is ready run, so that one flush covers them
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 if self.store.durable_seq >= target or self._flushing is not None:
@@ -74,7 +74,7 @@ class GroupCommit:
 
     def _timed_flush(self):
         """store.flush, its duration averaged (a compaction's not: it never runs inline)."""
-        if self.store.needs_compaction():
+        if self.store.needs_slow_flush():
             return self.store.flush()
         t0 = time.perf_counter()
         try:

@@ -39,7 +39,9 @@ import logging
 import os
 import struct
 import threading
+import time
 
+from . import anchor as anchors
 from .errors import StoreError
 
 log = logging.getLogger("ctpm.state")
@@ -51,6 +53,7 @@ _REC = struct.Struct(">IQ")
 _SUM = 8
 MAX_RECORD = 64 << 20
 COMPACT_BYTES = 1 << 20
+ANCHOR_INTERVAL = 10.0         # seconds: a changing state moves its generation this often
 PREALLOCATE = 1 << 20          # the journal grows by up to this much at a time
 _ZERO_HEAD = bytes(_REC.size)
 
@@ -130,9 +133,14 @@ class DirStore:
     """
 
     def __init__(self, path, *, key=None, compact_bytes=COMPACT_BYTES, durability="fdatasync",
-                 lock=True):
+                 lock=True, anchor=None, anchor_interval=ANCHOR_INTERVAL):
         self.path = os.path.abspath(path)
         self.key = key
+        self.anchor = anchor               # the rollback anchor's path (state/anchor.py)
+        self.anchor_interval = anchor_interval
+        self.generation = 0                # how far the state has come (state/anchor.py)
+        self._anchored_seq = 0             # appended_seq when the generation last moved
+        self._anchored_at = 0.0
         self.compact_bytes = compact_bytes
         self.sync = durability == "fdatasync"
         self.deferred = False
@@ -153,6 +161,11 @@ class DirStore:
                 raise StoreError(f"state directory {self.path}: {e.strerror}") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise StoreError(f"state directory {self.path} is not writable")
+        if anchor is not None and os.path.dirname(os.path.realpath(anchor)) == \
+                os.path.realpath(self.path):
+            raise StoreError(f"state anchor {anchor} is inside the state directory: it must "
+                             f"be kept elsewhere (a copy of the directory would bring it "
+                             f"back too)")
         if lock:
             self._take_lock()
 
@@ -208,6 +221,10 @@ class DirStore:
                                  f"{SNAP}")
             if os.path.exists(self._file(LEGACY)):
                 return self._migrate()
+            if self.anchor is not None and anchors.read(self.anchor) is not None:
+                raise StoreError(f"{self.path} holds no TPM state, but its anchor "
+                                 f"{self.anchor} says it did: deleted? (remove the anchor "
+                                 f"to start a new TPM)")
             return None
         header, payload, seq = self._read_snapshot(snap)
         try:
@@ -223,10 +240,17 @@ class DirStore:
                 raise StoreError(f"TPM state in {self.path} is not encrypted, but a state key "
                                  f"was given (encrypt it with `ctpm state rekey`)")
             self.key.unlock(cipher, self.path)
-        nv = self._decode(payload, b"S", seq, SNAP)
+        generation = header.get("generation")
+        if generation is not None and not isinstance(generation, int):
+            raise StoreError(f"TPM state file {snap} is damaged (bad header)")
+        nv = self._decode(payload, b"S", seq, SNAP, generation)
+        self.generation = generation or 0
         seq = self._replay(nv, seq)
         self._shadow = nv
         self.appended_seq = self.durable_seq = seq
+        if self.anchor is not None:
+            anchors.check(self.anchor, self.path, self.state_id.hex(), self.generation)
+            self.advance_generation()
         return json.loads(json.dumps(nv))
 
     def _read_header(self, data, magic, name):
@@ -262,17 +286,21 @@ class DirStore:
             raise StoreError(f"TPM state file {name} is damaged (sequence number mismatch)")
         return header, payload, seq
 
-    def _decode(self, payload, kind, seq, name):
+    def _decode(self, payload, kind, seq, name, generation=None):
         if self.key is not None:
-            payload = self.key.open(payload, self._aad(kind, seq), self.path, name, seq)
+            payload = self.key.open(payload, self._aad(kind, seq, generation), self.path, name,
+                                    seq)
         try:
             return json.loads(payload)
         except ValueError:
             raise StoreError(f"TPM state file {self._file(name)} is damaged (record {seq} "
                              f"is not valid)") from None
 
-    def _aad(self, kind, seq):
-        return b"ctpm-nv\0" + self.state_id + kind + seq.to_bytes(8, "big")
+    def _aad(self, kind, seq, generation=None):
+        """The record's place: state, file kind, sequence number (and a snapshot's
+        generation, so that its header cannot be set back under a key)."""
+        aad = b"ctpm-nv\0" + self.state_id + kind + seq.to_bytes(8, "big")
+        return aad if generation is None else aad + b"g" + generation.to_bytes(8, "big")
 
     def _replay(self, nv, seq):
         """Apply the journal's records after `seq`; returns the last sequence number.
@@ -320,7 +348,13 @@ class DirStore:
                     raise StoreError(f"TPM state file {name} is damaged (records "
                                      f"{seq + 1}..{rseq - 1} missing)")
                 try:
-                    apply(nv, self._decode(payload, b"J", rseq, JOURNAL))
+                    ops = self._decode(payload, b"J", rseq, JOURNAL)
+                    if "g" in ops:
+                        if not isinstance(ops["g"], int) or ops["g"] <= self.generation:
+                            raise ValueError("generation")
+                        self.generation = ops["g"]
+                    else:
+                        apply(nv, ops)
                 except (KeyError, TypeError, ValueError, IndexError):
                     raise StoreError(f"TPM state file {name} is damaged (record {rseq} does "
                                      f"not apply)") from None
@@ -363,27 +397,35 @@ class DirStore:
 
     def _create(self, nv):
         """A new state: id, snapshot at sequence 0, empty journal."""
+        if self.anchor is not None and anchors.read(self.anchor) is not None:
+            raise StoreError(f"state anchor {self.anchor} belongs to a TPM state that "
+                             f"{self.path} no longer holds (remove it to start a new TPM)")
         self.state_id = os.urandom(16)
         self._shadow = json.loads(json.dumps(nv))
         self.appended_seq = self.durable_seq = 0
+        self.generation = 1
         self._write_snapshot(self._snapshot_bytes(0))
         self._new_journal(0)
+        if self.anchor is not None:
+            self._write_anchor()
 
     def _header(self, magic, seq):
         h = {"version": 1, "state_id": self.state_id.hex(), "seq": seq,
              "cipher": self.key.header() if self.key is not None else None}
+        if magic == MAGIC_SNAP:
+            h["generation"] = self.generation
         body = json.dumps(h, sort_keys=True).encode()
         return magic + struct.pack(">I", len(body)) + body + _checksum(body)
 
-    def _record(self, kind, seq, plaintext: bytes) -> bytes:
-        payload = plaintext if self.key is None else self.key.seal(plaintext,
-                                                                   self._aad(kind, seq))
+    def _record(self, kind, seq, plaintext: bytes, generation=None) -> bytes:
+        payload = plaintext if self.key is None else self.key.seal(
+            plaintext, self._aad(kind, seq, generation))
         head = _REC.pack(len(payload), seq)
         return head + payload + _checksum(head, payload)
 
     def _snapshot_bytes(self, seq) -> bytes:
         body = json.dumps(self._shadow, separators=(",", ":")).encode()
-        return self._header(MAGIC_SNAP, seq) + self._record(b"S", seq, body)
+        return self._header(MAGIC_SNAP, seq) + self._record(b"S", seq, body, self.generation)
 
     def _write_snapshot(self, data):
         tmp = self._file(SNAP + ".tmp")
@@ -460,6 +502,38 @@ class DirStore:
     def needs_compaction(self) -> bool:
         return self._journal_bytes + self._pending_bytes > self.compact_bytes
 
+    def needs_slow_flush(self) -> bool:
+        """The next flush does more than write and fdatasync records (a compaction, or the
+        anchor's turn): it belongs in a worker thread."""
+        return self.needs_compaction() or self._anchor_due()
+
+    def _anchor_due(self) -> bool:
+        return (self.anchor is not None and self.appended_seq > self._anchored_seq
+                and time.monotonic() - self._anchored_at >= self.anchor_interval)
+
+    def advance_generation(self):
+        """A "g" record with the next generation, fdatasync'ed whatever the durability,
+        then the anchor: the state is never behind its anchor."""
+        with self._mutex:
+            self.generation += 1
+            body = json.dumps({"g": self.generation}).encode()
+            record = self._record(b"J", self.appended_seq + 1, body)
+            self.appended_seq += 1
+            self._pending.append(record)
+            self._pending_bytes += len(record)
+        self._write_pending(sync=True)
+        self._write_anchor()
+
+    def bind_anchor(self, path):
+        """Make `path` the anchor of this (loaded) state, at its next generation."""
+        self.anchor = path
+        self.advance_generation()
+
+    def _write_anchor(self):
+        anchors.write(self.anchor, self.state_id.hex(), self.generation)
+        self._anchored_seq = self.appended_seq
+        self._anchored_at = time.monotonic()
+
     def flush(self):
         """Write the pending records and fdatasync (in a worker thread, for a daemon). On an
         error the records stay pending and the next flush tries again."""
@@ -467,6 +541,11 @@ class DirStore:
             raise StoreError(self.failed)
         if self.needs_compaction():
             return self._compact()
+        self._write_pending(self.sync)
+        if self._anchor_due():
+            self.advance_generation()
+
+    def _write_pending(self, sync):
         with self._mutex:
             batch, self._pending = self._pending, []
             nbytes, self._pending_bytes = self._pending_bytes, 0
@@ -476,7 +555,7 @@ class DirStore:
         try:
             self._preallocate(self._journal_bytes + nbytes)
             _pwrite_all(self._journal_fd, b"".join(batch), self._journal_bytes)
-            if self.sync:
+            if sync:
                 os.fdatasync(self._journal_fd)
         except OSError as e:
             # a partly written batch would leave a record that later ones could not follow
@@ -493,10 +572,14 @@ class DirStore:
         with self._mutex:
             self._pending, self._pending_bytes = [], 0
             seq = self.appended_seq
+            if self.anchor is not None:
+                self.generation += 1
             data = self._snapshot_bytes(seq)
         self._write_snapshot(data)
         self._new_journal(seq)
         self.durable_seq = seq
+        if self.anchor is not None:
+            self._write_anchor()
 
     def rekey(self, key):
         """Everything as a new snapshot under `key` (None: unencrypted), a new journal."""
