@@ -2,7 +2,8 @@
 swtpm_localca does): fresh seeds, the TCG RSA and ECC endorsement keys persistent at
 0x81010001 / 0x81010002, their certificates - issued by a local CA, following the TCG EK
 Credential Profile - in the NV indices 0x01c00002 / 0x01c0000a where tpm2_getekcertificate
-and Keylime read them, those indices locked like swtpm_setup --lock-nvram.
+and Keylime read them, optionally a TCG Platform Certificate (an attribute certificate) at
+0x01c08000, those indices locked like swtpm_setup --lock-nvram.
 
 Everything goes through `Tpm.execute` as TPM commands, as a provisioning tool would send
 them; the certificates are built here with `cryptography`.
@@ -35,6 +36,28 @@ OID_TPM_MANUFACTURER, OID_TPM_MODEL, OID_TPM_VERSION = "2.23.133.2.1", "2.23.133
 OID_TPM_SPECIFICATION = "2.23.133.2.16"
 OID_EK_CERTIFICATE = "2.23.133.8.1"
 OID_SUBJECT_DIRECTORY_ATTRIBUTES = "2.5.29.9"
+
+# TCG Platform Attribute Credential Profile (Platform Certificate Profile v1.1)
+PLATFORM_CERT_INDEX = 0x01C08000
+OID_PLATFORM_SPECIFICATION = "2.23.133.2.17"       # tcg-at-tcgPlatformSpecification
+OID_CREDENTIAL_SPECIFICATION = "2.23.133.2.23"     # tcg-at-tcgCredentialSpecification
+OID_CREDENTIAL_TYPE = "2.23.133.2.25"              # tcg-at-tcgCredentialType
+OID_PLATFORM_CERTIFICATE = "2.23.133.8.2"          # tcg-kp-PlatformAttributeCertificate
+OID_PLATFORM_MANUFACTURER = "2.23.133.5.1.1"       # tcg-at-platformManufacturerStr
+OID_PLATFORM_MODEL = "2.23.133.5.1.4"              # tcg-at-platformModel
+OID_PLATFORM_VERSION = "2.23.133.5.1.5"            # tcg-at-platformVersion
+OID_SUBJECT_ALT_NAME, OID_CERTIFICATE_POLICIES = "2.5.29.17", "2.5.29.32"
+OID_AUTHORITY_KEY_ID, OID_ANY_POLICY, OID_USER_NOTICE = "2.5.29.35", "2.5.29.32.0", \
+    "1.3.6.1.5.5.7.2.2"
+USER_NOTICE = "TCG Trusted Platform Endorsement"   # the profile's fixed userNotice text
+PLATFORM_CLASS_PC_CLIENT = b"\x00\x00\x00\x01"
+PLATFORM_SPEC_VERSION = (1, 5, 0)                  # TCG PC Client platform specification
+CREDENTIAL_SPEC_VERSION = (1, 1, 19)               # Platform Certificate Profile v1.1 r19
+SIGNATURE_ALGORITHMS = {                           # (hash, signer kind) -> AlgorithmIdentifier
+    ("sha256", "rsa"): "1.2.840.113549.1.1.11", ("sha384", "rsa"): "1.2.840.113549.1.1.12",
+    ("sha512", "rsa"): "1.2.840.113549.1.1.13", ("sha256", "ec"): "1.2.840.10045.4.3.2",
+    ("sha384", "ec"): "1.2.840.10045.4.3.3", ("sha512", "ec"): "1.2.840.10045.4.3.4",
+}
 
 
 class ManufactureError(Exception):
@@ -142,6 +165,32 @@ def _der_int(v: int) -> bytes:
     return _der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))
 
 
+def _der_time(t: datetime.datetime) -> bytes:
+    return _der(0x18, t.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _der_utf8(s: str) -> bytes:
+    return _der(0x0C, s.encode())
+
+
+def _version(v) -> bytes:
+    return _der(0x30, b"".join(_der_int(x) for x in v))
+
+
+def _attribute(oid: str, value: bytes) -> bytes:
+    return _der(0x30, _der_oid(oid) + _der(0x31, value))
+
+
+def _extension(oid: str, value: bytes, critical=False) -> bytes:
+    return _der(0x30, _der_oid(oid) + (b"\x01\x01\xff" if critical else b"")
+                + _der(0x04, value))
+
+
+def _general_names_dn(name_der: bytes) -> bytes:
+    """GeneralNames holding one directoryName ([4], explicit: Name is a CHOICE)."""
+    return _der(0x30, _der(0xA4, name_der))
+
+
 def tpm_specification_attributes(level: int, revision: int) -> bytes:
     """SubjectDirectoryAttributes holding TPMSpecification {family "2.0", level, revision}."""
     spec = _der(0x30, _der(0x0C, b"2.0") + _der_int(level) + _der_int(revision))
@@ -238,12 +287,90 @@ def ek_certificate(ca, public_key, kind: str, props: dict) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def platform_certificate(ca, ek_cert_der: bytes, *, manufacturer="ctpm",
+                         model="ctpm virtual platform", version=None) -> bytes:
+    """DER of a TCG Platform Certificate: an RFC 5755 attribute certificate (v2) as the TCG
+    Platform Attribute Credential Profile describes it, signed by the CA.
+
+    Holder: the EK certificate (baseCertificateID: its issuer and serial number). Issuer:
+    v2Form with the CA's name. Attributes: tcgPlatformSpecification (PC Client class),
+    tcgCredentialSpecification, tcgCredentialType = PlatformAttributeCertificate.
+    Extensions: a critical subjectAltName with the platform's manufacturer, model and
+    version, certificatePolicies with the profile's userNotice, authorityKeyIdentifier.
+    `cryptography` cannot build attribute certificates, so the DER is written here and the
+    TBS part signed with the CA key.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from . import __version__
+    ca_key, ca_cert = ca
+    ek = x509.load_der_x509_certificate(ek_cert_der)
+    if isinstance(ca_key, rsa.RSAPrivateKey):
+        kind, hash_name = "rsa", "sha256"
+    elif isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        kind = "ec"
+        hash_name = {"secp384r1": "sha384", "secp521r1": "sha512"}.get(ca_key.curve.name,
+                                                                         "sha256")
+    else:
+        raise ManufactureError("the CA key must be RSA or ECDSA to sign a platform certificate")
+    algorithm = _der(0x30, _der_oid(SIGNATURE_ALGORITHMS[hash_name, kind])
+                     + (b"\x05\x00" if kind == "rsa" else b""))
+    holder = _der(0x30, _der(0xA0, _general_names_dn(ek.issuer.public_bytes())
+                             + _der_int(ek.serial_number)))
+    issuer = _der(0xA0, _general_names_dn(ca_cert.subject.public_bytes()))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    validity = _der(0x30, _der_time(now - datetime.timedelta(minutes=5))
+                    + _der_time(datetime.datetime(9999, 12, 31, 23, 59, 59)))
+    attributes = _der(0x30, _attribute(OID_PLATFORM_SPECIFICATION, _der(
+        0x30, _version(PLATFORM_SPEC_VERSION) + _der(0x04, PLATFORM_CLASS_PC_CLIENT)))
+        + _attribute(OID_CREDENTIAL_SPECIFICATION, _version(CREDENTIAL_SPEC_VERSION))
+        + _attribute(OID_CREDENTIAL_TYPE, _der(0x30, _der_oid(OID_PLATFORM_CERTIFICATE))))
+    platform = _der(0x30, _der(0x31, b"".join(
+        _der(0x30, _der_oid(oid) + _der_utf8(value))
+        for oid, value in ((OID_PLATFORM_MANUFACTURER, manufacturer),
+                           (OID_PLATFORM_MODEL, model),
+                           (OID_PLATFORM_VERSION, version or __version__)))))
+    policies = _der(0x30, _der(0x30, _der_oid(OID_ANY_POLICY) + _der(0x30, _der(
+        0x30, _der_oid(OID_USER_NOTICE) + _der(0x30, _der_utf8(USER_NOTICE))))))
+    key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    extensions = _der(0x30, _extension(OID_SUBJECT_ALT_NAME, _general_names_dn(platform),
+                                       critical=True)
+                      + _extension(OID_CERTIFICATE_POLICIES, policies)
+                      + _extension(OID_AUTHORITY_KEY_ID,
+                                   _der(0x30, _der(0x80, key_id.key_identifier))))
+    serial = int.from_bytes(os.urandom(16), "big") >> 1 | 1
+    info = _der(0x30, _der_int(1) + holder + issuer + algorithm + _der_int(serial) + validity
+                + attributes + extensions)
+    digest = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+              "sha512": hashes.SHA512()}[hash_name]
+    signature = (ca_key.sign(info, padding.PKCS1v15(), digest) if kind == "rsa"
+                 else ca_key.sign(info, ec.ECDSA(digest)))
+    return _der(0x30, info + algorithm + _der(0x03, b"\0" + signature))
+
+
 # -- the provisioning ------------------------------------------------------------------------
 
+def _write_certificate(client, index, cert, lock_nvram):
+    """A platform-created index holding `cert`, readable by owner and auth, write-locked
+    until deleted (with lock_nvram), as swtpm_setup defines them."""
+    attrs = (NV_PLATFORMCREATE | NV_AUTHREAD | NV_OWNERREAD | NV_PPREAD | NV_PPWRITE
+             | NV_NO_DA | (NV_WRITEDEFINE if lock_nvram else 0))
+    nv_public = _u32(index) + _u16(0x000B) + _u32(attrs) + _b2(b"") + _u16(len(cert))
+    client(0x12A, [RH_PLATFORM], _b2(b"") + _b2(nv_public), what="NV_DefineSpace")
+    for offset in range(0, len(cert), MAX_NV_CHUNK):
+        client(0x137, [RH_PLATFORM, index],
+               _b2(cert[offset:offset + MAX_NV_CHUNK]) + _u16(offset), what="NV_Write")
+    if lock_nvram:
+        client(0x138, [RH_PLATFORM, index], what="NV_WriteLock")
+
+
 def provision(tpm, ca, *, rsa=True, ecc=True, lock_nvram=True, certificates=True,
-              create_eks=True):
-    """Startup, EKs made persistent, certificates written (and locked), orderly Shutdown."""
+              create_eks=True, platform_cert=False, platform=None):
+    """Startup, EKs made persistent, certificates written (and locked), the platform
+    certificate (holder: the first EK certificate), orderly Shutdown."""
     client = _Client(tpm)
+    ek_certs = []
     client(0x144, body=_u16(0), auth=False, what="Startup")
     props = _properties(client)
     kinds = [k for k, on in (("rsa", rsa), ("ecc", ecc)) if on and create_eks]
@@ -260,16 +387,15 @@ def provision(tpm, ca, *, rsa=True, ecc=True, lock_nvram=True, certificates=True
         if not certificates:
             continue
         cert = ek_certificate(ca, _public_key(public, kind), kind, props)
-        index = EK_RSA_CERT_INDEX if kind == "rsa" else EK_ECC_CERT_INDEX
-        attrs = (NV_PLATFORMCREATE | NV_AUTHREAD | NV_OWNERREAD | NV_PPREAD | NV_PPWRITE
-                 | NV_NO_DA | (NV_WRITEDEFINE if lock_nvram else 0))
-        nv_public = _u32(index) + _u16(0x000B) + _u32(attrs) + _b2(b"") + _u16(len(cert))
-        client(0x12A, [RH_PLATFORM], _b2(b"") + _b2(nv_public), what="NV_DefineSpace")
-        for offset in range(0, len(cert), MAX_NV_CHUNK):
-            client(0x137, [RH_PLATFORM, index],
-                   _b2(cert[offset:offset + MAX_NV_CHUNK]) + _u16(offset), what="NV_Write")
-        if lock_nvram:
-            client(0x138, [RH_PLATFORM, index], what="NV_WriteLock")
+        _write_certificate(client, EK_RSA_CERT_INDEX if kind == "rsa" else EK_ECC_CERT_INDEX,
+                           cert, lock_nvram)
+        ek_certs.append(cert)
+    if platform_cert:
+        if not ek_certs:
+            raise ManufactureError("a platform certificate needs an EK certificate")
+        _write_certificate(client, PLATFORM_CERT_INDEX,
+                           platform_certificate(ca, ek_certs[0], **(platform or {})),
+                           lock_nvram)
     client(0x145, body=_u16(0), auth=False, what="Shutdown")
 
 
@@ -278,7 +404,7 @@ STATE_FILES = ("nv.snap", "nv.journal", "nv.bin", "nv.bin.migrated")
 
 def manufacture(state_dir, *, key=None, ca_key=None, ca_cert=None, ca_dir=None,
                 overwrite=False, rsa=True, ecc=True, lock_nvram=True, certificates=True,
-                create_eks=True):
+                create_eks=True, platform_cert=False, platform=None):
     """Create a provisioned TPM state in `state_dir`; returns the CA certificate's path or
     None. ManufactureError / StoreError with one line on failure."""
     from .engine.tpm import Tpm
@@ -302,7 +428,7 @@ def manufacture(state_dir, *, key=None, ca_key=None, ca_cert=None, ca_dir=None,
                     pass
         tpm = Tpm.manufacture(Platform(store))
         provision(tpm, ca, rsa=rsa, ecc=ecc, lock_nvram=lock_nvram, certificates=certificates,
-                  create_eks=create_eks)
+                  create_eks=create_eks, platform_cert=platform_cert, platform=platform)
     finally:
         store.close()
     if certificates and ca_cert is None:
@@ -326,6 +452,12 @@ def register(commands):
     p.add_argument("--no-ek-cert", action="store_true", help="EKs without certificates")
     p.add_argument("--no-lock-nvram", action="store_true",
                    help="leave the certificate indices writable")
+    p.add_argument("--platform-cert", action="store_true",
+                   help="also a TCG platform certificate (attribute certificate) at NV "
+                        "0x01c08000, its holder the EK certificate")
+    p.add_argument("--platform-manufacturer", metavar="S", default="ctpm")
+    p.add_argument("--platform-model", metavar="S", default="ctpm virtual platform")
+    p.add_argument("--platform-version", metavar="S", help="default: ctpm's version")
     p.set_defaults(main=main)
 
 
@@ -335,7 +467,11 @@ def main(args) -> int:
         ca = manufacture(args.state, key=key_from(args), ca_key=args.ca_key,
                          ca_cert=args.ca_cert, ca_dir=args.ca_dir, overwrite=args.overwrite,
                          rsa=not args.no_rsa, ecc=not args.no_ecc,
-                         lock_nvram=not args.no_lock_nvram, certificates=not args.no_ek_cert)
+                         lock_nvram=not args.no_lock_nvram, certificates=not args.no_ek_cert,
+                         platform_cert=args.platform_cert,
+                         platform=dict(manufacturer=args.platform_manufacturer,
+                                       model=args.platform_model,
+                                       version=args.platform_version))
     except (ManufactureError, StoreError) as e:
         print(f"ctpm: manufacture: {e}", file=sys.stderr)
         return 1

@@ -489,15 +489,13 @@ def _setup(opts) -> int:
                          overwrite=bool(opts.get("overwrite")), certificates=certs,
                          lock_nvram=bool(opts.get("lock-nvram")),
                          rsa=True, ecc=True,
-                         create_eks=bool(opts.get("createek") or certs))
+                         create_eks=bool(opts.get("createek") or certs),
+                         platform_cert=bool(opts.get("create-platform-cert")))
         out = _last(opts, "write-ek-cert-files")
         if out and certs:
             _write_cert_files(state, key, out)
     except (ManufactureError, StoreError) as e:
         raise UsageError(f"swtpm_setup: {e}") from None
-    if opts.get("create-platform-cert"):
-        logging.getLogger("ctpm").warning("swtpm_setup: no platform certificate is made "
-                                          "(not implemented); EK certificates are")
     print(f"Successfully authored TPM state (ctpm){'; CA: ' + ca if ca else ''}")
     return 0
 

@@ -129,3 +129,129 @@ def test_manufacture_with_a_given_ca_encrypted_state(tmp_path):
 def test_tpm_specification_der():
     assert tpm_specification_attributes(0, 164).hex() == (
         "3019" "3017" "06056781050210" "310e" "300c" "0c03322e30" "020100" "020200a4")
+
+
+# -- the platform certificate: an attribute certificate, parsed here against RFC 5755 and the
+# TCG Platform Attribute Credential Profile (cryptography and openssl 3.0 cannot read one) --
+
+def tlvs(der: bytes):
+    """[(tag, content, whole element)] of the DER elements one after another in `der`."""
+    out, i = [], 0
+    while i < len(der):
+        tag, n, head = der[i], der[i + 1], 2
+        if n & 0x80:
+            k = n & 0x7F
+            assert 1 <= k <= 3 and der[i + 2] != 0, "DER: minimal length"
+            n, head = int.from_bytes(der[i + 2:i + 2 + k], "big"), 2 + k
+            assert n >= 0x80, "DER: minimal length"
+        assert i + head + n <= len(der), "DER: element runs past its parent"
+        out.append((tag, der[i + head:i + head + n], der[i:i + head + n]))
+        i += head + n
+    return out
+
+
+def one(der: bytes, tag: int) -> bytes:
+    (got,) = tlvs(der)
+    assert got[0] == tag, (hex(got[0]), hex(tag))
+    return got[1]
+
+
+def oid(content: bytes) -> str:
+    parts, v = [content[0] // 40, content[0] % 40], 0
+    for b in content[1:]:
+        v = v << 7 | b & 0x7F
+        if not b & 0x80:
+            parts.append(v)
+            v = 0
+    return ".".join(map(str, parts))
+
+
+def _name(der: bytes) -> dict:
+    """{oid: value} of a Name's attributes (all RDNs)."""
+    out = {}
+    for tag, rdn, _ in tlvs(one(der, 0x30)):
+        assert tag == 0x31
+        for _, atv, _ in tlvs(rdn):
+            (_, o, _), (_, value, _) = tlvs(atv)
+            out[oid(o)] = value.decode()
+    return out
+
+
+def check_platform_certificate(der: bytes, ca_cert: x509.Certificate, ek: x509.Certificate):
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    (info_tag, info, info_der), (_, alg, _), (sig_tag, sig, _) = tlvs(one(der, 0x30))
+    assert info_tag == 0x30 and sig_tag == 0x03 and sig[0] == 0
+    (version, holder, issuer, alg_inner, serial, validity, attributes, extensions) = \
+        tlvs(info)
+    assert version[0] == 0x02 and version[1] == b"\x01"          # v2
+    assert alg_inner[1] == alg                        # the same algorithm inside and out
+    # Holder: baseCertificateID [0] IssuerSerial = the EK certificate's issuer and serial
+    base = one(holder[1], 0xA0)
+    (_, gn, _), (itag, number, _) = tlvs(base)
+    assert _name(one(gn, 0xA4)) == {a.oid.dotted_string: a.value for a in ek.issuer}
+    assert itag == 0x02 and int.from_bytes(number, "big") == ek.serial_number
+    # Issuer: v2Form [0] with the CA's name
+    assert issuer[0] == 0xA0
+    assert _name(one(one(issuer[1], 0x30), 0xA4)) == \
+        {a.oid.dotted_string: a.value for a in ca_cert.subject}
+    assert serial[0] == 0x02 and serial[1][0] < 0x80
+    (nb_tag, nb, _), (na_tag, na, _) = tlvs(validity[1])
+    assert nb_tag == na_tag == 0x18 and na == b"99991231235959Z"
+    found = {}
+    for _, attribute, _ in tlvs(attributes[1]):
+        (_, o, _), (set_tag, values, _) = tlvs(attribute)
+        assert set_tag == 0x31
+        found[oid(o)] = values
+    spec = tlvs(one(found["2.23.133.2.17"], 0x30))              # tcgPlatformSpecification
+    assert spec[0][0] == 0x30 and spec[1][0] == 0x04 and spec[1][1] == b"\0\0\0\1"
+    assert [x[1] for x in tlvs(one(found["2.23.133.2.23"], 0x30))] == [b"\1", b"\1", b"\x13"]
+    assert oid(one(one(found["2.23.133.2.25"], 0x30), 0x06)) == "2.23.133.8.2"
+    assert extensions[0] == 0x30
+    ext = {}
+    for _, e, _ in tlvs(extensions[1]):
+        parts = tlvs(e)
+        ext[oid(parts[0][1])] = (len(parts) == 3 and parts[1][2] == b"\x01\x01\xff",
+                                 parts[-1][1])
+    critical, san = ext["2.5.29.17"]
+    platform = _name(one(one(san, 0x30), 0xA4))
+    assert critical and platform == {"2.23.133.5.1.1": "ACME", "2.23.133.5.1.4": "vm-9",
+                                     "2.23.133.5.1.5": "7.1"}
+    assert "TCG Trusted Platform Endorsement".encode() in ext["2.5.29.32"][1]
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert one(one(ext["2.5.29.35"][1], 0x30), 0x80) == ski
+    # the signature over the DER of AttributeCertificateInfo, by the CA
+    assert oid(tlvs(alg)[0][1]) == "1.2.840.113549.1.1.11"     # sha256WithRSAEncryption
+    key = ca_cert.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    key.verify(sig[1:], info_der, padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_manufacture_with_a_platform_certificate(tmp_path):
+    from cryptography.exceptions import InvalidSignature
+    state = tmp_path / "tpm"
+    out = ctpm("manufacture", "--state", str(state), "--platform-cert",
+               "--platform-manufacturer", "ACME", "--platform-model", "vm-9",
+               "--platform-version", "7.1")
+    assert out.returncode == 0, out.stderr
+    ca = x509.load_pem_x509_certificate((state / "localca" / "ca.pem").read_bytes())
+    with run_daemon("--mssim", "127.0.0.1:0", "--state", str(state)) as d:
+        tcti = d.tcti()
+        tool(tcti, "tpm2_startup", "-c")
+        public = tool(tcti, "tpm2_nvreadpublic", "0x01c08000").stdout
+        assert "platformcreate" in public and "writelocked" in public
+        tool(tcti, "tpm2_nvread", "-C", "o", "-o", str(tmp_path / "platform.der"),
+             "0x01c08000")
+        tool(tcti, "tpm2_getekcertificate", "-o", str(tmp_path / "rsa.der"), "-o",
+             str(tmp_path / "ecc.der"))
+    der = (tmp_path / "platform.der").read_bytes()
+    ek = x509.load_der_x509_certificate((tmp_path / "rsa.der").read_bytes())
+    check_platform_certificate(der, ca, ek)
+    # well-formed DER for openssl too
+    parsed = subprocess.run(["openssl", "asn1parse", "-inform", "DER", "-in",
+                             str(tmp_path / "platform.der")], capture_output=True, text=True)
+    assert parsed.returncode == 0 and ":2.23.133.8.2" in parsed.stdout
+    # one changed byte in the signed part: the signature no longer verifies
+    i = der.index(b"\x18\x0f") + 2 + 13                  # notBefore's last second digit
+    other = b"1" if der[i:i + 1] != b"1" else b"2"
+    with pytest.raises(InvalidSignature):
+        check_platform_certificate(der[:i] + other + der[i + 1:], ca, ek)

@@ -215,7 +215,7 @@ def test_libvirt_setup_and_socket_with_a_data_fd_as_qemu_passes_it(tmp_path):
             ours.sendall(cmd(0x173, handles=[handle]))
             rsp = ours.recv(4096)
             assert rc(rsp) == 0 and struct.unpack(">I", rsp[2:6])[0] == len(rsp)
-        for index in (0x01C00002, 0x01C0000A):                                # NV_ReadPublic
+        for index in (0x01C00002, 0x01C0000A, 0x01C08000):                    # NV_ReadPublic
             ours.sendall(cmd(0x169, handles=[index]))
             assert rc(ours.recv(4096)) == 0
         ours.close()
