@@ -183,7 +183,8 @@ def _main(argv) -> int:
                       upstream_auth={
                           (h, k): getattr(args, f"upstream_{h}_auth_{k}")
                           for h in ("owner", "endorsement") for k in ("file", "fd")},
-                      state_anchor=args.state_anchor)
+                      state_anchor=args.state_anchor, state_key_tpm=args.state_key_tpm,
+                      state_key_tpm_pcrs=args.state_key_tpm_pcrs)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2

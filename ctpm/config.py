@@ -45,6 +45,8 @@ class Config:
     state_key_fd: int | None = None                 # ... or the key read from this fd
     state_passphrase_file: str | None = None        # ... or a passphrase (scrypt)
     state_passphrase_fd: int | None = None
+    state_key_tpm: str | None = None                # ... or a key sealed to this TPM (TCTI)
+    state_key_tpm_pcrs: str | None = None           # ... to these PCRs (default sha256:7)
     durability: str = "fdatasync"                   # or "write" (see conf/ctpm.toml)
     compact_bytes: int = 1 << 20                    # journal size that triggers a snapshot
     state_anchor: str | None = None                 # rollback anchor file (state/anchor.py)
@@ -89,7 +91,8 @@ SCHEMA = {
                "stall_timeout": "stall_timeout"},
     "state": {"dir": "state_dir", "key": "state_key", "passphrase_file": "state_passphrase_file",
               "durability": "durability", "compact_bytes": "compact_bytes",
-              "anchor": "state_anchor"},
+              "anchor": "state_anchor", "key_tpm": "state_key_tpm",
+              "key_tpm_pcrs": "state_key_tpm_pcrs"},
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
@@ -196,7 +199,8 @@ def read_toml(path) -> dict:
     return found
 
 
-KEY_SOURCES = ("state_key", "state_key_fd", "state_passphrase_file", "state_passphrase_fd")
+KEY_SOURCES = ("state_key", "state_key_fd", "state_passphrase_file", "state_passphrase_fd",
+               "state_key_tpm")
 
 
 def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
@@ -205,7 +209,7 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
          state_passphrase_fd=None, state_passphrase_file=None,
          default_listener=True, upstream=None, upstream_force=False, anchor=False,
          nv_range=None, persistent_range=None, upstream_auth=None,
-         state_anchor=None) -> Config:
+         state_anchor=None, state_key_tpm=None, state_key_tpm_pcrs=None) -> Config:
     """Build and validate the configuration: TOML file first, then CLI flags over it.
     `default_listener=False` (socket activation): no mssim on 2321 when none is given."""
     raw = read_toml(path) if path is not None else {}
@@ -219,6 +223,8 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
              "state_passphrase_file": (state_passphrase_file, "--state-passphrase-file"),
              "state_passphrase_fd": (state_passphrase_fd, "--state-passphrase-fd"),
              "state_anchor": (state_anchor, "--state-anchor"),
+             "state_key_tpm": (state_key_tpm, "--state-key-tpm"),
+             "state_key_tpm_pcrs": (state_key_tpm_pcrs, "--state-key-tpm-pcrs"),
              "upstream": (upstream, "--upstream"),
              "passthrough_nv_range": (nv_range, "--nv-range"),
              "passthrough_persistent_range": (persistent_range, "--persistent-range")}
@@ -254,6 +260,9 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raise ConfigError(f"{given[1]}: only one state key source ({given[0]} was given)")
     if given and not config.state_dir:
         raise ConfigError(f"{given[0]}: a state key needs a state directory (--state)")
+    if config.state_key_tpm_pcrs and not config.state_key_tpm:
+        raise ConfigError(f"{raw['state_key_tpm_pcrs'][1]}: PCRs for a state key sealed to "
+                          f"a TPM need that TPM (--state-key-tpm)")
     if config.state_anchor and not config.state_dir:
         raise ConfigError(f"{raw['state_anchor'][1]}: an anchor needs a state directory "
                           f"(--state)")
@@ -397,7 +406,8 @@ def _validate(name, value, where):
             raise ConfigError(f"{where}: must not be empty")
         return value
     if name in ("state_key", "state_passphrase_file", "upstream_owner_auth_file",
-                "upstream_endorsement_auth_file", "state_anchor"):
+                "upstream_endorsement_auth_file", "state_anchor", "state_key_tpm",
+                "state_key_tpm_pcrs"):
         if not _check_type(value, str, where):
             raise ConfigError(f"{where}: must not be empty")
         return value

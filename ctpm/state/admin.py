@@ -28,6 +28,11 @@ def add_key_options(parser, prefix=""):
     parser.add_argument(p + "passphrase-file", metavar="FILE",
                         dest=d + "state_passphrase_file",
                         help="... with a key derived from the passphrase in FILE")
+    parser.add_argument(p + "key-tpm", metavar="TCTI", dest=d + "state_key_tpm",
+                        help="... with a key sealed to the TPM at TCTI (kept in "
+                             "DIR/state-key.tpm)")
+    parser.add_argument(p + "key-tpm-pcrs", metavar="SEL", dest=d + "state_key_tpm_pcrs",
+                        help="the PCRs that key is sealed to (default sha256:7)")
 
 
 def add_anchor_option(parser, required=False):
@@ -62,7 +67,8 @@ def key_from(args, prefix=""):
     from .keys import StateKey
     given = [(n, getattr(args, prefix + n)) for n in ("state_key", "state_key_fd",
                                                        "state_passphrase_fd",
-                                                       "state_passphrase_file")
+                                                       "state_passphrase_file",
+                                                       "state_key_tpm")
              if getattr(args, prefix + n) is not None]
     if len(given) > 1:
         raise StoreError(f"only one {prefix.replace('_', ' ')}state key source, please")
@@ -75,6 +81,9 @@ def key_from(args, prefix=""):
         return StateKey.from_fd(value)
     if name == "state_passphrase_fd":
         return StateKey.from_fd(value, passphrase=True)
+    if name == "state_key_tpm":
+        return StateKey.from_tpm(value, getattr(args, prefix + "state_key_tpm_pcrs"),
+                                 args.state, new=bool(prefix))
     return StateKey.from_passphrase_file(value)
 
 
@@ -105,6 +114,12 @@ def main_rekey(args) -> int:
             store.rekey(new)
         finally:
             store.close()
+        from .tpmkey import SEALED
+        import os
+        if new is not None and new.committed is not None:
+            new.committed()                 # state-key.tpm.new -> state-key.tpm
+        elif args.state_key_tpm is not None:
+            os.unlink(os.path.join(args.state, SEALED))     # no longer the state's key
     except StoreError as e:
         print(f"ctpm: state error: {e}", file=sys.stderr)
         return 1

@@ -34,6 +34,8 @@ class StateKey:
         self._passphrase = passphrase
         self._key = key
         self._kdf = None
+        self.alternatives = []          # [(key, adopt)]: tpmkey's half-finished rekey
+        self.committed = None           # called once a rekey to this key is durable
         if key is not None and len(key) != KEY_SIZE:
             raise StoreError(f"{source}: a state key is {KEY_SIZE} bytes (or 64 hex digits)")
 
@@ -78,6 +80,45 @@ class StateKey:
         return cls(passphrase=data, source=what)
 
     @classmethod
+    def from_tpm(cls, tcti: str, pcrs: str | None, state_dir: str, *, new=False):
+        """The key sealed to the TPM at `tcti` (state/tpmkey.py): unsealed from
+        DIR/state-key.tpm, or - for a new state, or `new` (a rekey) - a fresh key sealed now
+        (a rekey's in state-key.tpm.new until `committed()`)."""
+        from . import tpmkey
+        path = os.path.join(state_dir, tpmkey.SEALED)
+        source = f"state key sealed to TPM {tcti}"
+        sealed = tpmkey.read_sealed(path)
+        if sealed is not None and not new:
+            if pcrs is not None and pcrs != sealed.get("pcrs"):
+                raise StoreError(f"the state key in {path} is sealed to PCRs "
+                                 f"{sealed.get('pcrs')}, not {pcrs} (rekey to change them)")
+            key = cls(key=tpmkey.unseal(tcti, sealed, path), source=source)
+            pending = tpmkey.read_sealed(path + ".new")
+            if pending is not None:     # a rekey stopped before its last rename
+                def adopt():
+                    os.replace(path + ".new", path)
+                try:
+                    key.alternatives.append((tpmkey.unseal(tcti, pending, path + ".new"),
+                                             adopt))
+                except StoreError:
+                    pass
+            return key
+        if not new and os.path.exists(os.path.join(state_dir, "nv.snap")):
+            raise StoreError(f"the TPM state in {state_dir} has no sealed state key "
+                             f"({tpmkey.SEALED}): move it to the TPM with `ctpm state rekey "
+                             f"--state {state_dir} [its key] --new-state-key-tpm {tcti}`")
+        data = os.urandom(KEY_SIZE)
+        sealed = tpmkey.seal(tcti, pcrs or tpmkey.DEFAULT_PCRS, data)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        key = cls(key=data, source=source)
+        if new:
+            tpmkey.write_sealed(path + ".new", sealed)
+            key.committed = lambda: os.replace(path + ".new", path)
+        else:
+            tpmkey.write_sealed(path, sealed)
+        return key
+
+    @classmethod
     def from_passphrase_file(cls, path: str):
         try:
             with open(path, "rb") as f:
@@ -118,12 +159,18 @@ class StateKey:
                 raise StoreError(f"TPM state in {where} is damaged (bad KDF parameters)") \
                     from None
             self._kdf = kdf
+        if not kdf and not hmac.compare_digest(check, self._check_value()):
+            for key, adopt in self.alternatives:
+                if hmac.compare_digest(check, _check_value(key)):
+                    self._key = key
+                    adopt()
+                    break
         if not hmac.compare_digest(check, self._check_value()):
             what = "passphrase" if kdf else "key"
             raise StoreError(f"wrong state {what} for {where} ({self.source})")
 
     def _check_value(self) -> bytes:
-        return hmac.new(self._key, b"ctpm state key check", hashlib.sha256).digest()[:16]
+        return _check_value(self._key)
 
     # -- records -------------------------------------------------------------------------
 
@@ -137,6 +184,10 @@ class StateKey:
         except (InvalidTag, ValueError):
             raise StoreError(f"TPM state in {where}: record {seq} of {name} fails "
                              f"authentication (moved, replayed or altered)") from None
+
+
+def _check_value(key: bytes) -> bytes:
+    return hmac.new(key, b"ctpm state key check", hashlib.sha256).digest()[:16]
 
 
 def _scrypt(passphrase: bytes, kdf: dict) -> bytes:
@@ -158,4 +209,7 @@ def key_from_config(config):
         return StateKey.from_fd(config.state_passphrase_fd, passphrase=True)
     if getattr(config, "state_passphrase_file", None) is not None:
         return StateKey.from_passphrase_file(config.state_passphrase_file)
+    if getattr(config, "state_key_tpm", None) is not None:
+        return StateKey.from_tpm(config.state_key_tpm, config.state_key_tpm_pcrs,
+                                 config.state_dir)
     return None
