@@ -181,6 +181,18 @@ class EngineBackend:
     def write_pending(self) -> bool:
         return self._commit is not None and self._commit.pending()
 
+    def flush_now(self):
+        """`flush` without awaiting, for the swtpm fast path, if a flush is quick now:
+        True (durable), False (the store failed, logged), None (await `flush`)."""
+        if self._commit is None:
+            return True
+        from .state.errors import StoreError
+        try:
+            return self._commit.flush_inline()
+        except StoreError as e:
+            log.error("%s", e)
+            return False
+
     async def flush(self) -> bool:
         """Make every NV change so far durable (group commit in a worker thread). False if
         that is impossible (the store failed, logged): the caller must not acknowledge."""

@@ -72,6 +72,17 @@ class GroupCommit:
                 self._flushing = None
                 done.set()
 
+    def flush_inline(self):
+        """Flush right here, without awaiting, if a flush is quick now (see above): True
+        once everything is durable, None if it must wait for `wait()`; StoreError."""
+        if (self._flushing is not None or self.flush_time >= INLINE_FLUSH
+                or self.store.needs_slow_flush()):
+            return None
+        if self.store.durable_seq < self.store.appended_seq:
+            self.inline_flushes += 1
+            self._timed_flush()
+        return True
+
     def _timed_flush(self):
         """store.flush, its duration averaged (a compaction's not: it never runs inline)."""
         if self.store.needs_slow_flush():

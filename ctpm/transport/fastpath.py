@@ -51,10 +51,15 @@ class EpollSet:
             while True:
                 await trio.lowlevel.wait_readable(self.epoll.fileno())
                 backoff = False
+                served = set()
                 for fd, _events in self.epoll.poll(0):
                     owner = self.owners.get(fd)
-                    if owner is not None and not owner.ready(fd):
-                        backoff = True
+                    if owner is not None:
+                        served.add(owner)
+                        if not owner.ready(fd):
+                            backoff = True
+                for owner in served:        # one flush for the pass's NV changes, then answers
+                    owner.release()
                 if backoff:
                     await trio.sleep(0.1)       # out of descriptors or memory: later
         finally:
@@ -79,6 +84,7 @@ class FastPath:
         self._set = EpollSet() if self._own else epoll_set
         self._idle = {}                      # fd -> socket.socket
         self._listeners = {}                 # fd -> socket.socket (a dup of the listener)
+        self._held = []                      # (sock, buf, response) waiting for durable NV
 
     async def serve(self, listener, task_status=trio.TASK_STATUS_IGNORED):
         """Accept on `listener` (a trio socket) until cancelled."""
@@ -111,6 +117,10 @@ class FastPath:
             self._set.unregister(fd)
             sock.close()
         self._idle.clear()
+        for sock, _buf, _response in self._held:
+            if sock.fileno() != -1:
+                sock.close()
+        self._held.clear()
 
     def ready(self, fd) -> bool:
         """`fd` (a listener or an idle connection of this fast path) is readable; False
@@ -174,7 +184,10 @@ class FastPath:
                     buf = buf[size:]
                     served += 1
                     if self.host.backend.write_pending:  # NV first, then the response
-                        return self._slow(sock, buf, response, flush=True)
+                        if getattr(self.host.backend, "flush_now", None) is None:
+                            return self._slow(sock, buf, response, flush=True)
+                        self._held.append((sock, buf, response))   # see `release`
+                        return
                     sent = sock.send(response)
                     if sent != len(response):
                         return self._slow(sock, buf, response[sent:])
@@ -193,6 +206,35 @@ class FastPath:
         except Exception:     # a bug costs this connection, never the listener
             log.exception("%s: connection failed", self.what)
             self._drop(sock)
+
+    def release(self):
+        """After an epoll pass: the responses held for their NV changes go out once one
+        inline flush made those durable (group commit across the pass's connections); if a
+        flush is not quick now, each connection waits for it in a task, as before."""
+        while self._held:       # answering may serve a connection's next command
+            held, self._held = self._held, []
+            self._release(held, self.host.backend.flush_now())
+
+    def _release(self, held, done):
+        for sock, buf, response in held:
+            if done is None:
+                self._slow(sock, buf, response, flush=True)
+                continue
+            if done is False:
+                from ..backend import NV_UNAVAILABLE
+                response = NV_UNAVAILABLE           # not on disk: not acknowledged
+            try:
+                sent = sock.send(response)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                log.debug("%s: %s", self.what, e)
+                self._drop(sock)
+                continue
+            if sent != len(response):
+                self._slow(sock, buf, response[sent:])
+            else:
+                self._advance(sock, buf)
 
     def _drop(self, sock):
         """Close a connection, out of the epoll set first if it is there."""
