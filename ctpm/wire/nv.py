@@ -46,6 +46,15 @@ class TPM_NT:
 TPMA_NV_RESERVED = 0x01F00300
 
 
+class PlainFlags:
+    """An IntFlag's members as plain ints: `int & IntFlag` goes through enum's __rand__ and
+    costs microseconds; an NV command tests a dozen attribute bits."""
+
+    def __init__(self, flags):
+        for member in flags:
+            setattr(self, member.name, int(member))
+
+
 def nt_of(attributes: int) -> int:
     return (attributes >> 4) & 0xF
 

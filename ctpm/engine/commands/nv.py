@@ -5,12 +5,14 @@ reference's checks (NvDefineSpace, ...).
 from ...crypto import hashes
 from ...errors import TpmError
 from ...wire.constants import TPM_RC, TPM_RH
-from ...wire.nv import TPM_NT, TPMA_NV as A, nt_of
+from ...wire.nv import TPM_NT, TPMA_NV, PlainFlags, nt_of
 from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
 from ..subsystems import nv_ram
 from ..subsystems.nv_indices import (PIN_TYPES, NvIndex, all_indices, delete, get, handles,
                                    read_refusal, save, save_nv, table, used_space, write_checks,
                                    write_data)
+
+A = PlainFlags(TPMA_NV)           # TPMA_NV bits as ints (see PlainFlags)
 
 
 def _nv_available(tpm):

@@ -14,8 +14,10 @@ from construct import Container
 
 from ...crypto import hashes
 from ...wire.constants import TPM_CC, TPM_RC, TPM_RH
-from ...wire.nv import TPM_NT, TPMA_NV as A, TPMS_NV_PUBLIC, nt_of
+from ...wire.nv import TPM_NT, TPMA_NV, PlainFlags, TPMS_NV_PUBLIC, nt_of
 from . import nv_ram
+
+A = PlainFlags(TPMA_NV)           # TPMA_NV bits as ints (see PlainFlags)
 
 _PUBLIC_HEAD = struct.Struct(">IHIH")
 
