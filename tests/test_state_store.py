@@ -379,3 +379,40 @@ async def test_concurrent_clients_share_flushes_and_see_their_changes(tmp_path, 
                                 sessions=[pw_session()]))
         assert struct.unpack(">Q", params(rsp)[2:10])[0] == 25
     again.platform.store.close()
+
+
+async def test_group_commit_flushes_inline_while_quick_and_in_a_thread_when_slow(tmp_path):
+    """A flush that takes longer than INLINE_FLUSH on average moves to the worker thread
+    (the event loop must not wait for a slow disk); quick ones stay inline. Either way
+    wait() returns only once everything is durable."""
+    import threading
+    import time
+
+    from ctpm.state.groupcommit import INLINE_FLUSH, GroupCommit
+
+    class SlowStore(DirStore):
+        delay = 0.0
+
+        def flush(self):
+            self.threads.add(threading.current_thread() is threading.main_thread())
+            time.sleep(self.delay)
+            super().flush()
+
+    store = SlowStore(tmp_path)
+    store.threads = set()
+    tpm = Tpm.manufacture(Platform(store), seed=b"inline")
+    commit = GroupCommit(store)
+    assert rc(tpm.execute(STARTUP_CLEAR)) == 0
+    await commit.wait()
+    define_and_write(tpm, [b"11111111"])
+    await commit.wait()
+    assert store.durable_seq == store.appended_seq
+    assert commit.inline_flushes >= 1 and store.threads == {True}
+    store.delay = 4 * INLINE_FLUSH
+    for v in (b"22222222", b"33333333", b"44444444", b"55555555"):
+        write(tpm, v)
+        await commit.wait()
+        assert store.durable_seq == store.appended_seq
+    assert commit.thread_flushes >= 2 and False in store.threads
+    store.close()
+    assert reopen_value(tmp_path) == b"55555555"
