@@ -1,14 +1,20 @@
 """Durable NV: ctpm against swtpm, side by side, through the same tpm2-pytss ESAPI client.
 
     python bench/nv_bench.py [--seconds 2] [--rounds 3] [--clients 1,4] [--large]
+                             [--before DIR]
 
 Both TPMs keep their state in a directory on the same file system (ctpm: `--state`, swtpm:
 `--tpmstate dir=`). Workloads: NV_Write of 8 bytes and NV_Increment, each acknowledged only
 once the change is on disk (ctpm: journal + fdatasync; swtpm writes its NV file, see the
 report). With several clients (threads, one ESAPI each), ctpm's group commit lets one
 fdatasync cover the changes of every client waiting. `--large` also measures the start-up
-time with a large state (64 NV indices, 32 persistent objects).
+time with a large state (64 NV indices, 32 persistent objects). `--before DIR` also runs
+the ctpm of another source tree (e.g. `git archive REV | tar -x -C DIR`) in the same run,
+with the same durability, so that a change is measured before/after side by side.
 """
+import contextlib
+import re
+import subprocess
 import argparse
 import os
 import shutil
@@ -25,6 +31,25 @@ from bench import SwtpmProcess, open_esapi, wait_listening  # noqa: E402
 from ctpm.testing.process import run_daemon  # noqa: E402
 
 BASE = 0x01500000
+
+
+@contextlib.contextmanager
+def other_tree(tree, state):
+    """`ctpm run` from the source tree `tree` (its own ctpm package first on the path);
+    yields its swtpm TCTI."""
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    proc = subprocess.Popen([sys.executable, "-m", "ctpm", "run", "--swtpm", "127.0.0.1:0",
+                             "--state", state], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=tree, stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline()
+        port = re.search(r"swtpm=127\.0\.0\.1:(\d+)", line)
+        if port is None:
+            raise SystemExit(f"ctpm from {tree} did not start: {line!r}")
+        yield f"swtpm:host=127.0.0.1,port={port.group(1)}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def define(esapi, index, counter):
@@ -80,6 +105,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="1,4", help="comma-separated client counts")
     ap.add_argument("--large", action="store_true", help="also time start-up, large state")
+    ap.add_argument("--before", metavar="DIR", help="also the ctpm of this source tree")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     state = tempfile.mkdtemp(prefix="ctpm-nvbench-")
@@ -91,8 +117,12 @@ def main():
     try:
         with run_daemon("--swtpm", "127.0.0.1:0", "--state", os.path.join(state, "a")) as d, \
                 run_daemon("--config", conf, "--swtpm", "127.0.0.1:0",
-                           "--state", os.path.join(state, "b")) as w:
+                           "--state", os.path.join(state, "b")) as w, \
+                contextlib.ExitStack() as stack:
             tctis = {"swtpm": sw.tcti(), "ctpm": d.tcti("swtpm"), "ctpm-write": w.tcti("swtpm")}
+            if args.before:
+                tctis["ctpm-before"] = stack.enter_context(
+                    other_tree(args.before, os.path.join(state, "c")))
             pools = {}
             for name, tcti in tctis.items():
                 pools[name] = [Client(tcti, i, startup=(name != "swtpm" and i == 0))
@@ -114,13 +144,21 @@ def main():
     print("ctpm: fdatasync before each response (group commit); ctpm-write: written to the "
           "OS before each\nresponse, no fdatasync (survives kill -9, not a power cut: what "
           "swtpm does)\n")
+    before = bool(args.before)
     print(f"{'workload':18} {'clients':>7} {'swtpm ops/s':>11} {'ctpm ops/s':>11} {'ratio':>6}"
-          f" {'ctpm-write ops/s':>16} {'ratio':>6}")
+          f" {'ctpm-write ops/s':>16} {'ratio':>6}"
+          + (f" {'ctpm-before ops/s':>17} {'ratio':>6}" if before else ""))
     for n in counts:
         for op in ("write", "increment"):
             s, c, w = (results[n, op, k] for k in ("swtpm", "ctpm", "ctpm-write"))
-            print(f"{names[op]:18} {n:7} {s:11.1f} {c:11.1f} {c / s:5.2f}x {w:16.1f} "
-                  f"{w / s:5.2f}x")
+            line = (f"{names[op]:18} {n:7} {s:11.1f} {c:11.1f} {c / s:5.2f}x {w:16.1f} "
+                    f"{w / s:5.2f}x")
+            if before:
+                b = results[n, op, "ctpm-before"]
+                line += f" {b:17.1f} {b / s:5.2f}x"
+            print(line)
+    if before:
+        print(f"\nctpm-before: the ctpm of {args.before}, fdatasync like ctpm")
     if args.large:
         large_startup()
 
