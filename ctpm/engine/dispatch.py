@@ -273,7 +273,10 @@ class Dispatcher:
         """Check every session's authorization (Part 1 §19.6), then decrypt the first
         parameter if a session says so. Returns the parameter area to unmarshal."""
         tpm = self.tpm
-        names = [tpm.entity_name(h) for h in handles]
+        # Names go into cpHash, which only HMAC and policy sessions use (an index's Name is
+        # a hash of its public area: not worth it for password sessions alone)
+        names = ([tpm.entity_name(h) for h in handles]
+                 if any(e.handle != TPM_RH.PW for e in sessions) else [])
         cp_hashes = {}
 
         def cp_of(alg):
