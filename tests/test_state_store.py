@@ -429,3 +429,16 @@ async def test_inline_flushes_share_the_event_loop_budget():
     assert not gc._budget_left()
     await trio.sleep(gc.INLINE_WINDOW * 1.5)
     assert gc._budget_left()
+
+
+def test_power_cut_tearing_a_batch_on_preallocated_blocks_is_a_torn_tail(tmp_path, caplog):
+    """A flush onto preallocated blocks can persist a later page without an earlier one: the
+    last record's header is zeros, its payload there, zeros after. No intact record follows,
+    so it is a torn write (that record was never acknowledged), not damage."""
+    path = fresh(tmp_path)
+    data = bytearray(path.read_bytes())
+    start, end, _ = records(data)[-1]
+    data[start:start + 12] = bytes(12)
+    path.write_bytes(bytes(data) + bytes(4096))
+    assert reopen_value(tmp_path) == b"22222222"
+    assert "torn" in caplog.text

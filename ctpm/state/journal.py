@@ -22,14 +22,14 @@ key (`keys.StateKey`), the payload is nonce | AES-256-GCM(JSON) with the state i
 file kind and the sequence number as associated data: a record moved to another position,
 another file or another state does not decrypt.
 
-Damage: the last record of the journal, if incomplete or failing its checksum (or followed
-only by zero bytes), is a torn write and is dropped (a warning says so); any other damage -
-a bad record followed by good data, a sequence gap, a bad snapshot or header, a record that
-fails authentication - is a `StoreError` (one line) and the daemon does not start: a TPM
-is never silently replaced by a fresh one. A bit flip in the very last record cannot be
-told from a torn write and loses that record, as it would a torn one. Replacing both files
-with an older consistent pair (a rollback) cannot be detected without a monotonic counter
-outside the directory.
+Damage: the last record of the journal, if incomplete or failing its checksum (followed by
+no intact record: zeros, or the rest of a batch a power cut tore), is a torn write and is
+dropped (a warning says so); any other damage - a bad record followed by a good one, a
+sequence gap, a bad snapshot or header, a record that fails authentication - is a
+`StoreError` (one line) and the daemon does not start: a TPM is never silently replaced by
+a fresh one. A bit flip in the very last record cannot be told from a torn write and loses
+that record, as it would a torn one. Replacing both files with an older consistent pair (a
+rollback) is detected only with an anchor outside the directory (state/anchor.py).
 """
 import errno
 import fcntl
@@ -618,10 +618,16 @@ def _parse_record(data, pos):
 
 
 def _torn(data, pos) -> bool:
-    """A bad record at `pos` is a torn write if it is the last thing in the file: its
-    length runs past the end, it ends the file, or only zero bytes follow it."""
+    """A bad record at `pos` is a torn write if no intact record follows it anywhere: its
+    length runs past the end, it ends the file, only zeros follow, or bytes that hold no
+    record. The last covers a power cut during a flush onto preallocated blocks, which
+    may persist a later page of the batch without an earlier one (a record's header
+    zero, its payload there). A bad record with an intact one after it is damage."""
     if pos + _REC.size > len(data) or not data[pos:].strip(b"\0"):
         return True
     n, _ = _REC.unpack_from(data, pos)
     end = pos + _REC.size + n + _SUM
-    return end >= len(data) or not data[end:].strip(b"\0")
+    if end >= len(data) or not data[end:].strip(b"\0"):
+        return True
+    stop = len(data.rstrip(b"\0"))
+    return not any(_parse_record(data, p) is not None for p in range(pos + 1, stop))
