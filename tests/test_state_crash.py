@@ -59,6 +59,8 @@ def _child(state_dir, wfd, protocol):
     try:
         trio.run(main)
     except BaseException as e:   # noqa: BLE001 - reported to the parent, which fails the test
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]
         os.write(wfd, f"ERR {type(e).__name__}: {e}\n".encode())
 
 

@@ -442,3 +442,25 @@ def test_power_cut_tearing_a_batch_on_preallocated_blocks_is_a_torn_tail(tmp_pat
     path.write_bytes(bytes(data) + bytes(4096))
     assert reopen_value(tmp_path) == b"22222222"
     assert "torn" in caplog.text
+
+
+def test_crash_after_a_compaction_that_took_unwritten_records(tmp_path):
+    """A compaction takes the records not yet written into the new snapshot; a crash before
+    its new journal leaves a journal that ends before the snapshot. New records must start
+    a new journal, not follow the old one's last record (a sequence gap at the next start)."""
+    fresh(tmp_path)
+    old_journal = (tmp_path / "nv.journal").read_bytes()
+    tpm = open_tpm(tmp_path)
+    assert rc(tpm.execute(STARTUP_CLEAR)) == 0
+    store = tpm.platform.store
+    store.deferred = True
+    write(tpm, b"44444444")                  # pending, not in the journal
+    store._compact()                         # the snapshot has it
+    store.close()
+    (tmp_path / "nv.journal").write_bytes(old_journal)     # the crash: no new journal yet
+    tpm = open_tpm(tmp_path)
+    assert rc(tpm.execute(STARTUP_CLEAR)) == 0
+    assert read(tpm) == b"44444444"
+    write(tpm, b"55555555")
+    tpm.platform.store.close()
+    assert reopen_value(tmp_path) == b"55555555"

@@ -360,6 +360,14 @@ class DirStore:
                                      f"not apply)") from None
                 seq = rseq
             pos = end
+        if expected - 1 < seq:
+            # The snapshot is newer than the journal's last record: a compaction that took
+            # records not yet written stopped before its new journal. Everything here is
+            # in the snapshot; the next record (seq + 1) must not follow these.
+            log.info("%s: older than %s (a compaction was interrupted); starting a new one",
+                     name, SNAP)
+            self._new_journal(seq)
+            return seq
         self._open_journal(pos)
         return seq
 
