@@ -115,7 +115,12 @@ def binding_check(public, sensitive):
             return keys.rsa_private_key(n, e, pp, q, d)
         if public.type == TPM_ALG.ECC:
             key = keys.ecc_private_key(p.curveID, int.from_bytes(sensitive.sensitive, "big"))
-            if keys.ecc_public_xy(key) != (public.unique.x, public.unique.y):
+            # compared as numbers: a public area whose coordinates drop leading zero bytes
+            # (tpm2-pytss's from_pem makes them) is bound all the same, as libtpms accepts it
+            x, y = keys.ecc_public_xy(key)
+            if (int.from_bytes(x, "big"), int.from_bytes(y, "big")) != (
+                    int.from_bytes(public.unique.x, "big"),
+                    int.from_bytes(public.unique.y, "big")):
                 raise ValueError("point mismatch")
             return key
     except ValueError:
