@@ -127,6 +127,26 @@ class Swtpm:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+
+class TctiSwtpm(Swtpm):
+    """swtpm where tpm2-tss's swtpm TCTI looks for it: data on PATH, control on PATH.ctrl."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ctpm-swtpm-")
+        self.data_path = os.path.join(self.dir, "tpm")
+        self.ctrl_path = self.data_path + ".ctrl"
+        self._spawn()
+        self.sock = None
+
+    @property
+    def tcti(self):
+        return f"swtpm:path={self.data_path}"
+
+    def disconnect(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
 RETRY = 0x922       # TPM_RC_RETRY: libtpms asks for it (DA flag written, RSA key prepared)
 
 

@@ -4,14 +4,14 @@ line when the PCRs changed or the TPM is unreachable or another one, and the doc
 recovery (rekey to a file key, change the PCRs, rekey back to the TPM)."""
 import os
 import subprocess
-import tempfile
 
 import pytest
 
 from ctpm.state.keys import StateKey
 from ctpm.state.store import StoreError
 from ctpm.testing.process import command, environment
-from tests.peers import SWTPM, Swtpm
+from tests.peers import SWTPM
+from tests.peers import TctiSwtpm as _TctiSwtpm
 from tests.tpmcmd import STARTUP_CLEAR, cmd, pw_session, rc, u16, u32
 
 from .test_state_store import fresh, reopen_value
@@ -19,26 +19,13 @@ from .test_state_store import fresh, reopen_value
 pytestmark = pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
 
 
-class TctiSwtpm(Swtpm):
-    """swtpm where the swtpm TCTI looks for it: data on PATH, control on PATH.ctrl."""
+class TctiSwtpm(_TctiSwtpm):
+    """A started swtpm at the swtpm TCTI's path, whose PCRs the test extends."""
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ctpm-swtpm-")
-        self.data_path = os.path.join(self.dir, "tpm")
-        self.ctrl_path = self.data_path + ".ctrl"
-        self._spawn()
-        self.sock = None
+        super().__init__()
         assert rc(self.execute(STARTUP_CLEAR)) == 0
         self.disconnect()
-
-    @property
-    def tcti(self):
-        return f"swtpm:path={self.data_path}"
-
-    def disconnect(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     def extend(self, pcr):
         body = u32(1) + u16(0x000B) + bytes(range(32))

@@ -770,7 +770,8 @@ def test_through_passthrough_mode(env, tmp_path):
     made and certified on the chip by the chip's AK (made again from its template: passthrough
     persists nothing there), the evidence indices are ctpm's; seal, put and get work, and the
     secret is sealed in the chip."""
-    from tests.modes.test_passthrough import TctiSwtpm, passthrough
+    from tests.modes.test_passthrough import passthrough
+    from tests.peers import TctiSwtpm
     from tests.tpmcmd import STARTUP_CLEAR, rc
     sw = TctiSwtpm()
     try:

@@ -7,7 +7,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from ctpm.config import ConfigError, load
 from ctpm.modes.identity import ak_template, ek_rsa_template, name_of
 from ctpm.testing.process import run_daemon
-from tests.peers import SWTPM, Swtpm, retrying
+from tests.peers import SWTPM, TctiSwtpm, retrying
 from tests.tpmcmd import STARTUP_CLEAR, b2, cmd, pw_session, rc, u16, u32
 
 pytestmark = [pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed"),
@@ -25,26 +24,6 @@ pytestmark = [pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
 OWN_NV, OWN_PERSISTENT = "0x01500000-0x015000FF", "0x81000100-0x810001FF"
 FOREIGN_NV, FOREIGN_PERSISTENT, EK_CERT = 0x01600000, 0x81000001, 0x01C00002
 OWNER, LOCKOUT, ENDORSEMENT, PLATFORM = 0x40000001, 0x4000000A, 0x4000000B, 0x4000000C
-
-
-class TctiSwtpm(Swtpm):
-    """swtpm where tpm2-tss's swtpm TCTI looks for it: data on PATH, control on PATH.ctrl."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ctpm-swtpm-")
-        self.data_path = os.path.join(self.dir, "tpm")
-        self.ctrl_path = self.data_path + ".ctrl"
-        self._spawn()
-        self.sock = None
-
-    @property
-    def tcti(self):
-        return f"swtpm:path={self.data_path}"
-
-    def disconnect(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
 
 @pytest.fixture
