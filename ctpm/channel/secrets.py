@@ -127,8 +127,13 @@ def _seal_object(tpm, sealed, policy, session_key) -> dict:
         session = _param_session(tpm, session_key, lambda: (srk, srk_public))
         sensitive = b2(b2(b"") + b2(sealed))            # TPM2B_SENSITIVE_CREATE
         params = sensitive + b2(P.sealed_template(policy)) + u16(0) + u32(0)
-        _, rparams = tpm.call("Create", params, handles=[srk], names=[P.name_of(srk_public)],
-                              auths=[session], session=session, session_attrs=A_DECRYPT)
+        try:        # continueSession clear: the session ends with a successful Create
+            _, rparams = tpm.call("Create", params, handles=[srk],
+                                  names=[P.name_of(srk_public)], auths=[session],
+                                  session=session, session_attrs=A_DECRYPT)
+        except BaseException:
+            tpm.flush(session.handle)
+            raise
         private, pos = take_b2(rparams)
         public, _ = take_b2(rparams, pos)
     finally:
@@ -149,9 +154,13 @@ def _seal_nv(tpm, index, sealed, policy, session_key) -> dict:
                 tpm.flush(srk)
         else:
             session = _param_session(tpm, session_key, None)
-        tpm.call("NV_Write", b2(sealed) + u16(0), handles=[RH_OWNER, index],
-                 names=[u32(RH_OWNER), P.nv_name(public)], auths=[session], session=session,
-                 session_attrs=A_DECRYPT)
+        try:        # continueSession clear: the session ends with a successful write
+            tpm.call("NV_Write", b2(sealed) + u16(0), handles=[RH_OWNER, index],
+                     names=[u32(RH_OWNER), P.nv_name(public)], auths=[session],
+                     session=session, session_attrs=A_DECRYPT)
+        except BaseException:
+            tpm.flush(session.handle)
+            raise
         tpm.call("NV_WriteLock", handles=[RH_OWNER, index], auths=[b""])
     except BaseException:
         try:
