@@ -10,11 +10,11 @@ session salt through it), `channel_key_certify` (magic, type TPM_ST_ATTEST_CERTI
 the AK with an allowed scheme, qualifiedSigner = the AK's Qualified Name, extraData = SHA-256
 (nonce) in constant time), `channel_key_name` (the certified Name is Name(K) as received).
 """
-import base64
 import hashlib
 import hmac
 
 from ..snp.errors import SnpError
+from .evidence import b64u
 from .tpm import (HASHES, TPM_GENERATED_VALUE, InvalidSignature, Reader, public_key,
                   verify_signature)
 
@@ -27,10 +27,6 @@ _SIGN = 0x00040000
 
 class ChannelKeyError(SnpError):
     """A channel key refused; `check` names the rule."""
-
-
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def parse_k(public: bytes) -> dict:
@@ -97,5 +93,5 @@ def verify_channel_key(public: bytes, certify: bytes, signature: bytes, *, ak: b
     if not hmac.compare_digest(certified_name, name):
         raise ChannelKeyError("channel_key_name", "the certified Name is not the Name of "
                                                   "the channel key given")
-    return {"kty": "EC", "crv": "P-256", "x": _b64u(k["x"]), "y": _b64u(k["y"]),
+    return {"kty": "EC", "crv": "P-256", "x": b64u(k["x"]), "y": b64u(k["y"]),
             "kid": name.hex()}

@@ -120,6 +120,17 @@ def _open(args, command):
     return transport
 
 
+def _read_input(path: str) -> bytes:
+    """The secret from --in ('-': stdin); ValueError with the line to print."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+
+
 def _nv_index(text):
     if text is None:
         return None
@@ -186,13 +197,9 @@ def run_seal(args) -> int:
     except ValueError as e:
         return _fail("seal", str(e), 2)
     try:
-        if args.input == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.input, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        return _fail("seal", f"cannot read {args.input}: {e.strerror}", 2)
+        data = _read_input(args.input)
+    except ValueError as e:
+        return _fail("seal", str(e), 2)
     try:
         authority = _authority_public(args.authority)
     except ChannelError as e:
@@ -291,15 +298,9 @@ def run_put(args) -> int:
         nv_index = _nv_index(args.nv_index)
         if args.no_register and not args.output:
             raise ValueError("--no-register needs -o (the record would be lost)")
-        if args.input == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.input, "rb") as f:
-                data = f.read()
+        data = _read_input(args.input)
     except ValueError as e:
         return _fail("put", str(e), 2)
-    except OSError as e:
-        return _fail("put", f"cannot read {args.input}: {e.strerror}", 2)
     transport = _open(args, "put")
     if isinstance(transport, int):
         return transport

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
+from ..attest.evidence import b64u
 from . import protocol as P
 from .tpm import ChannelError, TpmChannel
 
@@ -100,7 +101,7 @@ def check_tpm_token(token: str, jwks: dict, *, audience: str, k_point: tuple,
     submods = claims.get("submods") or {}
     if "vtpm" not in submods or "snp" not in submods:
         raise ChannelError("tpm_token", "type: not a composite (snp + vtpm) token")
-    if nonce is not None and claims.get("eat_nonce") != P._b64u(nonce):
+    if nonce is not None and claims.get("eat_nonce") != b64u(nonce):
         raise ChannelError("tpm_token", "eat_nonce: the token is for another attestation")
     cnf = (claims.get("cnf") or {}).get("jwk")
     try:

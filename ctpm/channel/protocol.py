@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from ..attest.evidence import b64u
+from ..attest.tpm import name_of
 from .tpm import ALG_AES, ALG_CFB, ALG_ECC, ALG_NULL, CC, SHA256, b2, take_b2, u16, u32
 
 ALG_KEYEDHASH, ALG_ECDSA = 0x0008, 0x0018
@@ -110,13 +112,6 @@ def nv_name(public: bytes) -> bytes:
     return u16(SHA256) + hashlib.sha256(public).digest()
 
 
-def name_of(public: bytes) -> bytes:
-    name_alg = struct.unpack_from(">H", public, 2)[0]
-    if name_alg != SHA256:
-        raise ValueError(f"nameAlg {name_alg:#x} is not SHA-256")
-    return u16(SHA256) + hashlib.sha256(public).digest()
-
-
 # --- the authority's key -----------------------------------------------------------------------
 
 def authority_public(public_key: ec.EllipticCurvePublicKey) -> bytes:
@@ -197,15 +192,10 @@ def policy_ref(name: str) -> bytes:
 
 # --- the TEE's binding ---------------------------------------------------------------------------
 
-def _b64u(data: bytes) -> str:
-    import base64
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def tee_jwk(public_key: ec.EllipticCurvePublicKey) -> dict:
     n = public_key.public_numbers()
     return {"alg": TEE_KEY_ALG, "crv": "P-256", "kty": "EC",
-            "x": _b64u(n.x.to_bytes(32, "big")), "y": _b64u(n.y.to_bytes(32, "big"))}
+            "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
 
 
 def jwk_point(jwk: dict) -> tuple[bytes, bytes]:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import protocol as P
-from .tpm import (A_CONTINUE, A_DECRYPT, A_ENCRYPT, RH_NULL, RH_OWNER, SE_HMAC, SE_POLICY,
+from .tpm import (A_DECRYPT, A_ENCRYPT, RH_NULL, RH_OWNER, SE_HMAC, SE_POLICY,
                   ChannelError, TpmChannel, b2, take_b2, u16, u32)
 
 RECORD_VERSION = 1
@@ -322,4 +322,4 @@ def load_record(path: str) -> dict:
         return json.load(f)
 
 
-__all__ = ["seal", "Unsealer", "check_record", "create_primary", "read_pcrs", "A_CONTINUE"]
+__all__ = ["seal", "Unsealer", "check_record", "create_primary", "read_pcrs"]

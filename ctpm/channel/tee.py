@@ -7,11 +7,11 @@ code can talk to a KBS and to ctpm's verifier.
 `verify_tee_evidence` is the verifier's side; its checks (names in docs/channel.md):
 `tee_format`, every SNP check of ctpm.snp.verify (REPORT_DATA as `report_data`), `tee_key`.
 """
-import base64
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..attest.evidence import b64u, unb64u
 from ..snp.errors import SnpError
 from . import protocol as P
 
@@ -20,16 +20,6 @@ CHECKS = ("tee_format", "<ctpm.snp.verify.CHECKS>", "tee_key")
 
 class TeeError(SnpError):
     """TEE evidence refused; `check` names the rule."""
-
-
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode()
-
-
-def _unb64u(text) -> bytes:
-    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
-        raise ValueError("not base64url without padding")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class TeeKey:
@@ -44,9 +34,9 @@ def tee_evidence(provider, nonce_hex: str, key: TeeKey, *, vmpl: int | None = No
     """The Attestation payload for the verifier's nonce (as the challenge gave it, hex)."""
     report_data = P.tee_report_data(nonce_hex, key.jwk)
     ev = provider.report(report_data, vmpl=vmpl)
-    evidence = {"report": _b64u(ev.report), "provider": ev.provider}
+    evidence = {"report": b64u(ev.report), "provider": ev.provider}
     if ev.cert_table:
-        evidence["cert_table"] = _b64u(ev.cert_table)
+        evidence["cert_table"] = b64u(ev.cert_table)
     return {"tee-pubkey": key.jwk, "tee-evidence": evidence}
 
 
@@ -78,8 +68,8 @@ def verify_tee_evidence(body, nonce_hex: str, *, snp_policy=None, trust=None,
         jwk, evidence = body.get("tee-pubkey"), body.get("tee-evidence")
         if not isinstance(evidence, dict):
             raise ValueError("tee-evidence is not an object")
-        report = _unb64u(evidence.get("report"))
-        table = _unb64u(evidence["cert_table"]) if evidence.get("cert_table") else None
+        report = unb64u(evidence.get("report"))
+        table = unb64u(evidence["cert_table"]) if evidence.get("cert_table") else None
         provider = str(evidence.get("provider", ""))[:64]
     except (ValueError, TypeError) as e:
         raise TeeError("tee_format", str(e)) from None

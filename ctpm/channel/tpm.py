@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from ..crypto.kdf import kdfa
 from ..crypto.secret import kdfe
-from ..crypto.symcipher import CFB
+from ..crypto.symcipher import cfb
+from ..modes.tpmclient import b2, u16, u32
 
 ST_NO_SESSIONS, ST_SESSIONS = 0x8001, 0x8002
 RS_PW, RH_NULL, RH_OWNER, RH_ENDORSEMENT = 0x40000009, 0x40000007, 0x40000001, 0x4000000B
@@ -55,18 +55,6 @@ class TpmError(ChannelError):
     def __init__(self, command: str, rc: int):
         super().__init__("tpm_rc", f"TPM2_{command} answered TPM_RC {rc:#x}")
         self.command, self.rc = command, rc
-
-
-def u16(v):
-    return struct.pack(">H", v)
-
-
-def u32(v):
-    return struct.pack(">I", v)
-
-
-def b2(data: bytes) -> bytes:
-    return u16(len(data)) + bytes(data)
 
 
 def take_b2(buf: bytes, pos: int = 0):
@@ -114,9 +102,7 @@ def ecc_salt(key_x: bytes, key_y: bytes, ephemeral: ec.EllipticCurvePrivateKey,
 
 
 def _cfb(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
-    ctx = Cipher(algorithms.AES(key), CFB(iv))
-    ctx = ctx.encryptor() if encrypt else ctx.decryptor()
-    return ctx.update(data) + ctx.finalize()
+    return cfb(ALG_AES, key, iv, data, encrypt)
 
 
 @dataclass

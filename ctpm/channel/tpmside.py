@@ -8,7 +8,7 @@ import struct
 from ..attest import evidence as E
 from . import protocol as P
 from .secrets import create_primary, read_pcrs
-from .tpm import RH_OWNER, ChannelError, TpmChannel, b2, take_b2, u16, u32
+from .tpm import RH_OWNER, ChannelError, TpmChannel, b2, take_b2, u16
 
 ALG_NULL = 0x0010
 

@@ -516,7 +516,7 @@ def test_authority_refusals(env):
         TpmChannel(t).flush(k.handle)
     finally:
         t.close()
-    k_jwk = {"kty": "EC", "crv": "P-256", "x": P._b64u(k.point[0]), "y": P._b64u(k.point[1])}
+    k_jwk = {"kty": "EC", "crv": "P-256", "x": E.b64u(k.point[0]), "y": E.b64u(k.point[1])}
     _refused(env, _request(env, "authz2", tpm_token, k_jwk), "tee_token")
 
 
