@@ -261,8 +261,33 @@ def build_app(settings: Settings):
         from ..channel.routes import routes as channel_routes
         routes += channel_routes(settings, read_json=read_json, consume_nonce=consume_nonce,
                                  run_appraisal=run_appraisal, Problem=Problem)
-    return Starlette(routes=routes, exception_handlers={
-        Problem: on_problem, HTTPException: on_http, Exception: on_error})
+    return _quiet_when_gone(Starlette(routes=routes, exception_handlers={
+        Problem: on_problem, HTTPException: on_http, Exception: on_error}))
+
+
+def _quiet_when_gone(app):
+    """An answer to a client that has already gone is dropped, not logged as a crash.
+    hypercorn 0.18 half-closes a connection whose client closed (its read loop holds the
+    stream's send side for a moment) while the app may still be answering - typically the
+    413 to a client that sent a huge body and hung up: the app's send then raises
+    trio.BusyResourceError, which hypercorn would log as an ASGI traceback."""
+    import trio
+    gone_errors = (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+    async def guarded_app(scope, receive, send):
+        gone = False
+
+        async def guarded_send(message):
+            nonlocal gone
+            if gone:
+                return
+            try:
+                await send(message)
+            except gone_errors:
+                gone = True
+                LOG.debug("client went away before its %s answer", scope.get("path"))
+        await app(scope, receive, guarded_send)
+    return guarded_app
 
 
 def openapi_document(settings) -> dict:
