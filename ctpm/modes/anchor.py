@@ -126,7 +126,8 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
     its EK and AK (the passthrough mode's record; what it proves: docs/modes.md).
     `ek_cas` (`cryptography` certificates): the manifest carries a certificate for its RSA
     EK (the one the activation used), and every EK certificate it carries (RSA 0x01C00002,
-    ECC 0x01C0000A) certifies its EK and was issued by one of them.
+    ECC 0x01C0000A) certifies its EK and was issued by one of them, directly or through
+    the TPM's EK certificate chain (0x01C00100-0x01C001FF) the manifest carries.
     Raises SnpError naming the check (the SNP checks, or one of ANCHOR_CHECKS)."""
     from dataclasses import replace
 
@@ -163,9 +164,15 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
         raise SnpError("activation", "the manifest records no credential activation of its "
                                      "AK against its EK")
     if ek_cas is not None:
-        from .credential import (ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX, CredentialError,
-                                 check_ek_certificate)
+        from .credential import (ECC_EK_CERT_INDEX, EK_CHAIN_FIRST, EK_CHAIN_LAST,
+                                 RSA_EK_CERT_INDEX, CredentialError, check_ek_certificate,
+                                 split_certificates)
         certs = dict(identity.ek_certs)
+        try:
+            chain = split_certificates(b"".join(
+                certs[i] for i in sorted(certs) if EK_CHAIN_FIRST <= i <= EK_CHAIN_LAST))
+        except CredentialError as e:
+            raise SnpError("ek_certificate", str(e)) from None
         if RSA_EK_CERT_INDEX not in certs:
             raise SnpError("ek_certificate", "the manifest carries no certificate for its RSA "
                                              "EK (NV 0x01C00002)")
@@ -177,7 +184,7 @@ def verify_anchor(report: bytes, nonce: bytes, manifest: bytes, manifest_version
                 raise SnpError("ek_certificate", f"a certificate from {index:#010x} but no "
                                                  "ECC EK in the manifest")
             try:
-                check_ek_certificate(certs[index], key, list(ek_cas))
+                check_ek_certificate(certs[index], key, list(ek_cas), intermediates=chain)
             except CredentialError as e:
                 raise SnpError("ek_certificate", f"{index:#010x}: {e}") from None
     return AnchoredIdentity(snp=snp, identity=identity, manifest_version=manifest_version)

@@ -7,8 +7,13 @@ TPM as an EK, and the EK certificate check.
   Name loaded beside the EK (ActivateCredential checks the HMAC over the AK's Name).
 * `activate(client, ...)`: ActivateCredential on the TPM, with the EK's PolicySecret
   (TPM_RH_ENDORSEMENT) session, as a TCG EK requires.
-* `check_ek_certificate(der, ek_public, cas)`: the EK certificate chains to one of the CAs
-  (issuer signatures, validity) and certifies exactly this EK's public key.
+* `check_ek_certificate(der, ek_public, cas, intermediates=)`: the EK certificate chains to
+  one of the CAs (issuer signatures, validity), through the TPM's own EK certificate chain
+  when it has one, and certifies exactly this EK's public key.
+* `read_ek_chain(client)`: that chain, from NV 0x01C00100-0x01C001FF (TCG EK Credential
+  Profile 2.5 §2.2.1.5.2: DER certificates, concatenated, in any order, overflowing into the
+  next index; Intel's on-die CA TPMs sign EK certificates with device-unique intermediates,
+  so their EK certificate verifies against the vendor's root only through it).
 """
 import datetime
 import os
@@ -17,6 +22,9 @@ import struct
 from .tpmclient import RH_ENDORSEMENT, b2, policy_session, pw, u16, u32
 
 RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX = 0x01C00002, 0x01C0000A
+EK_CHAIN_FIRST, EK_CHAIN_LAST = 0x01C00100, 0x01C001FF
+MAX_CHAIN_BYTES = 16384         # the most of a chain a manifest carries (a few certificates)
+MAX_CHAIN_DEPTH = 8             # intermediates between an EK certificate and its anchor
 CC_POLICY_SECRET, CC_ACTIVATE_CREDENTIAL = 0x151, 0x147
 
 
@@ -103,6 +111,56 @@ def read_nv(client, index: int, auth: int | None = None, password: bytes = b"") 
     return out
 
 
+def read_ek_chain(client) -> tuple:
+    """((NV index, content), ...) of the EK certificate chain indices the TPM defines, in
+    index order; () when it has none. Raises CredentialError when the chain is larger than
+    MAX_CHAIN_BYTES (a manifest is not the place for it)."""
+    rsp = client.call("GetCapability", u32(1) + u32(EK_CHAIN_FIRST)
+                      + u32(EK_CHAIN_LAST - EK_CHAIN_FIRST + 1))
+    count = struct.unpack(">I", rsp[5:9])[0]            # moreData, capability, TPML_HANDLE
+    indices = [h for h in struct.unpack(f">{count}I", rsp[9:9 + 4 * count])
+               if EK_CHAIN_FIRST <= h <= EK_CHAIN_LAST]
+    chain, total = [], 0
+    for index in indices:
+        content = read_nv(client, index)
+        if content is None:
+            continue
+        total += len(content)
+        if total > MAX_CHAIN_BYTES:
+            raise CredentialError(f"the EK certificate chain in NV {EK_CHAIN_FIRST:#010x}... "
+                                  f"is larger than {MAX_CHAIN_BYTES} bytes")
+        chain.append((index, content))
+    return tuple(chain)
+
+
+def split_certificates(data: bytes) -> list:
+    """The DER certificates of a concatenation (the chain indices' contents, in index order);
+    padding of 0x00 or 0xFF bytes after the last one is allowed, anything else is
+    CredentialError."""
+    data, out, pos = bytes(data), [], 0
+    while pos < len(data):
+        if data[pos] != 0x30:
+            if set(data[pos:]) <= {0x00, 0xFF}:
+                break
+            raise CredentialError(f"the EK certificate chain is not DER at byte {pos}")
+        if pos + 2 > len(data):
+            raise CredentialError("the EK certificate chain is truncated")
+        first = data[pos + 1]
+        if first < 0x80:
+            length, head = first, 2
+        elif 0x81 <= first <= 0x83:
+            n = first & 0x7F
+            length, head = int.from_bytes(data[pos + 2:pos + 2 + n], "big"), 2 + n
+        else:
+            raise CredentialError(f"the EK certificate chain has a bad DER length at byte {pos}")
+        end = pos + head + length
+        if end > len(data):
+            raise CredentialError("the EK certificate chain is truncated")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
 def public_key(ek_public: bytes):
     """The `cryptography` public key of an RSA or ECC (NIST P-256/384/521) TPMT_PUBLIC, read
     here (a verifier's side: no engine code)."""
@@ -145,12 +203,16 @@ def load_ca_bundle(path: str) -> list:
     return [x509.load_der_x509_certificate(data)]
 
 
-def check_ek_certificate(der: bytes, ek_public: bytes, cas, *, now=None):
+def check_ek_certificate(der: bytes, ek_public: bytes, cas, *, intermediates=(), now=None):
     """The certificate if it certifies `ek_public` and was issued (signature, validity
     period) by one of `cas` (`cryptography` certificates, each a trust anchor: the vendor's
-    root, or the intermediate that signs EK certificates); CredentialError otherwise."""
+    root, or the intermediate that signs EK certificates), directly or through
+    `intermediates` (DER or `cryptography` certificates the TPM holds - untrusted: each must
+    be a CA certificate, valid now, whose issuer signed it, up to one of `cas`);
+    CredentialError otherwise. The path is walked here rather than by a generic X.509
+    verifier: EK certificates (empty subject, critical directoryName SAN, the TCG EK EKU)
+    are not what web PKI verifiers accept."""
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
     now = now or datetime.datetime.now(datetime.timezone.utc)
     try:
         cert = x509.load_der_x509_certificate(bytes(der))
@@ -163,17 +225,74 @@ def check_ek_certificate(der: bytes, ek_public: bytes, cas, *, now=None):
         raise CredentialError(f"the EK certificate's key is unusable: {e}") from None
     if certified != expected:
         raise CredentialError("the EK certificate certifies another key than this EK")
+    pool = []
+    for c in intermediates:
+        try:
+            pool.append(c if isinstance(c, x509.Certificate)
+                        else x509.load_der_x509_certificate(bytes(c)))
+        except ValueError as e:
+            raise CredentialError(f"a certificate of the EK certificate chain is not DER "
+                                  f"X.509: {e}") from None
     what = cert.subject.rfc4514_string() or "the EK certificate"
+    _within(cert, now, what)
+    current, used = cert, set()
+    for _ in range(MAX_CHAIN_DEPTH + 1):
+        for issuer in (c for c in cas if c.subject == current.issuer):
+            if _issued_by(current, issuer):
+                _within(issuer, now, f"the CA {issuer.subject.rfc4514_string()}")
+                _path_length(issuer, len(used))
+                return cert
+        step = next((i for i, c in enumerate(pool) if i not in used
+                     and c.subject == current.issuer and _issued_by(current, c)), None)
+        if step is None:
+            break
+        current = pool[step]
+        used.add(step)
+        name = f"the chain certificate {current.subject.rfc4514_string()}"
+        _within(current, now, name)
+        if not _is_ca(current):
+            raise CredentialError(f"{name} is not a CA certificate (basicConstraints)")
+        _path_length(current, len(used) - 1)
+    raise CredentialError(f"no CA given issued {what} (issuer {cert.issuer.rfc4514_string()}"
+                          + (f"; through the TPM's chain up to {current.issuer.rfc4514_string()}"
+                             if current is not cert else "") + ")")
+
+
+def _issued_by(cert, issuer) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _within(cert, now, what: str):
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise CredentialError(f"{what} is outside its validity period")
-    for issuer in (c for c in cas if c.subject == cert.issuer):
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        if not issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc:
-            raise CredentialError(f"the CA {issuer.subject.rfc4514_string()} is outside "
-                                  "its validity period")
-        return cert
-    raise CredentialError(f"no CA given issued {what} (issuer "
-                          f"{cert.issuer.rfc4514_string()})")
+
+
+def _path_length(ca, below: int):
+    """RFC 5280 pathLenConstraint: at most that many intermediates below this CA."""
+    from cryptography import x509
+    try:
+        limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return
+    if limit is not None and below > limit:
+        raise CredentialError(f"the CA {ca.subject.rfc4514_string()} allows {limit} "
+                              f"intermediate(s) below it, the chain has {below}")
+
+
+def _is_ca(cert) -> bool:
+    """basicConstraints cA, and keyCertSign where a keyUsage is present (RFC 5280 4.2.1.9)."""
+    from cryptography import x509
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True

@@ -19,7 +19,9 @@ Manifests (what REPORT_DATA = SHA-512(nonce || manifest) binds):
 * version 1 (ctpm's own): "CTPMMANI" | u16 version = 1 | u16 count | count entries of
   (u32 persistent handle | u16 role: 1 EK, 2 AK | u16 size | TPMT_PUBLIC). A verifier learns
   the AK from the report itself, without a MakeCredential round trip. The passthrough mode
-  adds role 3 (the EK certificate, DER, under the NV index it was read from) and role 4
+  adds role 3 (the EK certificate, DER, under the NV index it was read from; the contents
+  of the EK certificate chain indices 0x01C00100-0x01C001FF the same way, each as read:
+  concatenated DER certificates, possibly split across indices) and role 4
   (under the AK's handle: EK Name || AK Name, present only when the TPM opened a credential
   made for that EK and AK); readers that do not know a role skip it.
 """

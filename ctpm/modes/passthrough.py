@@ -489,11 +489,11 @@ class PassthroughBackend:
     def _bind(self, client, provider, ak_kind, endorsement_auth=b""):
         """Make the EKs (RSA L-1, ECC L-2) and the AK on the upstream, prove the AK is on the
         RSA EK's TPM (a credential ctpm makes for that EK and the AK's Name, opened by the
-        TPM), read the EK certificates the vendor left (0x01C00002, 0x01C0000A), and get
-        the first report."""
+        TPM), read the EK certificates the vendor left (0x01C00002, 0x01C0000A, and the
+        chain of intermediates at 0x01C00100-0x01C001FF), and get the first report."""
         from .anchor import Anchor, encode_evidence
         from .credential import (ECC_EK_CERT_INDEX, RSA_EK_CERT_INDEX, CredentialError,
-                                 prove_same_tpm, read_nv)
+                                 prove_same_tpm, read_ek_chain, read_nv)
         from .identity import Identity, ak_template, ek_ecc_template, ek_rsa_template
         from .tpmclient import TpmCommandError
         from ..transport.bind import StartupError
@@ -510,6 +510,11 @@ class PassthroughBackend:
                            endorsement_auth=endorsement_auth)
             certs = tuple((index, der) for index in (RSA_EK_CERT_INDEX, ECC_EK_CERT_INDEX)
                           if (der := read_nv(client, index)))
+            if certs:
+                try:
+                    certs += read_ek_chain(client)
+                except CredentialError as e:    # verifiers with an EK CA will say so
+                    log.warning("the EK certificate chain is not carried: %s", e)
         except TpmCommandError as e:
             raise StartupError(f"binding the upstream TPM: {e}") from None
         except CredentialError as e:

@@ -19,7 +19,7 @@ CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "NV_Write": 0x137, "NV_Read": 0x14E, "StartAuthSession": 0x176, "PolicySigned": 0x160,
       "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
       "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
-      "ActivateCredential": 0x147}
+      "ActivateCredential": 0x147, "GetCapability": 0x17A}
 
 
 # TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: the command was not started, send it again
