@@ -35,6 +35,7 @@ log = logging.getLogger("ctpm.passthrough")
 RC_RETRY, RC_FAILURE, RC_INITIALIZE = 0x922, 0x101, 0x100
 RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
 MAX_RESPONSE = 16384
+PIECES_WAIT = 2.0           # seconds a device may take to finish an answer it began
 QUICK = 0.002                   # seconds to poll for an answer before awaiting it
 RC_AUTH_FAIL, RC_AUTH_MISSING = 0x98E, 0x125     # AUTH_FAIL + session 1
 RC_ATTRIBUTES_S1 = 0x982                           # TPM_RC_ATTRIBUTES + session 1
@@ -300,6 +301,13 @@ class RawUpstream:
             raise UpstreamError(f"transmit: {e}", sent=True) from None
         return self.fd
 
+    def _read_device(self, timeout: float) -> bytes:
+        import os
+        rsp = os.read(self._ctx, MAX_RESPONSE)
+        if len(rsp) >= 10 and struct.unpack(">I", rsp[2:6])[0] == len(rsp):
+            return rsp                              # whole, as the kernel's devices answer
+        return _device_rest(self._ctx, rsp, timeout)
+
     def _set_locality(self, locality):
         """swtpm's control channel: CMD_SET_LOCALITY (a failure is logged, as the device has
         no localities either)."""
@@ -317,8 +325,7 @@ class RawUpstream:
     def receive(self, timeout: float) -> bytes:
         try:
             if self.kind == "device":
-                import os
-                rsp = os.read(self._ctx, MAX_RESPONSE)
+                rsp = self._read_device(timeout)
             elif self.kind == "mssim":
                 size = struct.unpack(">I", _exact(self._ctx, 4))[0]
                 if size > MAX_RESPONSE:
@@ -339,6 +346,30 @@ class RawUpstream:
             self.drop()
             raise UpstreamError(f"malformed response of {len(rsp)} bytes", sent=True)
         return rsp
+
+
+def _device_rest(fd: int, rsp: bytes, timeout: float) -> bytes:
+    """The rest of a response a device gave in pieces. The kernel's TPM devices answer whole
+    in one read; a device that does not (a tty or CUSE stand-in, a driver bug) gets
+    `timeout` (at most PIECES_WAIT: the pieces of one answer follow each other at once, and
+    this wait holds the event loop) to finish the response its header announces."""
+    import os
+    import select
+    import time
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    deadline = time.monotonic() + min(timeout, PIECES_WAIT)
+    while len(rsp) < 10 or len(rsp) < struct.unpack(">I", rsp[2:6])[0]:
+        if len(rsp) >= 6 and not 10 <= struct.unpack(">I", rsp[2:6])[0] <= MAX_RESPONSE:
+            break                                   # malformed: the caller says so
+        left = deadline - time.monotonic()
+        if left <= 0 or not poll.poll(left * 1000):
+            raise OSError(f"a partial response ({len(rsp)} bytes) and no more")
+        more = os.read(fd, MAX_RESPONSE - len(rsp))
+        if not more:
+            raise OSError(f"the device closed after {len(rsp)} bytes of a response")
+        rsp += more
+    return rsp
 
 
 def _exact(sock, n: int) -> bytes:
