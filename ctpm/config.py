@@ -249,7 +249,7 @@ def load(path=None, *, mssim=None, swtpm=None, state_dir=None, log_level=None,
         raw["passthrough_anchor"] = (True, "--anchor")
 
     values = {}
-    if "mssim" in raw or "swtpm" in raw or not default_listener:
+    if "mssim" in raw or "swtpm" in raw or raw.get("svsm", (None,))[0] or not default_listener:
         values["mssim"] = values["swtpm"] = ()     # the default mssim only without any
     for name, (value, where) in raw.items():
         values[name] = _validate(name, value, where)

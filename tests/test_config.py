@@ -178,3 +178,16 @@ def test_state_key_options(tmp_path):
         load(state_key="/k")
     with pytest.raises(ConfigError, match=r"\[state\] durability: 'sometimes'"):
         load(write(tmp_path, '[state]\ndurability = "sometimes"\n'))
+
+
+def test_svsm_listener_replaces_the_default_mssim(tmp_path):
+    """`--mode svsm --svsm unix:PATH` serves the SVSM socket only (docs/svsm.md then starts
+    `ctpm svsm-bridge --mssim 127.0.0.1:2321`, which the default mssim would collide with);
+    an empty svsm list is no listener."""
+    config = load(mode="svsm", svsm=["unix:/tmp/x.sock"])
+    assert config.mssim == () and config.swtpm == ()
+    config = load(write(tmp_path, '[mode]\nmode = "svsm"\nsvsm = ["unix:/tmp/y.sock"]\n'))
+    assert config.mssim == () and len(config.svsm) == 1
+    config = load(mode="svsm", svsm=["unix:/tmp/x.sock"], mssim=["127.0.0.1:0"])
+    assert config.mssim == (Address("127.0.0.1", 0),)
+    assert load(write(tmp_path, "[mode]\nsvsm = []\n")).mssim == (Address("127.0.0.1", 2321),)
