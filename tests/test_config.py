@@ -191,3 +191,17 @@ def test_svsm_listener_replaces_the_default_mssim(tmp_path):
     config = load(mode="svsm", svsm=["unix:/tmp/x.sock"], mssim=["127.0.0.1:0"])
     assert config.mssim == (Address("127.0.0.1", 0),)
     assert load(write(tmp_path, "[mode]\nsvsm = []\n")).mssim == (Address("127.0.0.1", 2321),)
+
+
+def test_every_config_key_is_in_the_documented_file():
+    """Each key the loader accepts (ctpm.config.SCHEMA) is shown, as `key = ...` (commented
+    or not), in its own section of conf/ctpm.toml, and the file has no section the loader
+    refuses."""
+    from ctpm.config import SCHEMA
+    text = CONF.read_text()
+    sections = re.split(r"(?m)^\[(\w+)\]$", text)
+    tables = dict(zip(sections[1::2], sections[2::2]))
+    assert sorted(tables) == sorted(SCHEMA)
+    missing = [f"[{section}] {key}" for section, keys in SCHEMA.items() for key in keys
+               if not re.search(rf"(?<![\w.]){key} = ", tables[section])]
+    assert not missing, missing
