@@ -27,14 +27,15 @@ _TOOLS = {
                                             "report)"),
     "svsm-bridge": ("ctpm.svsm.bridge", "add_parser",
                     "serve an SVSM-reached vTPM as an mssim TPM"),
-    "state": ("ctpm.state.admin", "register", "state directory tools (rekey, check)"),
+    "state": ("ctpm.state.admin", "register",
+              "state directory tools (rekey, check, anchor)"),
     "manufacture": ("ctpm.manufacture", "register",
                     "provision a state directory with EKs and EK certificates"),
     "verifier": ("ctpm.attest.service", "add_parsers",
-                 "the attestation verifier service (serve, keygen)"),
+                 "the attestation verifier service (serve, challenge, keygen)"),
     "token": ("ctpm.attest.relying", "add_parser", "check a verifier token (token verify)"),
     "secret": ("ctpm.channel.cli", "add_parsers",
-               "secrets over the TEE<->TPM trusted channel (seal, get)"),
+               "secrets over the TEE<->TPM trusted channel (seal, get, put)"),
 }
 
 
@@ -45,7 +46,10 @@ def _parser(wanted=None):
     import importlib
 
     from .config import LOG_LEVELS
-    parser = argparse.ArgumentParser(prog="ctpm", description="A TPM 2.0 emulator daemon.")
+    parser = argparse.ArgumentParser(
+        prog="ctpm", description="A TPM 2.0 emulator daemon.",
+        epilog="swtpm's command line: ctpm swtpm socket --tpm2 ..., ctpm swtpm-setup --tpm2 "
+               "..., ctpm swtpm-shim DIR (README, \"swtpm's command line\").")
     parser.add_argument("--version", action="version", version=f"ctpm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="serve a TPM until stopped")
