@@ -118,7 +118,15 @@ def _parser(wanted=None):
 def main(argv=None) -> int:
     if argv is None and sys.argv[1:2] == ["run"]:
         _exit_now(_main(sys.argv[1:]))
-    return _main(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # the reader went away (`ctpm ... | head -1`): no traceback; stdout goes nowhere so
+        # the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
 
 
 def _exit_now(status):

@@ -140,3 +140,20 @@ def test_sd_notify(tmp_path):
 def test_parse_ready_line():
     assert parse_ready_line("ctpm: ready mssim=[::1]:5,6 swtpm=unix:/x,/x.ctrl") == [
         ("mssim", "::1", 5, None), ("swtpm", None, None, "/x")]
+
+
+@pytest.mark.parametrize("args", [("verifier", "keygen", "K"),
+                                  ("verifier", "keygen", "--curve", "P-384", "K")])
+def test_closed_stdout_is_no_traceback(tmp_path, args):
+    """A reader that went away (`ctpm ... | head -1`): exit 1 quietly, no traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(command(*args), stdout=write, stderr=subprocess.PIPE,
+                                text=True, timeout=20, env=environment(), cwd=tmp_path,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
+        result.stderr
+    assert result.returncode == 1
