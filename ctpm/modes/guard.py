@@ -14,8 +14,9 @@ with the TPM itself. A refusal is a bare response header with a TPM_RC a TSS kno
   what the TPM says of a handle that does not exist, so another guest's indices are not
   even seen to exist;
 * a PCR in a command that changes PCRs (PCR_Extend, PCR_Event, PCR_Reset, EventSequenceComplete,
-  PCR_SetAuthValue/Policy) unless `pcr_writes`: TPM_RC_LOCALITY + the handle's number
-  (0x1A7): the host's PCRs are not the guest's;
+  PCR_SetAuthValue/Policy) unless `pcr_writes`: TPM_RC_LOCALITY (0x907, a warning, so no
+  handle number), what a TPM says of a PCR this locality may not change: the host's PCRs
+  are not the guest's;
 * NV_DefineSpace of an index outside the guest's NV range: TPM_RC_VALUE + parameter 2
   (0x2C4: publicInfo); EvictControl to a persistent handle outside its range: TPM_RC_VALUE +
   parameter 1 (0x1C4: persistentHandle);
@@ -72,7 +73,8 @@ ST_NO_SESSIONS, ST_SESSIONS = 0x8001, 0x8002
 CAP_HANDLES, CAP_COMMANDS, CAP_PP_COMMANDS = 1, 2, 7
 
 RC_COMMAND_CODE, RC_COMMAND_SIZE, RC_INSUFFICIENT = 0x143, 0x142, 0x09A
-RC_HIERARCHY, RC_HANDLE, RC_VALUE, RC_LOCALITY = 0x085, 0x08B, 0x084, 0x0A7
+RC_HIERARCHY, RC_HANDLE, RC_VALUE = 0x085, 0x08B, 0x084
+RC_LOCALITY = 0x907             # RC_WARN + 7: format 0, carries no handle number
 RC_H, RC_P = 0x000, 0x040
 
 
@@ -155,7 +157,7 @@ class Guard:
                 if not (p.own(h) or (p.is_shared(h) and cc not in MODIFYING)):
                     return response(handle_rc(RC_HANDLE, i))
             elif kind == 0x00 and cc in PCR_WRITERS and not p.pcr_writes:
-                return response(handle_rc(RC_LOCALITY, i))
+                return response(RC_LOCALITY)
         if cc in (CC["NV_DefineSpace"], CC["EvictControl"]):
             return self._check_target(command, tag, cc, end, handles)
         if cc == CC["GetCapability"] and tag != ST_NO_SESSIONS:

@@ -216,8 +216,8 @@ GUARDED = [
     ("EvictControl(foreign key)", evict(FOREIGN_PERSISTENT, FOREIGN_PERSISTENT), 0x28B),
     ("EvictControl out of range", evict(0x80000000, 0x81000002), 0x1C4),
     ("PCR_Extend", cmd(0x182, u32(1) + u16(0xB) + bytes(32), handles=[0],
-                       sessions=[pw_session()]), 0x1A7),
-    ("PCR_Reset", cmd(0x13D, handles=[16], sessions=[pw_session()]), 0x1A7),
+                       sessions=[pw_session()]), 0x907),      # TPM_RC_LOCALITY
+    ("PCR_Reset", cmd(0x13D, handles=[16], sessions=[pw_session()]), 0x907),
     ("GetCapability(handles) in a session", cmd(0x17A, u32(1) + u32(0x01000000) + u32(8),
                                                 sessions=[pw_session()]), 0x1C4),
 ]
