@@ -143,10 +143,15 @@ def load_policy(path: str) -> AttestPolicy:
 
 def _snp_policy(path: str, section: str, values: dict):
     """A ctpm.snp.verify.Policy from an [snp]-shaped TOML table."""
+    import dataclasses
+
     from ..snp.verify import Policy
     hexes = {"measurements": 48, "id_key_digests": 48, "author_key_digests": 48}
+    known = {f.name for f in dataclasses.fields(Policy)}
     kwargs = {}
     for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{path}: [{section}]: unknown key {key!r}")
         try:
             if key in hexes:
                 kwargs[key] = [bytes.fromhex(v) for v in value]
