@@ -16,5 +16,7 @@ def test_every_command_has_a_handler_in_its_chapter_module():
     """handlers.py maps each command to a function of an engine/commands/ module."""
     table = handlers.table()
     assert len(table) == len(COMMANDS)
-    for _cdef, fn in table.values():
-        assert fn.__module__.startswith("ctpm.engine.commands."), fn
+    for _cdef, name in table.values():
+        fn = handlers.function(name)
+        assert callable(fn), name
+        assert fn.__module__ == "ctpm.engine.commands." + name.split(".")[0], (name, fn)

@@ -3,7 +3,8 @@
 
 The graph is built from the package's own source with `ast`, so it sees every import,
 including the ones inside functions: a function-local import that closes a cycle only hides
-it from the interpreter at load time, it does not remove the dependency, so it counts.
+it from the interpreter at load time, it does not remove the dependency, so it counts. The
+command chapters that engine/handlers.py imports by name (lazily) are its edges too.
 `from pkg import name` depends on `pkg.name` when that is a module of ours, else on `pkg`
 (whose `__init__` defines the name).
 """
@@ -11,6 +12,7 @@ import ast
 import pathlib
 
 import ctpm
+from ctpm.engine import handlers
 
 ROOT = pathlib.Path(ctpm.__file__).parent
 
@@ -62,6 +64,8 @@ def import_graph() -> dict:
                             if p in modules and p not in own)
         deps.discard(name)
         graph[name] = deps
+    # handlers.py imports its command chapters by name when a command first needs them
+    graph["ctpm.engine.handlers"] |= handlers.chapters()
     return graph
 
 

@@ -21,11 +21,13 @@ the anonymous schemes; its keys are less protected from timing than the NIST cur
 TPM_ECC_SM2_P256 (GM/T 0003.5-2012's recommended curve, a = p - 3; the reference's
 EccConstantData) is not in `cryptography` either and runs on the same Python arithmetic,
 with the same caveat.
+
+gmpy2 is imported where it is used, not with the module: its import costs ~30 ms (it reads
+its package metadata with importlib.metadata), and `crypto.keys` and every engine start
+import this module.
 """
 import types
 from typing import NamedTuple
-
-import gmpy2
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -186,6 +188,7 @@ def _py_mul(c: Curve, k: int, q):
     k %= c.n
     if not k or q is None:
         return None
+    import gmpy2
     one, zero = gmpy2.mpz(1), gmpy2.mpz(0)
     r0, r1 = (one, one, zero), (gmpy2.mpz(q[0]), gmpy2.mpz(q[1]), one)
     for i in reversed(range(c.n.bit_length())):
@@ -239,6 +242,7 @@ def mul(c: Curve, k: int, q, peer=None, key=None):
         peer = ec.EllipticCurvePublicNumbers(qx, qy, c.cls()).public_key()
     x1 = _ecdh_x(c, k, peer, key)
     x2 = _ecdh_x(c, k + 1, peer)
+    import gmpy2
     mp = gmpy2.mpz(p)
     y = int(gmpy2.powmod((x1 * x1 * x1 + c.a * x1 + c.b) % p, (p + 1) // 4, mp))
     # k is not +-1, so x1 != qx: the chord through (x1, y) and Q is well defined.

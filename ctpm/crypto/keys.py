@@ -9,7 +9,8 @@ object with a `read(n) -> bytes` method: a `KdfDrbg` for derivation, or
 `EntropyStream(os.urandom)` (the platform's entropy) for an ordinary object.
 
 Sans-I/O and stateless: plain functions on ints and bytes; the only state is in the stream
-object the caller owns. gmpy2 (GMP) does the prime search.
+object the caller owns. gmpy2 (GMP) does the prime search (imported where it is used: its
+import is slow, crypto/ecmath.py).
 
 What is and is not bit-compatible with the TCG reference implementation:
 
@@ -30,7 +31,6 @@ import struct
 import types
 from typing import NamedTuple
 
-import gmpy2
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..wire.constants import TPM_ECC_CURVE
@@ -153,6 +153,7 @@ def next_prime(x):
     adds one Miller-Rabin round with a random base, which no known BPSW pseudoprime would
     survive either), so the same prime comes out (tests/test_crypto_keys.py compares).
     """
+    import gmpy2
     x = gmpy2.mpz(x)
     if x < 1 << 28:
         return gmpy2.next_prime(x)
@@ -184,6 +185,7 @@ def _rsa_prime(stream, k: int, e: int):
     on to following primes while gcd(e, p - 1) != 1. A prime that overflowed k bits (only
     possible for a candidate a prime gap away from 2^k) is dropped and a new candidate read.
     """
+    import gmpy2
     nbytes = k // 8
     while True:
         x = _adjust_candidate(int.from_bytes(stream.read(nbytes), "big"), k)
@@ -210,6 +212,7 @@ def rsa_from_stream(stream, bits: int, exponent: int = 65537):
     candidate), so it does not change with the GMP version - unless a composite passes
     Baillie-PSW, of which no example is known. A Primary Object's key thus survives upgrades.
     """
+    import gmpy2
     if bits % 16 or bits < 512:
         raise ValueError("RSA key size must be a multiple of 16 and at least 512 bits")
     e = int(exponent)
@@ -237,6 +240,7 @@ def rsa_from_stream(stream, bits: int, exponent: int = 65537):
 def rsa_exponent_ok(exponent: int) -> bool:
     """Whether a TPMS_RSA_PARMS.exponent is acceptable as the reference decides: 0 (meaning
     65537) or a prime >= 65537 (it fits a UINT32 by construction). Otherwise TPM_RC_RANGE."""
+    import gmpy2
     return exponent == 0 or (65537 <= exponent <= 0xFFFFFFFF and bool(gmpy2.is_prime(exponent)))
 
 
@@ -244,6 +248,7 @@ def rsa_private_from_prime(n: int, e: int, p: int):
     """Rebuild `(n, e, p, q, d)` (p > q) from the public modulus and one prime, as TPM2_Load
     does with the prime kept in TPMT_SENSITIVE. ValueError if p does not divide n (the
     engine's TPM_RC_BINDING) or e is not invertible mod lcm(p - 1, q - 1)."""
+    import gmpy2
     n, e, p = int(n), int(e), int(p)
     if p <= 1 or p >= n or n % p:
         raise ValueError("prime does not divide the modulus")
@@ -267,6 +272,7 @@ def rsa_private_key(n: int, e: int, p: int, q: int, d: int, *,
     keys are right by construction); pass check=True for key material from outside, and
     expect ValueError when it is inconsistent.
     """
+    import gmpy2
     p, q, d = int(p), int(q), int(d)
     numbers = rsa.RSAPrivateNumbers(
         p=p, q=q, d=d, dmp1=d % (p - 1), dmq1=d % (q - 1),

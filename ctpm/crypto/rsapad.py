@@ -16,8 +16,6 @@ with the CRT; OpenSSL does the signatures (`cryptography`), whose results are eq
 import hashlib
 import hmac
 
-import gmpy2
-
 from ..errors import TpmError
 from ..wire.constants import TPM_ALG, TPM_RC
 from .hashes import HASH_NAMES
@@ -60,6 +58,7 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 def public_op(n: int, e: int, data: bytes, k: int) -> bytes:
     """RSAEP/RSAVP1: data^e mod n, `k` bytes. TPM_RC_SIZE if data >= n (ModExpB)."""
+    import gmpy2
     m = int.from_bytes(data, "big")
     if m >= n:
         raise TpmError(TPM_RC.SIZE)
@@ -73,6 +72,7 @@ class PrivateKey:
 
     def __init__(self, numbers):
         """`numbers`: a `cryptography` RSAPrivateNumbers."""
+        import gmpy2
         self.n = gmpy2.mpz(numbers.public_numbers.n)
         self.e = numbers.public_numbers.e
         self.p = gmpy2.mpz(numbers.p)
@@ -84,6 +84,7 @@ class PrivateKey:
 
     def op(self, data: bytes) -> bytes:
         """RSADP/RSASP1 on `k` bytes; TPM_RC_SIZE if the value is not below n (RSADP)."""
+        import gmpy2
         c = gmpy2.mpz(int.from_bytes(data, "big"))
         if c >= self.n:
             raise TpmError(TPM_RC.SIZE)

@@ -92,6 +92,7 @@ class Dispatcher:
     def __init__(self, tpm):
         self.tpm = tpm
         self.table = handlers.table()
+        self._functions = {}      # command code -> handler, resolved at the first command of it
 
     def execute(self, command: bytes, locality: int) -> bytes:
         state = self.tpm.state
@@ -130,7 +131,7 @@ class Dispatcher:
         entry = self.table.get(code)
         if entry is None:
             raise TpmError(TPM_RC.COMMAND_CODE)
-        cdef, fn = entry
+        cdef = entry[0]
         state = self.tpm.state
         if state.started == (code == TPM_CC.Startup):
             raise TpmError(TPM_RC.INITIALIZE)
@@ -191,6 +192,9 @@ class Dispatcher:
         if stream.tell() != n:
             raise TpmError(TPM_RC.SIZE)
 
+        fn = self._functions.get(code)
+        if fn is None:
+            fn = self._functions[code] = handlers.function(entry[1])
         outputs = fn(self.tpm, ctx, *handles, *params)
         response = self._response(cdef, tag, ctx, outputs)
         for handle in ctx.evict:
