@@ -118,8 +118,17 @@ class EngineBackend:
             self._commit = GroupCommit(store)
 
     @classmethod
-    def build(cls, config):
-        """The backend for a `ctpm.config.Config`: NV in its state directory, or in memory."""
+    def build(cls, config, tpm=None):
+        """The backend for a `ctpm.config.Config`: NV in its state directory, or in memory;
+        `tpm`: the engine `engine(config)` built already (the cold `ctpm run`, before trio)."""
+        backend = cls(tpm if tpm is not None else cls.engine(config),
+                      max_command_size=config.max_command_size)
+        backend._owns_store = True
+        return backend
+
+    @staticmethod
+    def engine(config):
+        """The engine of a `ctpm.config.Config`, without trio (ctpm/transport/early.py)."""
         from .engine.config import EngineConfig
         from .engine.tpm import Tpm
         from .platform import Platform
@@ -137,10 +146,7 @@ class EngineBackend:
                                      max_persistent=config.max_persistent,
                                      max_nv_indices=config.max_nv_indices,
                                      nv_space=config.nv_space)
-        tpm = Tpm.manufacture(Platform(store=store), config=engine_config)
-        backend = cls(tpm, max_command_size=config.max_command_size)
-        backend._owns_store = True
-        return backend
+        return Tpm.manufacture(Platform(store=store), config=engine_config)
 
     # -- commands -------------------------------------------------------------------------
 

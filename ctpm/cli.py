@@ -239,7 +239,21 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
         except OSError as e:
             logging.getLogger("ctpm").warning("cannot write the ready line: %s", e)
         quiet = True
-        early = (early, stops)
+        backend = adopted = None
+        if any(group[0] == "swtpm" for group in early.groups) and not os.environ.get(
+                "NOTIFY_SOCKET"):
+            # the first commands on the swtpm data channel, answered before trio is
+            # imported (transport/early.py); the rest of the daemon when needed
+            from .backend import EngineBackend
+            from .transport.early import serve_early
+            tpm = EngineBackend.engine(config)
+            adopted = serve_early(tpm, early, stops, config.max_command_size)
+            if adopted is None:
+                early.close()
+                logging.getLogger("ctpm").info("stopping on %s", signal.Signals(stops[0]).name)
+                return 0
+            backend = EngineBackend.build(config, tpm)
+        early = (early, stops, backend, adopted)
     import trio
 
     from .daemon import StartupError
@@ -288,8 +302,10 @@ async def _run(config, activated=False, prepare=None, after_ready=None, quiet=Fa
         async with trio.open_nursery() as nursery:
             async def serve_then_stop(task_status=trio.TASK_STATUS_IGNORED):
                 backend = await make_backend() if make_backend else None
-                await serve(config, backend=backend, task_status=task_status,
-                            bindings=early[0] if early else None, **extra)
+                if early:                   # bound, and perhaps served, before trio
+                    backend = early[2]
+                    extra.update(bindings=early[0], adopted=early[3])
+                await serve(config, backend=backend, task_status=task_status, **extra)
                 nursery.cancel_scope.cancel()           # a client asked us to stop
 
             listening = await nursery.start(serve_then_stop)

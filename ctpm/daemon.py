@@ -36,7 +36,7 @@ def build_backend(config):
 
 
 async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
-                terminate_on_ctrl_close=False, bindings=None,
+                terminate_on_ctrl_close=False, bindings=None, adopted=None,
                 task_status=trio.TASK_STATUS_IGNORED):
     """Serve `config`'s listeners and the `prebound` sockets (systemd's, or those swtpm's
     command line names: `Prebound`) for one TPM (built from `config` unless a `tpm` engine
@@ -46,7 +46,8 @@ async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
     after `on_ready(tpm)` (run as the platform: swtpm's --flags startup-clear).
     `terminate_on_ctrl_close`: stop when a swtpm control connection ends (swtpm -t).
     Raises `StartupError` (before reporting) when a socket cannot be bound. `bindings`:
-    `config`'s listeners already bound (`ctpm run`'s early ready line).
+    `config`'s listeners already bound (`ctpm run`'s early ready line); `adopted`: the
+    connections served before trio (a `transport.early.Handover`).
     """
     if backend is None:
         try:
@@ -65,7 +66,7 @@ async def serve(config, *, tpm=None, backend=None, prebound=(), on_ready=None,
         host.terminate_on_ctrl_close = terminate_on_ctrl_close
     if not getattr(config, "vtpm_proxy", False):
         return await serve_instance(config, backend, bindings, task_status=task_status,
-                                    notify=True, on_host=on_host)
+                                    notify=True, on_host=on_host, adopted=adopted)
     from .transport import vtpm_proxy
     try:
         fd, number = vtpm_proxy.create_device()
@@ -122,19 +123,23 @@ class _Started:
 
 
 async def serve_instance(config, backend, bindings, *, name=None, notify=False,
-                         on_host=None, epoll_set=None, task_status=trio.TASK_STATUS_IGNORED):
+                         on_host=None, epoll_set=None, adopted=None,
+                         task_status=trio.TASK_STATUS_IGNORED):
     """Serve one instance on already bound sockets until it is asked to stop or cancelled;
     then close (and unlink) its sockets and save its state. Returns the stop reason (None
-    when cancelled). `epoll_set`: the host's shared `transport.fastpath.EpollSet`."""
+    when cancelled). `epoll_set`: the host's shared `transport.fastpath.EpollSet`;
+    `adopted`: a `transport.early.Handover`, the swtpm connections served before trio."""
     host = TpmHost(backend, max_command_size=config.max_command_size,
                    stall_timeout=config.stall_timeout, name=name,
                    resource_manager=getattr(config, "resource_manager", False))
     if on_host is not None:
         on_host(host)
+    if adopted is not None:
+        host.swtpm_locality = adopted.locality
     try:
         async with trio.open_nursery() as nursery:
             host.spawn = nursery.start_soon
-            for kind, unix, label, first, second in bindings.groups:
+            for i, (kind, unix, label, first, second) in enumerate(bindings.groups):
                 if kind == "mssim":
                     handlers = (MssimCommandPort(host), MssimPlatformPort(host))
                 elif kind == "svsm":
@@ -149,10 +154,16 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
                         nursery.start_soon(fast.watch)
                         for s in socks:
                             nursery.start_soon(fast.serve, trio.socket.from_stdlib_socket(s))
+                        for conn in adopted.data.get(i, ()) if adopted is not None else ():
+                            fast.adopt(*conn)
                         continue
                     for s in socks:
                         listener = trio.SocketListener(trio.socket.from_stdlib_socket(s))
                         nursery.start_soon(_accept_loop, listener, handler, what, nursery)
+                    if isinstance(handler, SwtpmControlChannel) and adopted is not None:
+                        for s in adopted.control.get(i, ()):
+                            stream = trio.SocketStream(trio.socket.from_stdlib_socket(s))
+                            nursery.start_soon(_serve_one, handler, stream, what)
             listening = Listening(bindings.bound)
             log.info("listening: %s", listening)
             task_status.started(listening)

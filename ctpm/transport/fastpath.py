@@ -101,6 +101,15 @@ class FastPath:
             self._set.unregister(sock.fileno())
             sock.close()
 
+    def adopt(self, sock, received=b"", unsent=b""):
+        """Serve a connection accepted before trio was imported (early.py), with what it
+        sent that was not answered and what is still to be sent to it."""
+        sock.setblocking(False)
+        if received or unsent:
+            self._slow(sock, received, unsent)
+        else:
+            self._advance(sock, b"")
+
     async def watch(self):
         """Watch the private epoll set; with a shared one, wait, and on the way out (the
         instance stops) close this fast path's idle connections."""

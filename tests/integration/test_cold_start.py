@@ -1,10 +1,13 @@
 """The cold `ctpm run` of a TPM in memory prints its ready line once its sockets listen,
 before trio and the engine are imported: a client that connects at once is answered when
-they are loaded, and a SIGTERM at once is a clean stop (exit 0, socket files removed)."""
+the engine is loaded, and a SIGTERM at once is a clean stop (exit 0, socket files removed).
+Raw commands on the swtpm data channel are answered before trio is imported
+(ctpm/transport/early.py); anything else hands the open connections over to the daemon."""
 import signal
 import socket
 import struct
 import subprocess
+import time
 
 from ctpm.testing.process import command, environment
 
@@ -31,7 +34,7 @@ def test_first_command_right_after_the_ready_line(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert not path.exists()
+    assert not path.exists() and not (tmp_path / "t.sock.ctrl").exists()
 
 
 def test_stopped_before_the_engine_is_loaded(tmp_path):
@@ -143,3 +146,180 @@ def test_first_commands_rsa(tmp_path):
                                                     hashes.SHA256(), b"label\0")) == b"cold start"
     finally:
         _stop(proc, esapi)
+
+
+GET_RANDOM_8 = bytes.fromhex("80010000000c0000017b0008")
+RC_INITIALIZE = 0x100
+
+
+def _response(sock):
+    data = b""
+    while len(data) < 10 or len(data) < struct.unpack(">I", data[2:6])[0]:
+        chunk = sock.recv(4096)
+        assert chunk, "the daemon closed the connection"
+        data += chunk
+    return data
+
+
+def _rc(response):
+    return struct.unpack(">I", response[6:10])[0]
+
+
+def _data_socket(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(str(path))
+    return s
+
+
+def test_control_channel_hands_the_open_connections_over(tmp_path):
+    """Startup is answered before trio; a control-channel command other than SET_LOCALITY
+    makes the daemon take over, and the data connection opened before still reaches the
+    same TPM (a second Startup is TPM_RC_INITIALIZE)."""
+    path = tmp_path / "t.sock"
+    proc, _line = cold("--swtpm", f"unix:{path}", "--log-level", "debug")
+    try:
+        with _data_socket(path) as data:
+            data.sendall(STARTUP)
+            assert _rc(_response(data)) == 0
+            with socket.socket(socket.AF_UNIX) as ctrl:
+                ctrl.settimeout(30)
+                ctrl.connect(f"{path}.ctrl")
+                ctrl.sendall(struct.pack(">I", 1))              # CMD_GET_CAPABILITY
+                result, caps = struct.unpack(">II", ctrl.recv(8))
+                assert result == 0 and caps != 0
+            data.sendall(GET_RANDOM_8)
+            random = _response(data)
+            assert _rc(random) == 0 and len(random) == 20
+            data.sendall(STARTUP)
+            assert _rc(_response(data)) == RC_INITIALIZE
+        with _data_socket(path) as again:                       # new connections too
+            again.sendall(GET_RANDOM_8)
+            assert _rc(_response(again)) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err, err
+    assert b"1 commands answered before trio; then a control-channel message" in err, err
+    assert not path.exists() and not (tmp_path / "t.sock.ctrl").exists()
+
+
+def test_partial_and_oversized_commands_are_handed_over(tmp_path):
+    """A command split in two and a size beyond the limit are the daemon's to answer, with
+    the bytes received so far: the command completes, the oversized one gets
+    TPM_RC_COMMAND_SIZE, as they would without the early server."""
+    path = tmp_path / "t.sock"
+    proc, _line = cold("--swtpm", f"unix:{path}")
+    try:
+        with _data_socket(path) as data:
+            data.sendall(STARTUP[:5])
+            time.sleep(0.2)
+            data.sendall(STARTUP[5:])
+            assert _response(data) == bytes.fromhex("80010000000a00000000")
+            data.sendall(GET_RANDOM_8)
+            assert _rc(_response(data)) == 0
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        proc, _line = cold("--swtpm", f"unix:{path}")
+        with _data_socket(path) as data:
+            data.sendall(struct.pack(">HII", 0x8001, 1 << 20, 0x17B))
+            assert _response(data) == bytes.fromhex("80010000000a00000142")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_mssim_connection_hands_over(tmp_path):
+    """With mssim beside swtpm: the swtpm data channel is answered early, an mssim platform
+    command ends that, and both channels then reach the same TPM."""
+    path = tmp_path / "t.sock"
+    proc, line = cold("--swtpm", f"unix:{path}", "--mssim", "127.0.0.1:0")
+    port = int(line.split("mssim=127.0.0.1:")[1].split(",")[0])
+    try:
+        with _data_socket(path) as data:
+            data.sendall(STARTUP)
+            assert _rc(_response(data)) == 0
+            with socket.create_connection(("127.0.0.1", port + 1), timeout=30) as platform:
+                platform.sendall(struct.pack(">I", 11))         # NV_ON
+                assert platform.recv(4) == bytes(4)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as mssim:
+                # TPM_SEND_COMMAND: locality, size, command
+                mssim.sendall(struct.pack(">IBI", 8, 0, len(STARTUP)) + STARTUP)
+                size = struct.unpack(">I", mssim.recv(4))[0]
+                response = b""
+                while len(response) < size:
+                    response += mssim.recv(size)
+                assert _rc(response) == RC_INITIALIZE
+            data.sendall(GET_RANDOM_8)
+            assert _rc(_response(data)) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def _set_locality(ctrl, locality):
+    ctrl.sendall(struct.pack(">IB", 5, locality))             # CMD_SET_LOCALITY
+    return struct.unpack(">I", ctrl.recv(4))[0]
+
+
+def test_set_locality_before_trio_and_after_the_handover(tmp_path):
+    """tpm2-tss's swtpm TCTI sets the locality on the control channel before its first
+    command: answered before trio, it applies to the data channel (PCR 20 resets only from
+    locality 2-4), and the daemon that takes over keeps it."""
+    from tests.transport.clients import pcr_reset
+    path = tmp_path / "t.sock"
+    proc, _line = cold("--swtpm", f"unix:{path}", "--log-level", "debug")
+    try:
+        with socket.socket(socket.AF_UNIX) as ctrl, _data_socket(path) as data:
+            ctrl.settimeout(30)
+            ctrl.connect(f"{path}.ctrl")
+            data.sendall(STARTUP)
+            assert _rc(_response(data)) == 0
+            assert _set_locality(ctrl, 2) == 0
+            data.sendall(pcr_reset(20))
+            assert _rc(_response(data)) == 0
+            assert _set_locality(ctrl, 0) == 0
+            data.sendall(pcr_reset(20))
+            assert _rc(_response(data)) == 0x907                # TPM_RC_LOCALITY
+            assert _set_locality(ctrl, 2) == 0
+            assert _set_locality(ctrl, 5) == 0x3D               # BAD_LOCALITY: the daemon's
+            data.sendall(pcr_reset(20))                         # still 2, after the handover
+            assert _rc(_response(data)) == 0
+            ctrl.sendall(struct.pack(">I", 3))                  # CMD_SHUTDOWN: the daemon stops
+            assert ctrl.recv(4) == bytes(4)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"3 commands answered before trio; then a control-channel message" in err, err
+    assert not path.exists()
+
+
+def test_tpm2_tools_before_trio(tmp_path):
+    """tpm2-tools over the swtpm TCTI (SET_LOCALITY, then a connection per command) are
+    served before trio from start to stop."""
+    import shutil
+    import pytest
+    if shutil.which("tpm2_startup") is None:
+        pytest.skip("tpm2-tools are not installed")
+    path = tmp_path / "t.sock"
+    proc, _line = cold("--swtpm", f"unix:{path}", "--log-level", "debug")
+    tcti = f"swtpm:path={path}"
+    try:
+        for argv in (["tpm2_startup", "-c"], ["tpm2_getrandom", "8", "--hex"],
+                     ["tpm2_pcrread", "sha256:0"], ["tpm2_getcap", "properties-fixed"],
+                     ["tpm2_createprimary", "-C", "o", "-G", "ecc", "-c",
+                      str(tmp_path / "p.ctx")]):
+            r = subprocess.run(argv + ["-T", tcti], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, (argv, r.stderr)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"commands answered before trio; then a stop signal" in err, err
+    assert b"ctpm.daemon" not in err, err          # the daemon's own log: never started
