@@ -101,11 +101,13 @@ def _parser(wanted=None):
                               "(the file's bytes)")
         run.add_argument(f"--upstream-{hierarchy}-auth-fd", metavar="N", type=int,
                          help=f"--mode passthrough: ... read from descriptor N")
-    commands.add_parser("host", help="serve many TPM instances in one process "
-                                     "(ctpm host --help)", add_help=False)
     from .state import admin
     admin.add_key_options(run)
     admin.add_anchor_option(run)
+    if wanted == "run":         # the others are only listed in `ctpm --help`: not built
+        return parser
+    commands.add_parser("host", help="serve many TPM instances in one process "
+                                     "(ctpm host --help)", add_help=False)
     if wanted in _TOOLS:
         module, register, _ = _TOOLS[wanted]
         getattr(importlib.import_module(module), register)(commands)

@@ -26,6 +26,7 @@ What is and is not bit-compatible with the TCG reference implementation:
   GMP's `next_prime` from each random start, where the reference (with RSA_KEY_SIEVE)
   runs its own sieve; the resulting primes differ from the reference's.
 """
+import functools
 import hmac
 import struct
 import types
@@ -128,7 +129,9 @@ def _adjust_candidate(x: int, k: int) -> int:
     return (adjusted << shift) | (x & ((1 << shift) - 1)) | 1
 
 
+@functools.cache
 def _odd_primes(limit: int) -> tuple:
+    """The odd primes below `limit` (computed at the first RSA key, not at every start)."""
     flags = bytearray([1]) * limit
     flags[0:2] = b"\0\0"
     for n in range(2, int(limit ** 0.5) + 1):
@@ -137,7 +140,7 @@ def _odd_primes(limit: int) -> tuple:
     return tuple(n for n in range(3, limit) if flags[n])
 
 
-_SIEVE_PRIMES = _odd_primes(1 << 14)       # immutable constants, computed once
+_SIEVE_LIMIT = 1 << 14                      # sieve with the odd primes below it
 _SIEVE_SPAN = 1024                          # odd candidates sieved at once (~3 prime gaps
                                             # at 1024 bits)
 
@@ -161,7 +164,7 @@ def next_prime(x):
     span = _SIEVE_SPAN
     while True:
         composite = bytearray(span)             # composite[i]: base + 2i has a small factor
-        for p in _SIEVE_PRIMES:
+        for p in _odd_primes(_SIEVE_LIMIT):
             # base + 2i = 0 (mod p)  <=>  i = -base * 2^-1 (mod p)
             i = (-int(base % p) * ((p + 1) >> 1)) % p
             if i < span:
