@@ -53,6 +53,8 @@ def serve_early(tpm, bindings, stops, max_command_size):
     answered = 0
     try:
         sel.register(wake_r, selectors.EVENT_READ, "wakeup")
+        for s in bindings.sockets():
+            s.setblocking(False)    # a connection reset before accept() must not block it
         for i, (kind, _unix, label, first, second) in enumerate(bindings.groups):
             swtpm = kind == "swtpm"
             for s in first:
