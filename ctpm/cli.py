@@ -156,6 +156,10 @@ def _main(argv) -> int:
     if argv[:1] and argv[0] in ("swtpm", "swtpm-setup", "swtpm_setup", "swtpm-shim"):
         from . import swtpm_compat          # swtpm's own option syntax, not argparse's
         return swtpm_compat.main(argv[0], argv[1:], run=run)
+    if argv[:1] == ["run"]:
+        light = _run_flags(argv[1:])
+        if light is not None:
+            return _run_config(**light)
     parser = _parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if getattr(args, "main", None) is not None:      # a subcommand with its own module
@@ -179,30 +183,49 @@ def _main(argv) -> int:
     if args.command != "run":
         parser.print_usage(sys.stderr)
         return 2
+    return _run_config(
+        args, args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
+        log_level=args.log_level, allow_remote=args.allow_remote,
+        resource_manager=args.resource_manager, mode=args.mode, ak=args.ak,
+        snp_provider=args.snp_provider, snp_sim_dir=args.snp_sim_dir, svsm=args.svsm,
+        vtpm_proxy=args.vtpm_proxy, state_key=args.state_key, state_key_fd=args.state_key_fd,
+        state_passphrase_fd=args.state_passphrase_fd,
+        state_passphrase_file=args.state_passphrase_file, upstream=args.upstream,
+        upstream_force=args.upstream_force, anchor=args.anchor, nv_range=args.nv_range,
+        persistent_range=args.persistent_range,
+        upstream_auth={(h, k): getattr(args, f"upstream_{h}_auth_{k}")
+                       for h in ("owner", "endorsement") for k in ("file", "fd")},
+        state_anchor=args.state_anchor, state_key_tpm=args.state_key_tpm,
+        state_key_tpm_pcrs=args.state_key_tpm_pcrs)
+
+
+def _run_flags(argv):
+    """`ctpm run`'s flags as harnesses pass them (host/warmlite.py's set), without argparse
+    (its import, gettext and the parser: 5-15 ms of every cold start): {"args": None, load's
+    keyword arguments}, or None when argparse must parse (any other flag, --help, the warm
+    path's --host or CTPM_HOST, a missing value)."""
+    from .host import warmlite
+    try:
+        opts = warmlite.parse_flags(argv)
+    except warmlite.Fallback:
+        return None
+    if "host" in opts or "name" in opts or os.environ.get("CTPM_HOST"):
+        return None
+    light = {"args": None, "path": None, "state_dir": opts.pop("state", None)}
+    light.update(opts)
+    return light
+
+
+def _run_config(args, path, **flags) -> int:
+    """Load the configuration of `ctpm run` (its flags over the file's) and run it."""
     from .config import ConfigError, load
     activated = "LISTEN_FDS" in os.environ           # systemd passes the sockets
     try:
-        config = load(args.config, mssim=args.mssim, swtpm=args.swtpm, state_dir=args.state,
-                      log_level=args.log_level, allow_remote=args.allow_remote,
-                      resource_manager=args.resource_manager, mode=args.mode, ak=args.ak,
-                      snp_provider=args.snp_provider, snp_sim_dir=args.snp_sim_dir,
-                      svsm=args.svsm, vtpm_proxy=args.vtpm_proxy,
-                      default_listener=not activated, state_key=args.state_key,
-                      state_key_fd=args.state_key_fd,
-                      state_passphrase_fd=args.state_passphrase_fd,
-                      state_passphrase_file=args.state_passphrase_file,
-                      upstream=args.upstream, upstream_force=args.upstream_force,
-                      anchor=args.anchor, nv_range=args.nv_range,
-                      persistent_range=args.persistent_range,
-                      upstream_auth={
-                          (h, k): getattr(args, f"upstream_{h}_auth_{k}")
-                          for h in ("owner", "endorsement") for k in ("file", "fd")},
-                      state_anchor=args.state_anchor, state_key_tpm=args.state_key_tpm,
-                      state_key_tpm_pcrs=args.state_key_tpm_pcrs)
+        config = load(path, default_listener=not activated, **flags)
     except ConfigError as e:
         print(f"ctpm: config error: {e}", file=sys.stderr)
         return 2
-    warm = args.host or os.environ.get("CTPM_HOST")
+    warm = args is not None and (args.host or os.environ.get("CTPM_HOST"))
     if warm:
         from .host.warm import run_warm
         return run_warm(config, args, warm[5:] if warm.startswith("unix:") else warm)

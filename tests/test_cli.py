@@ -157,3 +157,36 @@ def test_closed_stdout_is_no_traceback(tmp_path, args):
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, \
         result.stderr
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--swtpm", "unix:/tmp/ctpm-x/t.sock"],
+    ["--swtpm=unix:/tmp/t.sock", "--mssim", "127.0.0.1:0", "--log-level", "debug"],
+    ["--state", "/tmp/ctpm-state", "--allow-remote", "--mssim", "0.0.0.0:5000",
+     "--mssim", "[::1]:6000"],
+    ["--mode", "ephemeral", "--ak", "rsa", "--snp-provider", "simulated",
+     "--snp-sim-dir", "/tmp/sim", "--swtpm", "127.0.0.1:0"],
+    ["--resource-manager", "--log-level=info"],
+])
+def test_run_flags_without_argparse_mean_what_argparse_makes_of_them(argv, monkeypatch):
+    """`ctpm run` parses the flags harnesses pass without argparse (cli._run_flags): the
+    configuration must be the one argparse's path builds."""
+    from ctpm import cli
+    monkeypatch.delenv("CTPM_HOST", raising=False)
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    configs = []
+    monkeypatch.setattr(cli, "run", lambda config, **kw: configs.append(config) or 0)
+    assert cli._run_flags(argv) is not None
+    assert cli._main(["run", *argv]) == 0
+    monkeypatch.setattr(cli, "_run_flags", lambda argv: None)
+    assert cli._main(["run", *argv]) == 0
+    assert len(configs) == 2 and configs[0] == configs[1]
+
+
+@pytest.mark.parametrize("argv", [["--sw", "unix:/tmp/t.sock"], ["--help"], ["--swtpm"],
+                                  ["--host", "unix:/tmp/h"], ["--config", "/x.toml"],
+                                  ["--allow-remote=yes"], ["extra"]])
+def test_other_run_flags_go_to_argparse(argv, monkeypatch):
+    from ctpm import cli
+    monkeypatch.delenv("CTPM_HOST", raising=False)
+    assert cli._run_flags(argv) is None

@@ -31,7 +31,7 @@ _FLAGS = {"--host": "=host", "--swtpm": "+swtpm", "--mssim": "+mssim", "--svsm":
 _LOOPBACK = {"127.0.0.1": _socket.AF_INET, "::1": _socket.AF_INET6}
 
 
-class _Fallback(Exception):
+class Fallback(Exception):
     """Not the common case: let the full path handle it."""
 
 
@@ -43,7 +43,10 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
-def _parse(argv) -> dict:
+def parse_flags(argv) -> dict:
+    """The flags of `_FLAGS` as {request key: value}; Fallback for anything else (argparse
+    then parses: a flag it abbreviates, --help, a missing value). The cold `ctpm run` uses it
+    too (cli.py)."""
     opts = {}
     i = 0
     while i < len(argv):
@@ -51,16 +54,16 @@ def _parse(argv) -> dict:
         flag, eq, value = arg.partition("=")
         spec = _FLAGS.get(flag)
         if spec is None:
-            raise _Fallback()
+            raise Fallback()
         if spec[0] == "!":
             if eq:
-                raise _Fallback()
+                raise Fallback()
             opts[spec[1:]] = True
             i += 1
             continue
         if not eq:
             if i + 1 >= len(argv):
-                raise _Fallback()
+                raise Fallback()
             value = argv[i + 1]
             i += 1
         i += 1
@@ -72,20 +75,20 @@ def _parse(argv) -> dict:
 
 
 def _address(text):
-    """("unix", absolute path) or (family, host, port); _Fallback for anything else."""
+    """("unix", absolute path) or (family, host, port); Fallback for anything else."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path or "\0" in path or "," in path or any(c.isspace() for c in path):
-            raise _Fallback()                # the full path names the problem
+            raise Fallback()                # the full path names the problem
         path = os.path.abspath(path)
         if len((path + ".ctrl").encode()) > 107:
-            raise _Fallback()
+            raise Fallback()
         return ("unix", path)
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host not in _LOOPBACK or not port.isdigit() or int(port) > 65534:
-        raise _Fallback()
+        raise Fallback()
     return (_LOOPBACK[host], host, int(port))
 
 
@@ -213,7 +216,7 @@ def run(argv):
     if "LISTEN_FDS" in os.environ:
         return None
     try:
-        opts = _parse(argv)
+        opts = parse_flags(argv)
         host = opts.get("host") or os.environ.get("CTPM_HOST")
         if not host:
             return None
@@ -222,7 +225,7 @@ def run(argv):
         if any(a[0] != "unix" for a in listeners["svsm"]) or opts.get("log_level") not in (
                 None, "debug", "info", "warning", "error", "critical"):
             return None
-    except _Fallback:
+    except Fallback:
         return None
     if not any(listeners.values()):
         listeners["mssim"] = [(_socket.AF_INET, "127.0.0.1", 2321)]
