@@ -271,8 +271,12 @@ def run(config, *, make_backend=None, activated=False, prepare=None, after_ready
             # imported (transport/early.py); the rest of the daemon when needed
             from .backend import EngineBackend
             from .transport.early import serve_early
-            tpm = EngineBackend.engine(config)
-            adopted = serve_early(tpm, early, stops, config.max_command_size)
+            try:
+                tpm = EngineBackend.engine(config)
+                adopted = serve_early(tpm, early, stops, config.max_command_size)
+            except BaseException:
+                early.close()                   # a bug: at least no socket files left
+                raise
             if adopted is None:
                 early.close()
                 logging.getLogger("ctpm").info("stopping on %s", signal.Signals(stops[0]).name)
