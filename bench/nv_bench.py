@@ -36,7 +36,7 @@ BASE = 0x01500000
 @contextlib.contextmanager
 def other_tree(tree, state):
     """`ctpm run` from the source tree `tree` (its own ctpm package first on the path);
-    yields its swtpm TCTI."""
+    yields (its swtpm TCTI, its pid)."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     proc = subprocess.Popen([sys.executable, "-m", "ctpm", "run", "--swtpm", "127.0.0.1:0",
                              "--state", state], stdout=subprocess.PIPE, text=True, env=env,
@@ -46,7 +46,7 @@ def other_tree(tree, state):
         port = re.search(r"swtpm=127\.0\.0\.1:(\d+)", line)
         if port is None:
             raise SystemExit(f"ctpm from {tree} did not start: {line!r}")
-        yield f"swtpm:host=127.0.0.1,port={port.group(1)}"
+        yield f"swtpm:host=127.0.0.1,port={port.group(1)}", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -67,12 +67,17 @@ class Client:
 
     def __init__(self, tcti, n, startup):
         self.esapi = open_esapi(tcti, startup)
+        self.written = 0
         self.data = define(self.esapi, BASE + 2 * n, False)
         self.counter = define(self.esapi, BASE + 2 * n + 1, True)
 
     def write(self):
+        # a new value each time: rewriting the same bytes changes nothing, and a store may
+        # rightly have nothing to make durable then
         from tpm2_pytss.types import TPM2B_MAX_NV_BUFFER
-        self.esapi.nv_write(self.data, TPM2B_MAX_NV_BUFFER(b"12345678"), 0)
+        self.written += 1
+        self.esapi.nv_write(self.data, TPM2B_MAX_NV_BUFFER(self.written.to_bytes(8, "big")),
+                            0)
 
     def increment(self):
         self.esapi.nv_increment(self.counter)
@@ -99,8 +104,21 @@ def sync_latency(directory, n=200):
     return sorted(times)[n // 2], sum(times) / n
 
 
-def rate(clients, op, seconds):
-    """Total ops/s of all clients running `op` in parallel for `seconds`."""
+def cpu_seconds(pid):
+    """CPU time used so far by every thread of process `pid` (schedstat: nanoseconds)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass                        # a thread that just ended
+    return total / 1e9
+
+
+def rate(clients, op, seconds, pid=None):
+    """(total ops/s of all clients running `op` in parallel for `seconds`, the server's
+    CPU seconds per op: process `pid`, None without)."""
     counts = [0] * len(clients)
     end = time.perf_counter() + seconds
     barrier = threading.Barrier(len(clients))
@@ -111,13 +129,17 @@ def rate(clients, op, seconds):
         while time.perf_counter() < end:
             fn()
             counts[i] += 1
+    cpu0 = cpu_seconds(pid) if pid else None
     t0 = time.perf_counter()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    ops = max(1, sum(counts))
+    cpu = (cpu_seconds(pid) - cpu0) / ops if pid else None
+    return ops / elapsed, cpu
 
 
 def main():
@@ -141,21 +163,22 @@ def main():
                 run_daemon("--config", conf, "--swtpm", "127.0.0.1:0",
                            "--state", os.path.join(state, "b")) as w, \
                 contextlib.ExitStack() as stack:
-            tctis = {"swtpm": sw.tcti(), "ctpm": d.tcti("swtpm"), "ctpm-write": w.tcti("swtpm")}
+            tctis = {"swtpm": (sw.tcti(), sw.proc.pid), "ctpm": (d.tcti("swtpm"), d.proc.pid),
+                     "ctpm-write": (w.tcti("swtpm"), w.proc.pid)}
             if args.before:
                 tctis["ctpm-before"] = stack.enter_context(
                     other_tree(args.before, os.path.join(state, "c")))
             pools = {}
-            for name, tcti in tctis.items():
+            for name, (tcti, _pid) in tctis.items():
                 pools[name] = [Client(tcti, i, startup=(name != "swtpm" and i == 0))
                                for i in range(max(counts))]
             for _ in range(args.rounds):
                 for n in counts:
                     for op in ("write", "increment"):
-                        for name in tctis:
-                            r = rate(pools[name][:n], op, args.seconds)
+                        for name, (_tcti, pid) in tctis.items():
+                            r, cpu = rate(pools[name][:n], op, args.seconds, pid)
                             key = (n, op, name)
-                            results[key] = max(results.get(key, 0), r)
+                            results.setdefault(key, []).append((r, cpu))
             for pool in pools.values():
                 for c in pool:
                     c.esapi.close()
@@ -163,30 +186,58 @@ def main():
     finally:
         sw.close()
         shutil.rmtree(state, ignore_errors=True)
+    report(results, counts, args, sync_before, sync_after)
+    if args.large:
+        large_startup()
+
+
+def report(results, counts, args, sync_before, sync_after):
+    """The table (best round of each; the spread of the rounds in brackets), the servers'
+    CPU time per op, and for one client what a flush per op costs at best."""
     names = {"write": "NV_Write(8 bytes)", "increment": "NV_Increment"}
+    best = {k: max(v) for k, v in results.items()}
     print("ctpm: fdatasync before each response (group commit); ctpm-write: written to the "
           "OS before each\nresponse, no fdatasync (survives kill -9, not a power cut: what "
           "swtpm does)")
-    print("this disk's fdatasync of a small overwrite, median/mean: "
+    print("this disk's pwrite + fdatasync of a small overwrite, median/mean: "
           f"{sync_before[0] * 1e6:.0f}/{sync_before[1] * 1e6:.0f} us before, "
           f"{sync_after[0] * 1e6:.0f}/{sync_after[1] * 1e6:.0f} us after the run\n")
-    before = bool(args.before)
-    print(f"{'workload':18} {'clients':>7} {'swtpm ops/s':>11} {'ctpm ops/s':>11} {'ratio':>6}"
-          f" {'ctpm-write ops/s':>16} {'ratio':>6}"
-          + (f" {'ctpm-before ops/s':>17} {'ratio':>6}" if before else ""))
+    others = ["ctpm", "ctpm-write"] + (["ctpm-before"] if args.before else [])
+    print(f"{'workload':18} {'clients':>7} {'swtpm ops/s':>11}"
+          + "".join(f" {k + ' ops/s':>17} {'ratio':>6} {'(rounds)':>11}" for k in others))
     for n in counts:
         for op in ("write", "increment"):
-            s, c, w = (results[n, op, k] for k in ("swtpm", "ctpm", "ctpm-write"))
-            line = (f"{names[op]:18} {n:7} {s:11.1f} {c:11.1f} {c / s:5.2f}x {w:16.1f} "
-                    f"{w / s:5.2f}x")
-            if before:
-                b = results[n, op, "ctpm-before"]
-                line += f" {b:17.1f} {b / s:5.2f}x"
+            s = best[n, op, "swtpm"][0]
+            line = f"{names[op]:18} {n:7} {s:11.1f}"
+            for k in others:
+                # each round's ratio against swtpm's rate of the same round
+                ratios = [c / w for (c, _), (w, _) in zip(results[n, op, k],
+                                                           results[n, op, "swtpm"])]
+                line += (f" {best[n, op, k][0]:17.1f} {best[n, op, k][0] / s:5.2f}x "
+                         f"{min(ratios):4.2f}-{max(ratios):4.2f}x")
             print(line)
-    if before:
+    print("\nserver CPU per op (us, all threads, median of the rounds):")
+    print(f"{'workload':18} {'clients':>7}" + "".join(f" {k:>11}" for k in ["swtpm"] + others))
+    for n in counts:
+        for op in ("write", "increment"):
+            cpus = ["" if results[n, op, k][0][1] is None else
+                    f"{sorted(c for _, c in results[n, op, k])[len(results[n, op, k]) // 2] * 1e6:.0f}"
+                    for k in ["swtpm"] + others]
+            print(f"{names[op]:18} {n:7}" + "".join(f" {c:>11}" for c in cpus))
+    if 1 in counts:
+        flush = min(sync_before[0], sync_after[0])
+        print("\none client, per op (us): the client waits for each response, so a durable "
+              "server adds its flush to\nevery op. 'ceiling': swtpm's time per op plus one "
+              "flush of this disk (its median), i.e. a\nserver as quick as swtpm that also "
+              "makes each change durable.")
+        for op in ("write", "increment"):
+            t_sw = 1e6 / best[1, op, "swtpm"][0]
+            t_ct = 1e6 / best[1, op, "ctpm"][0]
+            ceiling = t_sw / (t_sw + flush * 1e6)
+            print(f"{names[op]:18} swtpm {t_sw:6.0f}, ctpm {t_ct:6.0f}, flush {flush * 1e6:4.0f}:"
+                  f" ceiling {ceiling:4.2f}x, ctpm {t_sw / t_ct:4.2f}x")
+    if args.before:
         print(f"\nctpm-before: the ctpm of {args.before}, fdatasync like ctpm")
-    if args.large:
-        large_startup()
 
 
 def large_startup():
@@ -212,16 +263,17 @@ def large_startup():
         best = None
         for _ in range(3):
             t0 = time.perf_counter()
-            with run_daemon("--swtpm", "127.0.0.1:0", "--state", state):
+            with run_daemon("--swtpm", "127.0.0.1:0", "--state", state) as d:
+                ready = time.perf_counter() - t0
+                first_answer(d.swtpm_port)
                 dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
+            best = (ready, dt) if best is None else min(best, (ready, dt))
         times["ctpm"] = best
         sw_dir = sw.dir
         sw.proc.terminate()
         sw.proc.wait()
         best = None
         for _ in range(3):
-            import subprocess
             port = sw.port
             t0 = time.perf_counter()
             p = subprocess.Popen(
@@ -230,16 +282,33 @@ def large_startup():
                  "--flags", "not-need-init,startup-clear"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_listening(port)
+            ready = time.perf_counter() - t0
+            first_answer(port)
             dt = time.perf_counter() - t0
             p.terminate()
             p.wait()
-            best = dt if best is None else min(best, dt)
+            best = (ready, dt) if best is None else min(best, (ready, dt))
         times["swtpm"] = best
     finally:
         sw.close()
         shutil.rmtree(state, ignore_errors=True)
-    print(f"\nstart-up with 64 NV indices + 32 persistent objects: "
-          f"ctpm {times['ctpm'] * 1000:.0f} ms, swtpm {times['swtpm'] * 1000:.0f} ms")
+    print("\nstart-up with 64 NV indices + 32 persistent objects (best of 3), listening / first "
+          f"command answered: ctpm {times['ctpm'][0] * 1000:.0f} / {times['ctpm'][1] * 1000:.0f}"
+          f" ms, swtpm {times['swtpm'][0] * 1000:.0f} / {times['swtpm'][1] * 1000:.0f} ms")
+
+
+def first_answer(port):
+    """Send TPM2_GetRandom(8) as a raw command to the data port; return once answered."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(bytes.fromhex("80010000000c0000017b0008"))
+        head = b""
+        while len(head) < 10:
+            chunk = s.recv(64)
+            if not chunk:
+                raise SystemExit("no answer to GetRandom")
+            head += chunk
+
 
 
 if __name__ == "__main__":
