@@ -3,6 +3,7 @@ encryption at rest (wrong key, wrong passphrase, moved/replayed records), rekey.
 
 TPMs here are the real engine on a `DirStore`; each change is a real command.
 """
+import errno
 import hashlib
 import json
 import os
@@ -464,3 +465,68 @@ def test_crash_after_a_compaction_that_took_unwritten_records(tmp_path):
     write(tpm, b"55555555")
     tpm.platform.store.close()
     assert reopen_value(tmp_path) == b"55555555"
+
+
+def test_without_rwf_dsync_records_go_through_pwrite_and_fdatasync(tmp_path, monkeypatch):
+    """A kernel or file system without RWF_DSYNC (EOPNOTSUPP): the store falls back to
+    pwrite + fdatasync, once and for all, and loses nothing."""
+    tried, synced = [], []
+    real_fdatasync = os.fdatasync
+
+    def no_rwf(fd, buffers, offset, flags=0):
+        tried.append(flags)
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "pwritev", no_rwf)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real_fdatasync(fd)))
+    fresh(tmp_path, values=(b"11111111", b"22222222"))
+    assert tried == [os.RWF_DSYNC]              # asked once, then remembered
+    assert len(synced) >= 3                     # the define and both writes
+    monkeypatch.undo()
+    assert reopen_value(tmp_path) == b"22222222"
+
+
+def test_records_are_written_with_rwf_dsync_where_the_kernel_has_it(tmp_path, monkeypatch):
+    """One system call per flush (pwritev with RWF_DSYNC), no separate fdatasync."""
+    calls = []
+    real = os.pwritev
+    monkeypatch.setattr(os, "pwritev", lambda *a: (calls.append(a[3]), real(*a))[1])
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append("fdatasync"))
+    fresh(tmp_path, values=(b"11111111", b"22222222"))
+    monkeypatch.undo()
+    assert calls and set(calls) == {os.RWF_DSYNC}
+    assert reopen_value(tmp_path) == b"22222222"
+
+
+def test_the_journal_replays_to_what_the_engine_held_through_in_place_changes(tmp_path):
+    """The store's copy of the NV (what the next diff starts from) shares nothing with the
+    engine's: values changed in place after a save (a nested dict, a list, a tuple become
+    list) still make records, and a replay gives exactly the JSON of the last NV saved."""
+    import random
+    rng = random.Random(14)
+    store = DirStore(tmp_path)
+    assert store.load_nv() is None
+    nv = {"a": 1, "t": {"x": {"k": "v"}, "y": [1, 2]}, "l": [1, {"z": 2}], "s": "text"}
+    store.save_nv(nv)
+    for i in range(200):
+        op = rng.randrange(7)
+        if op == 0:
+            nv["t"].setdefault("x", {})["k"] = f"v{i}"  # an entry changed in place
+        elif op == 1:
+            nv["t"].setdefault("y", []).append(i)       # a list inside an entry, in place
+        elif op == 2:
+            nv["l"][1]["z"] = i                          # inside a top-level list
+        elif op == 3:
+            nv["t"][f"n{i % 5}"] = (i, "tuple")           # a tuple: JSON keeps a list
+        elif op == 4:
+            nv["t"].pop(rng.choice(sorted(nv["t"])), None)
+        elif op == 5:
+            nv[f"top{i % 3}"] = {"deep": {"er": i}}
+        else:
+            nv.pop(f"top{rng.randrange(3)}", None)
+        store.save_nv(nv)
+        assert store._shadow == json.loads(json.dumps(nv))
+    store.close()
+    again = DirStore(tmp_path)
+    assert again.load_nv() == json.loads(json.dumps(nv))
+    again.close()

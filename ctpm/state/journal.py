@@ -56,6 +56,7 @@ COMPACT_BYTES = 1 << 20
 ANCHOR_INTERVAL = 10.0         # seconds: a changing state moves its generation this often
 PREALLOCATE = 1 << 20          # the journal grows by up to this much at a time
 _ZERO_HEAD = bytes(_REC.size)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode     # json.dumps builds one per call
 
 
 def _checksum(*parts) -> bytes:
@@ -79,6 +80,16 @@ def _pwrite_all(fd, data, offset):
         view, offset = view[n:], offset + n
 
 
+def _pwrite_dsync(fd, data, offset):
+    """pwrite with RWF_DSYNC: written and on disk (as pwrite + fdatasync) in one system
+    call; OSError EOPNOTSUPP/EINVAL where the kernel or file system has no RWF_DSYNC
+    (nothing is written then)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwritev(fd, [view], offset, os.RWF_DSYNC)
+        view, offset = view[n:], offset + n
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -93,18 +104,33 @@ def diff(old: dict, new: dict):
     sets, dels = [], []
     for k, v in new.items():
         o = old.get(k, _MISSING)
+        if o == v and type(o) is type(v):       # most keys, most of the time: one C compare
+            continue
         if o is _MISSING:
             sets.append([[k], v])
-        elif isinstance(v, dict) and isinstance(o, dict):
-            if v != o:
-                for k2, v2 in v.items():
-                    if o.get(k2, _MISSING) != v2:
-                        sets.append([[k, k2], v2])
-                dels.extend([k, k2] for k2 in o if k2 not in v)
-        elif o != v or type(o) is not type(v):
+        elif type(v) is dict and type(o) is dict:
+            for k2, v2 in v.items():
+                if o.get(k2, _MISSING) != v2:
+                    sets.append([[k, k2], v2])
+            dels.extend([k, k2] for k2 in o if k2 not in v)
+        else:
             sets.append([[k], v])
     dels.extend([k] for k in old if k not in new)
     return sets, dels
+
+
+def _copy(value):
+    """A JSON value as json.loads(json.dumps(value)) would give it (dicts and lists copied,
+    tuples as lists), without the text: the shadow must share nothing the engine changes
+    in place."""
+    t = type(value)
+    if t is dict:
+        if not all(type(k) is str for k in value):
+            return json.loads(json.dumps(value))        # keys json would turn into text
+        return {k: _copy(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_copy(v) for v in value]
+    return value
 
 
 def apply(target: dict, ops: dict):
@@ -143,6 +169,7 @@ class DirStore:
         self._anchored_at = 0.0
         self.compact_bytes = compact_bytes
         self.sync = durability == "fdatasync"
+        self._rwf_dsync = hasattr(os, "RWF_DSYNC")     # until the kernel says otherwise
         self.deferred = False
         self._mutex = threading.Lock()     # _pending between the event loop and the flusher
         self._pending = []                 # encoded records not yet written
@@ -497,10 +524,11 @@ class DirStore:
         sets, dels = diff(self._shadow, nv)
         if not sets and not dels:
             return
-        body = json.dumps({"s": sets, "d": dels}, separators=(",", ":")).encode()
+        body = _ENCODE({"s": sets, "d": dels}).encode()
         record = self._record(b"J", self.appended_seq + 1, body)
+        copied = {"s": [[path, _copy(value)] for path, value in sets], "d": dels}
         with self._mutex:       # a compaction in the flusher thread reads the shadow
-            apply(self._shadow, json.loads(body))      # copies, not nv's own objects
+            apply(self._shadow, copied)                 # copies, not nv's own objects
             self.appended_seq += 1
             self._pending.append(record)
             self._pending_bytes += len(record)
@@ -562,9 +590,11 @@ class DirStore:
             return
         try:
             self._preallocate(self._journal_bytes + nbytes)
-            _pwrite_all(self._journal_fd, b"".join(batch), self._journal_bytes)
-            if sync:
-                os.fdatasync(self._journal_fd)
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            if not (sync and self._dsync_write(data)):
+                _pwrite_all(self._journal_fd, data, self._journal_bytes)
+                if sync:
+                    os.fdatasync(self._journal_fd)
         except OSError as e:
             # a partly written batch would leave a record that later ones could not follow
             self.failed = (f"cannot write {self._file(JOURNAL)}: {e.strerror}; the TPM "
@@ -572,6 +602,21 @@ class DirStore:
             raise StoreError(self.failed) from None
         self._journal_bytes += nbytes
         self.durable_seq = target
+
+    def _dsync_write(self, data) -> bool:
+        """`data` at the journal's end with RWF_DSYNC: one system call instead of pwrite +
+        fdatasync, the same guarantee. False if the kernel or file system has no RWF_DSYNC
+        (remembered; rewriting from the start then is harmless)."""
+        if not self._rwf_dsync:
+            return False
+        try:
+            _pwrite_dsync(self._journal_fd, data, self._journal_bytes)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            self._rwf_dsync = False
+            return False
+        return True
 
     def _compact(self):
         """Everything so far (pending records included) as a new snapshot, then an empty
