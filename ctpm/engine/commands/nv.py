@@ -131,7 +131,7 @@ def nv_write(tpm, ctx, auth_handle, nv_index, data, offset):
     _raise(write_checks(auth_handle, index))
     if nt_of(index.attributes) in (TPM_NT.COUNTER, TPM_NT.BITS, TPM_NT.EXTEND):
         raise TpmError(TPM_RC.ATTRIBUTES)      # (PIN indices are set with NV_Write)
-    size = index.public.dataSize
+    size = index.public["dataSize"]
     if offset > size:
         raise TpmError(TPM_RC.VALUE, param=2)
     if len(data) > size - offset:

@@ -35,22 +35,24 @@ class NvIndex:
         self.auth = auth
         self.data = data
 
+    # item access: a construct Container's attribute access is a Python __getattr__ (~1 us),
+    # and an NV_Write reads the attributes about ten times
     @property
     def attributes(self) -> int:
-        return self.public.attributes
+        return self.public["attributes"]
 
     @property
     def public_bytes(self) -> bytes:
         """TPMS_NV_PUBLIC packed by hand: building it with construct cost more than the
         rest of an NV_Write's authorization (the Name is needed twice per command)."""
         p = self.public
-        policy = p.authPolicy
-        return (_PUBLIC_HEAD.pack(p.nvIndex, p.nameAlg, p.attributes, len(policy)) + policy
-                + p.dataSize.to_bytes(2, "big"))
+        policy = p["authPolicy"]
+        return (_PUBLIC_HEAD.pack(p["nvIndex"], p["nameAlg"], p["attributes"], len(policy))
+                + policy + p["dataSize"].to_bytes(2, "big"))
 
     @property
     def name(self) -> bytes:
-        alg = self.public.nameAlg
+        alg = self.public["nameAlg"]
         return alg.to_bytes(2, "big") + hashes.digest(alg, self.public_bytes)
 
 
@@ -72,9 +74,9 @@ def get(state, handle: int) -> NvIndex | None:
         parsed = cache[entry["public"]] = TPMS_NV_PUBLIC.parse(bytes.fromhex(entry["public"]))
     public = Container(parsed)
     data = bytes.fromhex(entry["data"])
-    ram = nv_ram.lookup(state, handle) if public.attributes & A.ORDERLY else None
+    ram = nv_ram.lookup(state, handle) if public["attributes"] & A.ORDERLY else None
     if ram is not None:
-        public.attributes, data = ram
+        public["attributes"], data = ram
     return NvIndex(handle, public, bytes.fromhex(entry["auth"]), data)
 
 
@@ -261,9 +263,10 @@ def write_data(state, index, offset, data):
     last shutdown disorderly; the first value of an orderly counter is flushed at once."""
     a = index.attributes
     if not a & A.WRITTEN:
-        index.public.attributes = int(a | A.WRITTEN)
-        if nt_of(a) == TPM_NT.ORDINARY and len(data) < index.public.dataSize:
-            index.data = (b"\0" if a & A.ORDERLY else b"\xff") * index.public.dataSize
+        index.public["attributes"] = int(a | A.WRITTEN)
+        size = index.public["dataSize"]
+        if nt_of(a) == TPM_NT.ORDINARY and len(data) < size:
+            index.data = (b"\0" if a & A.ORDERLY else b"\xff") * size
     buf = bytearray(index.data)
     buf[offset:offset + len(data)] = data
     index.data = bytes(buf)
