@@ -47,9 +47,9 @@ def _state_root():
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
-def _child(state_dir, wfd, protocol):
+def _child(state_dir, wfd, protocol, key_file=None):
     config = dataclasses.replace(load(**{protocol: ["127.0.0.1:0"]}), state_dir=state_dir,
-                                 compact_bytes=4096)
+                                 compact_bytes=4096, state_key=key_file)
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -64,13 +64,13 @@ def _child(state_dir, wfd, protocol):
         os.write(wfd, f"ERR {type(e).__name__}: {e}\n".encode())
 
 
-def start_daemon(state_dir, protocol="mssim"):
+def start_daemon(state_dir, protocol="mssim", key_file=None):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            _child(state_dir, w, protocol)
+            _child(state_dir, w, protocol, key_file)
         finally:
             os._exit(0)
     os.close(w)
@@ -226,13 +226,21 @@ def _workload(tpm, model, rng):
                 tpm.ok(cmd(0x165, u32(handle)))                     # FlushContext
 
 
-@pytest.mark.parametrize("seed,protocol,rounds", [(14, "mssim", ROUNDS), (15, "swtpm", 100)])
-def test_kill_9_never_loses_an_acknowledged_change(seed, protocol, rounds):
+@pytest.mark.parametrize("seed,protocol,rounds,encrypted", [
+    (14, "mssim", ROUNDS, False), (15, "swtpm", 100, False), (16, "swtpm", 40, True)])
+def test_kill_9_never_loses_an_acknowledged_change(seed, protocol, rounds, encrypted):
+    """(encrypted: the same with a state key, every record AES-256-GCM.)"""
     rng = random.Random(seed)
     client = Client if protocol == "mssim" else SwtpmClient
-    with tempfile.TemporaryDirectory(prefix="ctpm-crash-", dir=_state_root()) as state:
+    with tempfile.TemporaryDirectory(prefix="ctpm-crash-", dir=_state_root()) as state, \
+            tempfile.TemporaryDirectory(prefix="ctpm-crash-key-") as keys:
+        key_file = None
+        if encrypted:
+            key_file = os.path.join(keys, "state.key")
+            with open(key_file, "wb") as f:
+                f.write(os.urandom(32))
         model = Model()
-        pid, port = start_daemon(state, protocol)
+        pid, port = start_daemon(state, protocol, key_file)
         tpm = client(port)
         tpm.ok(STARTUP_CLEAR)
         define(tpm, b"", DATA, DATA_ATTRS)
@@ -253,7 +261,7 @@ def test_kill_9_never_loses_an_acknowledged_change(seed, protocol, rounds):
                 killer.join()
                 os.waitpid(pid, 0)
                 tpm.close()
-                pid, port = start_daemon(state, protocol)
+                pid, port = start_daemon(state, protocol, key_file)
                 tpm = client(port)
                 tpm.ok(STARTUP_CLEAR)
                 _verify(tpm, model)
@@ -264,3 +272,7 @@ def test_kill_9_never_loses_an_acknowledged_change(seed, protocol, rounds):
         assert kills_mid_command > rounds // 2          # the kills did land mid-workload
         assert model.acked["counter"] > rounds           # and the workload did progress
         assert "nv.snap" in os.listdir(state)
+        if encrypted:       # and it was encrypted: no record's plaintext in the files
+            for name in ("nv.snap", "nv.journal"):
+                with open(os.path.join(state, name), "rb") as f:
+                    assert b"nv_indices" not in f.read()

@@ -34,6 +34,7 @@ class StateKey:
         self._passphrase = passphrase
         self._key = key
         self._kdf = None
+        self._gcm = None                # (key, AESGCM of it), see _aead
         self.alternatives = []          # [(key, adopt)]: tpmkey's half-finished rekey
         self.committed = None           # called once a rekey to this key is durable
         if key is not None and len(key) != KEY_SIZE:
@@ -174,13 +175,21 @@ class StateKey:
 
     # -- records -------------------------------------------------------------------------
 
+    def _aead(self) -> AESGCM:
+        """The cipher of the current key, kept (building one costs more than sealing a
+        record); a new one when the key changes (unlock, a passphrase's KDF)."""
+        gcm = self._gcm
+        if gcm is None or gcm[0] is not self._key:
+            gcm = self._gcm = (self._key, AESGCM(self._key))
+        return gcm[1]
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + AESGCM(self._key).encrypt(nonce, plaintext, aad)
+        return nonce + self._aead().encrypt(nonce, plaintext, aad)
 
     def open(self, payload: bytes, aad: bytes, where: str, name: str, seq: int) -> bytes:
         try:
-            return AESGCM(self._key).decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
+            return self._aead().decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
         except (InvalidTag, ValueError):
             raise StoreError(f"TPM state in {where}: record {seq} of {name} fails "
                              f"authentication (moved, replayed or altered)") from None
