@@ -161,7 +161,7 @@ class Tpm:
         if obj is not None:
             return obj.auth_value
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv_indices.get(self.state, handle)
+            index = nv_indices.peek(self.state, handle)
             return index.auth if index is not None else b""
         if handle >> 24 == TPM_HT.PCR:
             return self.state.pcr_auth if handle in PCR_AUTH_GROUP else b""
@@ -173,7 +173,7 @@ class Tpm:
         if obj is not None:
             return obj.name
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv_indices.get(self.state, handle)
+            index = nv_indices.peek(self.state, handle)
             if index is not None:
                 return index.name
         return handle.to_bytes(4, "big")
@@ -224,7 +224,7 @@ class Tpm:
             if role == Auth.ADMIN and handle >> 24 in (TPM_HT.PERMANENT, TPM_HT.NV_INDEX):
                 return TPM_RC.AUTH_TYPE
             if handle >> 24 == TPM_HT.NV_INDEX:
-                index = nv_indices.get(self.state, handle)
+                index = nv_indices.peek(self.state, handle)
                 if index is not None:       # AUTHREAD / AUTHWRITE
                     return nv_indices.auth_value_refusal(index, code)
             # a PCR of the policy group, once PCR_SetAuthPolicy gave it a policy, needs a
@@ -254,7 +254,7 @@ class Tpm:
         if obj is not None:
             return bool(obj.attributes & TPMA_OBJECT.NODA)
         if handle >> 24 == TPM_HT.NV_INDEX:
-            index = nv_indices.get(self.state, handle)
+            index = nv_indices.peek(self.state, handle)
             return index is None or bool(index.attributes & nv_indices.A.NO_DA)
         return handle != TPM_RH.LOCKOUT
 

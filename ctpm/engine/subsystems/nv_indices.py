@@ -80,6 +80,28 @@ def get(state, handle: int) -> NvIndex | None:
     return NvIndex(handle, public, bytes.fromhex(entry["auth"]), data)
 
 
+def peek(state, handle: int) -> NvIndex | None:
+    """The index as `get` has it, for reading only: the caller must not change it (callers
+    that change an index use `get`). Authorizing one NV command looks at its index five
+    times or so; this keeps the last one per handle while its NV entry holds the very same
+    strings (then `get` would build an equal one). Orderly indices (values in RAM) are
+    built each time."""
+    entry = state.nv.get("nv_indices", {}).get(f"{handle:08x}")
+    if entry is None:
+        return None
+    cache = state.nv_peek_cache
+    kept = cache.get(handle)
+    if (kept is not None and kept[0] is entry["public"] and kept[1] is entry["auth"]
+            and kept[2] is entry["data"]):
+        return kept[3]
+    index = get(state, handle)
+    if not index.attributes & A.ORDERLY:
+        if len(cache) > 4 * state.config.max_nv_indices:
+            cache.clear()
+        cache[handle] = (entry["public"], entry["auth"], entry["data"], index)
+    return index
+
+
 def save_nv(state, index: NvIndex):
     table(state)[f"{index.handle:08x}"] = {"public": index.public_bytes.hex(),
                                              "auth": index.auth.hex(),
@@ -114,7 +136,7 @@ def counters(state) -> int:
 def accessible(state, handle: int) -> bool:
     """EntityGetLoadStatus of an NV index: defined, and its hierarchy enabled (phEnableNV
     for platform-created indices, shEnable for the owner's)."""
-    index = get(state, handle)
+    index = peek(state, handle)
     if index is None:
         return False
     if index.attributes & A.PLATFORMCREATE:
@@ -194,10 +216,11 @@ def count_pin_use(state, handle: int, ok: bool):
     """The end of the reference's CheckAuthSession, for an index whose authValue a session
     used: a written PIN fail index counts a failure (and starts over at 0 on success), a
     written PIN pass index counts a success. The count is kept even if the command fails."""
-    index = get(state, handle)
+    index = peek(state, handle)
     if (index is None or nt_of(index.attributes) not in PIN_TYPES
             or not index.attributes & A.WRITTEN):
         return
+    index = get(state, handle)          # this one is changed below
     nt = nt_of(index.attributes)
     count, limit = struct.unpack(">II", index.data)
     if nt == TPM_NT.PIN_FAIL:

@@ -51,6 +51,7 @@ class TpmState:
         self.objects = {}
         self.primary_cache = {}       # engine.object.primary_material's recent keys
         self.nv_public_cache = {}     # nv_indices.get: parsed TPMS_NV_PUBLIC by hex
+        self.nv_peek_cache = {}       # nv_indices.peek: read-only indices by handle
         self.persistent = {int(h, 16): from_nv(e, int(h, 16))
                            for h, e in nv.get("persistent", {}).items()}
 
