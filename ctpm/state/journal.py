@@ -102,8 +102,9 @@ def diff(old: dict, new: dict):
     """Operations turning `old` into `new`: ([[path, value], ...], [path, ...]), paths of one
     or two keys (dict values are compared entry by entry)."""
     sets, dels = [], []
+    old_get = old.get
     for k, v in new.items():
-        o = old.get(k, _MISSING)
+        o = old_get(k, _MISSING)
         if o == v and type(o) is type(v):       # most keys, most of the time: one C compare
             continue
         if o is _MISSING:
@@ -115,7 +116,8 @@ def diff(old: dict, new: dict):
             dels.extend([k, k2] for k2 in o if k2 not in v)
         else:
             sets.append([[k], v])
-    dels.extend([k] for k in old if k not in new)
+    if not old.keys() <= new.keys():
+        dels.extend([k] for k in old if k not in new)
     return sets, dels
 
 
