@@ -5,12 +5,16 @@
 
 Both TPMs keep their state in a directory on the same file system (ctpm: `--state`, swtpm:
 `--tpmstate dir=`). Workloads: NV_Write of 8 bytes and NV_Increment, each acknowledged only
-once the change is on disk (ctpm: journal + fdatasync; swtpm writes its NV file, see the
-report). With several clients (threads, one ESAPI each), ctpm's group commit lets one
-fdatasync cover the changes of every client waiting. `--large` also measures the start-up
-time with a large state (64 NV indices, 32 persistent objects). `--before DIR` also runs
-the ctpm of another source tree (e.g. `git archive REV | tar -x -C DIR`) in the same run,
-with the same durability, so that a change is measured before/after side by side.
+once the change is on disk (ctpm: journal + fdatasync; swtpm writes its NV file but never
+syncs it), and ctpm without the fdatasync ("ctpm-write": swtpm's guarantee). With several
+clients (threads, one ESAPI each), ctpm's group commit lets one fdatasync cover the changes
+of every client waiting. Each NV_Write writes a new value. Reported: the best round's ops/s
+and the range of the rounds' ratios, each server's CPU time per op, and for one client the
+ceiling a flush per op leaves (swtpm's time per op plus this disk's flush, probed in every
+round). `--large` also measures the start-up time with a large state (64 NV indices, 32
+persistent objects). `--before DIR` also runs the ctpm of another source tree (e.g. `git
+archive REV | tar -x -C DIR`) in the same run, with and without fdatasync, so that a change
+is measured before/after side by side.
 """
 import contextlib
 import re
@@ -34,12 +38,13 @@ BASE = 0x01500000
 
 
 @contextlib.contextmanager
-def other_tree(tree, state):
-    """`ctpm run` from the source tree `tree` (its own ctpm package first on the path);
+def other_tree(tree, state, *args):
+    """`ctpm run ARGS` from the source tree `tree` (its own ctpm package first on the path);
     yields (its swtpm TCTI, its pid)."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-    proc = subprocess.Popen([sys.executable, "-m", "ctpm", "run", "--swtpm", "127.0.0.1:0",
-                             "--state", state], stdout=subprocess.PIPE, text=True, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ctpm", "run", *args, "--swtpm",
+                             "127.0.0.1:0", "--state", state], stdout=subprocess.PIPE,
+                            text=True, env=env,
                             cwd=tree, stderr=subprocess.DEVNULL)
     try:
         line = proc.stdout.readline()
@@ -168,6 +173,8 @@ def main():
             if args.before:
                 tctis["ctpm-before"] = stack.enter_context(
                     other_tree(args.before, os.path.join(state, "c")))
+                tctis["before-write"] = stack.enter_context(
+                    other_tree(args.before, os.path.join(state, "e"), "--config", conf))
             pools = {}
             for name, (tcti, _pid) in tctis.items():
                 pools[name] = [Client(tcti, i, startup=(name != "swtpm" and i == 0))
@@ -205,7 +212,7 @@ def report(results, counts, args, sync_before, sync_after):
     print("this disk's pwrite + fdatasync of a small overwrite, median/mean: "
           f"{sync_before[0] * 1e6:.0f}/{sync_before[1] * 1e6:.0f} us before, "
           f"{sync_after[0] * 1e6:.0f}/{sync_after[1] * 1e6:.0f} us after the run\n")
-    others = ["ctpm", "ctpm-write"] + (["ctpm-before"] if args.before else [])
+    others = ["ctpm", "ctpm-write"] + (["ctpm-before", "before-write"] if args.before else [])
     print(f"{'workload':18} {'clients':>7} {'swtpm ops/s':>11}"
           + "".join(f" {k + ' ops/s':>17} {'ratio':>6} {'(rounds)':>11}" for k in others))
     for n in counts:
@@ -242,7 +249,8 @@ def report(results, counts, args, sync_before, sync_after):
                          f" {t_sw / t_ct:.2f}x")
             print(line)
     if args.before:
-        print(f"\nctpm-before: the ctpm of {args.before}, fdatasync like ctpm")
+        print(f"\nctpm-before, before-write: the ctpm of {args.before}, fdatasync like ctpm, "
+              f"no fdatasync like ctpm-write")
 
 
 def large_startup():
