@@ -25,6 +25,7 @@ never reach the upstream (`_serve_nv`, keeping the guest's HMAC sessions in step
 import hashlib
 import hmac
 import logging
+import os
 import struct
 
 from .guard import CC as GUARD_CC, Guard, Policy, response
@@ -295,7 +296,7 @@ class RawUpstream:
             else:
                 if locality != self._locality:
                     self._set_locality(locality)
-                self._ctx.sendall(command)
+                self._send(command)
         except OSError as e:
             self.drop()
             raise UpstreamError(f"transmit: {e}", sent=True) from None
@@ -307,6 +308,23 @@ class RawUpstream:
         if len(rsp) >= 10 and struct.unpack(">I", rsp[2:6])[0] == len(rsp):
             return rsp                              # whole, as the kernel's devices answer
         return _device_rest(self._ctx, rsp, timeout)
+
+    # A socket with a timeout polls before every send and receive; the first attempt here
+    # goes to the (non-blocking) descriptor directly, the socket call only waits for the rest.
+
+    def _send(self, command: bytes):
+        try:
+            sent = os.write(self.fd, command)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(command):
+            self._ctx.sendall(command[sent:])
+
+    def _recv(self) -> bytes:
+        try:
+            return os.read(self.fd, MAX_RESPONSE)
+        except (BlockingIOError, InterruptedError):
+            return self._ctx.recv(MAX_RESPONSE)
 
     def _set_locality(self, locality):
         """swtpm's control channel: CMD_SET_LOCALITY (a failure is logged, as the device has
@@ -332,7 +350,7 @@ class RawUpstream:
                     raise OSError(f"a response of {size} bytes")
                 rsp = _exact(self._ctx, size + 4)[:size]
             else:           # usually whole in one read: one system call, not two
-                rsp = self._ctx.recv(MAX_RESPONSE)
+                rsp = self._recv()
                 if len(rsp) < 10:
                     rsp += _exact(self._ctx, 10 - len(rsp))
                 size = struct.unpack(">I", rsp[2:6])[0]
@@ -759,10 +777,12 @@ class PassthroughBackend:
 
     # -- commands -------------------------------------------------------------------------
 
-    def execute_inline(self, command: bytes, locality: int):
-        """The swtpm fast path: answered right here when the upstream answers within 2 ms.
-        A command the upstream is still working on stays in flight, holding the instance's
-        slot, and `execute` (which the transport calls next with it) waits for its answer."""
+    def execute_inline(self, command: bytes, locality: int, wait: float = QUICK):
+        """The swtpm fast path: answered right here when the upstream answers within `wait`
+        seconds. A command the upstream is still working on stays in flight, holding the
+        instance's slot: the fast path either waits for `inline_pending()` among its other
+        descriptors and takes the answer with `finish_inline` (it passes `wait=0`: no
+        blocking here), or calls `execute` with it, which awaits the answer."""
         if self._slot.value == 0 or not self.upstream.connected or self._served(command):
             return None
         try:
@@ -774,7 +794,7 @@ class PassthroughBackend:
         self._slot.acquire_nowait()
         try:
             fd = self.upstream.send(command, locality)
-            if fd is None or not self._quick(fd):
+            if fd is None or not wait or not self._quick(fd, wait):
                 self._inflight = (command, fd)
                 return None
             rsp = self.upstream.receive(self.upstream.timeout)
@@ -783,6 +803,23 @@ class PassthroughBackend:
         finally:
             if self._inflight is None:
                 self._slot.release()
+        return self._after(command, rsp)
+
+    def inline_pending(self):
+        """The descriptor whose readability answers the command `execute_inline` left in
+        flight (None: nothing in flight, or no descriptor to wait on)."""
+        return self._inflight[1] if self._inflight is not None else None
+
+    def finish_inline(self) -> bytes:
+        """The answer to the command in flight, once `inline_pending()` is readable."""
+        command, _fd = self._inflight
+        self._inflight = None
+        try:
+            rsp = self.upstream.receive(self.upstream.timeout)
+        except UpstreamError as e:
+            rsp = self._failed(e)
+        finally:
+            self._slot.release()
         return self._after(command, rsp)
 
     async def execute(self, command: bytes, locality: int) -> bytes:
@@ -803,15 +840,15 @@ class PassthroughBackend:
             return refusal
         return self._after(command, await self._forward(command, locality))
 
-    def _quick(self, fd: int) -> bool:
-        """Whether the answer on `fd` is readable within QUICK (one poll object per
-        descriptor: a RawUpstream keeps its descriptor)."""
+    def _quick(self, fd: int, wait: float = QUICK) -> bool:
+        """Whether the answer on `fd` is readable within `wait` seconds (one poll object
+        per descriptor: a RawUpstream keeps its descriptor)."""
         if self._poll_fd != fd:
             import select
             self._poll = select.poll()
             self._poll.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
             self._poll_fd = fd
-        return bool(self._poll.poll(QUICK * 1000))
+        return bool(self._poll.poll(wait * 1000))
 
     _poll_fd = None
 

@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import socket
+import time
 
 import trio
 
@@ -23,23 +24,47 @@ log = logging.getLogger("ctpm.transport.fastpath")
 _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 _BATCH = 8
+LINGER = 0.0002     # s: one wait on the set before going back to trio (see EpollSet.watch)
+TURN = 0.0005       # s: the longest the set keeps the loop before a checkpoint
+PARK = 0.002        # s: an upstream answer waited for in the set, then in a task
 
 
 class EpollSet:
     """One private epoll set and the one task that watches it, shared by the fast paths of
     every instance of a `ctpm host` (or owned by the one fast path of `ctpm run`): a wakeup
     serves whatever is ready across all instances in one pass, with no trio scheduling per
-    connection or per instance."""
+    connection or per instance. Besides listeners and connections, the set holds the
+    descriptors of passthrough upstreams whose answer a fast path waits for (`wait_for`)."""
 
     def __init__(self):
         self.epoll = select.epoll()
         self.owners = {}                     # fd -> FastPath
+        self.waits = {}                      # fd -> deadline (monotonic) of an upstream wait
 
     def register(self, fd, events, owner):
         self.epoll.register(fd, events)
         self.owners[fd] = owner
 
+    def wait_for(self, fd, owner, deadline) -> bool:
+        """Watch an upstream's `fd` for `owner` until `deadline`, then `owner.expire(fd)`;
+        False if the set cannot (the descriptor is in it already)."""
+        if fd in self.owners:
+            return False
+        try:
+            self.epoll.register(fd, select.EPOLLIN)
+        except (OSError, ValueError):
+            return False
+        self.owners[fd] = owner
+        self.waits[fd] = deadline
+        return True
+
+    def forget(self, fd):
+        """Forget `fd`, which is about to be closed (closing takes it out of the set)."""
+        self.waits.pop(fd, None)
+        self.owners.pop(fd, None)
+
     def unregister(self, fd):
+        self.waits.pop(fd, None)
         if self.owners.pop(fd, None) is not None:
             try:
                 self.epoll.unregister(fd)
@@ -47,25 +72,65 @@ class EpollSet:
                 pass
 
     async def watch(self):
+        """Serve the set until cancelled.
+
+        After a pass the set is waited on directly for up to `LINGER` before going back to
+        trio: a client of the swtpm TCTI connects again some 50 us after its answer, and
+        caught here that costs no round through trio's scheduler and epoll (about a third of
+        a trivial command's time in ctpm). While an upstream answer is waited for (up to
+        `PARK`) the set is waited on the same way, so other instances' connections are served
+        meanwhile. Either way the loop's other tasks get a checkpoint at least every `TURN`
+        (plus one `LINGER`), so nothing else waits for long."""
         try:
             while True:
                 await trio.lowlevel.wait_readable(self.epoll.fileno())
-                backoff = False
-                served = set()
-                for fd, _events in self.epoll.poll(0):
-                    owner = self.owners.get(fd)
-                    if owner is not None:
-                        served.add(owner)
-                        if not owner.ready(fd):
-                            backoff = True
-                for owner in served:        # one flush for the pass's NV changes, then answers
-                    owner.release()
-                if backoff:
-                    await trio.sleep(0.1)       # out of descriptors or memory: later
+                turn_end = time.monotonic() + TURN
+                events = self.epoll.poll(0)
+                while events or self.waits:
+                    if events and self._serve(events):
+                        await trio.sleep(0.1)       # out of descriptors or memory: later
+                        break
+                    now = time.monotonic()
+                    if self.waits:
+                        self._expire(now)
+                    if now >= turn_end:
+                        await trio.lowlevel.checkpoint()
+                        turn_end = time.monotonic() + TURN
+                    events = self._linger()
         finally:
             for owner in set(self.owners.values()):
                 owner.close()
             self.epoll.close()
+
+    def _linger(self):
+        """What becomes ready within LINGER (select: epoll's timeout counts whole ms)."""
+        fd = self.epoll.fileno()
+        if fd < 1024:
+            if not select.select((fd,), (), (), LINGER)[0]:
+                return ()
+            return self.epoll.poll(0)
+        return self.epoll.poll(0.001)
+
+    def _expire(self, now):
+        for fd, deadline in list(self.waits.items()):
+            if now >= deadline:
+                owner = self.owners[fd]
+                self.unregister(fd)
+                owner.expire(fd)
+
+    def _serve(self, events) -> bool:
+        """One pass over what is ready; True when an accept must back off."""
+        backoff = False
+        served = set()
+        for fd, _events in events:
+            owner = self.owners.get(fd)
+            if owner is not None:
+                served.add(owner)
+                if not owner.ready(fd):
+                    backoff = True
+        for owner in served:        # one flush for the pass's NV changes, then answers
+            owner.release()
+        return backoff
 
 
 class FastPath:
@@ -85,6 +150,9 @@ class FastPath:
         self._idle = {}                      # fd -> socket.socket
         self._listeners = {}                 # fd -> socket.socket (a dup of the listener)
         self._held = []                      # (sock, buf, response) waiting for durable NV
+        self._waiting = {}                   # upstream fd -> (sock, buf from the command on)
+        # a passthrough backend can leave a command in flight for the set to wait on
+        self._parks = hasattr(host.backend, "finish_inline")
 
     async def serve(self, listener, task_status=trio.TASK_STATUS_IGNORED):
         """Accept on `listener` (a trio socket) until cancelled."""
@@ -126,6 +194,10 @@ class FastPath:
             self._set.unregister(fd)
             sock.close()
         self._idle.clear()
+        for fd, (sock, _buf) in list(self._waiting.items()):
+            self._set.unregister(fd)
+            sock.close()
+        self._waiting.clear()
         for sock, _buf, _response in self._held:
             if sock.fileno() != -1:
                 sock.close()
@@ -137,6 +209,9 @@ class FastPath:
         listener = self._listeners.get(fd)
         if listener is not None:
             return self._accept(listener)
+        if fd in self._waiting:
+            self._answer(fd)
+            return True
         sock = self._idle.get(fd)           # stays registered while it is served inline
         if sock is None:
             self._set.unregister(fd)
@@ -186,23 +261,25 @@ class FastPath:
                     size = HEADER.unpack_from(buf)[1]
                     if size < HEADER_SIZE or size > self.host.max_command_size or len(buf) < size:
                         break
-                    response = self.host.execute_inline(bytes(buf[:size]),
-                                                        self.host.swtpm_locality)
-                    if response is None:                # the backend is busy: wait in a task
-                        return self._slow(sock, buf)
+                    if self._parks:
+                        response = self.host.execute_inline(bytes(buf[:size]),
+                                                            self.host.swtpm_locality, wait=0)
+                    else:
+                        response = self.host.execute_inline(bytes(buf[:size]),
+                                                            self.host.swtpm_locality)
+                    if response is None:
+                        if self._park(sock, buf):       # the upstream is working on it
+                            return
+                        return self._slow(sock, buf)    # the backend is busy: wait in a task
                     buf = buf[size:]
                     served += 1
-                    if self.host.backend.write_pending:  # NV first, then the response
-                        if getattr(self.host.backend, "flush_now", None) is None:
-                            return self._slow(sock, buf, response, flush=True)
-                        self._held.append((sock, buf, response))   # see `release`
+                    if not self._respond(sock, buf, response):
                         return
-                    sent = sock.send(response)
-                    if sent != len(response):
-                        return self._slow(sock, buf, response[sent:])
                 if buf:
                     return self._slow(sock, buf)        # partial or not a raw command
-                if data is None or served >= _BATCH:
+                # Answered, or nothing more to read: wait in the set (a swtpm TCTI client
+                # closes now; reading at once would mostly find nothing yet).
+                if data is None or served:
                     if sock.fileno() not in self._idle:
                         self._idle[sock.fileno()] = sock
                         self._set.register(sock.fileno(), _IDLE_EVENTS, self)
@@ -215,6 +292,53 @@ class FastPath:
         except Exception:     # a bug costs this connection, never the listener
             log.exception("%s: connection failed", self.what)
             self._drop(sock)
+
+    def _respond(self, sock, buf, response) -> bool:
+        """Send `response` (after the NV change it made is durable); False when the
+        connection went elsewhere meanwhile (held for a flush, or handed to a task)."""
+        if self.host.backend.write_pending:     # NV first, then the response
+            if getattr(self.host.backend, "flush_now", None) is None:
+                self._slow(sock, buf, response, flush=True)
+                return False
+            self._held.append((sock, buf, response))   # see `release`
+            return False
+        sent = sock.send(response)
+        if sent != len(response):
+            self._slow(sock, buf, response[sent:])
+            return False
+        return True
+
+    def _park(self, sock, buf) -> bool:
+        """Wait in the set for the answer to the command at the head of `buf`, which the
+        backend left in flight; False if there is nothing to wait on there."""
+        fd = self.host.backend.inline_pending() if self._parks else None
+        if fd is None or not self._set.wait_for(fd, self, time.monotonic() + PARK):
+            return False
+        if self._idle.pop(sock.fileno(), None) is not None:
+            self._set.unregister(sock.fileno())   # its next command waits for this answer
+        self._waiting[fd] = (sock, buf)
+        return True
+
+    def _answer(self, fd):
+        """The upstream answered the parked command on `fd`: answer its client, go on."""
+        sock, buf = self._waiting.pop(fd)
+        self._set.unregister(fd)
+        response = self.host.finish_inline()
+        buf = buf[HEADER.unpack_from(buf)[1]:]
+        try:
+            if self._respond(sock, buf, response):
+                self._advance(sock, buf)
+        except (BlockingIOError, InterruptedError):
+            self._slow(sock, buf, response)
+        except OSError as e:                    # the client went away meanwhile
+            log.debug("%s: %s", self.what, e)
+            self._drop(sock)
+
+    def expire(self, fd):
+        """The parked command's answer is slow (`PARK` passed): a task awaits it (the
+        backend's `execute` takes the command in flight), so the set is not kept busy."""
+        sock, buf = self._waiting.pop(fd)
+        self._slow(sock, buf)
 
     def release(self):
         """After an epoll pass: the responses held for their NV changes go out once one
@@ -248,7 +372,7 @@ class FastPath:
     def _drop(self, sock):
         """Close a connection, out of the epoll set first if it is there."""
         if self._idle.pop(sock.fileno(), None) is not None:
-            self._set.unregister(sock.fileno())
+            self._set.forget(sock.fileno())
         sock.close()
 
     def _slow(self, sock, buf, pending=b"", flush=False):

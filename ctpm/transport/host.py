@@ -44,10 +44,16 @@ class TpmHost:
         self.counters.count(response)
         return response
 
-    def execute_inline(self, command: bytes, locality: int) -> bytes | None:
-        response = self.backend.execute_inline(command, locality)
+    def execute_inline(self, command: bytes, locality: int, **wait) -> bytes | None:
+        response = self.backend.execute_inline(command, locality, **wait)
         if response is not None:
             self.counters.count(response)
+        return response
+
+    def finish_inline(self) -> bytes:
+        """The answer to the command `execute_inline` left in flight (see the backend)."""
+        response = self.backend.finish_inline()
+        self.counters.count(response)
         return response
 
     async def signal(self, signal, *args):

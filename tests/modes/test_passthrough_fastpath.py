@@ -1,0 +1,159 @@
+"""Passthrough behind the swtpm data channel's fast path (a connection per command, as the
+swtpm TCTI connects): the answer to a forwarded command is waited for in the fast path's
+epoll set (quick ones) or in a task (slow ones, e.g. an RSA key generated upstream); either
+way every client gets its own answer, in order, and clients that go away do no harm."""
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ctpm.testing.process import run_daemon
+from tests.peers import SWTPM, TctiSwtpm, recv_response
+from tests.tpmcmd import STARTUP_CLEAR, b2, cmd, pcr_select, pw_session, rc, u16, u32
+
+pytestmark = pytest.mark.skipif(SWTPM is None,
+                                reason="swtpm is not installed")
+
+OWNER = 0x40000001
+GET_RANDOM = cmd(0x17B, u16(16))
+PCR_READ = cmd(0x17E, pcr_select((0x000B, [0, 1, 2])))
+GET_CAPABILITY = u32(1)         # swtpm control channel
+
+
+def rsa_primary() -> bytes:
+    """CreatePrimary of an RSA-2048 storage key with fresh unique bytes: the upstream
+    generates a new key (tens of milliseconds and more), longer than the fast path waits."""
+    template = (u16(0x0001) + u16(0x000B) + u32(0x00030472) + u16(0)
+                + u16(0x0006) + u16(128) + u16(0x0043) + u16(0x0010) + u16(2048) + u32(0)
+                + b2(os.urandom(16)))
+    return cmd(0x131, b2(u16(0) + u16(0)) + b2(template) + u16(0) + u32(0),
+               handles=[OWNER], sessions=[pw_session()])
+
+
+def flush(handle: int) -> bytes:
+    return cmd(0x165, u32(handle))
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    sw = TctiSwtpm()
+    assert rc(sw.execute(STARTUP_CLEAR)) == 0
+    sw.disconnect()
+    path = str(tmp_path / "ctpm")
+    with run_daemon("--mode", "passthrough", "--upstream", sw.tcti, "--swtpm", f"unix:{path}",
+                    timeout=30) as d:
+        d.path = path
+        yield d
+    sw.close()
+
+
+def call(path, *commands, close_early=False):
+    """`commands` in one write on a new connection; their responses (none if closed early)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(path)
+        s.sendall(b"".join(commands))
+        if close_early:
+            return []
+        return [recv_response(s) for _ in commands]
+
+
+def test_quick_and_slow_commands_one_connection_each(daemon):
+    for _ in range(20):
+        (r,) = call(daemon.path, GET_RANDOM)
+        assert rc(r) == 0 and struct.unpack(">H", r[10:12])[0] == 16
+        (r,) = call(daemon.path, PCR_READ)
+        assert rc(r) == 0
+    (r,) = call(daemon.path, rsa_primary())             # waited for in a task
+    assert rc(r) == 0, hex(rc(r))
+    handle = struct.unpack(">I", r[10:14])[0]
+    (r,) = call(daemon.path, flush(handle))
+    assert rc(r) == 0
+    (r,) = call(daemon.path, GET_RANDOM)                  # and the fast path goes on
+    assert rc(r) == 0
+
+
+def test_pipelined_commands_are_answered_in_order(daemon):
+    for first in (rsa_primary(), GET_RANDOM):
+        a, b, c = call(daemon.path, first, PCR_READ, GET_RANDOM)
+        assert rc(a) == rc(b) == rc(c) == 0
+        assert len(c) == 10 + 2 + 16                      # GetRandom(16)
+        assert len(b) != len(c)                           # PCR_Read's answer, not another's
+        if first != GET_RANDOM:
+            (r,) = call(daemon.path, flush(struct.unpack(">I", a[10:14])[0]))
+            assert rc(r) == 0
+
+
+def test_clients_that_leave_while_upstream_works_do_no_harm(daemon):
+    call(daemon.path, rsa_primary(), close_early=True)
+    for _ in range(50):
+        call(daemon.path, GET_RANDOM, close_early=True)
+    for _ in range(5):
+        (r,) = call(daemon.path, GET_RANDOM)
+        assert rc(r) == 0
+    assert daemon.proc.poll() is None
+
+
+def test_other_connections_while_a_command_is_in_flight(daemon):
+    """A second client arrives while the first one's key is being generated upstream: it
+    waits its turn (one upstream) and gets its own answer."""
+    results = {}
+
+    def slow():
+        results["slow"] = call(daemon.path, rsa_primary())[0]
+    t = threading.Thread(target=slow)
+    t.start()
+    quick = [call(daemon.path, GET_RANDOM)[0] for _ in range(10)]
+    t.join(60)
+    assert rc(results["slow"]) == 0
+    assert all(rc(r) == 0 and len(r) == 28 for r in quick)
+    (r,) = call(daemon.path, flush(struct.unpack(">I", results["slow"][10:14])[0]))
+    assert rc(r) == 0
+
+
+def test_malformed_command_still_gets_its_rc(daemon):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(daemon.path)
+        s.sendall(struct.pack(">HII", 0x8001, 6, 0x17B))         # size below a header
+        assert rc(recv_response(s)) == 0x142                     # TPM_RC_COMMAND_SIZE
+    (r,) = call(daemon.path, GET_RANDOM)
+    assert rc(r) == 0
+
+
+def test_control_channel_is_served_while_clients_keep_the_data_channel_busy(tmp_path):
+    """The fast path lingers on its own epoll set while clients keep coming; the loop's other
+    tasks (here the control channel) still get their turns."""
+    path = str(tmp_path / "ctpm")
+    with run_daemon("--swtpm", f"unix:{path}", timeout=30) as d:
+        (r,) = call(path, STARTUP_CLEAR)
+        assert rc(r) == 0
+        # separate processes: one Python client alone leaves gaps the loop notices
+        hammer = ("import socket, sys\n"
+                  "n = 0\n"
+                  "while True:\n"
+                  "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                  f"    s.sendall({GET_RANDOM!r}); s.recv(100); s.close(); n += 1\n"
+                  "    if n == 100: print('busy', flush=True)\n")
+        clients = [subprocess.Popen([sys.executable, "-c", hammer, path], stdout=subprocess.PIPE)
+                   for _ in range(3)]
+        try:
+            for p in clients:
+                assert p.stdout.readline() == b"busy\n"
+            for _ in range(20):
+                with socket.socket(socket.AF_UNIX) as c:
+                    c.settimeout(10)
+                    c.connect(path + ".ctrl")
+                    c.sendall(GET_CAPABILITY)
+                    assert struct.unpack(">I", c.recv(8)[:4])[0] == 0
+            assert all(p.poll() is None for p in clients)     # still served, too
+        finally:
+            for p in clients:
+                p.kill()
+                p.wait()
+                p.stdout.close()
+        assert d.proc.poll() is None
