@@ -12,10 +12,13 @@ Best rounds count; the ratio is passthrough / direct (1.00 = no overhead), overh
 per command added. Two passthrough daemons: ctpm's own swtpm protocol on one kept connection
 (the default) and tpm2-pytss's TCTI loader (`tcti_loader = true`, a connection per command:
 how passthrough forwarded before). ctpm standard (its own engine, same listener and TCTI) is
-shown for scale: the listener's cost is in all three. PCR_Extend is not measured: the guard
-refuses it by default.
+shown for scale: the listener's cost is in all three. Two minimal relays (bench/relay/, each
+in front of its own swtpm: relay.c built with the machine's C compiler, and relay.py) show
+the floor of any process in the middle for this client. PCR_Extend is not measured: the
+guard refuses it by default.
 """
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -145,6 +148,40 @@ def forwarding(seconds, rounds):
             sw.close()
 
 
+class Relay:
+    """A minimal relay (bench/relay/: relay.c built with the machine's C compiler, or
+    relay.py) between a swtpm TCTI client and its own swtpm: the floor any process in the
+    middle pays. None when it cannot run here (no C compiler)."""
+
+    def __init__(self, kind, sw):
+        import os
+        import shutil
+        import subprocess
+        here = Path(__file__).resolve().parent / "relay"
+        if kind == "c":
+            cc = shutil.which("cc") or shutil.which("gcc")
+            if cc is None:
+                raise FileNotFoundError("no C compiler")
+            subprocess.run([cc, "-O2", "-o", f"{sw.dir}/relay", str(here / "relay.c")],
+                           check=True, capture_output=True)
+            argv = [f"{sw.dir}/relay"]
+        else:
+            argv = [sys.executable, str(here / "relay.py")]
+        self.path = os.path.join(sw.dir, "relayed")
+        os.symlink(sw.path + ".ctrl", self.path + ".ctrl")    # the TCTI's control channel
+        self.proc = subprocess.Popen(argv + [self.path, sw.path], stdout=subprocess.PIPE)
+        if self.proc.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"{kind} relay did not start")
+
+    def tcti(self):
+        return f"swtpm:path={self.path}"
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
@@ -156,6 +193,13 @@ def main():
         return forwarding(args.seconds, args.rounds)
 
     direct, upstream, upstream2 = UnixSwtpm(), UnixSwtpm(), UnixSwtpm()
+    relayed = {"C relay": UnixSwtpm(), "Python relay": UnixSwtpm()}
+    relays = {}
+    for name, sw in relayed.items():
+        try:
+            relays[name] = Relay("c" if name == "C relay" else "py", sw)
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"{name}: not measured ({e})")
     daemon = run_daemon("--mode", "passthrough", "--upstream", upstream.tcti(),
                         "--swtpm", f"unix:{upstream.dir}/ctpm", timeout=60)
     with open(f"{upstream2.dir}/loader.toml", "w") as f:
@@ -170,6 +214,8 @@ def main():
                    "ctpm passthrough": Workloads(open_esapi(d.tcti("swtpm"), False)),
                    "passthrough via loader": Workloads(open_esapi(l.tcti("swtpm"), False)),
                    "ctpm standard": Workloads(open_esapi(s.tcti("swtpm"), True))}
+        for name, relay in relays.items():
+            clients[name] = Workloads(open_esapi(relay.tcti(), False))
         best = {(n, w): 0.0 for n in clients for w in WORKLOADS}
         for _ in range(args.rounds):
             for w in WORKLOADS:
@@ -177,12 +223,18 @@ def main():
                     best[n, w] = max(best[n, w], measure(c.calls[w], args.seconds))
                     c.flush()
         print(f"{'workload (ops/s)':26}{'swtpm direct':>13}{'passthrough':>12}{'ratio':>7}"
-              f"{'overhead':>9}{'via loader':>11}{'ratio':>7}{'ctpm standard':>14}{'ratio':>7}")
+              f"{'overhead':>9}{'via loader':>11}{'ratio':>7}{'ctpm standard':>14}{'ratio':>7}"
+              + "".join(f"{n:>14}{'ratio':>7}" for n in relays))
         for w in WORKLOADS:
             a, b = best["swtpm direct", w], best["ctpm passthrough", w]
             c, e = best["ctpm standard", w], best["passthrough via loader", w]
             print(f"{w:26}{a:13.0f}{b:12.0f}{b / a:7.2f}{(a / b - 1) * 100:8.1f}%"
-                  f"{e:11.0f}{e / a:7.2f}{c:14.0f}{c / a:7.2f}")
+                  f"{e:11.0f}{e / a:7.2f}{c:14.0f}{c / a:7.2f}"
+                  + "".join(f"{best[n, w]:14.0f}{best[n, w] / a:7.2f}" for n in relays))
+        if relays:
+            print("relays: the floor of any process between the client and swtpm (accept, "
+                  "read, forward on one kept connection, answer, close; nothing else); "
+                  "'overhead' is passthrough's time per command over direct")
     finally:
         standard.__exit__(None, None, None)
         loader.__exit__(None, None, None)
@@ -190,6 +242,10 @@ def main():
         direct.close()
         upstream.close()
         upstream2.close()
+        for relay in relays.values():
+            relay.close()
+        for sw in relayed.values():
+            sw.close()
 
 
 if __name__ == "__main__":
