@@ -487,6 +487,8 @@ class PassthroughBackend:
         self.max_command_size = max_command_size
         self._slot = trio.Semaphore(1)  # one command at a time on the upstream connection
         self._inflight = None           # a command execute_inline sent, not yet answered
+        self._claimed = False           # ... and the fast path awaits it (`inline_pending`)
+        self._fresh = None              # the descriptor of the last execute_inline's command
         self._powered = True
         self.anchor = None
         self.reports = 0
@@ -783,6 +785,7 @@ class PassthroughBackend:
         instance's slot: the fast path either waits for `inline_pending()` among its other
         descriptors and takes the answer with `finish_inline` (it passes `wait=0`: no
         blocking here), or calls `execute` with it, which awaits the answer."""
+        self._fresh = None
         if self._slot.value == 0 or not self.upstream.connected or self._served(command):
             return None
         try:
@@ -796,6 +799,8 @@ class PassthroughBackend:
             fd = self.upstream.send(command, locality)
             if fd is None or not wait or not self._quick(fd, wait):
                 self._inflight = (command, fd)
+                self._claimed = False
+                self._fresh = fd
                 return None
             rsp = self.upstream.receive(self.upstream.timeout)
         except UpstreamError as e:
@@ -806,12 +811,18 @@ class PassthroughBackend:
         return self._after(command, rsp)
 
     def inline_pending(self):
-        """The descriptor whose readability answers the command `execute_inline` left in
-        flight (None: nothing in flight, or no descriptor to wait on)."""
-        return self._inflight[1] if self._inflight is not None else None
+        """Right after an `execute_inline` that returned None: the descriptor whose
+        readability answers its command, now in flight, which the caller then owns: it takes
+        the answer with `finish_inline` or `wait_inline` (`execute` leaves it alone, even
+        for a command of the same bytes). None: that command is not in flight, or there is
+        no descriptor to wait on (then `execute` with the command takes it over)."""
+        fd, self._fresh = self._fresh, None
+        if fd is not None:
+            self._claimed = True
+        return fd
 
     def finish_inline(self) -> bytes:
-        """The answer to the command in flight, once `inline_pending()` is readable."""
+        """The answer to the claimed command in flight, once its descriptor is readable."""
         command, _fd = self._inflight
         self._inflight = None
         try:
@@ -822,8 +833,18 @@ class PassthroughBackend:
             self._slot.release()
         return self._after(command, rsp)
 
+    async def wait_inline(self) -> bytes:
+        """The answer to the claimed command in flight, awaited (within the timeout)."""
+        command, fd = self._inflight
+        self._inflight = None
+        try:
+            return self._after(command, await self._wait(fd))
+        finally:
+            self._slot.release()
+
     async def execute(self, command: bytes, locality: int) -> bytes:
-        if self._inflight is not None and self._inflight[0] == command:
+        if (self._inflight is not None and not self._claimed
+                and self._inflight[0] == command):
             fd = self._inflight[1]
             self._inflight = None           # sent by execute_inline: its answer is ours
             try:

@@ -312,8 +312,11 @@ class FastPath:
         """Wait in the set for the answer to the command at the head of `buf`, which the
         backend left in flight; False if there is nothing to wait on there."""
         fd = self.host.backend.inline_pending() if self._parks else None
-        if fd is None or not self._set.wait_for(fd, self, time.monotonic() + PARK):
+        if fd is None:
             return False
+        if not self._set.wait_for(fd, self, time.monotonic() + PARK):
+            self._slow(sock, buf, inflight=True)
+            return True
         if self._idle.pop(sock.fileno(), None) is not None:
             self._set.unregister(sock.fileno())   # its next command waits for this answer
         self._waiting[fd] = (sock, buf)
@@ -323,9 +326,9 @@ class FastPath:
         """The upstream answered the parked command on `fd`: answer its client, go on."""
         sock, buf = self._waiting.pop(fd)
         self._set.unregister(fd)
-        response = self.host.finish_inline()
-        buf = buf[HEADER.unpack_from(buf)[1]:]
         try:
+            response = self.host.finish_inline()
+            buf = buf[HEADER.unpack_from(buf)[1]:]
             if self._respond(sock, buf, response):
                 self._advance(sock, buf)
         except (BlockingIOError, InterruptedError):
@@ -333,12 +336,15 @@ class FastPath:
         except OSError as e:                    # the client went away meanwhile
             log.debug("%s: %s", self.what, e)
             self._drop(sock)
+        except Exception:     # a bug costs this connection, never the listener
+            log.exception("%s: connection failed", self.what)
+            self._drop(sock)
 
     def expire(self, fd):
-        """The parked command's answer is slow (`PARK` passed): a task awaits it (the
-        backend's `execute` takes the command in flight), so the set is not kept busy."""
+        """The parked command's answer is slow (`PARK` passed): a task awaits it, so the
+        set is not kept busy."""
         sock, buf = self._waiting.pop(fd)
-        self._slow(sock, buf)
+        self._slow(sock, buf, inflight=True)
 
     def release(self):
         """After an epoll pass: the responses held for their NV changes go out once one
@@ -375,15 +381,21 @@ class FastPath:
             self._set.forget(sock.fileno())
         sock.close()
 
-    def _slow(self, sock, buf, pending=b"", flush=False):
+    def _slow(self, sock, buf, pending=b"", flush=False, inflight=False):
+        """Hand the connection to a task: `buf` is what it sent and nobody answered yet;
+        `pending` a response to send first (after a `flush` of its NV change); `inflight`:
+        the command at the head of `buf` is in flight upstream, its answer is awaited."""
         if self._idle.pop(sock.fileno(), None) is not None:
             self._set.unregister(sock.fileno())     # a task serves it from here on
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending, flush)
+        self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending, flush, inflight)
 
-    async def _run_slow(self, stream, buf, pending, flush):
+    async def _run_slow(self, stream, buf, pending, flush, inflight=False):
         from .host import serve_connection
         try:
+            if inflight:
+                pending = await self.host.wait_inline()
+                buf = buf[HEADER.unpack_from(buf)[1]:]
             if flush and await self.host.backend.flush() is False:
                 from ..backend import NV_UNAVAILABLE
                 pending = NV_UNAVAILABLE        # not on disk: not acknowledged

@@ -56,6 +56,11 @@ class TpmHost:
         self.counters.count(response)
         return response
 
+    async def wait_inline(self) -> bytes:
+        response = await self.backend.wait_inline()
+        self.counters.count(response)
+        return response
+
     async def signal(self, signal, *args):
         """A platform signal in turn with the commands; None or the refusal (see backend)."""
         return await self.backend.signal(signal, *args)

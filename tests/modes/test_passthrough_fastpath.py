@@ -157,3 +157,21 @@ def test_control_channel_is_served_while_clients_keep_the_data_channel_busy(tmp_
                 p.wait()
                 p.stdout.close()
         assert d.proc.poll() is None
+
+
+def test_same_command_from_many_clients_at_once(daemon):
+    """Identical commands (same bytes) from concurrent clients: each gets an answer of its
+    own while one of them is in flight, none waits out the timeout."""
+    answers = []
+
+    def client():
+        for _ in range(30):
+            answers.append(call(daemon.path, GET_RANDOM)[0])
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 120
+    assert all(rc(r) == 0 and len(r) == 28 for r in answers)
+    assert len({r[12:] for r in answers}) == 120          # 120 different random strings
