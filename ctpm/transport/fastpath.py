@@ -24,6 +24,7 @@ log = logging.getLogger("ctpm.transport.fastpath")
 _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 _BATCH = 8
+_NOWAIT = socket.MSG_DONTWAIT
 LINGER = 0.0002     # s: one wait on the set before going back to trio (see EpollSet.watch)
 TURN = 0.0005       # s: the longest the set keeps the loop before a checkpoint
 PARK = 0.002        # s: an upstream answer waited for in the set, then in a task
@@ -232,7 +233,8 @@ class FastPath:
                 return True
             log.error("%s: accept failed (%s); retrying in 0.1 s", self.what, e.strerror)
             return False
-        sock.setblocking(False)
+        # left blocking (no ioctl): every call here passes MSG_DONTWAIT, and a task that
+        # takes the connection over makes it non-blocking
         self._advance(sock, b"")
         return True
 
@@ -246,7 +248,7 @@ class FastPath:
         try:
             while True:
                 try:
-                    data = sock.recv(_RECV)
+                    data = sock.recv(_RECV, _NOWAIT)
                 except (BlockingIOError, InterruptedError):
                     data = None
                 if data == b"":                       # the client closed
@@ -280,10 +282,7 @@ class FastPath:
                 # Answered, or nothing more to read: wait in the set (a swtpm TCTI client
                 # closes now; reading at once would mostly find nothing yet).
                 if data is None or served:
-                    if sock.fileno() not in self._idle:
-                        self._idle[sock.fileno()] = sock
-                        self._set.register(sock.fileno(), _IDLE_EVENTS, self)
-                    return
+                    return self._wait_idle(sock)
         except (BlockingIOError, InterruptedError):
             return self._slow(sock, buf, response)
         except OSError as e:                          # reset by the peer, and the like
@@ -292,6 +291,11 @@ class FastPath:
         except Exception:     # a bug costs this connection, never the listener
             log.exception("%s: connection failed", self.what)
             self._drop(sock)
+
+    def _wait_idle(self, sock):
+        if sock.fileno() not in self._idle:
+            self._idle[sock.fileno()] = sock
+            self._set.register(sock.fileno(), _IDLE_EVENTS, self)
 
     def _respond(self, sock, buf, response) -> bool:
         """Send `response` (after the NV change it made is durable); False when the
@@ -302,7 +306,7 @@ class FastPath:
                 return False
             self._held.append((sock, buf, response))   # see `release`
             return False
-        sent = sock.send(response)
+        sent = sock.send(response, _NOWAIT)
         if sent != len(response):
             self._slow(sock, buf, response[sent:])
             return False
@@ -330,7 +334,10 @@ class FastPath:
             response = self.host.finish_inline()
             buf = buf[HEADER.unpack_from(buf)[1]:]
             if self._respond(sock, buf, response):
-                self._advance(sock, buf)
+                if buf:
+                    self._advance(sock, buf)
+                else:
+                    self._wait_idle(sock)       # as in `_advance`: no read that finds nothing
         except (BlockingIOError, InterruptedError):
             self._slow(sock, buf, response)
         except OSError as e:                    # the client went away meanwhile
@@ -363,7 +370,7 @@ class FastPath:
                 from ..backend import NV_UNAVAILABLE
                 response = NV_UNAVAILABLE           # not on disk: not acknowledged
             try:
-                sent = sock.send(response)
+                sent = sock.send(response, _NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as e:
