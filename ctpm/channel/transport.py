@@ -5,9 +5,13 @@ TCTI (tpm2-tools' TCTI strings, through tpm2-pytss's loader) or the SVSM vTPM pr
 class TctiTransport:
     """Raw commands through a TCTI: the bytes go out as built here, untouched by ESAPI."""
 
-    def __init__(self, tcti: str, timeout_ms: int = 120_000):
-        from tpm2_pytss import TCTILdr
-        self._tcti = TCTILdr.parse(tcti)
+    def __init__(self, tcti, timeout_ms: int = 120_000):
+        """`tcti`: a TCTI string, or an open tpm2-pytss TCTI (e.g. an ESAPI's, `esapi.tcti`,
+        between its commands)."""
+        if isinstance(tcti, str):
+            from tpm2_pytss import TCTILdr
+            tcti = TCTILdr.parse(tcti)
+        self._tcti = tcti
         self._timeout = timeout_ms
 
     def __call__(self, command: bytes) -> bytes:

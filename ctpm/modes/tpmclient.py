@@ -1,9 +1,11 @@
 """A small synchronous TPM 2.0 client over `execute(command) -> response`.
 
 What a mode does at boot and as the platform (create and persist the EKs and the AK, define
-the report indices, write evidence) it does with ordinary TPM commands through this client,
-exactly as platform firmware would: the engine gets no mode-specific entry point. Only the
-commands the modes need are here; tpm2-pytss is far too slow to import on the start-up path.
+the report indices) it does with ordinary TPM commands through this client, exactly as
+platform firmware would: the engine gets no mode-specific entry point (the evidence itself is
+written through the engine's generic platform NV entry, `Tpm.platform_nv_write`). The
+attester (ctpm/attest/evidence.py) uses it too, over a TCTI, for the report request. Only the
+commands these need are here; tpm2-pytss is far too slow to import on the start-up path.
 """
 import struct
 
@@ -20,6 +22,8 @@ CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
       "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
       "ActivateCredential": 0x147, "GetCapability": 0x17A}
+TPM_CAP_TPM_PROPERTIES = 6
+TPM_PT_NV_BUFFER_MAX = 0x12C
 
 
 # TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: the command was not started, send it again
@@ -142,9 +146,26 @@ class TpmClient:
         _, params = self._split(rsp, 0)
         return params[2:2 + struct.unpack(">H", params[:2])[0]]
 
+    def nv_data_size(self, index: int) -> int:
+        """dataSize of an NV index (NV_ReadPublic)."""
+        rsp = self.call("NV_ReadPublic", handles=[index])
+        policy = struct.unpack(">H", rsp[12:14])[0]       # after size, nvIndex, alg, attrs
+        return struct.unpack(">H", rsp[14 + policy:16 + policy])[0]
+
     def nv_write(self, auth: int, index: int, data: bytes, offset: int = 0, session=None):
         self.call("NV_Write", b2(data) + u16(offset), handles=[auth, index],
                   sessions=[session or pw()])
+
+    def tpm_property(self, prop: int) -> int | None:
+        """One TPM_CAP_TPM_PROPERTIES value (Part 2 §6.13), None if the TPM has no such
+        property (it answers with the next one it has, or none)."""
+        rsp = self.call("GetCapability", u32(TPM_CAP_TPM_PROPERTIES) + u32(prop) + u32(1))
+        # moreData, capability, TPML_TAGGED_TPM_PROPERTY (count, then property/value pairs)
+        count = struct.unpack(">I", rsp[5:9])[0] if len(rsp) >= 9 else 0
+        if count < 1 or len(rsp) < 17:
+            return None
+        got, value = struct.unpack(">II", rsp[9:17])
+        return value if got == prop else None
 
     def load_external_public(self, public: bytes) -> tuple[int, bytes]:
         """(handle, Name) of a public key loaded in the NULL hierarchy."""
