@@ -219,8 +219,7 @@ def collect_snp_only(esapi, nonce: bytes) -> bytes:
     first read each index's public area to name it (a round trip each), which only HMAC and
     encrypting sessions need. The index is read in pieces of the TPM's TPM_PT_NV_BUFFER_MAX
     (asked, not assumed), up to where its header says the evidence ends."""
-    from ..channel.transport import TctiTransport
-    from ..modes.tpmclient import (RH_OWNER, TPM_PT_NV_BUFFER_MAX, TpmClient,
+    from ..modes.tpmclient import (RH_OWNER, TPM_PT_NV_BUFFER_MAX, TctiTransport, TpmClient,
                                    TpmCommandError)
     tpm = TpmClient(TctiTransport(esapi.tcti))
     try:

@@ -189,3 +189,25 @@ class TpmClient:
         marshalled TPMT_SIGNATURE over H(nonceTPM || 0x00000000)."""
         body = b2(nonce_tpm) + b2(b"") + b2(b"") + u32(0) + signature
         self.call("PolicySigned", body, handles=[key_handle, session])
+
+
+class TctiTransport:
+    """Raw commands through a TCTI: the bytes go out as built here, untouched by ESAPI."""
+
+    def __init__(self, tcti, timeout_ms: int = 120_000):
+        """`tcti`: a TCTI string, or an open tpm2-pytss TCTI (e.g. an ESAPI's, `esapi.tcti`,
+        between its commands)."""
+        if isinstance(tcti, str):
+            from tpm2_pytss import TCTILdr
+            tcti = TCTILdr.parse(tcti)
+        self._tcti = tcti
+        self._timeout = timeout_ms
+
+    def __call__(self, command: bytes) -> bytes:
+        self._tcti.transmit(bytes(command))
+        return bytes(self._tcti.receive(-1, self._timeout))
+
+    def close(self):
+        tcti, self._tcti = self._tcti, None
+        if tcti is not None:
+            tcti.close()

@@ -320,9 +320,9 @@ def test_the_attester_reads_in_the_tpms_nv_buffer_size(sim, tmp_path, buffer):
     ctpm instances, configured with each size."""
     from tpm2_pytss import ESAPI, TCTILdr
 
-    from ctpm.channel.transport import TctiTransport
     from ctpm.modes.anchor import decode_evidence
-    from ctpm.modes.tpmclient import RH_OWNER, TPM_PT_NV_BUFFER_MAX, TpmClient, TpmCommandError
+    from ctpm.modes.tpmclient import (RH_OWNER, TPM_PT_NV_BUFFER_MAX, TctiTransport, TpmClient,
+                                      TpmCommandError)
     from ctpm.snp.verify import Verifier
     conf = tmp_path / "ctpm.toml"
     conf.write_text(f"[tpm]\nnv_buffer_max = {buffer}\n")
