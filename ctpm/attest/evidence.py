@@ -157,15 +157,19 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
             if ev.nonce != nonce:
                 raise ValueError("the evidence index answered another nonce")
             snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
-        ak, made = _persistent_ak(esapi), False
-        if ak is None:
-            ak, made = _ak(esapi, snp[2], snp[3])
-        tpm_selection = TPML_PCR_SELECTION.parse(selection)
-        quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
-                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        values = read_pcrs(esapi, selection)
-        quote_bytes = bytes(quoted.attestationData)
-        sig_bytes = signature.marshal()
+        # the persistent AK is quoted by its handle (`quote_pcrs`); ESAPI's ESYS_TR is needed
+        # only to make the AK again or to certify it
+        quoted = None if ak_certify is not None else quote_pcrs(esapi, nonce, selection)
+        ak = made = None
+        if quoted is None:
+            ak, made = _persistent_ak(esapi), False
+            if ak is None:
+                ak, made = _ak(esapi, snp[2], snp[3])
+            q, s = esapi.quote(ak, TPML_PCR_SELECTION.parse(selection),
+                               TPM2B_DATA(qualifying_data(nonce)),
+                               TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+            quoted = bytes(q.attestationData), s.marshal(), read_pcrs(esapi, selection)
+        quote_bytes, sig_bytes, values = quoted
         certification = None
         if ak_certify is not None:
             from .akcert import certify_ak
@@ -252,18 +256,33 @@ def collect_snp_only(esapi, nonce: bytes) -> bytes:
                                   for off in range(len(blob), want, chunk))
 
 
-def read_pcrs(esapi, selection: str) -> dict:
-    """{bank: {pcr: value}} for a tpm2-tools selection (PCR_Read takes 8 at a time)."""
-    from tpm2_pytss.types import TPML_PCR_SELECTION
+def quote_pcrs(esapi, nonce: bytes, selection: str, ak: int = AK_HANDLE):
+    """(TPMS_ATTEST, TPMT_SIGNATURE, PCR values) of a quote for `nonce` by the persistent AK
+    at `ak` over `selection`, with plain commands on the ESAPI's TCTI (an ESYS_TR would cost
+    a ReadPublic first); None if the TPM refuses the quote (no AK there, as in the passthrough
+    mode, or a guard in front): the caller's ESAPI path then makes the AK or says why not."""
+    from ..modes.tpmclient import TctiTransport, TpmClient, TpmCommandError
+    from .tpm import parse_selection, pcr_selection
+    tpm = TpmClient(TctiTransport(esapi.tcti))
+    try:
+        quote, signature = tpm.quote(ak, qualifying_data(nonce),
+                                     pcr_selection(parse_selection(selection)))
+    except TpmCommandError:
+        return None
+    return quote, signature, read_pcrs(esapi, selection)
 
-    from .tpm import parse_selection
+
+def read_pcrs(esapi, selection: str) -> dict:
+    """{bank: {pcr: value}} for a tpm2-tools selection (PCR_Read takes 8 at a time), with
+    plain commands on the ESAPI's TCTI."""
+    from ..modes.tpmclient import TctiTransport, TpmClient
+    from .tpm import parse_selection, pcr_selection
+    tpm = TpmClient(TctiTransport(esapi.tcti))
     values = {}
     for bank, indices in parse_selection(selection):
         values[bank] = {}
         for i in range(0, len(indices), 8):
             chunk = indices[i:i + 8]
-            _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(
-                f"{bank}:{','.join(map(str, chunk))}"))
-            for pcr, digest in zip(chunk, digests):
-                values[bank][pcr] = bytes(digest)
+            for pcr, digest in zip(chunk, tpm.pcr_read(pcr_selection(((bank, chunk),)))):
+                values[bank][pcr] = digest
     return values

@@ -21,7 +21,8 @@ CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "NV_Write": 0x137, "NV_Read": 0x14E, "StartAuthSession": 0x176, "PolicySigned": 0x160,
       "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
       "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
-      "ActivateCredential": 0x147, "GetCapability": 0x17A}
+      "ActivateCredential": 0x147, "GetCapability": 0x17A,
+      "Quote": 0x158, "PCR_Read": 0x17E}
 TPM_CAP_TPM_PROPERTIES = 6
 TPM_PT_NV_BUFFER_MAX = 0x12C
 
@@ -166,6 +167,30 @@ class TpmClient:
             return None
         got, value = struct.unpack(">II", rsp[9:17])
         return value if got == prop else None
+
+    def quote(self, key: int, qualifying: bytes, selection: bytes,
+              password: bytes = b"") -> tuple[bytes, bytes]:
+        """(TPMS_ATTEST, TPMT_SIGNATURE) of TPM2_Quote by `key` with its own scheme over the
+        marshalled TPML_PCR_SELECTION `selection`."""
+        rsp = self.call("Quote", b2(qualifying) + u16(0x0010) + selection, handles=[key],
+                        sessions=[pw(password)])
+        _, params = self._split(rsp, 0)
+        size = struct.unpack(">H", params[:2])[0]
+        return params[2:2 + size], params[2 + size:]
+
+    def pcr_read(self, selection: bytes) -> list[bytes]:
+        """The digests TPM2_PCR_Read gives for the marshalled TPML_PCR_SELECTION (at most
+        eight: the TPM reads what fits and says so in its pcrSelectionOut)."""
+        rsp = self.call("PCR_Read", selection)
+        pos = 8                             # after pcrUpdateCounter and the selections' count
+        for _ in range(struct.unpack(">I", rsp[4:8])[0]):
+            pos += 3 + rsp[pos + 2]         # hash, sizeofSelect, the bitmap
+        digests = []
+        for _ in range(struct.unpack(">I", rsp[pos:pos + 4])[0]):
+            size = struct.unpack(">H", rsp[pos + 4:pos + 6])[0]
+            digests.append(rsp[pos + 6:pos + 6 + size])
+            pos += 2 + size
+        return digests
 
     def load_external_public(self, public: bytes) -> tuple[int, bytes]:
         """(handle, Name) of a public key loaded in the NULL hierarchy."""
