@@ -225,3 +225,44 @@ def test_a_report_request_needs_no_session_slot(sim_dir, tmp_path):
         finally:
             esapi.close()
         assert "cannot refresh" not in d.stderr()
+
+
+def test_only_the_platform_key_satisfies_the_indices_policy(sim_dir):
+    """The evidence index, which ctpm writes as the platform without a command, is closed to
+    clients: owner, platform and its own authValue are refused, and its authPolicy is
+    PolicySigned by the key only this process holds (another key's PolicySigned does not
+    satisfy it; that key's does)."""
+    from ctpm.config import Config
+    from ctpm.modes.ephemeral import EVIDENCE_INDEX, EphemeralBackend, PlatformSigner
+    from ctpm.modes.tpmclient import (RH_OWNER, RH_PLATFORM, TpmClient, TpmCommandError,
+                                      policy_session)
+    from ctpm.snp.simulator import SimulatedProvider, SimulatedSP
+    backend = EphemeralBackend.build(Config(), provider=SimulatedProvider(SimulatedSP(sim_dir)))
+    tpm = backend._tpm
+    client = TpmClient(tpm.execute)
+    client.startup()
+    # TPM_RC_NV_AUTHORIZATION; with its own authValue TPM_RC_AUTH_UNAVAILABLE (policy only)
+    for auth, rc in ((RH_OWNER, 0x149), (RH_PLATFORM, 0x149), (EVIDENCE_INDEX, 0x12F)):
+        with pytest.raises(TpmCommandError) as e:
+            client.nv_write(auth, EVIDENCE_INDEX, b"guest")
+        assert e.value.rc == rc, hex(e.value.rc)
+
+    def policy_write(signer, data):
+        key, _ = client.load_external_public(signer.public)
+        session, nonce_tpm = client.start_policy_session()
+        try:
+            client.policy_signed(key, session, nonce_tpm, signer.signature(nonce_tpm))
+            client.nv_write(EVIDENCE_INDEX, EVIDENCE_INDEX, data,
+                            session=policy_session(session))
+        finally:
+            for handle in (key, session):
+                try:
+                    client.flush(handle)
+                except TpmCommandError:         # the session ended with its command
+                    pass
+    with pytest.raises(TpmCommandError) as e:
+        policy_write(PlatformSigner(), b"other")
+    assert e.value.rc & 0xFBF == 0x99D                          # TPM_RC_POLICY_FAIL
+    assert not tpm.platform_nv_read(EVIDENCE_INDEX).startswith(b"other")
+    policy_write(backend.signer, b"platform")
+    assert tpm.platform_nv_read(EVIDENCE_INDEX).startswith(b"platform")
