@@ -162,7 +162,7 @@ class Tpm:
             raise TpmError(TPM_RC.ATTRIBUTES)
         if a & nv_indices.A.WRITELOCKED:
             raise TpmError(TPM_RC.NV_LOCKED)
-        size = index.public.dataSize
+        size = index.public["dataSize"]
         if offset > size or len(data) > size - offset:
             raise TpmError(TPM_RC.NV_RANGE)
         if a & nv_indices.A.WRITEALL and len(data) < size:
