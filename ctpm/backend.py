@@ -148,7 +148,8 @@ class EngineBackend:
                                      max_sessions=config.max_sessions,
                                      max_persistent=config.max_persistent,
                                      max_nv_indices=config.max_nv_indices,
-                                     nv_space=config.nv_space)
+                                     nv_space=config.nv_space,
+                                     nv_buffer_max=config.nv_buffer_max or 1024)
         return Tpm.manufacture(Platform(store=store), config=engine_config)
 
     # -- commands -------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class Config:
     max_persistent: int = 64        # persistent objects (EvictControl)
     max_nv_indices: int = 64        # NV indices (NV_DefineSpace)
     nv_space: int = 32768           # bytes of NV index data in all
+    nv_buffer_max: int | None = None    # TPM_PT_NV_BUFFER_MAX; None: the mode's (1024/2048)
     resource_manager: bool = False  # per-connection handles on mssim (as /dev/tpmrm0)
     log_level: str = "warning"
     mode: str = "standard"          # standard | ephemeral | svsm (docs/modes.md)
@@ -96,6 +97,7 @@ SCHEMA = {
     "tpm": {"max_command_size": "max_command_size", "max_objects": "max_objects",
             "max_sessions": "max_sessions", "max_persistent": "max_persistent",
             "max_nv_indices": "max_nv_indices", "nv_space": "nv_space",
+            "nv_buffer_max": "nv_buffer_max",
             "resource_manager": "resource_manager"},
     "log": {"level": "log_level"},
     "mode": {"mode": "mode", "ak": "ak", "svsm": "svsm", "vtpm_proxy": "vtpm_proxy"},
@@ -438,6 +440,11 @@ def _validate(name, value, where):
         value = _check_type(value, int, where)
         if not 2048 <= value <= 16 * 1024 * 1024:
             raise ConfigError(f"{where}: {value} is not between 2048 and 16777216 bytes")
+        return value
+    if name == "nv_buffer_max":
+        value = _check_type(value, int, where)
+        if not 1024 <= value <= 2048:
+            raise ConfigError(f"{where}: {value} is not between 1024 and 2048 bytes")
         return value
     if name in ("max_objects", "max_sessions", "max_persistent", "max_nv_indices"):
         value = _check_type(value, int, where)

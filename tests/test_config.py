@@ -47,6 +47,15 @@ def test_limits(tmp_path, key):
             load(write(tmp_path, f"[tpm]\n{key} = {bad}\n"))
 
 
+def test_nv_buffer_max(tmp_path):
+    assert load(write(tmp_path, "")).nv_buffer_max is None          # the mode's default
+    for good in (1024, 2048):
+        assert load(write(tmp_path, f"[tpm]\nnv_buffer_max = {good}\n")).nv_buffer_max == good
+    for bad in ("1023", "2049", '"big"'):
+        with pytest.raises(ConfigError, match="nv_buffer_max"):
+            load(write(tmp_path, f"[tpm]\nnv_buffer_max = {bad}\n"))
+
+
 def test_flags_override_the_file(tmp_path):
     path = write(tmp_path, '[listen]\nmssim = ["127.0.0.1:5000"]\nswtpm = ["unix:/tmp/x"]\n'
                            '[log]\nlevel = "INFO"\n[state]\ndir = "/tmp/s"\n')

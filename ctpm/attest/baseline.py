@@ -92,8 +92,6 @@ def run_separate(tcti: str, nonces, *, verifier, policy, clock: _Clock | None = 
     round-trip count and the bytes exchanged. `nonces`: (N1, N3), 64 bytes each."""
 
     from tpm2_pytss import ESAPI, TCTILdr
-    from tpm2_pytss.constants import TPM2_ALG
-    from tpm2_pytss.types import TPM2B_DATA, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
 
     from ..modes.anchor import decode_evidence, verify_anchor
     from .verify import AttestError, _verify_quote
@@ -124,13 +122,11 @@ def run_separate(tcti: str, nonces, *, verifier, policy, clock: _Clock | None = 
         received += len(ak_public) + 2 + len(secret)
         if not hmac.compare_digest(activate_credential(esapi, blob, encrypted), secret):
             raise AttestError("credential", "ActivateCredential returned another secret")
-        # round 3: the quote for N3
-        ak = esapi.tr_from_tpmpublic(E.AK_HANDLE)
-        quoted, signature = esapi.quote(ak, TPML_PCR_SELECTION.parse(policy.pcrs),
-                                        TPM2B_DATA(E.qualifying_data(n3)),
-                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        values = E.read_pcrs(esapi, policy.pcrs)
-        quote, sig = bytes(quoted.attestationData), signature.marshal()
+        # round 3: the quote for N3 (the same code as the composite attester's)
+        quoted = E.quote_pcrs(esapi, n3, policy.pcrs)
+        if quoted is None:
+            raise LookupError(f"no usable AK at {E.AK_HANDLE:#x}")
+        quote, sig, values = quoted
         sent += 64
         received += len(quote) + len(sig) + sum(len(v) for b in values.values()
                                                 for v in b.values())

@@ -157,15 +157,19 @@ def collect(tcti: str, nonce: bytes, *, pcrs: str = DEFAULT_PCRS,
             if ev.nonce != nonce:
                 raise ValueError("the evidence index answered another nonce")
             snp = (ev.report, ev.cert_table, ev.manifest, ev.manifest_version, ev.provider)
-        ak, made = _persistent_ak(esapi), False
-        if ak is None:
-            ak, made = _ak(esapi, snp[2], snp[3])
-        tpm_selection = TPML_PCR_SELECTION.parse(selection)
-        quoted, signature = esapi.quote(ak, tpm_selection, TPM2B_DATA(qualifying_data(nonce)),
-                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        values = read_pcrs(esapi, selection)
-        quote_bytes = bytes(quoted.attestationData)
-        sig_bytes = signature.marshal()
+        # the persistent AK is quoted by its handle (`quote_pcrs`); ESAPI's ESYS_TR is needed
+        # only to make the AK again or to certify it
+        quoted = None if ak_certify is not None else quote_pcrs(esapi, nonce, selection)
+        ak = made = None
+        if quoted is None:
+            ak, made = _persistent_ak(esapi), False
+            if ak is None:
+                ak, made = _ak(esapi, snp[2], snp[3])
+            q, s = esapi.quote(ak, TPML_PCR_SELECTION.parse(selection),
+                               TPM2B_DATA(qualifying_data(nonce)),
+                               TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+            quoted = bytes(q.attestationData), s.marshal(), read_pcrs(esapi, selection)
+        quote_bytes, sig_bytes, values = quoted
         certification = None
         if ak_certify is not None:
             from .akcert import certify_ak
@@ -213,25 +217,32 @@ def _ak(esapi, manifest: bytes, manifest_version: int) -> tuple:
 
 
 def collect_snp_only(esapi, nonce: bytes) -> bytes:
-    """Ask ctpm for a report for `nonce` through its NV indices; the evidence index's bytes."""
-    from tpm2_pytss import TSS2_Exception
-    from tpm2_pytss.constants import ESYS_TR
-    from tpm2_pytss.types import TPM2B_MAX_NV_BUFFER
+    """Ask ctpm for a report for `nonce` through its NV indices; the evidence index's bytes.
+
+    Plain commands with password sessions on the ESAPI's TCTI (`TpmClient`): ESAPI would
+    first read each index's public area to name it (a round trip each), which only HMAC and
+    encrypting sessions need. The index is read in pieces of the TPM's TPM_PT_NV_BUFFER_MAX
+    (asked, not assumed), up to where its header says the evidence ends."""
+    from ..modes.tpmclient import (RH_OWNER, TPM_PT_NV_BUFFER_MAX, TctiTransport, TpmClient,
+                                   TpmCommandError)
+    tpm = TpmClient(TctiTransport(esapi.tcti))
     try:
-        request = esapi.tr_from_tpmpublic(NV_REQUEST)
-    except TSS2_Exception:
-        raise LookupError("this TPM has no report request index 0x01400002: it is not a "
-                          "ctpm in the ephemeral mode (a standard-mode TPM cannot be "
-                          "anchored; in the SVSM mode give --svsm)") from None
-    esapi.nv_write(request, TPM2B_MAX_NV_BUFFER(nonce), 0, auth_handle=ESYS_TR.OWNER)
-    index = esapi.tr_from_tpmpublic(NV_EVIDENCE)
+        tpm.nv_write(RH_OWNER, NV_REQUEST, nonce)
+    except TpmCommandError as e:
+        if e.rc & 0xC0 == 0x80 and e.rc & 0x3F == 0x0B:     # TPM_RC_HANDLE: no such index
+            raise LookupError("this TPM has no report request index 0x01400002: it is not a "
+                              "ctpm in the ephemeral mode (a standard-mode TPM cannot be "
+                              "anchored; in the SVSM mode give --svsm)") from None
+        raise
+    chunk = tpm.tpm_property(TPM_PT_NV_BUFFER_MAX)
+    if not chunk:
+        raise ValueError("the TPM reports no TPM_PT_NV_BUFFER_MAX")
+    chunk = min(chunk, 2048)    # tpm2-tss's TPM2_MAX_NV_BUFFER_SIZE: no TPM may send more
     try:        # ctpm's index is always larger than one read: its size is asked only if not
-        blob, size = bytes(esapi.nv_read(index, 1024, 0, auth_handle=ESYS_TR.OWNER)), None
-    except TSS2_Exception:
-        blob = None
-    if blob is None:
-        size = esapi.nv_read_public(index)[0].nvPublic.dataSize
-        blob = bytes(esapi.nv_read(index, min(1024, size), 0, auth_handle=ESYS_TR.OWNER))
+        blob, size = tpm.nv_read(RH_OWNER, NV_EVIDENCE, chunk), None
+    except TpmCommandError:
+        size = tpm.nv_data_size(NV_EVIDENCE)
+        blob = tpm.nv_read(RH_OWNER, NV_EVIDENCE, min(chunk, size))
     # the header's lengths say where the evidence ends: the padding after it is not read
     want = size
     if len(blob) >= 28 and blob[:8] == b"CTPMEVID":
@@ -239,24 +250,39 @@ def collect_snp_only(esapi, nonce: bytes) -> bytes:
         want = 28 + sum(struct.unpack(">HHIII", blob[12:28]))
         want = want if size is None else min(size, want)
     elif size is None:
-        size = want = esapi.nv_read_public(index)[0].nvPublic.dataSize
-    return blob[:want] + b"".join(bytes(esapi.nv_read(index, min(1024, want - off), off,
-                                               auth_handle=ESYS_TR.OWNER))
-                           for off in range(len(blob), want, 1024))
+        size = want = tpm.nv_data_size(NV_EVIDENCE)
+    return blob[:want] + b"".join(tpm.nv_read(RH_OWNER, NV_EVIDENCE, min(chunk, want - off),
+                                              off)
+                                  for off in range(len(blob), want, chunk))
+
+
+def quote_pcrs(esapi, nonce: bytes, selection: str, ak: int = AK_HANDLE):
+    """(TPMS_ATTEST, TPMT_SIGNATURE, PCR values) of a quote for `nonce` by the persistent AK
+    at `ak` over `selection`, with plain commands on the ESAPI's TCTI (an ESYS_TR would cost
+    a ReadPublic first); None if the TPM refuses the quote (no AK there, as in the passthrough
+    mode, or a guard in front): the caller's ESAPI path then makes the AK or says why not."""
+    from ..modes.tpmclient import TctiTransport, TpmClient, TpmCommandError
+    from .tpm import parse_selection, pcr_selection
+    tpm = TpmClient(TctiTransport(esapi.tcti))
+    try:
+        quote, signature = tpm.quote(ak, qualifying_data(nonce),
+                                     pcr_selection(parse_selection(selection)))
+    except TpmCommandError:
+        return None
+    return quote, signature, read_pcrs(esapi, selection)
 
 
 def read_pcrs(esapi, selection: str) -> dict:
-    """{bank: {pcr: value}} for a tpm2-tools selection (PCR_Read takes 8 at a time)."""
-    from tpm2_pytss.types import TPML_PCR_SELECTION
-
-    from .tpm import parse_selection
+    """{bank: {pcr: value}} for a tpm2-tools selection (PCR_Read takes 8 at a time), with
+    plain commands on the ESAPI's TCTI."""
+    from ..modes.tpmclient import TctiTransport, TpmClient
+    from .tpm import parse_selection, pcr_selection
+    tpm = TpmClient(TctiTransport(esapi.tcti))
     values = {}
     for bank, indices in parse_selection(selection):
         values[bank] = {}
         for i in range(0, len(indices), 8):
             chunk = indices[i:i + 8]
-            _, _, digests = esapi.pcr_read(TPML_PCR_SELECTION.parse(
-                f"{bank}:{','.join(map(str, chunk))}"))
-            for pcr, digest in zip(chunk, digests):
-                values[bank][pcr] = bytes(digest)
+            for pcr, digest in zip(chunk, tpm.pcr_read(pcr_selection(((bank, chunk),)))):
+                values[bank][pcr] = digest
     return values

@@ -149,6 +149,17 @@ def parse_selection(text: str) -> tuple:
     return tuple(out)
 
 
+def pcr_selection(selection) -> bytes:
+    """TPML_PCR_SELECTION of ((bank, (pcr, ...)), ...) (`parse_selection`)."""
+    out = struct.pack(">I", len(selection))
+    for bank, pcrs in selection:
+        bits = bytearray(3)
+        for i in pcrs:
+            bits[i // 8] |= 1 << (i % 8)
+        out += struct.pack(">HB", HASH_IDS[bank], 3) + bytes(bits)
+    return out
+
+
 def format_selection(selection) -> str:
     return "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection)
 
@@ -184,4 +195,4 @@ def verify_signature(key, signature: bytes, message: bytes, allowed: set):
 
 
 __all__ = ["InvalidSignature", "Quote", "public_key", "name_of", "parse_selection",
-           "format_selection", "verify_signature"]
+           "pcr_selection", "format_selection", "verify_signature"]

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..attest.evidence import b64u
-from ..attest.tpm import name_of
+from ..attest.tpm import name_of, pcr_selection
 from .tpm import ALG_AES, ALG_CFB, ALG_ECC, ALG_NULL, CC, SHA256, b2, take_b2, u16, u32
 
 ALG_KEYEDHASH, ALG_ECDSA = 0x0008, 0x0018
@@ -142,18 +142,6 @@ def sign_authorization(private_key: ec.EllipticCurvePrivateKey, nonce_tpm: bytes
 
 
 # --- policies ------------------------------------------------------------------------------------
-
-def pcr_selection(selection) -> bytes:
-    """TPML_PCR_SELECTION of ((bank, (pcr, ...)), ...) (ctpm.attest.tpm.parse_selection)."""
-    ids = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
-    out = u32(len(selection))
-    for bank, pcrs in selection:
-        bits = bytearray(3)
-        for i in pcrs:
-            bits[i // 8] |= 1 << (i % 8)
-        out += u16(ids[bank]) + bytes([3]) + bytes(bits)
-    return out
-
 
 def pcr_digest(selection, values: dict) -> bytes:
     """SHA-256 of the selected PCR values in selection order (what PolicyPCR compares)."""

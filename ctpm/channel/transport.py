@@ -1,23 +1,9 @@
 """Transports for the channel's own TPM client: `execute(command) -> response` over a tpm2-tss
-TCTI (tpm2-tools' TCTI strings, through tpm2-pytss's loader) or the SVSM vTPM protocol."""
+TCTI (tpm2-tools' TCTI strings, through tpm2-pytss's loader: `modes.tpmclient.TctiTransport`,
+shared with the attester) or the SVSM vTPM protocol."""
+from ..modes.tpmclient import TctiTransport
 
-
-class TctiTransport:
-    """Raw commands through a TCTI: the bytes go out as built here, untouched by ESAPI."""
-
-    def __init__(self, tcti: str, timeout_ms: int = 120_000):
-        from tpm2_pytss import TCTILdr
-        self._tcti = TCTILdr.parse(tcti)
-        self._timeout = timeout_ms
-
-    def __call__(self, command: bytes) -> bytes:
-        self._tcti.transmit(bytes(command))
-        return bytes(self._tcti.receive(-1, self._timeout))
-
-    def close(self):
-        tcti, self._tcti = self._tcti, None
-        if tcti is not None:
-            tcti.close()
+__all__ = ["SvsmTransport", "TctiTransport", "open_transport"]
 
 
 class SvsmTransport:

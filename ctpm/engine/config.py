@@ -22,6 +22,10 @@ class EngineConfig:
     # past either TPM_RC_NV_SPACE.
     max_nv_indices: int = 64
     nv_space: int = 32768
+    # Most bytes one NV_Read, NV_Write, NV_Extend or NV_Certify moves (MAX_NV_BUFFER_SIZE,
+    # TPM_PT_NV_BUFFER_MAX; libtpms: 1024); 1024-2048 (tpm2-tss's TPM2B_MAX_NV_BUFFER). The
+    # ephemeral mode raises it, so that its evidence index takes fewer reads.
+    nv_buffer_max: int = 1024
     # Largest ordinary NV index (MAX_NV_INDEX_SIZE, TPM_PT_NV_INDEX_MAX; libtpms: 2048). The
     # ephemeral mode raises it for its evidence index (a report and its certificates).
     max_nv_index_size: int = 2048
@@ -29,3 +33,8 @@ class EngineConfig:
     max_sessions: int = 64
     # Persist the clock to NV when it ran this far ahead of the stored value (ms).
     clock_update_interval_ms: int = 4096
+
+    def __post_init__(self):
+        if not 1024 <= self.nv_buffer_max <= 2048:
+            raise ValueError(f"nv_buffer_max {self.nv_buffer_max} is not between 1024 and 2048")
+

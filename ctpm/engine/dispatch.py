@@ -93,6 +93,8 @@ class Dispatcher:
         self.tpm = tpm
         self.table = handlers.table()
         self._functions = {}      # command code -> handler, resolved at the first command of it
+        # what the parameters' bounds read from the configuration (wire.base.Tpm2b `limit`)
+        self._params_context = Container(nv_buffer_max=tpm.config.nv_buffer_max)
 
     def execute(self, command: bytes, locality: int) -> bytes:
         state = self.tpm.state
@@ -184,7 +186,7 @@ class Dispatcher:
         params = []
         for i, (_name, con) in enumerate(cdef.params, 1):
             try:
-                params.append(con._parsereport(stream, _NO_CONTEXT, "(command)"))
+                params.append(con._parsereport(stream, self._params_context, "(command)"))
             except TpmError as e:
                 raise e.located(param=i)
             except ConstructError:

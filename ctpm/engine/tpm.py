@@ -9,6 +9,7 @@ from ..errors import TpmError
 from ..platform import Platform
 from ..wire.commands import Auth
 from ..wire.constants import TPM_ALG, TPM_CC, TPM_HT, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT
+from ..wire.nv import TPM_NT, nt_of
 from .config import EngineConfig
 from .dispatch import Dispatcher
 from . import migration
@@ -145,6 +146,49 @@ class Tpm:
 
     def hash_end(self):
         self.state.drtm_hash_end()
+
+    # -- the platform's own NV indices (firmware, or a mode's backend, not a command) --------
+
+    def platform_nv_write(self, handle: int, data: bytes, offset: int = 0):
+        """Write `data` at `offset` into an ordinary platform-created NV index as the platform
+        that created it, as firmware writes its own indices: not a TPM command, so no
+        authorization, no session or object slot taken from the client, nothing audited.
+        The index's own rules hold (ordinary, not write-locked, the range, NV available) and
+        what a client may do with it stays what its attributes and policy allow. Raises
+        TpmError with the TPM_RC that refuses it."""
+        index = self._platform_index(handle)
+        a = index.attributes
+        if nt_of(a) != TPM_NT.ORDINARY:
+            raise TpmError(TPM_RC.ATTRIBUTES)
+        if a & nv_indices.A.WRITELOCKED:
+            raise TpmError(TPM_RC.NV_LOCKED)
+        size = index.public["dataSize"]
+        if offset > size or len(data) > size - offset:
+            raise TpmError(TPM_RC.NV_RANGE)
+        if a & nv_indices.A.WRITEALL and len(data) < size:
+            raise TpmError(TPM_RC.NV_RANGE)
+        if not a & nv_indices.A.ORDERLY and not self.nv_available:
+            raise TpmError(TPM_RC.NV_UNAVAILABLE)
+        nv_indices.write_data(self.state, index, offset, bytes(data))
+        self.state.commit()
+
+    def platform_nv_read(self, handle: int) -> bytes:
+        """The whole content of a written platform-created NV index, read by the platform
+        (see `platform_nv_write`)."""
+        index = self._platform_index(handle)
+        if not index.attributes & nv_indices.A.WRITTEN:
+            raise TpmError(TPM_RC.NV_UNINITIALIZED)
+        return index.data
+
+    def _platform_index(self, handle: int):
+        if not self.powered:
+            raise TpmError(TPM_RC.FAILURE)
+        index = nv_indices.get(self.state, handle)
+        if index is None:
+            raise TpmError(TPM_RC.HANDLE)
+        if not index.attributes & nv_indices.A.PLATFORMCREATE:
+            raise TpmError(TPM_RC.NV_AUTHORIZATION)
+        return index
 
     def _object(self, handle: int):
         state = self.state

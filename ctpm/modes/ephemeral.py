@@ -10,11 +10,14 @@ At boot, before the first command is served:
   - EVIDENCE 0x01400001, owner/auth read only: ctpm writes there, for every nonce written to
     REQUEST, a fresh report with REPORT_DATA = SHA-512(nonce || manifest v1), its certificate
     table, the manifest and the provider's name (layout in anchor.py);
-  Both are written by the platform only through a policy session satisfied by PolicySigned
-  with a P-256 key that lives in this process's memory (new every boot), and deleted only by
-  NV_UndefineSpaceSpecial with that policy (TPMA_NV_POLICY_DELETE): guest root, even holding
-  platformAuth, can neither replace nor delete the evidence. A verifier checks the report
-  anyway (signature, REPORT_DATA).
+  Through TPM commands, both can be written only with a policy session satisfied by
+  PolicySigned with a P-256 key that lives in this process's memory (new every boot), and
+  deleted only by NV_UndefineSpaceSpecial with that policy (TPMA_NV_POLICY_DELETE): guest
+  root, even holding platformAuth, can neither replace nor delete the evidence. ctpm itself,
+  the platform, writes EVIDENCE (and reads REQUEST) directly in its engine
+  (`Tpm.platform_nv_write`), as firmware writes its own indices: no command, so no session or
+  object slot of the guest's is taken and nothing lands in its audit. A verifier checks the
+  report anyway (signature, REPORT_DATA).
 * one boot report (for an all-zero nonce) is in EVIDENCE, so the first read works;
 * then the TPM is powered off and on again, so that the client's TPM2_Startup is the first
   command of its boot (as with coconut-svsm, whose firmware sends Startup).
@@ -28,14 +31,17 @@ import struct
 from ..backend import EngineBackend
 from .anchor import Anchor, encode_evidence
 from .identity import provision
-from .tpmclient import RH_PLATFORM, TpmClient, b2, policy_session, u16, u32
+from .tpmclient import RH_PLATFORM, TpmClient, b2, u16, u32
 
 log = logging.getLogger("ctpm.modes")
 
 EVIDENCE_INDEX = 0x01400001
 REQUEST_INDEX = 0x01400002
-NV_CHUNK = 1024                         # TPM_PT_NV_BUFFER_MAX
 MAX_EVIDENCE_INDEX = 8192               # room for a report, three certificates, the manifest
+# TPM_PT_NV_BUFFER_MAX unless configured: tpm2-tss's largest, so that an attester reads the
+# evidence (~7.5 KB) in 4 NV_Reads rather than 8; a client that reads the property (tpm2-tools,
+# ctpm's attester) follows, one that assumes libtpms' 1024 still works (reads of 1024 are fine)
+NV_BUFFER_MAX = 2048
 
 # TPMA_NV bits
 _POLICYWRITE, _AUTHWRITE, _OWNERWRITE = 1 << 3, 1 << 2, 1 << 1
@@ -52,8 +58,9 @@ _OK = bytes(4)
 
 
 class PlatformSigner:
-    """The key with which this process, acting as the platform, authorizes its writes to the
-    evidence index (PolicySigned). Its private half never leaves memory."""
+    """The key whose PolicySigned is the authPolicy of the two indices: only this process,
+    the platform, could satisfy it (`signature`), so no client can write or delete them.
+    Its private half never leaves memory."""
 
     def __init__(self):
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -78,27 +85,6 @@ class PlatformSigner:
         return (struct.pack(">HH", 0x18, 0x0B) + b2(r.to_bytes(32, "big"))
                 + b2(s.to_bytes(32, "big")))
 
-    def write(self, client: TpmClient, index: int, data: bytes, previous: bytes | None = None):
-        """Write `data` into `index` in NV_Write-sized pieces, each authorized by a fresh
-        policy session (a policy session's digest is spent by the command it authorizes).
-        `previous`: what the index holds now (only this process writes it): pieces equal to
-        it are not written again (a new report changes the nonce and the report, not the
-        certificate table and the manifest that make most of the evidence)."""
-        offsets = [offset for offset in range(0, len(data), NV_CHUNK)
-                   if previous is None or len(previous) != len(data)
-                   or previous[offset:offset + NV_CHUNK] != data[offset:offset + NV_CHUNK]]
-        if not offsets:
-            return
-        key, _ = client.load_external_public(self.public)
-        try:
-            for offset in offsets:
-                session, nonce_tpm = client.start_policy_session()
-                client.policy_signed(key, session, nonce_tpm, self.signature(nonce_tpm))
-                client.nv_write(index, index, data[offset:offset + NV_CHUNK], offset,
-                                session=policy_session(session))
-        finally:
-            client.flush(key)
-
 
 class EphemeralBackend(EngineBackend):
     """The engine in memory, provisioned and anchored at boot (see the module docstring)."""
@@ -110,7 +96,7 @@ class EphemeralBackend(EngineBackend):
         from ..engine.config import EngineConfig
         from ..engine.tpm import Tpm
         from ..platform import Platform
-        from ..state.store import MemoryStore
+        from ..state.store import VolatileStore
 
         if provider is None:
             from .report import open_report_provider
@@ -121,8 +107,9 @@ class EphemeralBackend(EngineBackend):
                                      max_persistent=config.max_persistent,
                                      max_nv_indices=config.max_nv_indices,
                                      nv_space=max(config.nv_space, 2 * MAX_EVIDENCE_INDEX),
-                                     max_nv_index_size=MAX_EVIDENCE_INDEX)
-        tpm = Tpm.manufacture(Platform(store=MemoryStore()), config=engine_config)
+                                     max_nv_index_size=MAX_EVIDENCE_INDEX,
+                                     nv_buffer_max=config.nv_buffer_max or NV_BUFFER_MAX)
+        tpm = Tpm.manufacture(Platform(store=VolatileStore()), config=engine_config)
         backend = cls(tpm, max_command_size=config.max_command_size)
         backend._boot(provider, ak_kind=config.ak)
         return backend
@@ -141,8 +128,7 @@ class EphemeralBackend(EngineBackend):
         client.nv_define(RH_PLATFORM, EVIDENCE_INDEX, EVIDENCE_ATTRS, size, self.signer.policy)
         client.nv_define(RH_PLATFORM, REQUEST_INDEX, REQUEST_ATTRS, 64, self.signer.policy)
         self.evidence_size = size
-        self.written = first.ljust(size, b"\0")
-        self.signer.write(client, EVIDENCE_INDEX, self.written)
+        tpm.platform_nv_write(EVIDENCE_INDEX, first.ljust(size, b"\0"))
         client.shutdown()
         tpm.power_off()
         tpm.power_on()          # the client's Startup is the first command of this boot
@@ -174,17 +160,13 @@ class EphemeralBackend(EngineBackend):
 
     async def _refresh(self):
         import trio
-        nonce = await self.run_exclusive(
-            lambda tpm: TpmClient(tpm.execute).nv_read(REQUEST_INDEX, REQUEST_INDEX, 64))
+        nonce = await self.run_exclusive(lambda tpm: tpm.platform_nv_read(REQUEST_INDEX))
         blob = await trio.to_thread.run_sync(self._evidence, nonce)
         if len(blob) > self.evidence_size:
             raise ValueError(f"evidence of {len(blob)} bytes does not fit the index "
                              f"({self.evidence_size})")
-        blob = blob.ljust(self.evidence_size, b"\0")
-        previous, self.written = self.written, None     # unknown if the write fails midway
-        await self.run_exclusive(lambda tpm: self.signer.write(
-            TpmClient(tpm.execute), EVIDENCE_INDEX, blob, previous))
-        self.written = blob
+        await self.run_exclusive(lambda tpm: tpm.platform_nv_write(
+            EVIDENCE_INDEX, blob.ljust(self.evidence_size, b"\0")))
         self.reports += 1
 
     # -- what an ephemeral TPM refuses ------------------------------------------------------

@@ -1,9 +1,11 @@
 """A small synchronous TPM 2.0 client over `execute(command) -> response`.
 
 What a mode does at boot and as the platform (create and persist the EKs and the AK, define
-the report indices, write evidence) it does with ordinary TPM commands through this client,
-exactly as platform firmware would: the engine gets no mode-specific entry point. Only the
-commands the modes need are here; tpm2-pytss is far too slow to import on the start-up path.
+the report indices) it does with ordinary TPM commands through this client, exactly as
+platform firmware would: the engine gets no mode-specific entry point (the evidence itself is
+written through the engine's generic platform NV entry, `Tpm.platform_nv_write`). The
+attester (ctpm/attest/evidence.py) uses it too, over a TCTI, for the report request. Only the
+commands these need are here; tpm2-pytss is far too slow to import on the start-up path.
 """
 import struct
 
@@ -19,7 +21,10 @@ CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "NV_Write": 0x137, "NV_Read": 0x14E, "StartAuthSession": 0x176, "PolicySigned": 0x160,
       "LoadExternal": 0x167, "FlushContext": 0x165, "Startup": 0x144, "Shutdown": 0x145,
       "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
-      "ActivateCredential": 0x147, "GetCapability": 0x17A}
+      "ActivateCredential": 0x147, "GetCapability": 0x17A,
+      "Quote": 0x158, "PCR_Read": 0x17E}
+TPM_CAP_TPM_PROPERTIES = 6
+TPM_PT_NV_BUFFER_MAX = 0x12C
 
 
 # TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING: the command was not started, send it again
@@ -142,9 +147,50 @@ class TpmClient:
         _, params = self._split(rsp, 0)
         return params[2:2 + struct.unpack(">H", params[:2])[0]]
 
+    def nv_data_size(self, index: int) -> int:
+        """dataSize of an NV index (NV_ReadPublic)."""
+        rsp = self.call("NV_ReadPublic", handles=[index])
+        policy = struct.unpack(">H", rsp[12:14])[0]       # after size, nvIndex, alg, attrs
+        return struct.unpack(">H", rsp[14 + policy:16 + policy])[0]
+
     def nv_write(self, auth: int, index: int, data: bytes, offset: int = 0, session=None):
         self.call("NV_Write", b2(data) + u16(offset), handles=[auth, index],
                   sessions=[session or pw()])
+
+    def tpm_property(self, prop: int) -> int | None:
+        """One TPM_CAP_TPM_PROPERTIES value (Part 2 §6.13), None if the TPM has no such
+        property (it answers with the next one it has, or none)."""
+        rsp = self.call("GetCapability", u32(TPM_CAP_TPM_PROPERTIES) + u32(prop) + u32(1))
+        # moreData, capability, TPML_TAGGED_TPM_PROPERTY (count, then property/value pairs)
+        count = struct.unpack(">I", rsp[5:9])[0] if len(rsp) >= 9 else 0
+        if count < 1 or len(rsp) < 17:
+            return None
+        got, value = struct.unpack(">II", rsp[9:17])
+        return value if got == prop else None
+
+    def quote(self, key: int, qualifying: bytes, selection: bytes,
+              password: bytes = b"") -> tuple[bytes, bytes]:
+        """(TPMS_ATTEST, TPMT_SIGNATURE) of TPM2_Quote by `key` with its own scheme over the
+        marshalled TPML_PCR_SELECTION `selection`."""
+        rsp = self.call("Quote", b2(qualifying) + u16(0x0010) + selection, handles=[key],
+                        sessions=[pw(password)])
+        _, params = self._split(rsp, 0)
+        size = struct.unpack(">H", params[:2])[0]
+        return params[2:2 + size], params[2 + size:]
+
+    def pcr_read(self, selection: bytes) -> list[bytes]:
+        """The digests TPM2_PCR_Read gives for the marshalled TPML_PCR_SELECTION (at most
+        eight: the TPM reads what fits and says so in its pcrSelectionOut)."""
+        rsp = self.call("PCR_Read", selection)
+        pos = 8                             # after pcrUpdateCounter and the selections' count
+        for _ in range(struct.unpack(">I", rsp[4:8])[0]):
+            pos += 3 + rsp[pos + 2]         # hash, sizeofSelect, the bitmap
+        digests = []
+        for _ in range(struct.unpack(">I", rsp[pos:pos + 4])[0]):
+            size = struct.unpack(">H", rsp[pos + 4:pos + 6])[0]
+            digests.append(rsp[pos + 6:pos + 6 + size])
+            pos += 2 + size
+        return digests
 
     def load_external_public(self, public: bytes) -> tuple[int, bytes]:
         """(handle, Name) of a public key loaded in the NULL hierarchy."""
@@ -168,3 +214,25 @@ class TpmClient:
         marshalled TPMT_SIGNATURE over H(nonceTPM || 0x00000000)."""
         body = b2(nonce_tpm) + b2(b"") + b2(b"") + u32(0) + signature
         self.call("PolicySigned", body, handles=[key_handle, session])
+
+
+class TctiTransport:
+    """Raw commands through a TCTI: the bytes go out as built here, untouched by ESAPI."""
+
+    def __init__(self, tcti, timeout_ms: int = 120_000):
+        """`tcti`: a TCTI string, or an open tpm2-pytss TCTI (e.g. an ESAPI's, `esapi.tcti`,
+        between its commands)."""
+        if isinstance(tcti, str):
+            from tpm2_pytss import TCTILdr
+            tcti = TCTILdr.parse(tcti)
+        self._tcti = tcti
+        self._timeout = timeout_ms
+
+    def __call__(self, command: bytes) -> bytes:
+        self._tcti.transmit(bytes(command))
+        return bytes(self._tcti.receive(-1, self._timeout))
+
+    def close(self):
+        tcti, self._tcti = self._tcti, None
+        if tcti is not None:
+            tcti.close()

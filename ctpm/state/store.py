@@ -2,12 +2,13 @@
 an append-only journal with snapshots: ctpm/state/journal.py).
 
 A `MemoryStore` gets the engine's whole NV image (opaque bytes) after every command that
-changed NV; a `DirStore` gets the NV dict itself (`save_nv`) and records only what changed.
+changed NV; a `DirStore` gets the NV dict itself (`save_nv`) and records only what changed;
+a `VolatileStore` keeps nothing (the engine's own dict is the only copy).
 """
 from .errors import StoreError
 from .journal import DirStore
 
-__all__ = ["DirStore", "MemoryStore", "StoreError"]
+__all__ = ["DirStore", "MemoryStore", "StoreError", "VolatileStore"]
 
 
 class MemoryStore:
@@ -24,3 +25,19 @@ class MemoryStore:
 
     def describe(self):
         return "memory"
+
+
+class VolatileStore:
+    """No store at all, for a TPM that keeps nothing (the ephemeral and SVSM modes): its NV
+    lives only in the engine's memory, for as long as the process. A `MemoryStore` would
+    serialize the whole NV image after every NV change for a copy no one reads again."""
+
+    def load_nv(self):
+        return None                 # every start is a TPM fresh from the factory
+
+    def save_nv(self, nv: dict):
+        pass
+
+    def describe(self):
+        return "none (volatile)"
+

@@ -78,18 +78,21 @@ class Int(Construct):
 
 
 class Tpm2b(Construct):
-    """A sized buffer: UINT16 size then that many bytes; `maxsize` per Part 2 (TPM_RC_SIZE)."""
+    """A sized buffer: UINT16 size then that many bytes; `maxsize` per Part 2 (TPM_RC_SIZE).
+    `limit`: the name of a parse-context value that lowers `maxsize` where an engine's
+    configuration sets the bound (TPM2B_MAX_NV_BUFFER: EngineConfig.nv_buffer_max)."""
 
-    def __init__(self, maxsize):
+    def __init__(self, maxsize, limit: str | None = None):
         super().__init__()
         self.maxsize = maxsize
+        self.limit = limit
 
     def _parse(self, stream, context, path):
         hdr = stream.read(2)
         if len(hdr) != 2:
             raise TpmError(TPM_RC.INSUFFICIENT)
         n = (hdr[0] << 8) | hdr[1]
-        if n > self.maxsize:
+        if n > self.maxsize or self.limit is not None and n > context.get(self.limit, n):
             raise TpmError(TPM_RC.SIZE)
         data = stream.read(n)
         if len(data) != n:

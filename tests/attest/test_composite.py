@@ -313,6 +313,53 @@ def test_the_separate_flow_baseline(sim):
 
 
 @pytest.mark.skipif(not TOOLS, reason="tpm2-tools not installed")
+@pytest.mark.parametrize("buffer", [1024, 2048])
+def test_the_attester_reads_in_the_tpms_nv_buffer_size(sim, tmp_path, buffer):
+    """The attester reads the evidence index in pieces of the TPM's TPM_PT_NV_BUFFER_MAX,
+    whatever it is: with 1024, a read of 2048 would be refused (TPM_RC_VALUE). Two real
+    ctpm instances, configured with each size."""
+    from tpm2_pytss import ESAPI, TCTILdr
+
+    from ctpm.modes.anchor import decode_evidence
+    from ctpm.modes.tpmclient import (RH_OWNER, TPM_PT_NV_BUFFER_MAX, TctiTransport, TpmClient,
+                                      TpmCommandError)
+    from ctpm.snp.verify import Verifier
+    conf = tmp_path / "ctpm.toml"
+    conf.write_text(f"[tpm]\nnv_buffer_max = {buffer}\n")
+    pol = policy(sim)
+    with run_daemon("--mode", "ephemeral", "--snp-provider", "simulated", "--snp-sim-dir",
+                    sim.directory, "--config", str(conf), "--mssim", "127.0.0.1:0",
+                    timeout=30) as d:
+        tcti = d.tcti("mssim")
+        raw = TctiTransport(tcti)
+        try:
+            tpm = TpmClient(raw)
+            tpm.startup()
+            assert tpm.tpm_property(TPM_PT_NV_BUFFER_MAX) == buffer
+            if buffer == 1024:
+                with pytest.raises(TpmCommandError) as e:
+                    tpm.nv_read(RH_OWNER, E.NV_EVIDENCE, 2048)
+                assert e.value.rc == 0x1C4                      # TPM_RC_VALUE, parameter 1
+        finally:
+            raw.close()
+        nonce = os.urandom(64)
+        doc = E.collect(tcti, nonce)
+        verify_evidence(json.dumps(doc).encode(), nonce, pol, verifier=Verifier(pol.trust))
+        esapi = ESAPI(TCTILdr.parse(tcti))
+        try:        # the same bytes as tpm2-tools' way of reading the whole index
+            nonce = os.urandom(64)
+            ev = decode_evidence(E.collect_snp_only(esapi, nonce))
+            size = esapi.nv_read_public(esapi.tr_from_tpmpublic(E.NV_EVIDENCE))[0] \
+                .nvPublic.dataSize
+        finally:
+            esapi.close()
+        assert ev.nonce == nonce and len(ev.report) == 1184
+        whole = subprocess.run(["tpm2_nvread", "-T", tcti, hex(E.NV_EVIDENCE), "-C", "o"],
+                               capture_output=True, check=True).stdout
+        assert len(whole) == size and decode_evidence(whole) == ev
+
+
+@pytest.mark.skipif(not TOOLS, reason="tpm2-tools not installed")
 def test_end_to_end_in_svsm_mode(sim, tmp_path):
     """The SNP part from the SVSM attestation call (VMPL 0), the quote through the same TPM's
     mssim listener: one evidence document that `ctpm verify` accepts."""

@@ -177,3 +177,92 @@ def test_no_snp_device_is_one_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("ctpm: SNP report provider: no SEV-SNP guest interface"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_nv_buffer_max_2048_and_tpm2_tools_read_the_evidence_with_it(sim_dir, tmp_path):
+    """The ephemeral TPM reports TPM_PT_NV_BUFFER_MAX 2048 (the standard mode keeps libtpms'
+    1024); tpm2_nvread, which reads the property, gets the whole evidence in those pieces."""
+    with ephemeral(sim_dir) as d:
+        tool(d, "tpm2_startup", "-c")
+        fixed = tool(d, "tpm2_getcap", "properties-fixed").stdout.decode()
+        assert "TPM2_PT_NV_BUFFER_MAX:\n  raw: 0x800" in fixed
+        nonce = os.urandom(64)
+        ev = decode_evidence(read_evidence(d, tmp_path, nonce).read_bytes())
+        assert ev.nonce == nonce
+    with run_daemon() as d:
+        tool(d, "tpm2_startup", "-c")
+        assert "TPM2_PT_NV_BUFFER_MAX:\n  raw: 0x400" in \
+            tool(d, "tpm2_getcap", "properties-fixed").stdout.decode()
+
+
+def test_a_report_request_needs_no_session_slot(sim_dir, tmp_path):
+    """ctpm writes the evidence as the platform, with no TPM command: a guest holding every
+    session slot (max_sessions = 3) still gets a fresh report for its nonce."""
+    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+    from tpm2_pytss.types import TPMT_SYM_DEF
+
+    from ctpm.attest.evidence import collect_snp_only
+    conf = tmp_path / "ctpm.toml"
+    conf.write_text("[tpm]\nmax_sessions = 3\n")
+    with ephemeral(sim_dir, "--config", str(conf), "--mssim", "127.0.0.1:0") as d:
+        esapi = ESAPI(TCTILdr.parse(d.tcti("mssim")))
+        try:
+            esapi.startup(0)
+
+            def start():
+                return esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC,
+                                                TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                                                TPM2_ALG.SHA256)
+            sessions = [start() for _ in range(3)]
+            with pytest.raises(TSS2_Exception, match="memory for session"):
+                start()
+            for _ in range(2):
+                nonce = os.urandom(64)
+                assert decode_evidence(collect_snp_only(esapi, nonce)).nonce == nonce
+            for s in sessions:
+                esapi.flush_context(s)
+        finally:
+            esapi.close()
+        assert "cannot refresh" not in d.stderr()
+
+
+def test_only_the_platform_key_satisfies_the_indices_policy(sim_dir):
+    """The evidence index, which ctpm writes as the platform without a command, is closed to
+    clients: owner, platform and its own authValue are refused, and its authPolicy is
+    PolicySigned by the key only this process holds (another key's PolicySigned does not
+    satisfy it; that key's does)."""
+    from ctpm.config import Config
+    from ctpm.modes.ephemeral import EVIDENCE_INDEX, EphemeralBackend, PlatformSigner
+    from ctpm.modes.tpmclient import (RH_OWNER, RH_PLATFORM, TpmClient, TpmCommandError,
+                                      policy_session)
+    from ctpm.snp.simulator import SimulatedProvider, SimulatedSP
+    backend = EphemeralBackend.build(Config(), provider=SimulatedProvider(SimulatedSP(sim_dir)))
+    tpm = backend._tpm
+    client = TpmClient(tpm.execute)
+    client.startup()
+    # TPM_RC_NV_AUTHORIZATION; with its own authValue TPM_RC_AUTH_UNAVAILABLE (policy only)
+    for auth, rc in ((RH_OWNER, 0x149), (RH_PLATFORM, 0x149), (EVIDENCE_INDEX, 0x12F)):
+        with pytest.raises(TpmCommandError) as e:
+            client.nv_write(auth, EVIDENCE_INDEX, b"guest")
+        assert e.value.rc == rc, hex(e.value.rc)
+
+    def policy_write(signer, data):
+        key, _ = client.load_external_public(signer.public)
+        session, nonce_tpm = client.start_policy_session()
+        try:
+            client.policy_signed(key, session, nonce_tpm, signer.signature(nonce_tpm))
+            client.nv_write(EVIDENCE_INDEX, EVIDENCE_INDEX, data,
+                            session=policy_session(session))
+        finally:
+            for handle in (key, session):
+                try:
+                    client.flush(handle)
+                except TpmCommandError:         # the session ended with its command
+                    pass
+    with pytest.raises(TpmCommandError) as e:
+        policy_write(PlatformSigner(), b"other")
+    assert e.value.rc & 0xFBF == 0x99D                          # TPM_RC_POLICY_FAIL
+    assert not tpm.platform_nv_read(EVIDENCE_INDEX).startswith(b"other")
+    policy_write(backend.signer, b"platform")
+    assert tpm.platform_nv_read(EVIDENCE_INDEX).startswith(b"platform")

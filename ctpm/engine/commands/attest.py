@@ -19,7 +19,7 @@ from ...crypto.kdf import kdfa
 from ...errors import TpmError
 from ...wire.attest import TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV_DIGEST, TPMS_ATTEST
 from ...wire.constants import TPM_ALG, TPM_RC, TPM_RH, TPM_ST, TPMA_OBJECT as OA
-from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
+from ...wire.structures import HASH_SIZES
 from ..subsystems import nv_indices
 from ..subsystems import audit, keyuse
 from ..subsystems.audit import DEFAULT_AUDIT_HASH
@@ -202,7 +202,7 @@ def nv_certify(tpm, ctx, sign_handle, auth_handle, nv_index, qualifying_data, in
     data_size = index.public.dataSize
     if size + offset > data_size:
         raise TpmError(TPM_RC.NV_RANGE)
-    if size > MAX_NV_BUFFER_SIZE:
+    if size > tpm.config.nv_buffer_max:
         raise TpmError(TPM_RC.VALUE, param=3)
     name = index.name
     data = index.data

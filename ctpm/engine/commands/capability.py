@@ -122,7 +122,7 @@ def tpm_properties(tpm):
         TPM_PT.TOTAL_COMMANDS: len(tpm.dispatcher.table),
         TPM_PT.LIBRARY_COMMANDS: len(tpm.dispatcher.table),
         TPM_PT.VENDOR_COMMANDS: 0,
-        TPM_PT.NV_BUFFER_MAX: S.MAX_NV_BUFFER_SIZE,
+        TPM_PT.NV_BUFFER_MAX: tpm.config.nv_buffer_max,
         TPM_PT.MODES: 0 & TPMA_MODES.FIPS_140_2,
         TPM_PT.MAX_CAP_BUFFER: S.MAX_CAP_BUFFER,
         # variable group

@@ -6,7 +6,7 @@ from ...crypto import hashes
 from ...errors import TpmError
 from ...wire.constants import TPM_RC, TPM_RH
 from ...wire.nv import TPM_NT, TPMA_NV, PlainFlags, nt_of
-from ...wire.structures import HASH_SIZES, MAX_NV_BUFFER_SIZE
+from ...wire.structures import HASH_SIZES
 from ..subsystems import nv_ram
 from ..subsystems.nv_indices import (PIN_TYPES, NvIndex, all_indices, delete, get, handles,
                                    read_refusal, save, save_nv, table, used_space, write_checks,
@@ -77,7 +77,7 @@ def nv_define_space(tpm, ctx, auth_handle, auth, public_info):
     if a & A.POLICY_DELETE and not a & A.PLATFORMCREATE:
         # only the platform may make an index that its policy alone can delete
         raise TpmError(TPM_RC.ATTRIBUTES, param=2)
-    if size > MAX_NV_BUFFER_SIZE and a & A.WRITEALL:
+    if size > tpm.config.nv_buffer_max and a & A.WRITEALL:
         raise TpmError(TPM_RC.SIZE, param=2)
     if get(state, public_info.nvIndex) is not None:
         raise TpmError(TPM_RC.NV_DEFINED)
@@ -222,7 +222,7 @@ def nv_read(tpm, ctx, auth_handle, nv_index, size, offset):
     """Part 3 §31.13."""
     index = get(tpm.state, nv_index)
     _raise(read_refusal(auth_handle, index))
-    if size > MAX_NV_BUFFER_SIZE:
+    if size > tpm.config.nv_buffer_max:
         raise TpmError(TPM_RC.VALUE, param=1)
     if offset > index.public.dataSize:
         raise TpmError(TPM_RC.VALUE, param=2)
