@@ -4,6 +4,7 @@ and refuses chains that do not hold (not a CA, expired, pathLenConstraint, anoth
 import datetime
 import os
 import shutil
+import subprocess
 
 import pytest
 from cryptography import x509
@@ -16,8 +17,7 @@ from ctpm.modes.credential import (CredentialError, check_ek_certificate, public
                                    split_certificates)
 from ctpm.modes.identity import ek_rsa_template
 from ctpm.testing.process import run_daemon
-from tests.peers import SWTPM, TctiSwtpm, retrying
-from tests.tpmcmd import STARTUP_CLEAR, rc
+from tests.peers import SWTPM, retrying
 
 pytestmark = [pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed"),
               pytest.mark.skipif(shutil.which("tpm2_nvread") is None,
@@ -48,21 +48,6 @@ def ca(name, issuer=None, *, is_ca=True, path_length=None, days=3650, start=-1):
 def der(cert):
     from cryptography.hazmat.primitives.serialization import Encoding
     return cert.public_bytes(Encoding.DER)
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    from ctpm.snp.simulator import SimulatedSP
-    return SimulatedSP(str(tmp_path_factory.mktemp("sim") / "amd-sp"), "milan")
-
-
-@pytest.fixture
-def swtpm():
-    sw = TctiSwtpm()
-    assert rc(sw.execute(STARTUP_CLEAR)) == 0
-    sw.disconnect()
-    yield sw
-    sw.close()
 
 
 def provision_chain(sw, issuer, chain: bytes, split: int):
@@ -106,7 +91,6 @@ def test_chain_carried_and_checked_against_the_root(swtpm, sp, tmp_path):
         (tmp_path / "nonce.bin").write_bytes(nonce)
         for args in (("tpm2_nvwrite", "0x01400002", "-C", "o", "-i", str(tmp_path / "nonce.bin")),
                      ("tpm2_nvread", "0x01400001", "-C", "o", "-o", str(tmp_path / "ev.bin"))):
-            import subprocess
             r = subprocess.run([args[0], "-T", d.tcti("mssim"), *args[1:]], capture_output=True,
                                timeout=60)
             assert r.returncode == 0, r.stderr.decode()

@@ -14,7 +14,7 @@ import pytest
 from ctpm.config import ConfigError, load
 from ctpm.modes.identity import ak_template, ek_rsa_template, name_of
 from ctpm.testing.process import run_daemon
-from tests.peers import SWTPM, TctiSwtpm, retrying
+from tests.peers import SWTPM, retrying
 from tests.tpmcmd import STARTUP_CLEAR, b2, cmd, pw_session, rc, u16, u32
 
 pytestmark = [pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed"),
@@ -24,15 +24,6 @@ pytestmark = [pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
 OWN_NV, OWN_PERSISTENT = "0x01500000-0x015000FF", "0x81000100-0x810001FF"
 FOREIGN_NV, FOREIGN_PERSISTENT, EK_CERT = 0x01600000, 0x81000001, 0x01C00002
 OWNER, LOCKOUT, ENDORSEMENT, PLATFORM = 0x40000001, 0x4000000A, 0x4000000B, 0x4000000C
-
-
-@pytest.fixture
-def swtpm():
-    sw = TctiSwtpm()
-    assert rc(sw.execute(STARTUP_CLEAR)) == 0
-    sw.disconnect()
-    yield sw
-    sw.close()
 
 
 def passthrough(sw, *extra, config=None):
@@ -289,13 +280,6 @@ def test_upstream_killed_and_restarted(swtpm, tmp_path, loader):
             assert d.proc.poll() is None
         finally:
             raw.close()
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    from ctpm.snp.simulator import SimulatedSP
-    path = tmp_path_factory.mktemp("sim") / "amd-sp"
-    return SimulatedSP(str(path), "milan")
 
 
 def test_binding_evidence_names_upstream_ek_and_ak(swtpm, sp, tmp_path):
