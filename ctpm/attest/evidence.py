@@ -229,7 +229,7 @@ def collect_snp_only(esapi, nonce: bytes) -> bytes:
     try:
         tpm.nv_write(RH_OWNER, NV_REQUEST, nonce)
     except TpmCommandError as e:
-        if e.rc & 0xC0 == 0x80 and e.rc & 0x3F == 0x0B:     # TPM_RC_HANDLE: no such index
+        if e.no_such_handle:                                # no such index
             raise LookupError("this TPM has no report request index 0x01400002: it is not a "
                               "ctpm in the ephemeral mode (a standard-mode TPM cannot be "
                               "anchored; in the SVSM mode give --svsm)") from None

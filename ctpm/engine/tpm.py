@@ -162,11 +162,11 @@ class Tpm:
             raise TpmError(TPM_RC.ATTRIBUTES)
         if a & nv_indices.A.WRITELOCKED:
             raise TpmError(TPM_RC.NV_LOCKED)
-        size = index.public["dataSize"]
-        if offset > size or len(data) > size - offset:
+        if offset > index.public["dataSize"]:
             raise TpmError(TPM_RC.NV_RANGE)
-        if a & nv_indices.A.WRITEALL and len(data) < size:
-            raise TpmError(TPM_RC.NV_RANGE)
+        refusal = nv_indices.range_refusal(index, offset, len(data))
+        if refusal is not None:
+            raise TpmError(refusal)
         if not a & nv_indices.A.ORDERLY and not self.nv_available:
             raise TpmError(TPM_RC.NV_UNAVAILABLE)
         nv_indices.write_data(self.state, index, offset, bytes(data))

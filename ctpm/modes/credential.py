@@ -97,13 +97,11 @@ def read_nv(client, index: int, auth: int | None = None, password: bytes = b"") 
     with the index's own (empty) authorization unless `auth` is given."""
     from .tpmclient import TpmCommandError
     try:
-        rsp = client.call("NV_ReadPublic", handles=[index])
+        size = client.nv_data_size(index)
     except TpmCommandError as e:
-        if e.rc & 0xBF == 0x8B:     # TPM_RC_HANDLE: not defined
+        if e.no_such_handle:        # not defined
             return None
         raise
-    public = rsp[2:2 + struct.unpack(">H", rsp[:2])[0]]
-    size = struct.unpack(">H", public[-2:])[0]
     out = b""
     while len(out) < size:
         out += client.nv_read(index if auth is None else auth, index,
@@ -115,13 +113,8 @@ def read_ek_chain(client) -> tuple:
     """((NV index, content), ...) of the EK certificate chain indices the TPM defines, in
     index order; () when it has none. Raises CredentialError when the chain is larger than
     MAX_CHAIN_BYTES (a manifest is not the place for it)."""
-    rsp = client.call("GetCapability", u32(1) + u32(EK_CHAIN_FIRST)
-                      + u32(EK_CHAIN_LAST - EK_CHAIN_FIRST + 1))
-    count = struct.unpack(">I", rsp[5:9])[0]            # moreData, capability, TPML_HANDLE
-    indices = [h for h in struct.unpack(f">{count}I", rsp[9:9 + 4 * count])
-               if EK_CHAIN_FIRST <= h <= EK_CHAIN_LAST]
     chain, total = [], 0
-    for index in indices:
+    for index in client.handles(EK_CHAIN_FIRST, EK_CHAIN_LAST):
         content = read_nv(client, index)
         if content is None:
             continue

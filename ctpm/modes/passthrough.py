@@ -52,7 +52,6 @@ class UpstreamError(Exception):
 
 
 def _descriptors() -> set:
-    import os
     try:
         return {int(fd) for fd in os.listdir("/proc/self/fd")}
     except OSError:
@@ -61,7 +60,6 @@ def _descriptors() -> set:
 
 def _link(fd: int) -> str:
     """What descriptor `fd` is ('socket:[inode]', a path), '' if it is not open."""
-    import os
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
@@ -252,7 +250,6 @@ class RawUpstream:
             sock.close()
 
     def _open(self):
-        import os
         try:
             if self.kind == "device":
                 self._ctx = os.open(self.options.get("path", "/dev/tpm0"), os.O_RDWR)
@@ -273,7 +270,6 @@ class RawUpstream:
             return
         try:
             if isinstance(ctx, int):
-                import os
                 os.close(ctx)
             else:
                 ctx.close()
@@ -289,7 +285,6 @@ class RawUpstream:
             self._open()
         try:
             if self.kind == "device":
-                import os
                 os.write(self._ctx, command)
             elif self.kind == "mssim":
                 self._ctx.sendall(struct.pack(">IBI", 8, locality, len(command)) + command)
@@ -303,7 +298,6 @@ class RawUpstream:
         return self.fd
 
     def _read_device(self, timeout: float) -> bytes:
-        import os
         rsp = os.read(self._ctx, MAX_RESPONSE)
         if len(rsp) >= 10 and struct.unpack(">I", rsp[2:6])[0] == len(rsp):
             return rsp                              # whole, as the kernel's devices answer
@@ -371,7 +365,6 @@ def _device_rest(fd: int, rsp: bytes, timeout: float) -> bytes:
     in one read; a device that does not (a tty or CUSE stand-in, a driver bug) gets
     `timeout` (at most PIECES_WAIT: the pieces of one answer follow each other at once, and
     this wait holds the event loop) to finish the response its header announces."""
-    import os
     import select
     import time
     poll = select.poll()
@@ -453,7 +446,6 @@ def read_auth(config, hierarchy: str) -> bytes:
     the source, never the value."""
     path = getattr(config, f"upstream_{hierarchy}_auth_file")
     fd = getattr(config, f"upstream_{hierarchy}_auth_fd")
-    import os
     try:
         if path is not None:
             with open(path, "rb") as f:
@@ -845,12 +837,7 @@ class PassthroughBackend:
     async def execute(self, command: bytes, locality: int) -> bytes:
         if (self._inflight is not None and not self._claimed
                 and self._inflight[0] == command):
-            fd = self._inflight[1]
-            self._inflight = None           # sent by execute_inline: its answer is ours
-            try:
-                return self._after(command, await self._wait(fd))
-            finally:
-                self._slot.release()
+            return await self.wait_inline()     # sent by execute_inline: its answer is ours
         try:
             if self._served(command):
                 return await self._serve_nv(command)

@@ -23,7 +23,7 @@ CC = {"NV_DefineSpace": 0x12A, "EvictControl": 0x120, "CreatePrimary": 0x131,
       "ReadPublic": 0x173, "NV_ReadPublic": 0x169, "PolicySecret": 0x151,
       "ActivateCredential": 0x147, "GetCapability": 0x17A,
       "Quote": 0x158, "PCR_Read": 0x17E}
-TPM_CAP_TPM_PROPERTIES = 6
+TPM_CAP_HANDLES, TPM_CAP_TPM_PROPERTIES = 1, 6
 TPM_PT_NV_BUFFER_MAX = 0x12C
 
 
@@ -40,6 +40,11 @@ class TpmCommandError(Exception):
         super().__init__(f"TPM2_{command} answered TPM_RC {rc:#x}")
         self.command = command
         self.rc = rc
+
+    @property
+    def no_such_handle(self) -> bool:
+        """TPM_RC_HANDLE for one of the command's handles (any handle number)."""
+        return self.rc & 0xBF == 0x8B
 
 
 def u16(v):
@@ -167,6 +172,14 @@ class TpmClient:
             return None
         got, value = struct.unpack(">II", rsp[9:17])
         return value if got == prop else None
+
+    def handles(self, first: int, last: int) -> list[int]:
+        """The handles from `first` to `last` the TPM has (TPM_CAP_HANDLES, one call)."""
+        rsp = self.call("GetCapability", u32(TPM_CAP_HANDLES) + u32(first)
+                        + u32(last - first + 1))
+        count = struct.unpack(">I", rsp[5:9])[0]         # moreData, capability, TPML_HANDLE
+        return [h for h in struct.unpack(f">{count}I", rsp[9:9 + 4 * count])
+                if first <= h <= last]
 
     def quote(self, key: int, qualifying: bytes, selection: bytes,
               password: bytes = b"") -> tuple[bytes, bytes]:

@@ -9,7 +9,8 @@ from ...wire.nv import TPM_NT, TPMA_NV, PlainFlags, nt_of
 from ...wire.structures import HASH_SIZES
 from ..subsystems import nv_ram
 from ..subsystems.nv_indices import (PIN_TYPES, NvIndex, all_indices, delete, get, handles,
-                                   read_refusal, save, save_nv, table, used_space, write_checks,
+                                   range_refusal, read_refusal, save, save_nv, table,
+                                   used_space, write_checks,
                                    write_data)
 
 A = PlainFlags(TPMA_NV)           # TPMA_NV bits as ints (see PlainFlags)
@@ -131,13 +132,9 @@ def nv_write(tpm, ctx, auth_handle, nv_index, data, offset):
     _raise(write_checks(auth_handle, index))
     if nt_of(index.attributes) in (TPM_NT.COUNTER, TPM_NT.BITS, TPM_NT.EXTEND):
         raise TpmError(TPM_RC.ATTRIBUTES)      # (PIN indices are set with NV_Write)
-    size = index.public["dataSize"]
-    if offset > size:
+    if offset > index.public["dataSize"]:
         raise TpmError(TPM_RC.VALUE, param=2)
-    if len(data) > size - offset:
-        raise TpmError(TPM_RC.NV_RANGE)
-    if index.attributes & A.WRITEALL and len(data) < size:
-        raise TpmError(TPM_RC.NV_RANGE)
+    _raise(range_refusal(index, offset, len(data)))
     _nv_available_for(tpm, index)
     write_data(state, index, offset, data)
 

@@ -280,6 +280,16 @@ def write_checks(auth_handle, index):
 
 
 
+def range_refusal(index, offset: int, length: int):
+    """NV_Write's rules for `length` bytes at `offset` of `index` (offset within the index
+    already checked): None, or TPM_RC_NV_RANGE - past the end, or less than all of a
+    TPMA_NV_WRITEALL index."""
+    size = index.public["dataSize"]
+    if length > size - offset or (index.attributes & A.WRITEALL and length < size):
+        return TPM_RC.NV_RANGE
+    return None
+
+
 def write_data(state, index, offset, data):
     """NvWriteIndexData. The first write of an ordinary index starts from an erased index
     (0xFF in NV, zeros in RAM). An orderly index is written in RAM only, which makes the
