@@ -347,7 +347,9 @@ class RawUpstream:
                 rsp = self._recv()
                 if len(rsp) < 10:
                     rsp += _exact(self._ctx, 10 - len(rsp))
-                size = struct.unpack(">I", rsp[2:6])[0]
+                size = int.from_bytes(rsp[2:6], "big")
+                if size == len(rsp) and size <= MAX_RESPONSE:
+                    return rsp                      # whole (10 bytes at least)
                 if not 10 <= size <= MAX_RESPONSE or len(rsp) > size:
                     raise OSError(f"a response of {size} bytes, {len(rsp)} read")
                 rsp += _exact(self._ctx, size - len(rsp))

@@ -17,30 +17,38 @@ import time
 
 import trio
 
-from .framing import HEADER, HEADER_SIZE, looks_like_tpm_command
+from .framing import HEADER, HEADER_SIZE, TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS
 
 log = logging.getLogger("ctpm.transport.fastpath")
 
 _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 _BATCH = 8
+_TAGS = (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS)    # what a raw TPM 2.0 command starts with
 _NOWAIT = socket.MSG_DONTWAIT
 LINGER = 0.0002     # s: one wait on the set before going back to trio (see EpollSet.watch)
 TURN = 0.002        # s: the longest the set keeps the loop before a checkpoint
 PARK = 0.002        # s: an upstream answer waited for in the set, then in a task
+_SELECT_LIMIT = 1024  # select() takes descriptors below FD_SETSIZE only
 
 
 class EpollSet:
     """One private epoll set and the one task that watches it, shared by the fast paths of
     every instance of a `ctpm host` (or owned by the one fast path of `ctpm run`): a wakeup
     serves whatever is ready across all instances in one pass, with no trio scheduling per
-    connection or per instance. Besides listeners and connections, the set holds the
-    descriptors of passthrough upstreams whose answer a fast path waits for (`wait_for`)."""
+    connection or per instance. Besides listeners and connections, the set watches the
+    descriptors of passthrough upstreams whose answer a fast path waits for (`wait_for`):
+    in the select that waits on the set (below 1024, else registered in it), as
+    registering each in the set and taking it out again cost two epoll_ctl calls per
+    command."""
 
     def __init__(self):
         self.epoll = select.epoll()
         self.owners = {}                     # fd -> FastPath
         self.waits = {}                      # fd -> deadline (monotonic) of an upstream wait
+        self.selected = set()                # upstream fds watched by the select
+        self.holding = set()                 # fast paths with responses held for a flush
+        self._selectable = self.epoll.fileno() < _SELECT_LIMIT
 
     def register(self, fd, events, owner):
         self.epoll.register(fd, events)
@@ -51,22 +59,42 @@ class EpollSet:
         False if the set cannot (the descriptor is in it already)."""
         if fd in self.owners:
             return False
-        try:
-            self.epoll.register(fd, select.EPOLLIN)
-        except (OSError, ValueError):
-            return False
+        if self._selectable and fd < _SELECT_LIMIT:
+            self.selected.add(fd)
+        else:
+            try:
+                self.epoll.register(fd, select.EPOLLIN)
+            except (OSError, ValueError):
+                return False
         self.owners[fd] = owner
         self.waits[fd] = deadline
         return True
+
+    def wait_inline(self, fd, timeout):
+        """Wait up to `timeout` s for `fd` to become readable, unless the set (or an
+        upstream it waits for) has something ready first: True when `fd` is readable, False
+        when other work came first, None when the time ran out. A fast path waits here for
+        an upstream's answer and for an answered client's close, which (on a quiet set) are
+        then served without a pass through the set or an epoll_ctl."""
+        if not self._selectable or fd >= _SELECT_LIMIT:
+            return False
+        ready = select.select((fd, self.epoll.fileno(), *self.selected), (), (), timeout)[0]
+        if not ready:
+            return None
+        return fd in ready
 
     def forget(self, fd):
         """Forget `fd`, which is about to be closed (closing takes it out of the set)."""
         self.waits.pop(fd, None)
         self.owners.pop(fd, None)
+        self.selected.discard(fd)
 
     def unregister(self, fd):
         self.waits.pop(fd, None)
         if self.owners.pop(fd, None) is not None:
+            if fd in self.selected:
+                self.selected.discard(fd)
+                return
             try:
                 self.epoll.unregister(fd)
             except (OSError, ValueError):
@@ -108,14 +136,21 @@ class EpollSet:
             self.epoll.close()
 
     def _linger(self, timeout):
-        """What becomes ready within `timeout` s (select: epoll's timeout counts whole ms)."""
+        """What becomes ready within `timeout` s: select (epoll's timeout counts whole ms)
+        over the set and the descriptors it watches itself."""
         timeout = max(timeout, 0)
         fd = self.epoll.fileno()
-        if fd < 1024:
+        if not self._selectable:
+            return self.epoll.poll(min(timeout, 0.001))
+        if not self.selected:
             if not select.select((fd,), (), (), timeout)[0]:
                 return ()
             return self.epoll.poll(0)
-        return self.epoll.poll(min(timeout, 0.001))
+        ready = select.select((fd, *self.selected), (), (), timeout)[0]
+        events = [(r, select.EPOLLIN) for r in ready if r != fd]
+        if len(events) != len(ready):
+            events += self.epoll.poll(0)
+        return events
 
     def _expire(self, now):
         for fd, deadline in list(self.waits.items()):
@@ -127,15 +162,15 @@ class EpollSet:
     def _serve(self, events) -> bool:
         """One pass over what is ready; True when an accept must back off."""
         backoff = False
-        served = set()
+        owners = self.owners
         for fd, _events in events:
-            owner = self.owners.get(fd)
-            if owner is not None:
-                served.add(owner)
-                if not owner.ready(fd):
-                    backoff = True
-        for owner in served:        # one flush for the pass's NV changes, then answers
-            owner.release()
+            owner = owners.get(fd)
+            if owner is not None and not owner.ready(fd):
+                backoff = True
+        if self.holding:            # one flush for the pass's NV changes, then answers
+            holding, self.holding = self.holding, set()
+            for owner in holding:
+                owner.release()
         return backoff
 
 
@@ -155,6 +190,7 @@ class FastPath:
         self._set = EpollSet() if self._own else epoll_set
         self._idle = {}                      # fd -> socket.socket
         self._listeners = {}                 # fd -> socket.socket (a dup of the listener)
+        self._families = {}                  # fd -> the listener's family, an int
         self._held = []                      # (sock, buf, response) waiting for durable NV
         self._waiting = {}                   # upstream fd -> (sock, buf from the command on)
         # a passthrough backend can leave a command in flight for the set to wait on
@@ -166,6 +202,7 @@ class FastPath:
                              fileno=os.dup(listener.fileno()))
         sock.setblocking(False)
         self._listeners[sock.fileno()] = sock
+        self._families[sock.fileno()] = int(listener.family)
         self._set.register(sock.fileno(), select.EPOLLIN, self)
         task_status.started()
         try:
@@ -229,7 +266,9 @@ class FastPath:
         """Accept and serve one pending connection (the epoll set is level-triggered: more
         come at the next poll); False after a transient failure."""
         try:
-            sock, _ = listener.accept()
+            # socket.accept() converts family and type to enums on every call
+            sock = socket.socket(self._families[listener.fileno()], socket.SOCK_STREAM, 0,
+                                 listener._accept()[0])
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as e:
@@ -243,15 +282,25 @@ class FastPath:
         self._advance(sock, b"")
         return True
 
-    def _advance(self, sock, buf):
+    def _advance(self, sock, buf, answered=False):
         """Serve what `sock` has sent; park it when idle, close it at EOF, else hand it on.
 
-        At most `_BATCH` commands per call: a client that keeps the socket full must not keep
-        the event loop (every other connection and instance) to itself; parked, it is ready
-        again at the next poll, after the others had their turn."""
+        A command left in flight upstream is waited for here while nothing else is ready
+        (else the set waits for it: `_park`), and after an answer the client's close (a
+        swtpm TCTI client closes some 10-50 us later) likewise: on a quiet set a connection
+        is served from accept to close in this one call. At most `_BATCH` commands per call:
+        a client that keeps the socket full must not keep the event loop (every other
+        connection and instance) to itself; parked, it is ready again at the next poll,
+        after the others had their turn."""
         served = 0
+        host = self.host
+        response = None
         try:
             while True:
+                if answered:
+                    answered = False
+                    if not self._set.wait_inline(sock.fileno(), LINGER):
+                        return self._wait_idle(sock)
                 try:
                     data = sock.recv(_RECV, _NOWAIT)
                 except (BlockingIOError, InterruptedError):
@@ -263,31 +312,36 @@ class FastPath:
                     return
                 if data:
                     buf += data
-                while (len(buf) >= HEADER_SIZE and looks_like_tpm_command(buf[:4])
-                       and served < _BATCH):
-                    size = HEADER.unpack_from(buf)[1]
-                    if size < HEADER_SIZE or size > self.host.max_command_size or len(buf) < size:
+                while len(buf) >= HEADER_SIZE and served < _BATCH:
+                    tag, size, _cc = HEADER.unpack_from(buf)
+                    if (tag not in _TAGS or size < HEADER_SIZE or size > host.max_command_size
+                            or len(buf) < size):
                         break
                     if self._parks:
-                        response = self.host.execute_inline(bytes(buf[:size]),
-                                                            self.host.swtpm_locality, wait=0)
+                        response = host.execute_inline(buf[:size], host.swtpm_locality, wait=0)
+                        if response is None:
+                            fd = host.backend.inline_pending()
+                            if fd is None:
+                                return self._slow(sock, buf)    # busy: wait in a task
+                            ready = self._set.wait_inline(fd, PARK)
+                            if ready is None:                   # slow: a task awaits it
+                                return self._slow(sock, buf, inflight=True)
+                            if not ready:       # other work first: the set waits for it
+                                return self._park(sock, buf, fd)
+                            response = host.finish_inline()
                     else:
-                        response = self.host.execute_inline(bytes(buf[:size]),
-                                                            self.host.swtpm_locality)
-                    if response is None:
-                        if self._park(sock, buf):       # the upstream is working on it
-                            return
-                        return self._slow(sock, buf)    # the backend is busy: wait in a task
+                        response = host.execute_inline(buf[:size], host.swtpm_locality)
+                        if response is None:
+                            return self._slow(sock, buf)        # busy: wait in a task
                     buf = buf[size:]
                     served += 1
                     if not self._respond(sock, buf, response):
                         return
                 if buf:
                     return self._slow(sock, buf)        # partial or not a raw command
-                # Answered, or nothing more to read: wait in the set (a swtpm TCTI client
-                # closes now; reading at once would mostly find nothing yet).
-                if data is None or served:
-                    return self._wait_idle(sock)
+                if not served or served >= _BATCH:
+                    return self._wait_idle(sock)        # nothing (more) to read now
+                answered = True
         except (BlockingIOError, InterruptedError):
             return self._slow(sock, buf, response)
         except OSError as e:                          # reset by the peer, and the like
@@ -310,6 +364,7 @@ class FastPath:
                 self._slow(sock, buf, response, flush=True)
                 return False
             self._held.append((sock, buf, response))   # see `release`
+            self._set.holding.add(self)
             return False
         sent = sock.send(response, _NOWAIT)
         if sent != len(response):
@@ -317,19 +372,14 @@ class FastPath:
             return False
         return True
 
-    def _park(self, sock, buf) -> bool:
-        """Wait in the set for the answer to the command at the head of `buf`, which the
-        backend left in flight; False if there is nothing to wait on there."""
-        fd = self.host.backend.inline_pending() if self._parks else None
-        if fd is None:
-            return False
+    def _park(self, sock, buf, fd):
+        """Wait in the set for the answer on `fd` to the command at the head of `buf`, which
+        the backend left in flight and the fast path claimed."""
         if not self._set.wait_for(fd, self, time.monotonic() + PARK):
-            self._slow(sock, buf, inflight=True)
-            return True
+            return self._slow(sock, buf, inflight=True)
         if self._idle.pop(sock.fileno(), None) is not None:
             self._set.unregister(sock.fileno())   # its next command waits for this answer
         self._waiting[fd] = (sock, buf)
-        return True
 
     def _answer(self, fd):
         """The upstream answered the parked command on `fd`: answer its client, go on."""
@@ -339,10 +389,7 @@ class FastPath:
             response = self.host.finish_inline()
             buf = buf[HEADER.unpack_from(buf)[1]:]
             if self._respond(sock, buf, response):
-                if buf:
-                    self._advance(sock, buf)
-                else:
-                    self._wait_idle(sock)       # as in `_advance`: no read that finds nothing
+                self._advance(sock, buf, answered=not buf)
         except (BlockingIOError, InterruptedError):
             self._slow(sock, buf, response)
         except OSError as e:                    # the client went away meanwhile
@@ -385,7 +432,7 @@ class FastPath:
             if sent != len(response):
                 self._slow(sock, buf, response[sent:])
             else:
-                self._advance(sock, buf)
+                self._advance(sock, buf, answered=not buf)
 
     def _drop(self, sock):
         """Close a connection, out of the epoll set first if it is there."""

@@ -115,6 +115,28 @@ def test_other_connections_while_a_command_is_in_flight(daemon):
     assert rc(r) == 0
 
 
+def test_a_connection_kept_open_between_commands(daemon):
+    """A client that keeps its connection (QEMU, a TCTI that does not reconnect) and sends
+    its next command at once, within the fast path's linger after an answer, or long after
+    it (the connection waiting in the epoll set by then): every command is answered, in
+    order, and the connection stays usable."""
+    import time
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(daemon.path)
+        for gap in (0, 0, 0.0001, 0.001, 0.02, 0, 0.05, 0):
+            time.sleep(gap)
+            s.sendall(PCR_READ)
+            assert rc(recv_response(s)) == 0
+        s.sendall(rsa_primary())            # slow upstream: the answer from a task
+        r = recv_response(s)
+        assert rc(r) == 0
+        s.sendall(flush(struct.unpack(">I", r[10:14])[0]))
+        assert rc(recv_response(s)) == 0
+        s.sendall(GET_RANDOM)
+        assert len(recv_response(s)) == 28
+
+
 def test_malformed_command_still_gets_its_rc(daemon):
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)
