@@ -11,8 +11,10 @@ narrow on purpose, three things:
    synchronous shortcut of the swtpm fast path: a backend that cannot answer right now
    without blocking returns None and the transport awaits `execute` instead. A backend
    whose command is at work elsewhere (passthrough) may also offer `execute_inline(...,
-   wait=0)`, `inline_pending()` (the descriptor that becomes readable with the answer) and
-   `finish_inline()`, so the fast path waits for that descriptor among its others.
+   wait=0)`, `inline_pending()` (the descriptor that becomes readable with the answer),
+   `finish_inline()`, and for an answer that never comes `inline_timeout` (seconds) and
+   `abandon_inline()` (the response saying so), so the fast path waits for that
+   descriptor among its others.
 2. platform signals: `await signal(Signal.X, *args)` (power, NV, cancel, D-RTM hash, reset,
    tpmEstablished); returns None or the exception that refused it (the mssim protocol cannot
    report it, the swtpm control channel maps it to a result code). `powered` and

@@ -827,6 +827,21 @@ class PassthroughBackend:
             self._slot.release()
         return self._after(command, rsp)
 
+    @property
+    def inline_timeout(self) -> float:
+        """How long a command in flight may wait for its answer (`[passthrough] timeout`)."""
+        return self.upstream.timeout
+
+    def abandon_inline(self) -> bytes:
+        """The claimed command in flight got no answer within `inline_timeout`: the upstream
+        connection is dropped (reopened at the next command) and the answer is
+        TPM_RC_FAILURE, as from `execute`."""
+        self._inflight = None
+        self.upstream.drop()
+        self._slot.release()
+        return self._failed(UpstreamError(
+            f"no answer in {self.upstream.timeout:.1f} s", sent=True))
+
     async def wait_inline(self) -> bytes:
         """The answer to the claimed command in flight, awaited (within the timeout)."""
         command, fd = self._inflight

@@ -56,6 +56,12 @@ class TpmHost:
         self.counters.count(response)
         return response
 
+    def abandon_inline(self) -> bytes:
+        """The answer for the command `execute_inline` left in flight when it never came."""
+        response = self.backend.abandon_inline()
+        self.counters.count(response)
+        return response
+
     async def wait_inline(self) -> bytes:
         response = await self.backend.wait_inline()
         self.counters.count(response)

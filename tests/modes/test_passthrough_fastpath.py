@@ -137,6 +137,60 @@ def test_a_connection_kept_open_between_commands(daemon):
         assert len(recv_response(s)) == 28
 
 
+def test_upstream_that_never_answers(tmp_path):
+    """The upstream stops with a command in flight: the swtpm client gets TPM_RC_FAILURE at
+    the `[passthrough] timeout` (the fast path's set gives up on it), the event loop serves
+    the control channel meanwhile, and service resumes on a new upstream connection."""
+    import signal
+    import time
+    sw = TctiSwtpm()
+    assert rc(sw.execute(STARTUP_CLEAR)) == 0
+    sw.disconnect()
+    config = tmp_path / "ctpm.toml"
+    config.write_text("[passthrough]\ntimeout = 1.5\n")
+    path = str(tmp_path / "ctpm")
+    try:
+        with run_daemon("--mode", "passthrough", "--upstream", sw.tcti, "--swtpm",
+                        f"unix:{path}", "--config", str(config), timeout=30) as d:
+            (r,) = call(path, GET_RANDOM)
+            assert rc(r) == 0
+            os.kill(sw.proc.pid, signal.SIGSTOP)
+            try:
+                result = {}
+
+                def hung():
+                    t0 = time.monotonic()
+                    result["rc"] = rc(call(path, GET_RANDOM)[0])
+                    result["waited"] = time.monotonic() - t0
+                def cpu():      # the daemon's user + system time, s
+                    with open(f"/proc/{d.proc.pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                t = threading.Thread(target=hung)
+                t.start()
+                time.sleep(0.3)
+                before = cpu()
+                time.sleep(0.5)
+                assert cpu() - before < 0.2     # waiting costs no CPU (no spinning loop)
+                t0 = time.monotonic()
+                with socket.socket(socket.AF_UNIX) as c:    # the loop is not held
+                    c.settimeout(10)
+                    c.connect(path + ".ctrl")
+                    c.sendall(GET_CAPABILITY)
+                    assert struct.unpack(">I", c.recv(8)[:4])[0] == 0
+                assert time.monotonic() - t0 < 0.5
+                t.join(10)
+                assert result["rc"] == 0x101            # TPM_RC_FAILURE: outcome unknown
+                assert 1.4 < result["waited"] < 5
+            finally:
+                os.kill(sw.proc.pid, signal.SIGCONT)
+            (r,) = call(path, GET_RANDOM)
+            assert rc(r) == 0 and len(r) == 28
+            assert d.proc.poll() is None
+    finally:
+        sw.close()
+
+
 def test_malformed_command_still_gets_its_rc(daemon):
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)
