@@ -347,7 +347,7 @@ class FastPath:
                             or len(buf) < size):
                         break
                     if self._parks:
-                        response = host.execute_inline(buf[:size], host.swtpm_locality, wait=0)
+                        response = host.execute_inline(buf[:size], host.swtpm_locality, 0)
                         if response is None:
                             fd = host.backend.inline_pending()
                             if fd is None:

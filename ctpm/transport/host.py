@@ -44,8 +44,11 @@ class TpmHost:
         self.counters.count(response)
         return response
 
-    def execute_inline(self, command: bytes, locality: int, **wait) -> bytes | None:
-        response = self.backend.execute_inline(command, locality, **wait)
+    def execute_inline(self, command: bytes, locality: int, wait=None) -> bytes | None:
+        if wait is None:
+            response = self.backend.execute_inline(command, locality)
+        else:               # positional: a call with keywords costs a dict per command
+            response = self.backend.execute_inline(command, locality, wait)
         if response is not None:
             self.counters.count(response)
         return response
