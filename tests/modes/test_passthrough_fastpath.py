@@ -191,6 +191,46 @@ def test_upstream_that_never_answers(tmp_path):
         sw.close()
 
 
+def test_same_bytes_over_mssim_do_not_take_the_parked_answer(tmp_path):
+    """A command parked by the fast path (the upstream stopped, so it is surely in flight)
+    and the same bytes from an mssim client meanwhile: the mssim command waits its turn
+    instead of taking the answer the fast path claimed; each client gets an answer of its
+    own once the upstream is back."""
+    import signal
+    import time
+    sw = TctiSwtpm()
+    assert rc(sw.execute(STARTUP_CLEAR)) == 0
+    sw.disconnect()
+    path = str(tmp_path / "ctpm")
+    try:
+        with run_daemon("--mode", "passthrough", "--upstream", sw.tcti, "--swtpm",
+                        f"unix:{path}", "--mssim", "127.0.0.1:0", timeout=30) as d:
+            from tpm2_pytss import TCTILdr
+            mssim = TCTILdr.parse(d.tcti("mssim"))
+            results = {}
+
+            def fast():
+                results["fast"] = call(path, GET_RANDOM)[0]
+            os.kill(sw.proc.pid, signal.SIGSTOP)
+            try:
+                t = threading.Thread(target=fast)
+                t.start()
+                time.sleep(0.3)                 # parked: in the set, claimed
+                mssim.transmit(GET_RANDOM)
+                time.sleep(0.3)
+            finally:
+                os.kill(sw.proc.pid, signal.SIGCONT)
+            other = bytes(mssim.receive(4096, 30000))
+            t.join(30)
+            mssim.close()
+            assert rc(results["fast"]) == 0 and len(results["fast"]) == 28
+            assert rc(other) == 0 and len(other) == 28
+            assert results["fast"][12:] != other[12:]
+            assert d.proc.poll() is None
+    finally:
+        sw.close()
+
+
 def test_malformed_command_still_gets_its_rc(daemon):
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(30)
