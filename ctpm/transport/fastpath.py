@@ -151,6 +151,8 @@ class EpollSet:
                         await trio.lowlevel.checkpoint()
                         now = time.monotonic()
                         turn_end = now + TURN
+                        if self.long_waits:         # a busy set still keeps deadlines
+                            self._abandon(now)
                     # waiting for an upstream: until its answer (or deadline) in one wait
                     events = self._linger(min(self.waits.values()) - now if self.waits
                                           else LINGER)
