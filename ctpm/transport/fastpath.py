@@ -29,7 +29,7 @@ _TAGS = (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS)    # what a raw TPM 2.0 command st
 _NOWAIT = socket.MSG_DONTWAIT
 LINGER = 0.0002     # s: one wait on the set before going back to trio (see EpollSet.watch)
 TURN = 0.002        # s: the longest the set keeps the loop before a checkpoint
-PARK = 0.002        # s: an upstream answer waited for in the set, then in a task
+PARK = 0.002        # s: an upstream answer waited for by select, then in the set proper
 _SELECT_LIMIT = 1024  # select() takes descriptors below FD_SETSIZE only
 
 
@@ -129,7 +129,9 @@ class EpollSet:
         `PARK`) the set is waited on the same way, so other instances' connections are served
         meanwhile, in one wait (a wake-up every `LINGER` cost a signature ~35 us of CPU).
         Either way the loop's other tasks get a checkpoint at least every `TURN` (plus one
-        wait), as long as the loop used to wait for an upstream answer in a 2 ms poll."""
+        wait, and a fast path's own waits: `wait_inline`), as long as the loop used to wait
+        for an upstream answer in a 2 ms poll. Longer upstream waits (`wait_long`) are
+        registered in the set and waited for in trio, up to their deadline."""
         try:
             while True:
                 # (deadlines are time.monotonic()'s; trio's clock has an offset of its own)
