@@ -151,6 +151,7 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
                                              (handlers[1], second, label + " (second channel)")):
                     if isinstance(handler, SwtpmDataChannel):
                         fast = FastPath(host, handler, nursery, what, epoll_set)
+                        handlers[1].fast_path = fast
                         nursery.start_soon(fast.watch)
                         for s in socks:
                             nursery.start_soon(fast.serve, trio.socket.from_stdlib_socket(s))

@@ -70,7 +70,8 @@ PCR_WRITERS = frozenset(CC[n] for n in (
 
 RH_PLATFORM, RH_PLATFORM_NV = 0x4000000C, 0x4000000D
 ST_NO_SESSIONS, ST_SESSIONS = 0x8001, 0x8002
-CAP_HANDLES, CAP_COMMANDS, CAP_PP_COMMANDS = 1, 2, 7
+CAP_HANDLES, CAP_COMMANDS, CAP_PP_COMMANDS, CAP_TPM_PROPERTIES = 1, 2, 7, 6
+PT_TOTAL_COMMANDS, PT_LIBRARY_COMMANDS = 0x129, 0x12A
 
 RC_COMMAND_CODE, RC_COMMAND_SIZE, RC_INSUFFICIENT = 0x143, 0x142, 0x09A
 RC_HIERARCHY, RC_HANDLE, RC_VALUE = 0x085, 0x08B, 0x084
@@ -131,6 +132,8 @@ class Guard:
     def __init__(self, policy: Policy, handle_counts: dict):
         self.policy = policy
         self.handle_counts = dict(handle_counts)
+        # the upstream's commands the guest does not see (the count properties say so too)
+        self.hidden = sum(1 for cc in self.handle_counts if cc in policy.refuse)
 
     def check(self, command: bytes) -> bytes | None:
         """None if `command` may go to the upstream, else the refusal response."""
@@ -197,20 +200,45 @@ class Guard:
             return response(param_rc(RC_VALUE, 2))
         return None
 
+    def forwarded(self, command: bytes) -> bytes:
+        """The bytes sent upstream for `command`: itself, but for a GetCapability of the
+        command lists, which asks for as many more as the guard may hide, so that the
+        filtered answer still holds as many as the guest asked for (the Linux driver asks
+        for TPM_PT_TOTAL_COMMANDS of them and needs exactly that many back)."""
+        if (len(command) == 22 and command[6:10] == b"\0\0\x01\x7a"
+                and command[:2] == b"\x80\x01"
+                and command[10:14] in (b"\0\0\0\x02", b"\0\0\0\x07")):
+            count = struct.unpack(">I", command[18:22])[0]
+            return command[:18] + struct.pack(
+                ">I", min(count + len(self.policy.refuse), 0xFFFFFFFF))
+        return command
+
     def filter_capability(self, command: bytes, rsp: bytes) -> bytes:
-        """A GetCapability response (no sessions) with what the guest may not use removed."""
+        """A GetCapability response (no sessions) with what the guest may not use removed:
+        handles outside its ranges, refused commands (at most the count it asked for: see
+        `forwarded`), and those commands from TPM_PT_TOTAL/LIBRARY_COMMANDS."""
         if rsp[6:10] != b"\0\0\0\0" or len(rsp) < 19 or command[:2] != b"\x80\x01":
             return rsp
         more, cap, count = struct.unpack(">BII", rsp[10:19])
+        if cap == CAP_TPM_PROPERTIES and self.hidden and len(rsp) >= 19 + 8 * count:
+            pairs = list(struct.unpack(f">{2 * count}I", rsp[19:19 + 8 * count]))
+            for i in range(0, 2 * count, 2):
+                if pairs[i] in (PT_TOTAL_COMMANDS, PT_LIBRARY_COMMANDS):
+                    pairs[i + 1] = max(pairs[i + 1] - self.hidden, 0)
+            return rsp[:19] + struct.pack(f">{2 * count}I", *pairs) + rsp[19 + 8 * count:]
         if cap not in (CAP_HANDLES, CAP_COMMANDS, CAP_PP_COMMANDS) or len(rsp) < 19 + 4 * count:
             return rsp
         items = struct.unpack(f">{count}I", rsp[19:19 + 4 * count])
         refuse = self.policy.refuse
         if cap == CAP_HANDLES:
             kept = [h for h in items if self.policy.visible(h)]
-        elif cap == CAP_COMMANDS:       # TPMA_CC: commandIndex in bits 0-15, V in bit 29
-            kept = [a for a in items if a & 0x2000FFFF not in refuse]
-        else:                           # TPML_CC: the codes themselves
-            kept = [c for c in items if c not in refuse]
+        else:
+            if cap == CAP_COMMANDS:     # TPMA_CC: commandIndex in bits 0-15, V in bit 29
+                kept = [a for a in items if a & 0x2000FFFF not in refuse]
+            else:                       # TPML_CC: the codes themselves
+                kept = [c for c in items if c not in refuse]
+            asked = struct.unpack(">I", command[18:22])[0] if len(command) == 22 else count
+            if len(kept) > asked:
+                kept, more = kept[:asked], 1
         body = struct.pack(f">BII{len(kept)}I", more, cap, len(kept), *kept)
         return struct.pack(">HII", ST_NO_SESSIONS, 10 + len(body), 0) + body

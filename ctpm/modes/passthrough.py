@@ -790,7 +790,7 @@ class PassthroughBackend:
             return refusal
         self._slot.acquire_nowait()
         try:
-            fd = self.upstream.send(command, locality)
+            fd = self.upstream.send(self.guard.forwarded(command), locality)
             if fd is None or not wait or not self._quick(fd, wait):
                 self._inflight = (command, fd)
                 self._claimed = False
@@ -863,7 +863,8 @@ class PassthroughBackend:
             return response(0x09A)           # TPM_RC_INSUFFICIENT: cut short
         if refusal is not None:
             return refusal
-        return self._after(command, await self._forward(command, locality))
+        return self._after(command, await self._forward(self.guard.forwarded(command),
+                                                        locality))
 
     def _quick(self, fd: int, wait: float = QUICK) -> bool:
         """Whether the answer on `fd` is readable within `wait` seconds (one poll object

@@ -226,6 +226,7 @@ class FastPath:
         self._families = {}                  # fd -> the listener's family, an int
         self._held = []                      # (sock, buf, response) waiting for durable NV
         self._waiting = {}                   # upstream fd -> (sock, buf from the command on)
+        self._data_socks = set()             # the SET_DATAFD channel (at most one)
         # a passthrough backend can leave a command in flight for the set to wait on
         self._parks = hasattr(host.backend, "finish_inline")
 
@@ -244,6 +245,13 @@ class FastPath:
             self._listeners.pop(sock.fileno(), None)
             self._set.unregister(sock.fileno())
             sock.close()
+
+    def adopt_data_fd(self, sock):
+        """Serve the data channel SET_DATAFD handed over (QEMU's: one connection for the
+        TPM's lifetime) like any other connection here: served by a task, each command cost
+        twice as much. `host.data_fd_active` is cleared when it closes."""
+        self._data_socks.add(sock)
+        self.adopt(sock)
 
     def adopt(self, sock, received=b"", unsent=b""):
         """Serve a connection accepted before trio was imported (early.py), with what it
@@ -498,6 +506,12 @@ class FastPath:
         if self._idle.pop(sock.fileno(), None) is not None:
             self._set.forget(sock.fileno())
         sock.close()
+        self._data_closed(sock)
+
+    def _data_closed(self, sock):
+        if self._data_socks and sock in self._data_socks:
+            self._data_socks.discard(sock)
+            self.host.data_fd_active = False
 
     def _slow(self, sock, buf, pending=b"", flush=False, inflight=False):
         """Hand the connection to a task: `buf` is what it sent and nobody answered yet;
@@ -506,21 +520,46 @@ class FastPath:
         if self._idle.pop(sock.fileno(), None) is not None:
             self._set.unregister(sock.fileno())     # a task serves it from here on
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self.nursery.start_soon(self._run_slow, stream, bytes(buf), pending, flush, inflight)
+        self.nursery.start_soon(self._run_slow, stream, sock, bytes(buf), pending, flush,
+                                inflight)
 
-    async def _run_slow(self, stream, buf, pending, flush, inflight=False):
+    async def _run_slow(self, stream, sock, buf, pending, flush, inflight=False):
+        """Serve a connection the fast path handed over. When what made it slow is done (an
+        answer awaited, a flush, one command run in a worker thread) and it sent nothing
+        more, the connection goes back to the fast path: a connection kept open (QEMU's
+        data channel) would otherwise be served by this task, twice as slowly, for good
+        after its first slow command."""
         from .host import serve_connection
+        back = False
         try:
             if inflight:
                 pending = await self.host.wait_inline()
                 buf = buf[HEADER.unpack_from(buf)[1]:]
+            elif not pending and _one_raw_command(buf, self.host.max_command_size):
+                pending = await self.host.execute(buf, self.host.swtpm_locality)
+                buf = b""
             if flush and await self.host.backend.flush() is False:
                 from ..backend import NV_UNAVAILABLE
                 pending = NV_UNAVAILABLE        # not on disk: not acknowledged
             if pending:
                 await stream.send_all(pending)
+            if not buf:
+                back = True
+                return
             await serve_connection(lambda s: self.slow_handler(s, initial=buf), stream, self.what)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            back = False
         finally:
-            stream.socket.close()
+            if back:
+                self._advance(sock, b"", answered=True)
+            else:
+                stream.socket.close()
+                self._data_closed(sock)
+
+
+def _one_raw_command(buf, max_size) -> bool:
+    """Whether `buf` is exactly one complete raw TPM command (of an acceptable size)."""
+    if len(buf) < HEADER_SIZE:
+        return False
+    tag, size, _cc = HEADER.unpack_from(buf)
+    return tag in _TAGS and size == len(buf) and HEADER_SIZE <= size <= max_size

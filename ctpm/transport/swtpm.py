@@ -125,6 +125,7 @@ class SwtpmControlChannel:
         self.unix = unix
         self.caps = CAPS | (CAP_SET_DATAFD if unix else 0)
         self.data_channel = SwtpmDataChannel(host)
+        self.fast_path = None       # the data channel's fast path, which serves SET_DATAFD's
         self.handlers = {
             GET_CAPABILITY: self._get_capability, INIT: self._init, SHUTDOWN: self._shutdown,
             GET_TPMESTABLISHED: self._get_established, SET_LOCALITY: self._set_locality,
@@ -205,7 +206,10 @@ class SwtpmControlChannel:
         if sock is None:
             return result(BAD_PARAMETER)
         self.host.data_fd_active = True
-        self.host.spawn(serve_data_fd, self.host, self.data_channel, sock)
+        if self.fast_path is not None:
+            self.fast_path.adopt_data_fd(sock)
+        else:
+            self.host.spawn(serve_data_fd, self.host, self.data_channel, sock)
         return result(SUCCESS)
 
     async def _init(self, body):

@@ -81,6 +81,39 @@ def test_guest_uses_ctpm_in_ephemeral_mode(tmp_path):
     assert returncode == 0
 
 
+@pytest.mark.skipif(SWTPM is None, reason="swtpm is not installed")
+@pytest.mark.parametrize("pcr_writes", [True, False], ids=["pcr-writes", "default-guard"])
+def test_guest_uses_passthrough(tmp_path, pcr_writes):
+    """ctpm passthrough as QEMU's TPM backend in front of a 'hardware' TPM (swtpm): the
+    guest's driver binds in full (it reads the command list the guard filters and
+    TPM_PT_TOTAL_COMMANDS, which must agree, or Linux puts the TPM in 'field failure mode'),
+    and what the guest reads is the upstream's. The firmware's TPM2_Startup gets the
+    started chip's TPM_RC_INITIALIZE, so SeaBIOS measures nothing (as with QEMU's own
+    passthrough backend; docs/modes.md); the kernel's IMA extends PCR 10 on the upstream
+    where PCR writes are allowed, and nothing is extended with the default guard."""
+    from tests.peers import TctiSwtpm
+    from tests.tpmcmd import cmd, pcr_select, rc
+    sw = TctiSwtpm()
+    config = tmp_path / "ctpm.toml"
+    config.write_text(f"[passthrough]\npcr_writes = {str(pcr_writes).lower()}\n")
+    try:
+        result, returncode = boot_with_ctpm(tmp_path, extra=(
+            "--mode", "passthrough", "--upstream", sw.tcti, "--config", str(config)))
+        assert result.done, result.console[-3000:]
+        assert result.version == "2"
+        assert rc(result.getrandom) == 0 and len(result.getrandom) == 28
+        assert returncode == 0
+        for pcr in (0, 7, 10):      # read on the upstream directly: the guest's values
+            rsp = sw.execute(cmd(0x17E, pcr_select((0x000B, [pcr]))))
+            assert rc(rsp) == 0
+            assert rsp[-32:] == result.pcrs["sha256", pcr], pcr
+        assert result.event_log == b""
+        assert all(v == bytes(len(v)) for (_, pcr), v in result.pcrs.items() if pcr != 10)
+        assert (result.pcrs["sha256", 10] != bytes(32)) is pcr_writes
+    finally:
+        sw.close()
+
+
 def test_guest_uses_ctpm_through_crb(tmp_path):
     result, returncode = boot_with_ctpm(tmp_path, "tpm-crb")
     check(result)

@@ -237,6 +237,16 @@ def test_guard_refuses_and_swtpm_state_is_untouched(swtpm):
             assert nv == [0x01500001, EK_CERT] and persistent == [0x81000100]
             commands = [a & 0xFFFF for a in cap_list(raw(get_cap(2, 0x11F)))]
             assert 0x126 not in commands and 0x124 not in commands and 0x131 in commands
+            # ... and the counts agree with the list, as the Linux driver requires: it asks
+            # for TPM_PT_TOTAL_COMMANDS commands and needs exactly that many
+            rsp = raw(get_cap(6, 0x129, 2))
+            props = list(struct.unpack(">4I", rsp[19:35]))
+            total, library = props[1], props[3]
+            assert props[0::2] == [0x129, 0x12A] and total == library == len(commands)
+            rsp = raw(get_cap(2, 0x11F, total))
+            assert rsp[10] == 0 and len(cap_list(rsp)) == total
+            rsp = raw(get_cap(2, 0x11F, 10))            # fewer: exactly those, more to come
+            assert rsp[10] == 1 and [a & 0xFFFF for a in cap_list(rsp)] == commands[:10]
             # cleaning up its own range works
             assert rc(raw(evict(0x81000100, 0x81000100))) == 0
             assert rc(raw(cmd(0x122, handles=[OWNER, 0x01500001], sessions=[pw_session()]))) == 0
