@@ -79,6 +79,39 @@ async def test_qemu_like_session(ctpm_server):
     sock.close()
 
 
+async def test_data_channel_after_a_slow_command(ctpm_server):
+    """A command run in a worker thread (an RSA key generated) hands the data channel to a
+    task; once answered the channel goes back to the fast path and serves on: quick
+    commands one by one and two in one write, then the channel closes and a new one opens."""
+    from tests.modes.test_passthrough_fastpath import flush, rsa_primary
+    sock = await control(ctpm_server)
+    reply, data = await hand_over_data_channel(sock)
+    assert reply == OK
+    assert await ctrl(sock, INIT, u32(0)) == OK
+    assert rc(await data.command(STARTUP_CLEAR)) == RC_SUCCESS
+    for _ in range(2):
+        key = await data.command(rsa_primary())
+        assert rc(key) == RC_SUCCESS
+        for _ in range(3):
+            assert rc(await data.command(GET_RANDOM_8)) == RC_SUCCESS
+        assert rc(await data.command(flush(int.from_bytes(key[10:14], "big")))) == RC_SUCCESS
+    await data.send(GET_RANDOM_8 + READ_CLOCK)
+    first = await data.tpm_response()
+    second = await data.tpm_response()
+    assert rc(first) == RC_SUCCESS and len(first) == 20 and rc(second) == RC_SUCCESS
+    await data.aclose()
+    with trio.fail_after(5):
+        while True:
+            again, data = await hand_over_data_channel(sock)
+            if again == OK:
+                break
+            await data.aclose()
+            await trio.sleep(0.01)
+    assert rc(await data.command(GET_RANDOM_8)) == RC_SUCCESS
+    await data.aclose()
+    sock.close()
+
+
 async def test_set_datafd_without_a_stream_socket(ctpm_server):
     sock = await control(ctpm_server)
     assert await ctrl(sock, SET_DATAFD) == BAD_PARAMETER             # no descriptor
