@@ -72,6 +72,9 @@ RH_PLATFORM, RH_PLATFORM_NV = 0x4000000C, 0x4000000D
 ST_NO_SESSIONS, ST_SESSIONS = 0x8001, 0x8002
 CAP_HANDLES, CAP_COMMANDS, CAP_PP_COMMANDS, CAP_TPM_PROPERTIES = 1, 2, 7, 6
 PT_TOTAL_COMMANDS, PT_LIBRARY_COMMANDS = 0x129, 0x12A
+_HEADER = struct.Struct(">HII")
+# commands whose parameters the guard reads too (after their handles)
+_PARAMS_CHECKED = frozenset(CC[n] for n in ("GetCapability", "NV_DefineSpace", "EvictControl"))
 
 RC_COMMAND_CODE, RC_COMMAND_SIZE, RC_INSUFFICIENT = 0x143, 0x142, 0x09A
 RC_HIERARCHY, RC_HANDLE, RC_VALUE = 0x085, 0x08B, 0x084
@@ -139,7 +142,7 @@ class Guard:
         """None if `command` may go to the upstream, else the refusal response."""
         if len(command) < 10:
             return response(RC_COMMAND_SIZE)
-        tag, size, cc = struct.unpack(">HII", command[:10])
+        tag, size, cc = _HEADER.unpack_from(command)
         if size != len(command):
             return response(RC_COMMAND_SIZE)
         p = self.policy
@@ -151,6 +154,8 @@ class Guard:
         end = 10 + 4 * n
         if len(command) < end:
             return response(RC_INSUFFICIENT)
+        if n == 0 and cc not in _PARAMS_CHECKED:        # most commands: nothing more to see
+            return None
         handles = struct.unpack(f">{n}I", command[10:end])
         for i, h in enumerate(handles, 1):
             kind = h >> 24
