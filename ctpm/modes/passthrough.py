@@ -5,8 +5,9 @@ connection of this instance's own, and the upstream's bytes are the answer. swtp
 device upstreams are spoken to directly over a connection kept open (`RawUpstream`); other
 TCTI strings (`tabrmd:...`, library names) go through tpm2-pytss's TCTI loader (`Upstream`).
 A command is transmitted in the event loop and its answer taken when the connection is
-readable (polled 2 ms, then awaited), under a deadline; connecting through the loader runs in
-a worker thread. The upstream's own failures become response codes and the connection is
+readable (looked for 50 us without sleeping, then awaited in the event loop; the swtpm
+fast path polls up to 2 ms), under a deadline; connecting through the loader runs in a
+worker thread. The upstream's own failures become response codes and the connection is
 opened again for the next command, so a guest never hangs:
 
 * the upstream cannot be reached (nothing was sent): TPM_RC_RETRY (0x922), send it again;
@@ -38,6 +39,7 @@ RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
 MAX_RESPONSE = 16384
 PIECES_WAIT = 2.0           # seconds a device may take to finish an answer it began
 QUICK = 0.002                   # seconds to poll for an answer before awaiting it
+SPIN = 0.00005                  # ... in a task (`_forward`): looked for, the loop never sleeps
 RC_AUTH_FAIL, RC_AUTH_MISSING = 0x98E, 0x125     # AUTH_FAIL + session 1
 RC_ATTRIBUTES_S1 = 0x982                           # TPM_RC_ATTRIBUTES + session 1
 RS_PW, OWNER = 0x40000009, 0x40000001
@@ -383,6 +385,26 @@ def _device_rest(fd: int, rsp: bytes, timeout: float) -> bytes:
             raise OSError(f"the device closed after {len(rsp)} bytes of a response")
         rsp += more
     return rsp
+
+
+def _readable(fd: int, spin: float = SPIN) -> bool:
+    """Whether the answer on `fd` is there within `spin` seconds, looked for without
+    sleeping: a sleep in the kernel, however short, holds the event loop, and on a busy
+    machine the process may not get a CPU back for milliseconds. SPIN catches the
+    upstream's quick answers (GetRandom, PCR_Read), which the loop's own wait would make
+    ~10% slower over mssim (bench/passthrough.py --mssim)."""
+    import select
+    import time
+    poll = select.poll()
+    try:
+        poll.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        end = time.perf_counter() + spin
+        while not poll.poll(0):
+            if time.perf_counter() >= end:
+                return False
+        return True
+    except (OSError, ValueError):
+        return False            # closed under us: `receive` or `_wait` says what happened
 
 
 def _exact(sock, n: int) -> bytes:
@@ -914,9 +936,10 @@ class PassthroughBackend:
 
     async def _forward(self, command: bytes, locality: int) -> bytes:
         """One command to the upstream. Connected: transmit here (a command fits the socket
-        buffer), take an answer that is readable within 2 ms (GetRandom, PCR_Read: a worker
-        thread would double their time), else await it (`_wait`). Not connected: opening
-        the TCTI and the whole call in a worker thread, abandoned when it overruns."""
+        buffer), take an answer that is readable within SPIN (50 us, never sleeping), else
+        await it in the loop (`_wait`), which serves other connections and instances
+        meanwhile (a 2 ms poll that slept held them all before). Not connected: opening the
+        TCTI and the whole call in a worker thread, abandoned when it overruns."""
         import trio
         upstream = self.upstream
         with trio.move_on_after(2 * upstream.timeout + 5) as scope:
@@ -930,7 +953,7 @@ class PassthroughBackend:
             if upstream.connected:
                 try:
                     fd = upstream.send(command, locality)
-                    if fd is not None and self._quick(fd):
+                    if fd is not None and _readable(fd):
                         return upstream.receive(upstream.timeout)
                     return await self._wait(fd)
                 except UpstreamError as e:
