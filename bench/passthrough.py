@@ -16,6 +16,11 @@ shown for scale: the listener's cost is in all three. Two minimal relays (bench/
 in front of its own swtpm: relay.c built with the machine's C compiler, and relay.py) show
 the floor of any process in the middle for this client. PCR_Extend is not measured: the
 guard refuses it by default.
+
+    python bench/passthrough.py --mssim
+
+measures a passthrough daemon reached over the mssim TCTI (its commands forwarded in a task,
+not the swtpm listener's fast path) next to swtpm direct, ratios per round with their spread.
 """
 import argparse
 import subprocess
@@ -182,15 +187,62 @@ class Relay:
         self.proc.stdout.close()
 
 
+MSSIM_WORKLOADS = ("GetRandom(32)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)",
+                   "Sign RSASSA-2048", "Sign ECDSA P-256", "CreatePrimary ECC P-256")
+
+
+def over_mssim(seconds, rounds):
+    """A passthrough daemon reached over the mssim TCTI (each command answered by
+    `execute` in a task: `_forward`), next to the same daemon over the swtpm TCTI (its fast
+    path) and swtpm direct, in one run. Ratios to swtpm direct per round: best and the
+    spread (lowest-highest) over the rounds."""
+    direct, upstream = UnixSwtpm(), UnixSwtpm()
+    daemon = run_daemon("--mode", "passthrough", "--upstream", upstream.tcti(),
+                        "--mssim", "127.0.0.1:0", "--swtpm", f"unix:{upstream.dir}/ctpm",
+                        timeout=60)
+    d = daemon.__enter__()
+    try:
+        clients = {"swtpm direct": Workloads(open_esapi(direct.tcti(), False)),
+                   "passthrough mssim": Workloads(open_esapi(d.tcti("mssim"), False)),
+                   "passthrough swtpm": Workloads(open_esapi(d.tcti("swtpm"), False))}
+        rates = {(n, w): [] for n in clients for w in MSSIM_WORKLOADS}
+        for _ in range(rounds):
+            for w in MSSIM_WORKLOADS:
+                for n, c in clients.items():
+                    rates[n, w].append(measure(c.calls[w], seconds))
+                    c.flush()
+        names = list(clients)[1:]
+        print(f"{'workload (ops/s, best)':26}{'swtpm direct':>13}"
+              + "".join(f"{n:>19}{'ratio (spread)':>20}" for n in names))
+        for w in MSSIM_WORKLOADS:
+            base = rates["swtpm direct", w]
+            line = f"{w:26}{max(base):13.0f}"
+            for n in names:
+                ratios = [r / b for r, b in zip(rates[n, w], base)]
+                cell = f"{max(rates[n, w]) / max(base):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                line += f"{max(rates[n, w]):19.0f}{cell:>20}"
+            print(line)
+        for c in clients.values():
+            c.esapi.close()
+    finally:
+        daemon.__exit__(None, None, None)
+        direct.close()
+        upstream.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--forwarding-only", action="store_true",
                     help="only the forwarding path without listener and client TCTI")
+    ap.add_argument("--mssim", action="store_true",
+                    help="only passthrough over the mssim TCTI (and swtpm TCTI) vs direct")
     args = ap.parse_args()
     if args.forwarding_only:
         return forwarding(args.seconds, args.rounds)
+    if args.mssim:
+        return over_mssim(args.seconds, args.rounds)
 
     direct, upstream, upstream2 = UnixSwtpm(), UnixSwtpm(), UnixSwtpm()
     relayed = {"C relay": UnixSwtpm(), "Python relay": UnixSwtpm()}

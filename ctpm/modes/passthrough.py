@@ -5,8 +5,9 @@ connection of this instance's own, and the upstream's bytes are the answer. swtp
 device upstreams are spoken to directly over a connection kept open (`RawUpstream`); other
 TCTI strings (`tabrmd:...`, library names) go through tpm2-pytss's TCTI loader (`Upstream`).
 A command is transmitted in the event loop and its answer taken when the connection is
-readable (polled 2 ms, then awaited), under a deadline; connecting through the loader runs in
-a worker thread. The upstream's own failures become response codes and the connection is
+readable (looked for 50 us without sleeping, then awaited in the event loop; the swtpm
+fast path polls up to 2 ms), under a deadline; connecting through the loader runs in a
+worker thread. The upstream's own failures become response codes and the connection is
 opened again for the next command, so a guest never hangs:
 
 * the upstream cannot be reached (nothing was sent): TPM_RC_RETRY (0x922), send it again;
@@ -35,10 +36,17 @@ log = logging.getLogger("ctpm.passthrough")
 
 RC_RETRY, RC_FAILURE, RC_INITIALIZE = 0x922, 0x101, 0x100
 RC_HANDLE, RC_AUTH_UNAVAILABLE, RC_NV_RANGE = 0x08B, 0x12F, 0x146
+RC_VALUE_P1, RC_VALUE_P2, RC_SIZE_P1 = 0x1C4, 0x2C4, 0x1D5  # TPM_RC_VALUE/SIZE + parameter
+PT_NV_BUFFER_MAX = 0x12C        # TPM_PT_NV_BUFFER_MAX
+NV_BUFFER_MAX = 1024            # ... when the upstream does not say (libtpms', the reference's)
 MAX_RESPONSE = 16384
 PIECES_WAIT = 2.0           # seconds a device may take to finish an answer it began
 QUICK = 0.002                   # seconds to poll for an answer before awaiting it
-RC_AUTH_FAIL, RC_AUTH_MISSING = 0x98E, 0x125     # AUTH_FAIL + session 1
+SPIN = 0.00005                  # ... in a task (`_forward`): looked for, the loop never sleeps
+RC_AUTH_MISSING = 0x125
+# TPM_RC_BAD_AUTH + session 1: both served indices are TPMA_NV_NO_DA and ownerAuth is outside
+# dictionary-attack protection (Part 1 §19.8), so a wrong value is never TPM_RC_AUTH_FAIL
+RC_BAD_AUTH = 0x9A2
 RC_ATTRIBUTES_S1 = 0x982                           # TPM_RC_ATTRIBUTES + session 1
 RS_PW, OWNER = 0x40000009, 0x40000001
 EVIDENCE_INDEX, REQUEST_INDEX = 0x01400001, 0x01400002
@@ -385,6 +393,26 @@ def _device_rest(fd: int, rsp: bytes, timeout: float) -> bytes:
     return rsp
 
 
+def _readable(fd: int, spin: float = SPIN) -> bool:
+    """Whether the answer on `fd` is there within `spin` seconds, looked for without
+    sleeping: a sleep in the kernel, however short, holds the event loop, and on a busy
+    machine the process may not get a CPU back for milliseconds. SPIN catches the
+    upstream's quick answers (GetRandom, PCR_Read), which the loop's own wait would make
+    ~10% slower over mssim (bench/passthrough.py --mssim)."""
+    import select
+    import time
+    poll = select.poll()
+    try:
+        poll.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        end = time.perf_counter() + spin
+        while not poll.poll(0):
+            if time.perf_counter() >= end:
+                return False
+        return True
+    except (OSError, ValueError):
+        return False            # closed under us: `receive` or `_wait` says what happened
+
+
 def _exact(sock, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -523,6 +551,13 @@ class PassthroughBackend:
             backend.properties = dict(struct.unpack(">II", rsp[19 + 8 * i:27 + 8 * i])
                                       for i in range(count))
         if config.passthrough_anchor:
+            try:        # the served indices refuse larger reads and writes as it does
+                buffer_max = client.tpm_property(PT_NV_BUFFER_MAX)
+            except Exception as e:      # UpstreamError, TpmCommandError: its default
+                log.warning("the upstream's TPM_PT_NV_BUFFER_MAX: %s", e)
+                buffer_max = None
+            if buffer_max:
+                backend.properties[PT_NV_BUFFER_MAX] = buffer_max
             if provider is None:
                 from .report import open_report_provider
                 provider = open_report_provider(config)
@@ -634,7 +669,7 @@ class PassthroughBackend:
         names = [self._name(auth), self._name(index)]
         if handle == RS_PW:
             if not hmac.compare_digest(proof, auth_value):
-                return response(RC_AUTH_FAIL)
+                return response(RC_BAD_AUTH)
         else:
             if handle not in self._sessions or attrs & 0x80:
                 return response(RC_AUTH_UNAVAILABLE)       # not ours, or an audit session
@@ -649,16 +684,22 @@ class PassthroughBackend:
             expected = hmac.new(auth_value, cp + nonce_caller + nonce_tpm + bytes([attrs]),
                                 alg).digest()
             if not hmac.compare_digest(proof, expected):
-                return response(RC_AUTH_FAIL)
+                return response(RC_BAD_AUTH)
             if attrs & 0x20:        # the guest encrypted NV_Write's data
                 size = struct.unpack(">H", params[:2])[0]
                 params = params[:2] + _crypt(symmetric, alg_id, auth_value, nonce_caller,
                                              nonce_tpm, params[2:2 + size], False) \
                     + params[2 + size:]
+        buffer_max = self.properties.get(PT_NV_BUFFER_MAX, NV_BUFFER_MAX)
         if cc == GUARD_CC["NV_Read"]:
             size, offset = struct.unpack(">HH", params[:4])
             data = (self.request if index == REQUEST_INDEX
                     else self.evidence.ljust(self.evidence_size, b"\0"))
+            # Part 3 §31.13 (TPM2_NV_Read), in the TPM's order, after authorization
+            if size > buffer_max:
+                return response(RC_VALUE_P1)        # more than one answer can carry
+            if offset > len(data):
+                return response(RC_VALUE_P2)
             if offset + size > len(data):
                 return response(RC_NV_RANGE)
             chunk = data[offset:offset + size]
@@ -668,11 +709,15 @@ class PassthroughBackend:
                                True)
             body = struct.pack(">IH", 2 + len(chunk), len(chunk)) + chunk
         else:
+            size = struct.unpack(">H", params[:2])[0]
+            if size > buffer_max:           # TPM2B_MAX_NV_BUFFER unmarshaled: too large
+                return response(RC_SIZE_P1)
             if index != REQUEST_INDEX:
                 return response(0x149)      # TPM_RC_NV_AUTHORIZATION: EVIDENCE is ctpm's
-            size = struct.unpack(">H", params[:2])[0]
             data = params[2:2 + size]
             offset = struct.unpack(">H", params[2 + size:4 + size])[0]
+            if offset > 64:                 # Part 3 §31.7 (TPM2_NV_Write), in its order
+                return response(RC_VALUE_P2)
             if offset + size > 64:
                 return response(RC_NV_RANGE)
             import trio
@@ -915,9 +960,10 @@ class PassthroughBackend:
 
     async def _forward(self, command: bytes, locality: int) -> bytes:
         """One command to the upstream. Connected: transmit here (a command fits the socket
-        buffer), take an answer that is readable within 2 ms (GetRandom, PCR_Read: a worker
-        thread would double their time), else await it (`_wait`). Not connected: opening
-        the TCTI and the whole call in a worker thread, abandoned when it overruns."""
+        buffer), take an answer that is readable within SPIN (50 us, never sleeping), else
+        await it in the loop (`_wait`), which serves other connections and instances
+        meanwhile (a 2 ms poll that slept held them all before). Not connected: opening the
+        TCTI and the whole call in a worker thread, abandoned when it overruns."""
         import trio
         upstream = self.upstream
         with trio.move_on_after(2 * upstream.timeout + 5) as scope:
@@ -931,7 +977,7 @@ class PassthroughBackend:
             if upstream.connected:
                 try:
                     fd = upstream.send(command, locality)
-                    if fd is not None and self._quick(fd):
+                    if fd is not None and _readable(fd):
                         return upstream.receive(upstream.timeout)
                     return await self._wait(fd)
                 except UpstreamError as e:

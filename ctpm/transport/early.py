@@ -18,14 +18,11 @@ import logging
 import selectors
 import signal
 import socket
-import struct
+
+from .frame import CMD_SET_LOCALITY, CTRL_SUCCESS, U32, command_size, locality_allowed
 
 log = logging.getLogger("ctpm.transport.early")
 
-_HEADER = struct.Struct(">HII")         # tag, size, code (framing.py, which needs trio)
-_TAGS = (0x8001, 0x8002)                # TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS
-_SET_LOCALITY = struct.pack(">I", 5)    # swtpm's CMD_SET_LOCALITY (swtpm.py), one byte after
-_CTRL_SUCCESS = bytes(4)
 _RECV = 16384
 
 
@@ -148,10 +145,8 @@ def _serve_data(tpm, sock, max_command_size, locality):
         return False, 0, b"", b""
     n = 0
     while buf:
-        if len(buf) < _HEADER.size:
-            break
-        tag, size, _code = _HEADER.unpack_from(buf)
-        if tag not in _TAGS or size < _HEADER.size or size > max_command_size or len(buf) < size:
+        size = command_size(buf, max_command_size)
+        if size is None or len(buf) < size:
             break
         response = tpm.execute(buf[:size], locality)
         buf = buf[size:]
@@ -170,7 +165,7 @@ def _serve_data(tpm, sock, max_command_size, locality):
 
 
 def _serve_control(sock, handover) -> bool:
-    """Answer a CMD_SET_LOCALITY to localities 0-4 (swtpm.py's rule); True to keep serving
+    """Answer a CMD_SET_LOCALITY to an allowed locality (frame.py); True to keep serving
     `sock` here, False to hand it over (with its next command unread) or drop it (closed)."""
     try:
         head = sock.recv(5, socket.MSG_PEEK)
@@ -183,12 +178,13 @@ def _serve_control(sock, handover) -> bool:
     if not head:
         sock.close()
         return False
-    if len(head) < 5 or head[:4] != _SET_LOCALITY or head[4] > 4:
+    if (len(head) < 5 or U32.unpack_from(head)[0] != CMD_SET_LOCALITY
+            or not locality_allowed(head[4])):
         return False
     sock.recv(5)
     handover.locality = head[4]
     try:
-        if sock.send(_CTRL_SUCCESS) == len(_CTRL_SUCCESS):
+        if sock.send(CTRL_SUCCESS) == len(CTRL_SUCCESS):
             return True
     except (BlockingIOError, InterruptedError):
         pass

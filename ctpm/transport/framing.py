@@ -1,4 +1,5 @@
-"""Reading whole messages off a byte stream, and the TPM command framing rules.
+"""Reading whole messages off a trio byte stream (the framing rules themselves, which need
+no trio, are frame.py's).
 
 TCP delivers a command in as many pieces as it likes (the mssim TCTI writes its 9-byte prefix
 and the command separately), so every read here is "exactly n bytes". Between messages a
@@ -7,26 +8,14 @@ within `stall_timeout` seconds, so a client that sends half a header cannot pin 
 (or a reader) forever.
 """
 import socket
-import struct
 
 import trio
 
-HEADER = struct.Struct(">HII")          # tag, size, command/response code
-HEADER_SIZE = HEADER.size               # 10
-U32 = struct.Struct(">I")
-
-TPM_ST_NO_SESSIONS = 0x8001
-TPM_ST_SESSIONS = 0x8002
-TPM_RC_COMMAND_SIZE = 0x142
-DEFAULT_MAX_COMMAND_SIZE = 4096
-
-
-def error_response(rc: int) -> bytes:
-    """A 10-byte TPM error response (Part 1 §18.2); kept here so framing needs no engine."""
-    return HEADER.pack(TPM_ST_NO_SESSIONS, HEADER_SIZE, rc)
-
-
-COMMAND_SIZE_ERROR = error_response(TPM_RC_COMMAND_SIZE)
+# The rules themselves, without trio (early.py serves with them before trio is imported);
+# re-exported: the transports import them from here.
+from .frame import (COMMAND_SIZE_ERROR, DEFAULT_MAX_COMMAND_SIZE, HEADER,  # noqa: F401
+                    HEADER_SIZE, TPM_RC_COMMAND_SIZE, TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS,
+                    U32, check_command, error_response, looks_like_tpm_command)
 
 
 class Truncated(Exception):
@@ -104,19 +93,6 @@ class MessageReader:
         self._buf.clear()
 
 
-def check_command(command: bytes, max_size: int) -> bytes | None:
-    """The transport's part of command validation: the header's size must be the length.
-
-    Returns the error response to send, or None when the engine should see the command. Tag,
-    command code and everything else are the engine's business (TPM_RC_BAD_TAG, ...).
-    """
-    if len(command) < HEADER_SIZE or len(command) > max_size:
-        return COMMAND_SIZE_ERROR
-    if HEADER.unpack_from(command)[1] != len(command):
-        return COMMAND_SIZE_ERROR
-    return None
-
-
 async def read_raw_command(reader: MessageReader, header: bytes, max_size: int):
     """Read the rest of a raw TPM command whose 10-byte header has been read.
 
@@ -136,8 +112,3 @@ async def send_quietly(stream, data: bytes):
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
-
-def looks_like_tpm_command(first4: bytes) -> bool:
-    """A TPM 2.0 command starts with tag 0x8001/0x8002; no protocol code does."""
-    tag = first4[0] << 8 | first4[1]
-    return tag in (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS)

@@ -17,6 +17,7 @@ import struct
 
 from ..backend import Signal
 from .datafd import FdCollectingStream, serve_data_fd, stream_socket
+from .frame import CMD_SET_LOCALITY, locality_allowed
 from .framing import (U32, COMMAND_SIZE_ERROR, HEADER_SIZE, MessageReader, Truncated,
                       check_command, read_raw_command, send_quietly)
 
@@ -26,7 +27,8 @@ SEND_COMMAND_PREFIX = U32.pack(8)
 _PREFIX_REST = struct.Struct(">BI")
 
 # Control commands.
-GET_CAPABILITY, INIT, SHUTDOWN, GET_TPMESTABLISHED, SET_LOCALITY = 0x01, 0x02, 0x03, 0x04, 0x05
+GET_CAPABILITY, INIT, SHUTDOWN, GET_TPMESTABLISHED = 0x01, 0x02, 0x03, 0x04
+SET_LOCALITY = CMD_SET_LOCALITY                     # 0x05 (frame.py: early.py serves it too)
 HASH_START, HASH_DATA, HASH_END, CANCEL_TPM_CMD = 0x06, 0x07, 0x08, 0x09
 STORE_VOLATILE, RESET_TPMESTABLISHED, GET_STATEBLOB, SET_STATEBLOB = 0x0a, 0x0b, 0x0c, 0x0d
 STOP, GET_CONFIG, SET_DATAFD, SET_BUFFERSIZE, GET_INFO, LOCK_STORAGE = (
@@ -232,7 +234,7 @@ class SwtpmControlChannel:
         return result(SUCCESS) + bytes([int(self.host.backend.established), 0, 0, 0])
 
     async def _set_locality(self, body):
-        if body[0] > 4:
+        if not locality_allowed(body[0]):
             return result(BAD_LOCALITY)
         self.host.swtpm_locality = body[0]
         return result(SUCCESS)

@@ -542,14 +542,62 @@ def test_hmac_session_reused_across_served_and_forwarded(swtpm, sp, tmp_path, ow
                             for off in range(0, 8192, 1024))
             assert decode_evidence(blob).nonce == nonce
             esapi.flush_context(session)
-            # a wrong owner authorization is refused as the TPM refuses it
+            # a wrong owner authorization is refused as the TPM refuses it: BAD_AUTH (ownerAuth
+            # is outside DA protection; test_served_indices_refuse_... compares with swtpm)
             from tpm2_pytss import TSS2_Exception
             esapi.tr_set_auth(ESYS_TR.OWNER, owner_auth + b"x")
             with pytest.raises(TSS2_Exception) as e:
                 esapi.nv_read(evidence, 64, 0, ESYS_TR.OWNER, session1=ESYS_TR.PASSWORD)
-            assert e.value.rc == 0x98E
+            assert e.value.rc == 0x9A2
         finally:
             esapi.close()
+
+
+def test_served_indices_refuse_sizes_and_offsets_as_the_tpm_does(swtpm, sp):
+    """ESAPI reads and writes beyond the upstream's TPM_PT_NV_BUFFER_MAX (swtpm: 1024) or
+    past the end: the indices ctpm serves answer what swtpm answers for an ordinary index
+    (forwarded to it through the same daemon), in the same order of checks (authorization
+    first)."""
+    from tpm2_pytss import ESAPI, TCTILdr, TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+
+    ordinary = 0x01500000
+    execute = retrying(swtpm.execute)
+    assert rc(execute(nv_define(ordinary, size=8))) == 0
+    assert rc(execute(nv_write(ordinary))) == 0
+    with passthrough(swtpm, "--anchor", "--snp-provider", "simulated",
+                     "--snp-sim-dir", sp.directory) as d:
+        esapi = ESAPI(TCTILdr.parse(d.tcti("mssim")))
+        try:
+            handles = {i: esapi.tr_from_tpmpublic(i)
+                       for i in (ordinary, 0x01400001, 0x01400002)}
+            sizes = {ordinary: 8, 0x01400001: 8192, 0x01400002: 64}
+
+            def refused(call, *args):
+                with pytest.raises(TSS2_Exception) as e:
+                    call(*args, ESYS_TR.OWNER, session1=ESYS_TR.PASSWORD)
+                return e.value.rc
+            for index, nv in handles.items():
+                size = sizes[index]
+                assert refused(esapi.nv_read, nv, 1025, 0) == 0x1C4, hex(index)
+                assert refused(esapi.nv_read, nv, 0xFFFF, 1) == 0x1C4, hex(index)
+                assert refused(esapi.nv_read, nv, 0, size + 1) == 0x2C4, hex(index)
+                assert refused(esapi.nv_read, nv, 2, size - 1) == 0x146, hex(index)
+                assert bytes(esapi.nv_read(nv, 1024 if size > 1024 else 1, size - 1
+                                           if size <= 1024 else 0, ESYS_TR.OWNER))
+                assert refused(esapi.nv_write, nv, b"x" * 1025, 0) == 0x1D5, hex(index)
+                if index != 0x01400001:     # the evidence index is not written by anyone
+                    assert refused(esapi.nv_write, nv, b"x", size + 1) == 0x2C4, hex(index)
+                    assert refused(esapi.nv_write, nv, b"x" * 2, size - 1) == 0x146
+            # authorization is checked first, and refused as swtpm refuses it (TPM_RC_BAD_AUTH:
+            # ownerAuth is outside dictionary-attack protection)
+            esapi.tr_set_auth(ESYS_TR.OWNER, b"wrong")
+            for nv in handles.values():
+                assert refused(esapi.nv_read, nv, 1025, 0) == 0x9A2
+                assert refused(esapi.nv_write, nv, b"x" * 1025, 0) == 0x9A2
+        finally:
+            esapi.close()
+        assert d.proc.poll() is None
 
 
 def _vendor_ek_certificate(sw, ca_dir):
