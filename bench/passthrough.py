@@ -21,6 +21,12 @@ guard refuses it by default.
 
 measures a passthrough daemon reached over the mssim TCTI (its commands forwarded in a task,
 not the swtpm listener's fast path) next to swtpm direct, ratios per round with their spread.
+
+    python bench/passthrough.py --qemu
+
+measures what QEMU's `-tpmdev emulator` sees: one data channel handed over with SET_DATAFD
+and kept for the VM's life, raw commands one at a time (as the guest driver sends them), on
+swtpm directly, through ctpm passthrough and on ctpm standard, in one run.
 """
 import argparse
 import subprocess
@@ -37,16 +43,16 @@ from ctpm.testing.process import run_daemon  # noqa: E402
 class UnixSwtpm:
     """swtpm on unix sockets where the swtpm TCTI looks: data on PATH, control on PATH.ctrl."""
 
-    def __init__(self):
+    def __init__(self, server=True):
         import os
         import subprocess
         import tempfile
         import time
         self.dir = tempfile.mkdtemp(prefix="ctpm-bench-swtpm-")
         self.path = os.path.join(self.dir, "tpm")
+        data = ["--server", f"type=unixio,path={self.path}"] if server else []  # QEMU: none
         self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
-             "--server", f"type=unixio,path={self.path}",
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}", *data,
              "--ctrl", f"type=unixio,path={self.path}.ctrl",
              "--flags", "not-need-init,startup-clear"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,6 +236,85 @@ def over_mssim(seconds, rounds):
         upstream.close()
 
 
+def qemu_channel(seconds, rounds):
+    """Microseconds per command on a SET_DATAFD channel (QEMU's), best of the rounds."""
+    import array
+    import socket
+    import struct
+    import time
+
+    getrandom = bytes.fromhex("80010000000c0000017b0020")
+    pcr_read = bytes.fromhex("8001000000140000017e00000001000b03ff0000")
+    template = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
+    body = (struct.pack(">I", 0x40000001) + struct.pack(">I", 9)
+            + struct.pack(">IHBH", 0x40000009, 0, 1, 0) + struct.pack(">H", 4) + bytes(4)
+            + struct.pack(">H", len(template)) + template + bytes(2) + bytes(4))
+    create = struct.pack(">HII", 0x8002, 10 + len(body), 0x131) + body
+
+    def channel(ctrl_path):
+        ctrl = socket.socket(socket.AF_UNIX)
+        ctrl.connect(ctrl_path)
+        ours, theirs = socket.socketpair()
+        ctrl.sendmsg([struct.pack(">I", 16)],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+        if ctrl.recv(4) != bytes(4):
+            raise RuntimeError(f"SET_DATAFD refused by {ctrl_path}")
+        theirs.close()
+        return ours, ctrl
+
+    def call(sock, command):
+        sock.sendall(command)
+        rsp = sock.recv(16384)
+        while len(rsp) < 10 or len(rsp) < int.from_bytes(rsp[2:6], "big"):
+            rsp += sock.recv(16384)
+        return rsp
+
+    def primary(sock):
+        rsp = call(sock, create)
+        assert rsp[6:10] == bytes(4), rsp[6:10].hex()
+        call(sock, bytes.fromhex("80010000000e00000165") + rsp[10:14])
+
+    work = {"GetRandom(32)": lambda s: call(s, getrandom),
+            "PCR_Read(sha256 0-7)": lambda s: call(s, pcr_read),
+            "CreatePrimary ECC + Flush": primary}
+    direct, upstream, other = UnixSwtpm(server=False), UnixSwtpm(), UnixSwtpm()
+    daemon = run_daemon("--mode", "passthrough", "--upstream", upstream.tcti(),
+                        "--swtpm", f"unix:{upstream.dir}/ctpm", timeout=60)
+    standard = run_daemon("--swtpm", f"unix:{other.dir}/ctpm", timeout=60)
+    daemon.__enter__(), standard.__enter__()
+    try:
+        paths = {"swtpm direct": channel(direct.path + ".ctrl"),
+                 "ctpm passthrough": channel(f"{upstream.dir}/ctpm.ctrl"),
+                 "ctpm standard": channel(f"{other.dir}/ctpm.ctrl")}
+        call(paths["ctpm standard"][0], bytes.fromhex("80010000000c000001440000"))
+        best = {}
+        for _ in range(rounds):
+            for w, run in work.items():
+                for name, (sock, _ctrl) in paths.items():
+                    n, t0 = 0, time.perf_counter()
+                    while time.perf_counter() - t0 < seconds:
+                        run(sock)
+                        n += 1
+                    us = (time.perf_counter() - t0) / n * 1e6
+                    best[w, name] = min(best.get((w, name), us), us)
+        names = list(paths)
+        print(f"QEMU's data channel (SET_DATAFD, kept): us per command, best of {rounds}; "
+              "in brackets the speed ratio to swtpm direct")
+        print(f"{'workload':28}" + "".join(f"{n:>24}" for n in names))
+        for w in work:
+            base = best[w, names[0]]
+            print(f"{w:28}" + "".join(f"{best[w, n]:>15.1f} ({base / best[w, n]:.2f}x)"
+                                      for n in names))
+        for sock, ctrl in paths.values():
+            sock.close()
+            ctrl.close()
+    finally:
+        standard.__exit__(None, None, None)
+        daemon.__exit__(None, None, None)
+        for sw in (direct, upstream, other):
+            sw.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
@@ -238,7 +323,11 @@ def main():
                     help="only the forwarding path without listener and client TCTI")
     ap.add_argument("--mssim", action="store_true",
                     help="only passthrough over the mssim TCTI (and swtpm TCTI) vs direct")
+    ap.add_argument("--qemu", action="store_true",
+                    help="only QEMU's kept data channel (SET_DATAFD), raw commands")
     args = ap.parse_args()
+    if args.qemu:
+        return qemu_channel(args.seconds, args.rounds)
     if args.forwarding_only:
         return forwarding(args.seconds, args.rounds)
     if args.mssim:
