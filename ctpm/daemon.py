@@ -17,7 +17,7 @@ import trio
 
 from .backend import EngineBackend
 from .transport.bind import Bindings, Bound, Listening, StartupError, bind_all, unlink_quietly
-from .transport.fastpath import FastPath
+from .transport.fastpath import FastPath, MssimFastPath
 from .transport.host import TpmHost, serve_connection
 from .transport.mssim import MssimCommandPort, MssimPlatformPort
 from .transport.swtpm import SwtpmControlChannel, SwtpmDataChannel
@@ -149,6 +149,12 @@ async def serve_instance(config, backend, bindings, *, name=None, notify=False,
                     handlers = (SwtpmDataChannel(host), SwtpmControlChannel(host, unix=unix))
                 for handler, socks, what in ((handlers[0], first, label),
                                              (handlers[1], second, label + " (second channel)")):
+                    if isinstance(handler, MssimCommandPort) and host.resource_manager is None:
+                        fast = MssimFastPath(host, handler, nursery, what, epoll_set)
+                        nursery.start_soon(fast.watch)
+                        for s in socks:
+                            nursery.start_soon(fast.serve, trio.socket.from_stdlib_socket(s))
+                        continue
                     if isinstance(handler, SwtpmDataChannel):
                         fast = FastPath(host, handler, nursery, what, epoll_set)
                         handlers[1].fast_path = fast

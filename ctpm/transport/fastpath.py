@@ -14,11 +14,13 @@ import math
 import os
 import select
 import socket
+import struct
 import time
 
 import trio
 
-from .framing import HEADER, HEADER_SIZE, TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS
+from .framing import HEADER, HEADER_SIZE, TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS, check_command
+from .mssim import SEND_COMMAND, frame_response
 
 log = logging.getLogger("ctpm.transport.fastpath")
 
@@ -26,6 +28,9 @@ _RECV = 16384
 _IDLE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 _BATCH = 8
 _TAGS = (TPM_ST_NO_SESSIONS, TPM_ST_SESSIONS)    # what a raw TPM 2.0 command starts with
+_MSSIM_SEND = struct.Struct(">IBI")             # mssim: u32 code | u8 locality | u32 size
+_U32 = struct.Struct(">I")
+_PIECES = 4         # waits for the rest of a command in one call, then a task reads it
 _NOWAIT = socket.MSG_DONTWAIT
 LINGER = 0.0002     # s: one wait on the set before going back to trio (see EpollSet.watch)
 TURN = 0.002        # s: the longest the set keeps the loop before a checkpoint
@@ -230,6 +235,8 @@ class FastPath:
         # a passthrough backend can leave a command in flight for the set to wait on
         self._parks = hasattr(host.backend, "finish_inline")
 
+    _nodelay = False    # one answer per swtpm TCTI connection: no setsockopt per command
+
     async def serve(self, listener, task_status=trio.TASK_STATUS_IGNORED):
         """Accept on `listener` (a trio socket) until cancelled."""
         sock = socket.socket(listener.family, listener.type, listener.proto,
@@ -308,8 +315,10 @@ class FastPath:
         come at the next poll); False after a transient failure."""
         try:
             # socket.accept() converts family and type to enums on every call
-            sock = socket.socket(self._families[listener.fileno()], socket.SOCK_STREAM, 0,
-                                 listener._accept()[0])
+            family = self._families[listener.fileno()]
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, listener._accept()[0])
+            if self._nodelay and family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as e:
@@ -333,7 +342,7 @@ class FastPath:
         a client that keeps the socket full must not keep the event loop (every other
         connection and instance) to itself; parked, it is ready again at the next poll,
         after the others had their turn."""
-        served = 0
+        served = pieces = 0
         host = self.host
         response = None
         try:
@@ -353,13 +362,13 @@ class FastPath:
                     return
                 if data:
                     buf += data
-                while len(buf) >= HEADER_SIZE and served < _BATCH:
-                    tag, size, _cc = HEADER.unpack_from(buf)
-                    if (tag not in _TAGS or size < HEADER_SIZE or size > host.max_command_size
-                            or len(buf) < size):
+                while served < _BATCH:
+                    found = self._command_at(buf)
+                    if found is None:
                         break
+                    command, locality, size = found
                     if self._parks:
-                        response = host.execute_inline(buf[:size], host.swtpm_locality, 0)
+                        response = host.execute_inline(command, locality, 0)
                         if response is None:
                             fd = host.backend.inline_pending()
                             if fd is None:
@@ -369,15 +378,23 @@ class FastPath:
                                 return self._park(sock, buf, fd, long=ready is None)
                             response = host.finish_inline()
                     else:
-                        response = host.execute_inline(buf[:size], host.swtpm_locality)
+                        response = host.execute_inline(command, locality)
                         if response is None:
                             return self._slow(sock, buf)        # busy: wait in a task
                     buf = buf[size:]
                     served += 1
-                    if not self._respond(sock, buf, response):
+                    if not self._respond(sock, buf, self._frame(response)):
                         return
                 if buf:
-                    return self._slow(sock, buf)        # partial or not a raw command
+                    # the rest of a command is on its way (the mssim TCTI writes a frame's
+                    # prefix and its command apart): waited for a little, else a task's
+                    if pieces < _PIECES and served < _BATCH and self._incomplete(buf):
+                        if self._nodelay:
+                            _ack_now(sock)
+                        if self._set.wait_inline(sock.fileno(), LINGER):
+                            pieces += 1
+                            continue
+                    return self._slow(sock, buf)        # partial, or for the handler
                 if not served or served >= _BATCH:
                     return self._wait_idle(sock)        # nothing (more) to read now
                 answered = True
@@ -389,6 +406,30 @@ class FastPath:
         except Exception:     # a bug costs this connection, never the listener
             log.exception("%s: connection failed", self.what)
             self._drop(sock)
+
+    def _command_at(self, buf):
+        """(command, locality, its frame's length) for the complete command at the head of
+        `buf` this fast path answers; None when incomplete or anything else (the handler's:
+        a prefix, a malformed size). Here raw TPM commands, at the swtpm locality."""
+        if len(buf) < HEADER_SIZE:
+            return None
+        tag, size, _cc = HEADER.unpack_from(buf)
+        if tag not in _TAGS or size < HEADER_SIZE or size > self.host.max_command_size \
+                or len(buf) < size:
+            return None
+        return buf[:size], self.host.swtpm_locality, size
+
+    def _incomplete(self, buf) -> bool:
+        """Whether `buf` is the beginning of a command `_command_at` would answer."""
+        if len(buf) < HEADER_SIZE:
+            return len(buf) < 2 or HEADER.unpack_from(buf.ljust(HEADER_SIZE, b"\0"))[0] in _TAGS
+        tag, size, _cc = HEADER.unpack_from(buf)
+        return tag in _TAGS and len(buf) < size <= self.host.max_command_size
+
+    @staticmethod
+    def _frame(response: bytes) -> bytes:
+        """A response as this protocol sends it."""
+        return response
 
     def _wait_idle(self, sock):
         if sock.fileno() not in self._idle:
@@ -432,8 +473,8 @@ class FastPath:
         sock, buf = self._waiting.pop(fd)
         self._set.unregister(fd)
         try:
-            response = self.host.finish_inline()
-            buf = buf[HEADER.unpack_from(buf)[1]:]
+            response = self._frame(self.host.finish_inline())
+            buf = buf[self._command_at(buf)[2]:]
             if self._respond(sock, buf, response):
                 self._advance(sock, buf, answered=not buf)
         except (BlockingIOError, InterruptedError):
@@ -459,8 +500,8 @@ class FastPath:
         answer to the client says so), and the connection goes on."""
         sock, buf = self._waiting.pop(fd)
         try:
-            response = self.host.abandon_inline()
-            buf = buf[HEADER.unpack_from(buf)[1]:]
+            response = self._frame(self.host.abandon_inline())
+            buf = buf[self._command_at(buf)[2]:]
             if self._respond(sock, buf, response):
                 self._advance(sock, buf, answered=not buf)
         except (BlockingIOError, InterruptedError):
@@ -487,7 +528,7 @@ class FastPath:
                 continue
             if done is False:
                 from ..backend import NV_UNAVAILABLE
-                response = NV_UNAVAILABLE           # not on disk: not acknowledged
+                response = self._frame(NV_UNAVAILABLE)      # not on disk: not acknowledged
             try:
                 sent = sock.send(response, _NOWAIT)
             except (BlockingIOError, InterruptedError):
@@ -525,41 +566,91 @@ class FastPath:
 
     async def _run_slow(self, stream, sock, buf, pending, flush, inflight=False):
         """Serve a connection the fast path handed over. When what made it slow is done (an
-        answer awaited, a flush, one command run in a worker thread) and it sent nothing
-        more, the connection goes back to the fast path: a connection kept open (QEMU's
-        data channel) would otherwise be served by this task, twice as slowly, for good
-        after its first slow command."""
+        answer awaited, a flush, the rest of a command read, one command run in a worker
+        thread), the connection goes back to the fast path: a connection kept open (QEMU's
+        data channel, an mssim client) would otherwise be served by this task, about twice
+        as slowly, for good after its first slow command. What the fast path does not
+        answer (mssim's other codes, a malformed command) stays with the handler."""
         from .host import serve_connection
         back = False
         try:
             if inflight:
-                pending = await self.host.wait_inline()
-                buf = buf[HEADER.unpack_from(buf)[1]:]
-            elif not pending and _one_raw_command(buf, self.host.max_command_size):
-                pending = await self.host.execute(buf, self.host.swtpm_locality)
-                buf = b""
+                pending = self._frame(await self.host.wait_inline())
+                buf = buf[self._command_at(buf)[2]:]
+            elif not pending:
+                buf = await self._rest_of_command(stream, sock, buf)
+                found = self._command_at(buf)
+                if found is not None:
+                    pending = self._frame(await self.host.execute(found[0], found[1]))
+                    buf = buf[found[2]:]
             if flush and await self.host.backend.flush() is False:
                 from ..backend import NV_UNAVAILABLE
-                pending = NV_UNAVAILABLE        # not on disk: not acknowledged
+                pending = self._frame(NV_UNAVAILABLE)   # not on disk: not acknowledged
             if pending:
                 await stream.send_all(pending)
-            if not buf:
-                back = True
+                back = not buf or self._command_at(buf) is not None or self._incomplete(buf)
+            else:               # nothing answered: the rest never came (closed, stalled)
+                back = not buf
+            if back:
                 return
             await serve_connection(lambda s: self.slow_handler(s, initial=buf), stream, self.what)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             back = False
         finally:
             if back:
-                self._advance(sock, b"", answered=True)
+                self._advance(sock, buf, answered=not buf)
             else:
                 stream.socket.close()
                 self._data_closed(sock)
 
+    async def _rest_of_command(self, stream, sock, buf):
+        """`buf` and what follows until it holds a whole command (or not the beginning of
+        one any more, or the client stalls or closes: then the handler has it)."""
+        with trio.move_on_after(self.host.stall_timeout):
+            while self._incomplete(buf):
+                if self._nodelay:
+                    _ack_now(sock)
+                data = await stream.receive_some(_RECV)
+                if not data:
+                    break
+                buf += data
+        return buf
 
-def _one_raw_command(buf, max_size) -> bool:
-    """Whether `buf` is exactly one complete raw TPM command (of an acceptable size)."""
-    if len(buf) < HEADER_SIZE:
-        return False
-    tag, size, _cc = HEADER.unpack_from(buf)
-    return tag in _TAGS and size == len(buf) and HEADER_SIZE <= size <= max_size
+
+def _ack_now(sock):
+    """TCP: acknowledge what came now. A client whose second write waits for the ACK of its
+    first (Nagle: the mssim TCTI writes a frame's prefix, then the command) would otherwise
+    wait for the delayed ACK, ~40 ms (trio's reader sets the same before each receive)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except OSError:
+        pass                    # not TCP
+
+
+class MssimFastPath(FastPath):
+    """The same fast path for the mssim command port (tpm2-tss' mssim TCTI keeps its
+    connection and sends SEND_COMMAND frames, one at a time): those are answered here,
+    framed as the protocol frames them; anything else in the stream (the other codes, a
+    raw command, a malformed frame) goes to `MssimCommandPort` with the bytes received so
+    far. Not with a resource manager, whose handles are per connection."""
+
+    _nodelay = True     # kept connections: no Nagle delay between answers (as trio sets)
+
+    def _command_at(self, buf):
+        if len(buf) < 9:
+            return None
+        code, locality, size = _MSSIM_SEND.unpack_from(buf)
+        if code != SEND_COMMAND or size > self.host.max_command_size or len(buf) < 9 + size:
+            return None
+        command = buf[9:9 + size]
+        if check_command(command, self.host.max_command_size) is not None:
+            return None                 # the handler answers it (COMMAND_SIZE)
+        return command, locality, 9 + size
+
+    def _incomplete(self, buf) -> bool:
+        if len(buf) < 9:
+            return len(buf) < 4 or _U32.unpack_from(buf)[0] == SEND_COMMAND
+        code, _locality, size = _MSSIM_SEND.unpack_from(buf)
+        return code == SEND_COMMAND and len(buf) < 9 + size <= 9 + self.host.max_command_size
+
+    _frame = staticmethod(frame_response)

@@ -47,8 +47,9 @@ class MssimCommandPort:
     def __init__(self, host):
         self.host = host
 
-    async def __call__(self, stream):
-        reader = MessageReader(stream, self.host.stall_timeout)
+    async def __call__(self, stream, initial: bytes = b""):
+        """Serve `stream`; `initial` is what was already received from it (the fast path)."""
+        reader = MessageReader(stream, self.host.stall_timeout, initial)
         client = self.host.client()
         try:
             while await reader.begin():
