@@ -55,6 +55,7 @@ class EpollSet:
         self.long_waits = {}                 # fd -> deadline of a long one (in the set)
         self.selected = set()                # upstream fds watched by the select
         self.holding = set()                 # fast paths with responses held for a flush
+        self._asleep = None                  # the watcher's wait in trio, while it waits
         self._selectable = self.epoll.fileno() < _SELECT_LIMIT
 
     def register(self, fd, events, owner):
@@ -90,7 +91,16 @@ class EpollSet:
                 return False
         self.owners[fd] = owner
         self.long_waits[fd] = deadline
+        if self._asleep is not None:    # added from a task while the watcher sleeps in trio
+            self._asleep.deadline = min(self._asleep.deadline, self._trio_deadline(deadline))
         return True
+
+    @staticmethod
+    def _trio_deadline(deadline):
+        """A time.monotonic() deadline on trio's clock (which has an offset of its own)."""
+        if deadline == math.inf:
+            return math.inf
+        return trio.current_time() + max(0.0, deadline - time.monotonic())
 
     def wait_inline(self, fd, timeout):
         """Wait up to `timeout` s for `fd` to become readable, unless the set (or an
@@ -139,10 +149,11 @@ class EpollSet:
         registered in the set and waited for in trio, up to their deadline."""
         try:
             while True:
-                # (deadlines are time.monotonic()'s; trio's clock has an offset of its own)
-                with trio.move_on_after(max(0, min(self.long_waits.values(), default=math.inf)
-                                            - time.monotonic())):
+                with trio.CancelScope() as self._asleep:
+                    self._asleep.deadline = self._trio_deadline(
+                        min(self.long_waits.values(), default=math.inf))
                     await trio.lowlevel.wait_readable(self.epoll.fileno())
+                self._asleep = None
                 turn_end = time.monotonic() + TURN
                 if self.long_waits:
                     self._abandon(turn_end - TURN)
@@ -267,7 +278,15 @@ class FastPath:
         if received or unsent:
             self._slow(sock, received, unsent)
         else:
-            self._advance(sock, b"")
+            self._advance_in_task(sock, b"")
+
+    def _advance_in_task(self, sock, buf, answered=False):
+        """`_advance` from a task, not from the set's pass: the responses it held for their
+        NV change go out here (no pass will release them)."""
+        self._advance(sock, buf, answered)
+        if self._held:
+            self._set.holding.discard(self)
+            self.release()
 
     async def watch(self):
         """Watch the private epoll set; with a shared one, wait, and on the way out (the
@@ -598,7 +617,7 @@ class FastPath:
             back = False
         finally:
             if back:
-                self._advance(sock, buf, answered=not buf)
+                self._advance_in_task(sock, buf, answered=not buf)
             else:
                 stream.socket.close()
                 self._data_closed(sock)
