@@ -266,8 +266,8 @@ class FastPath:
 
     def adopt_data_fd(self, sock):
         """Serve the data channel SET_DATAFD handed over (QEMU's: one connection for the
-        TPM's lifetime) like any other connection here: served by a task, each command cost
-        twice as much. `host.data_fd_active` is cleared when it closes."""
+        TPM's lifetime) here like any other connection (in a task of its own, each command
+        cost about twice as much). `host.data_fd_active` is cleared when it closes."""
         self._data_socks.add(sock)
         self.adopt(sock)
 
