@@ -29,6 +29,7 @@ and kept for the VM's life, raw commands one at a time (as the guest driver send
 swtpm directly, through ctpm passthrough and on ctpm standard, in one run.
 """
 import argparse
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,17 @@ class UnixSwtpm:
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+# raw commands: GetRandom(32), PCR_Read(sha256 0-7), FlushContext (its handle appended) and
+# CreatePrimary(owner) of an ECC P-256 restricted decryption key (AES-128-CFB)
+GETRANDOM = bytes.fromhex("80010000000c0000017b0020")
+PCR_READ = bytes.fromhex("8001000000140000017e00000001000b03ff0000")
+FLUSH = bytes.fromhex("80010000000e00000165")
+_TEMPLATE = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
+_BODY = (struct.pack(">I", 0x40000001) + struct.pack(">I", 9)
+         + struct.pack(">IHBH", 0x40000009, 0, 1, 0) + struct.pack(">H", 4) + bytes(4)
+         + struct.pack(">H", len(_TEMPLATE)) + _TEMPLATE + bytes(2) + bytes(4))
+CREATE_ECC = struct.pack(">HII", 0x8002, 10 + len(_BODY), 0x131) + _BODY
+
 WORKLOADS = ("GetRandom(32)", "PCR_Read(4 PCRs)", "Hash(1 KiB, sha256)",
              "CreatePrimary ECC P-256", "CreatePrimary RSA-2048", "Create ECC P-256",
              "Sign RSASSA-2048", "Sign ECDSA P-256", "Quote ECDSA P-256")
@@ -85,7 +97,6 @@ def forwarding(seconds, rounds):
     rounds; each on its own swtpm, in one run."""
     import dataclasses
     import socket
-    import struct
     import time
 
     import trio
@@ -93,15 +104,7 @@ def forwarding(seconds, rounds):
     from ctpm.config import load
     from ctpm.modes.passthrough import PassthroughBackend
 
-    getrandom = bytes.fromhex("80010000000c0000017b0020")
-    pcr_read = bytes.fromhex("8001000000140000017e00000001000b03ff0000")
-    # CreatePrimary(owner) of an ECC P-256 restricted decryption key (AES-128-CFB)
-    template = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
-    body = (struct.pack(">I", 0x40000001) + struct.pack(">I", 9)
-            + struct.pack(">IHBH", 0x40000009, 0, 1, 0) + struct.pack(">H", 4) + bytes(4)
-            + struct.pack(">H", len(template)) + template + bytes(2) + bytes(4))
-    create = struct.pack(">HII", 0x8002, 10 + len(body), 0x131) + body
-    flush = bytes.fromhex("80010000000e00000165")
+    getrandom, pcr_read, create, flush = GETRANDOM, PCR_READ, CREATE_ECC, FLUSH
     swtpms = [UnixSwtpm() for _ in range(3)]
     try:
         raw = socket.socket(socket.AF_UNIX)
@@ -240,16 +243,9 @@ def qemu_channel(seconds, rounds):
     """Microseconds per command on a SET_DATAFD channel (QEMU's), best of the rounds."""
     import array
     import socket
-    import struct
     import time
 
-    getrandom = bytes.fromhex("80010000000c0000017b0020")
-    pcr_read = bytes.fromhex("8001000000140000017e00000001000b03ff0000")
-    template = bytes.fromhex("0023000b00030472000000060080004300100003001000000000")
-    body = (struct.pack(">I", 0x40000001) + struct.pack(">I", 9)
-            + struct.pack(">IHBH", 0x40000009, 0, 1, 0) + struct.pack(">H", 4) + bytes(4)
-            + struct.pack(">H", len(template)) + template + bytes(2) + bytes(4))
-    create = struct.pack(">HII", 0x8002, 10 + len(body), 0x131) + body
+    getrandom, pcr_read, create = GETRANDOM, PCR_READ, CREATE_ECC
 
     def channel(ctrl_path):
         ctrl = socket.socket(socket.AF_UNIX)
@@ -272,7 +268,7 @@ def qemu_channel(seconds, rounds):
     def primary(sock):
         rsp = call(sock, create)
         assert rsp[6:10] == bytes(4), rsp[6:10].hex()
-        call(sock, bytes.fromhex("80010000000e00000165") + rsp[10:14])
+        call(sock, FLUSH + rsp[10:14])
 
     work = {"GetRandom(32)": lambda s: call(s, getrandom),
             "PCR_Read(sha256 0-7)": lambda s: call(s, pcr_read),

@@ -39,6 +39,17 @@ async def hand_over_data_channel(sock):
     return reply, Swtpm(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
 
 
+async def reopened_data_channel(sock):
+    """A new data channel once the daemon noticed the old one closed (IOERROR until then)."""
+    with trio.fail_after(5):
+        while True:
+            reply, data = await hand_over_data_channel(sock)
+            if reply == OK:
+                return data
+            await data.aclose()
+            await trio.sleep(0.01)
+
+
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
@@ -67,13 +78,7 @@ async def test_qemu_like_session(ctpm_server):
     assert second == IOERROR
     await extra.aclose()
     await data.aclose()
-    with trio.fail_after(5):
-        while True:
-            third, data = await hand_over_data_channel(sock)
-            if third == OK:
-                break
-            await data.aclose()
-            await trio.sleep(0.01)
+    data = await reopened_data_channel(sock)
     assert rc(await data.command(GET_RANDOM_8)) == RC_SUCCESS
     await data.aclose()
     sock.close()
@@ -100,13 +105,7 @@ async def test_data_channel_after_a_slow_command(ctpm_server):
     second = await data.tpm_response()
     assert rc(first) == RC_SUCCESS and len(first) == 20 and rc(second) == RC_SUCCESS
     await data.aclose()
-    with trio.fail_after(5):
-        while True:
-            again, data = await hand_over_data_channel(sock)
-            if again == OK:
-                break
-            await data.aclose()
-            await trio.sleep(0.01)
+    data = await reopened_data_channel(sock)
     assert rc(await data.command(GET_RANDOM_8)) == RC_SUCCESS
     await data.aclose()
     sock.close()
