@@ -489,10 +489,15 @@ class FastPath:
 
     def _answer(self, fd):
         """The upstream answered the parked command on `fd`: answer its client, go on."""
-        sock, buf = self._waiting.pop(fd)
         self._set.unregister(fd)
+        self._reply_parked(fd, self.host.finish_inline)
+
+    def _reply_parked(self, fd, take):
+        """Send the client of the command parked on `fd` the response `take()` gives (the
+        upstream's answer, or the backend's giving up on it), then serve the connection on."""
+        sock, buf = self._waiting.pop(fd)
         try:
-            response = self._frame(self.host.finish_inline())
+            response = self._frame(take())
             buf = buf[self._command_at(buf)[2]:]
             if self._respond(sock, buf, response):
                 self._advance(sock, buf, answered=not buf)
@@ -517,20 +522,7 @@ class FastPath:
     def abandon(self, fd):
         """No answer on `fd` within the backend's deadline: the backend gives up on it (its
         answer to the client says so), and the connection goes on."""
-        sock, buf = self._waiting.pop(fd)
-        try:
-            response = self._frame(self.host.abandon_inline())
-            buf = buf[self._command_at(buf)[2]:]
-            if self._respond(sock, buf, response):
-                self._advance(sock, buf, answered=not buf)
-        except (BlockingIOError, InterruptedError):
-            self._slow(sock, buf, response)
-        except OSError as e:
-            log.debug("%s: %s", self.what, e)
-            self._drop(sock)
-        except Exception:     # a bug costs this connection, never the listener
-            log.exception("%s: connection failed", self.what)
-            self._drop(sock)
+        self._reply_parked(fd, self.host.abandon_inline)
 
     def release(self):
         """After an epoll pass: the responses held for their NV changes go out once one
